@@ -1,0 +1,80 @@
+"""Input validation shared by the public API.
+
+Every check raises a ValueError/TypeError that names the argument and what was expected, so a
+user sees what to fix rather than a shape error from deep inside torch.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def as_tensor(x, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Return ``x`` as a floating torch tensor, or raise a TypeError naming ``name``."""
+    if isinstance(x, torch.Tensor):
+        t = x
+    else:
+        try:
+            t = torch.as_tensor(x)
+        except Exception as exc:  # numpy object arrays, strings, ...
+            raise TypeError(f"{name} must be a tensor or array of numbers, got {type(x).__name__}") from exc
+    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
+        raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
+    if dtype is not None:
+        t = t.to(dtype)
+    elif not t.is_floating_point():
+        t = t.to(torch.get_default_dtype())
+    return t
+
+
+def check_flat(x, name: str, dim: int | None = None, allow_nan: bool = False) -> torch.Tensor:
+    """Check a batch of flat vectors of shape (n, dim) and return it as a tensor."""
+    t = as_tensor(x, name)
+    if t.ndim != 2:
+        raise ValueError(f"{name} must have shape (n, {dim if dim is not None else 'd'}), got {tuple(t.shape)}")
+    if dim is not None and t.shape[1] != dim:
+        raise ValueError(f"{name} must have shape (n, {dim}), got {tuple(t.shape)}")
+    if not allow_nan and torch.isnan(t).any():
+        raise ValueError(f"{name} contains NaN values")
+    return t
+
+
+def check_positions(x, name: str, n_atoms: int | None = None) -> torch.Tensor:
+    """Check molecular positions of shape (n, n_atoms, 3) in nm and return them as a tensor."""
+    t = as_tensor(x, name)
+    expected = f"(n, {n_atoms if n_atoms is not None else 'n_atoms'}, 3) in nm"
+    if t.ndim != 3 or t.shape[2] != 3:
+        raise ValueError(f"{name} must have shape {expected}, got {tuple(t.shape)}")
+    if n_atoms is not None and t.shape[1] != n_atoms:
+        raise ValueError(f"{name} has {t.shape[1]} atoms but the system has {n_atoms}; expected shape {expected}")
+    if torch.isnan(t).any():
+        raise ValueError(f"{name} contains NaN positions")
+    return t
+
+
+def check_time(t, name: str, n: int | None, t_min: float, t_max: float = 1.0) -> torch.Tensor:
+    """Check diffusion times: a scalar or shape (n,), all within [t_min, t_max].
+
+    Returns a tensor of shape (n,) (a scalar is broadcast when ``n`` is given).
+    """
+    tt = as_tensor(t, name)
+    if tt.ndim == 0 and n is not None:
+        tt = tt.expand(n)
+    if tt.ndim != 1 or (n is not None and tt.shape[0] != n):
+        raise ValueError(f"{name} must be a scalar or have shape ({n if n is not None else 'n'},), got {tuple(tt.shape)}")
+    if torch.isnan(tt).any():
+        raise ValueError(f"{name} contains NaN values")
+    tol = 1e-6
+    if (tt < t_min - tol).any() or (tt > t_max + tol).any():
+        raise ValueError(
+            f"{name} must lie in [{t_min:g}, {t_max:g}], got values in [{tt.min().item():g}, {tt.max().item():g}]"
+        )
+    return tt
+
+
+def check_positive(value: float, name: str) -> float:
+    """Check a finite positive scalar."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+    return float(value)
