@@ -1,0 +1,89 @@
+"""Resampling: draw ancestor indices so that particle i has N W_i offspring on average.
+
+All four schemes are unbiased (E[offspring_i] = N W_i); they differ in variance. Systematic and
+stratified resampling use one uniform per stratum of width 1/N and keep every particle's count
+within one of N W_i; residual resampling keeps floor(N W_i) copies deterministically and draws
+only the remainder; multinomial draws N independent ancestors (the largest variance, the
+simplest to reason about). Each function takes normalised weights (n,) float64 and returns
+ancestor indices (n_out,) int64. Zero-weight particles are never drawn.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .weights import normalized_weights
+
+
+def _cdf(weights: torch.Tensor) -> torch.Tensor:
+    cdf = torch.cumsum(weights, 0)
+    cdf[-1] = 1.0  # rounding must never push a uniform past the last particle
+    return cdf
+
+
+def _invert(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Index i with cdf[i-1] <= u < cdf[i]; a zero-weight particle owns an empty interval."""
+    idx = torch.searchsorted(_cdf(weights), u, right=True)
+    return idx.clamp_(max=weights.numel() - 1)
+
+
+def _uniforms(n: int, weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.rand(n, generator=generator, dtype=torch.float64, device=weights.device)
+
+
+def multinomial(weights: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n independent draws from Categorical(weights)."""
+    return _invert(weights, _uniforms(n, weights, generator))
+
+
+def stratified(weights: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One independent uniform in each stratum [j/n, (j+1)/n)."""
+    j = torch.arange(n, dtype=torch.float64, device=weights.device)
+    return _invert(weights, (j + _uniforms(n, weights, generator)) / n)
+
+
+def systematic(weights: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The same uniform offset in every stratum: u_j = (j + U) / n."""
+    j = torch.arange(n, dtype=torch.float64, device=weights.device)
+    return _invert(weights, (j + _uniforms(1, weights, generator)) / n)
+
+
+def residual(weights: torch.Tensor, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """floor(n W_i) copies of each particle, the remaining draws multinomial on the residuals."""
+    expected = n * weights
+    copies = torch.floor(expected).long()
+    deterministic = torch.repeat_interleave(torch.arange(weights.numel(), device=weights.device), copies)
+    n_rest = n - int(copies.sum())
+    if n_rest == 0:
+        return deterministic
+    rest = (expected - copies).clamp_(min=0.0)
+    drawn = multinomial(rest / rest.sum(), n_rest, generator)
+    return torch.cat([deterministic, drawn])
+
+
+RESAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "multinomial": multinomial,
+    "stratified": stratified,
+    "systematic": systematic,
+    "residual": residual,
+}
+
+
+def resample(log_w, method: str = "systematic", generator: torch.Generator | None = None,
+             n: int | None = None) -> torch.Tensor:
+    """Ancestor indices (n,) int64 drawn from the normalised weights of ``log_w`` (n_particles,).
+
+    Args:
+        log_w: log-weights, shape (n_particles,); non-finite entries are zero weight.
+        method: one of "multinomial", "stratified", "systematic", "residual".
+        generator: the torch.Generator that supplies all randomness.
+        n: number of offspring (default: as many as particles).
+    """
+    if method not in RESAMPLERS:
+        raise ValueError(f"method must be one of {sorted(RESAMPLERS)}, got {method!r}")
+    weights = normalized_weights(log_w)
+    n_out = weights.numel() if n is None else n
+    if not isinstance(n_out, int) or n_out < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    return RESAMPLERS[method](weights, n_out, generator)
