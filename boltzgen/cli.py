@@ -17,7 +17,90 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     # Sub-commands register themselves here, one add_* function each.
+    add_systems_command(sub)
+    add_md_command(sub)
     return parser
+
+
+def add_systems_command(sub) -> None:
+    """``boltzgen systems``: list the named systems."""
+    p = sub.add_parser("systems", help="list the named molecular systems",
+                       description="List the named systems (folders under systems/ with one YAML per set-up).")
+    p.set_defaults(func=_list_systems)
+
+
+def _list_systems(args) -> int:
+    from . import systems
+
+    found = systems.specs()
+    width = max((len(n) for n in found), default=0)
+    for name, spec in sorted(found.items()):
+        print(f"{name:<{width}}  {spec.description}")
+    return 0
+
+
+def add_md_command(sub) -> None:
+    """``boltzgen md SYSTEM --ns N --out DIR``: resumable Langevin MD for reference/training data."""
+    p = sub.add_parser(
+        "md", help="run Langevin MD of a system (resumable)",
+        description="Minimise, equilibrate and run Langevin MD at the system's temperature, writing frames "
+                    "and energies in chunks to --out. Run the same command again to resume or extend a run.")
+    p.add_argument("system", help="a named system (see `boltzgen systems`) or the path of a system YAML")
+    p.add_argument("--ns", type=float, required=True, help="production length in ns")
+    p.add_argument("--out", required=True, help="output folder (resumed if it holds this run)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--save-every", type=float, default=1.0, metavar="PS", help="ps between frames (default 1)")
+    p.add_argument("--timestep", type=float, default=1.0, metavar="FS", help="time step in fs (default 1)")
+    p.add_argument("--friction", type=float, default=1.0, metavar="PER_PS", help="Langevin friction, 1/ps")
+    p.add_argument("--equilibration", type=float, default=100.0, metavar="PS", help="equilibration, ps (default 100)")
+    p.add_argument("--chunk-frames", type=int, default=100, metavar="N", help="frames per chunk file (default 100)")
+    p.add_argument("--platform", default=None, help="OpenMM platform (default: the fastest, measured)")
+    p.set_defaults(func=_run_md)
+
+
+def _run_md(args) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from . import md, systems
+
+    target = systems.load(args.system, **({"platform": args.platform} if args.platform else {}))
+    bars: dict = {}  # stage -> (tqdm bar, start time, ps done at start)
+
+    def close_bars() -> None:
+        for bar, _, _ in bars.values():
+            bar.close()
+
+    def show(p) -> None:
+        if p.stage not in bars:
+            close_bars()
+            bar = tqdm(total=p.ps_total, initial=p.ps_done, unit="ps", desc=p.stage, dynamic_ncols=True,
+                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} ps [{elapsed}<{remaining}{postfix}]")
+            bars[p.stage] = (bar, time.perf_counter(), p.ps_done)
+        bar, t0, ps0 = bars[p.stage]
+        elapsed = time.perf_counter() - t0
+        if elapsed > 0:
+            bar.set_postfix_str(f"{(p.ps_done - ps0) / 1000 / (elapsed / 86400):.0f} ns/day", refresh=False)
+        bar.update(p.ps_done - bar.n)
+
+    try:
+        result = md.run_md(target, args.ns, args.out, args.seed, timestep_fs=args.timestep,
+                           friction_per_ps=args.friction, save_every_ps=args.save_every,
+                           chunk_frames=args.chunk_frames, equilibration_ps=args.equilibration,
+                           platform=args.platform, progress=show)
+    except KeyboardInterrupt:
+        close_bars()
+        print(f"interrupted; run the same command again to resume from the last complete chunk in {args.out}",
+              file=sys.stderr)
+        return 130
+    finally:
+        close_bars()
+        target.close()
+    print(f"{'resumed; ' if result.resumed else ''}{result.n_frames} frames ({result.ps_done / 1000:g} ns, "
+          f"{result.platform} platform) in {result.out_dir}; load them with "
+          f"boltzgen.md.load_trajectory({str(result.out_dir)!r})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,422 @@
+"""Molecular systems: named set-ups under ``systems/`` and custom ones from files.
+
+A *named system* is a YAML file in a folder of the top-level ``systems/`` directory, next to the
+structure (and parameter) files it names; see ``systems/README.md``. Its keys are the keyword
+arguments of :func:`from_files`, with file paths relative to the YAML's folder.
+
+:func:`from_files` builds an :class:`~boltzgen.targets.openmm.OpenMMTarget` from
+
+* a PDB/PDBx structure plus OpenMM force field XMLs (``amber14-all.xml``, ``charmm36.xml``,
+  ``implicit/gbn2.xml``, or your own files),
+* an Amber prmtop plus coordinates (inpcrd/rst7/crd or PDB), optionally with GB implicit solvent,
+* a structure plus a serialized OpenMM System XML (``system=``).
+
+Every set-up is built the way a Boltzmann generator needs it: no cutoff (``NoCutoff``), no
+constraints, flexible water, and no ``CMMotionRemover`` (it is not an energy term: it only alters
+MD velocities, and a free centre of mass is harmless for an isolated molecule).
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import openmm
+import openmm.app as app
+import yaml
+
+from .targets.openmm import OpenMMTarget
+
+DEFAULT_SYSTEMS_DIR = Path(__file__).resolve().parent.parent / "systems"
+
+_IMPLICIT_SOLVENT = {"HCT": app.HCT, "OBC1": app.OBC1, "OBC2": app.OBC2, "GBn": app.GBn, "GBn2": app.GBn2}
+_PDB_SUFFIXES = {".pdb", ".ent"}
+_PDBX_SUFFIXES = {".cif", ".pdbx", ".mmcif"}
+_PRMTOP_SUFFIXES = {".prmtop", ".parm7", ".top"}
+# Arguments a caller may not set through system_kwargs: they define what boltzgen samples.
+_FIXED_SYSTEM_ARGS = {"nonbondedMethod", "constraints", "rigidWater", "removeCMMotion", "implicitSolvent",
+                      "residueTemplates"}
+_SPEC_KEYS = {"description", "structure", "forcefield", "coordinates", "system", "temperature",
+              "implicit_solvent", "residue_templates", "system_kwargs"}
+
+
+# ---- named systems ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SystemSpec:
+    """A named system: its YAML file, description and the :func:`from_files` arguments it holds."""
+
+    name: str
+    description: str
+    path: Path
+    options: dict
+
+
+def _read_spec(path: Path) -> SystemSpec:
+    with open(path) as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of from_files arguments, got {type(data).__name__}")
+    unknown = set(data) - _SPEC_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(_SPEC_KEYS)}")
+    if "structure" not in data:
+        raise ValueError(f"{path}: missing the 'structure' key (the structure file, relative to this folder)")
+    options = dict(data)
+    description = str(options.pop("description", ""))
+    folder = path.parent
+    for key in ("structure", "coordinates", "system"):
+        if options.get(key) is not None:
+            options[key] = folder / options[key]
+    if options.get("forcefield") is not None:
+        ffs = [options["forcefield"]] if isinstance(options["forcefield"], str) else options["forcefield"]
+        # A force field file next to the YAML wins over an OpenMM built-in of the same name.
+        options["forcefield"] = [str(folder / f) if (folder / f).exists() else f for f in ffs]
+    return SystemSpec(name=path.stem, description=description, path=path, options=options)
+
+
+def specs(systems_dir: str | Path | None = None) -> dict[str, SystemSpec]:
+    """All named systems in ``systems_dir`` (default: the repository's ``systems/``), by name."""
+    root = Path(systems_dir) if systems_dir is not None else DEFAULT_SYSTEMS_DIR
+    found = {}
+    for path in sorted(root.glob("*/*.yaml")):
+        spec = _read_spec(path)
+        if spec.name in found:
+            raise ValueError(f"two systems are named {spec.name!r}: {found[spec.name].path} and {path}")
+        found[spec.name] = spec
+    return found
+
+
+def names(systems_dir: str | Path | None = None) -> list[str]:
+    """Names of the named systems, sorted."""
+    return sorted(specs(systems_dir))
+
+
+def load(name: str, *, systems_dir: str | Path | None = None, **overrides) -> OpenMMTarget:
+    """Build the target of a named system (or of a system YAML given by its path).
+
+    Args:
+        name: a name from :func:`names`, e.g. "alanine-dipeptide", or a path to a ``.yaml``.
+        systems_dir: where the named systems live (default: the repository's ``systems/``).
+        **overrides: :func:`from_files` keyword arguments that replace the YAML's, e.g.
+            ``temperature=350.0``, ``n_workers=2``, ``platform="CPU"``.
+    """
+    if str(name).endswith((".yaml", ".yml")):
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"system file not found: {path}")
+        spec = _read_spec(path)
+    else:
+        known = specs(systems_dir)
+        if name not in known:
+            close = difflib.get_close_matches(str(name), list(known), n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"unknown system {name!r}; named systems: {', '.join(sorted(known))}.{hint}")
+        spec = known[name]
+    options = {**spec.options, "name": spec.name, **overrides}
+    return from_files(**options)
+
+
+# ---- custom systems -----------------------------------------------------------------------------
+def from_files(structure, forcefield=None, *, coordinates=None, system=None, temperature: float = 300.0,
+               implicit_solvent: str | None = None, residue_templates: dict | None = None,
+               system_kwargs: dict | None = None, name: str | None = None, n_workers: int = 0,
+               platform: str = "auto") -> OpenMMTarget:
+    """Build an :class:`OpenMMTarget` from structure and force field files.
+
+    Three ways in, chosen by the arguments:
+
+    * ``from_files("mol.pdb", ["amber14-all.xml", "implicit/gbn2.xml"])``: a PDB or PDBx/mmCIF
+      structure and OpenMM force field XMLs (built-in names or paths).
+    * ``from_files("mol.prmtop", coordinates="mol.inpcrd", implicit_solvent="OBC1")``: an Amber
+      topology; coordinates from an inpcrd/rst7/crd or a PDB; ``implicit_solvent`` one of
+      HCT, OBC1, OBC2, GBn, GBn2 (OpenMM's Amber GB models) or None for vacuum.
+    * ``from_files("mol.pdb", system="system.xml")``: a serialized OpenMM System; the structure
+      gives topology and positions. Its CMMotionRemover, if any, is dropped.
+
+    Args:
+        structure: path of the structure (.pdb/.cif) or Amber topology (.prmtop/.parm7).
+        forcefield: OpenMM force field XML names/paths (a string or a list), PDB route only.
+        coordinates: positions for a prmtop (.inpcrd/.rst7/.crd or .pdb).
+        system: path of a serialized OpenMM System XML.
+        temperature: temperature in K.
+        implicit_solvent: Amber GB model for the prmtop route.
+        residue_templates: choose force field templates where OpenMM finds several, as
+            ``{residue: template_name}`` where ``residue`` is a residue index (int, 0-based), a
+            residue name (str, every residue of that name), or a tuple of those for a template
+            that covers several bonded residues, e.g. ``{("ACE", "ALA", "NME"): "ALAD"}`` for
+            charmm36's capped alanine. Passed to OpenMM's ``createSystem(residueTemplates=...)``;
+            for a tuple, its (consecutive, bonded) residues are first merged into one residue of a
+            copy of the topology (the target keeps the original topology; atom order is unchanged).
+        system_kwargs: more ``createSystem`` keyword arguments (e.g. ``{"soluteDielectric": 2.0}``);
+            cutoff, constraints, water rigidity and CM motion removal are fixed.
+        name: the target's name (default: the structure file's stem).
+        n_workers, platform: passed to :class:`OpenMMTarget`.
+
+    Raises:
+        FileNotFoundError: a file that does not exist (named in the message).
+        ValueError: a residue the force field has no template for, ambiguous templates (the
+            message lists them and shows ``residue_templates``), inconsistent arguments.
+    """
+    structure = _existing(structure, "structure")
+    suffix = structure.suffix.lower()
+    system_kwargs = dict(system_kwargs or {})
+    fixed = _FIXED_SYSTEM_ARGS & set(system_kwargs)
+    if fixed:
+        raise ValueError(f"system_kwargs may not set {sorted(fixed)}: boltzgen fixes them (or use the named argument)")
+    if system is not None and (forcefield is not None or implicit_solvent is not None):
+        raise ValueError("give either system= (a serialized System) or forcefield=/implicit_solvent=, not both")
+
+    if suffix in _PRMTOP_SUFFIXES:
+        if forcefield is not None:
+            raise ValueError("a prmtop carries its own force field; do not pass forcefield=")
+        if residue_templates:
+            raise ValueError("residue_templates applies to force field XMLs, not to a prmtop")
+        if coordinates is None:
+            raise ValueError("a prmtop holds no coordinates; pass coordinates= (an .inpcrd/.rst7/.crd or .pdb file)")
+        prmtop = app.AmberPrmtopFile(str(structure))
+        topology, positions = prmtop.topology, _read_coordinates(_existing(coordinates, "coordinates"))
+        omm_system = None if system is not None else prmtop.createSystem(
+            nonbondedMethod=app.NoCutoff, constraints=None, rigidWater=False, removeCMMotion=False,
+            implicitSolvent=_implicit_solvent(implicit_solvent), **system_kwargs)
+    elif suffix in _PDB_SUFFIXES | _PDBX_SUFFIXES:
+        if coordinates is not None:
+            raise ValueError("coordinates= is for a prmtop; a PDB/PDBx structure holds its own positions")
+        if implicit_solvent is not None:
+            raise ValueError("implicit_solvent= is for a prmtop; with force field XMLs add e.g. 'implicit/obc2.xml'")
+        pdb = (app.PDBFile if suffix in _PDB_SUFFIXES else app.PDBxFile)(str(structure))
+        topology, positions = pdb.topology, pdb.positions
+        omm_system = None
+        if system is None:
+            if not forcefield:
+                raise ValueError("forcefield= is required with a PDB structure, e.g. ['amber14-all.xml'] "
+                                 "(or pass a serialized System with system=)")
+            omm_system = _create_from_xmls(topology, forcefield, residue_templates, system_kwargs)
+    else:
+        raise ValueError(f"structure {structure.name!r}: unsupported file type {suffix!r}; use a PDB (.pdb), "
+                         "PDBx/mmCIF (.cif) or Amber topology (.prmtop/.parm7)")
+
+    if system is not None:
+        omm_system = _read_system_xml(_existing(system, "system"), topology)
+    return OpenMMTarget(omm_system, topology, positions, temperature, name=name or structure.stem,
+                        n_workers=n_workers, platform=platform)
+
+
+def _existing(path, what: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} file not found: {p}")
+    return p
+
+
+def _implicit_solvent(model: str | None):
+    if model is None:
+        return None
+    if model not in _IMPLICIT_SOLVENT:
+        raise ValueError(f"implicit_solvent must be None or one of {list(_IMPLICIT_SOLVENT)}, got {model!r}")
+    return _IMPLICIT_SOLVENT[model]
+
+
+def _read_coordinates(path: Path):
+    if path.suffix.lower() in _PDB_SUFFIXES:
+        return app.PDBFile(str(path)).positions
+    return app.AmberInpcrdFile(str(path)).positions
+
+
+def _read_system_xml(path: Path, topology: app.Topology) -> openmm.System:
+    text = path.read_text()
+    if "<ForceField" in text[:2000]:
+        raise ValueError(f"{path.name} is a force field XML, not a serialized System; pass it as forcefield=")
+    try:
+        omm_system = openmm.XmlSerializer.deserialize(text)
+    except Exception as exc:
+        raise ValueError(f"{path.name} is not a serialized OpenMM System: {exc}") from exc
+    if not isinstance(omm_system, openmm.System):
+        raise ValueError(f"{path.name} holds a serialized {type(omm_system).__name__}, not a System")
+    if omm_system.getNumParticles() != topology.getNumAtoms():
+        raise ValueError(f"{path.name} has {omm_system.getNumParticles()} particles but the structure has "
+                         f"{topology.getNumAtoms()} atoms")
+    for i in reversed(range(omm_system.getNumForces())):
+        if isinstance(omm_system.getForce(i), openmm.CMMotionRemover):
+            omm_system.removeForce(i)
+    return omm_system
+
+
+# ---- force field XMLs: templates and their errors -------------------------------------------------
+def _load_forcefield(forcefield) -> tuple[app.ForceField, list[str]]:
+    files = [forcefield] if isinstance(forcefield, (str, Path)) else list(forcefield)
+    files = [str(f) for f in files]
+    for f in files:
+        if Path(f).is_file() and "<System" in Path(f).read_text()[:2000]:
+            raise ValueError(f"{f} is a serialized OpenMM System, not a force field; pass it as system=")
+    try:
+        return app.ForceField(*files), files
+    except ValueError as exc:
+        missing = [f for f in files if not Path(f).is_file() and not _is_builtin_forcefield(f)]
+        if missing:
+            raise FileNotFoundError(
+                f"force field file not found: {missing[0]} (neither a path nor one of OpenMM's built-in "
+                "force fields such as amber14-all.xml, amber99sbildn.xml, charmm36.xml, implicit/obc2.xml)"
+            ) from exc
+        raise
+
+
+def _is_builtin_forcefield(name: str) -> bool:
+    from openmm.app.forcefield import _getDataDirectories
+
+    return any((Path(d) / name).is_file() for d in _getDataDirectories())
+
+
+def _create_from_xmls(topology, forcefield, residue_templates, system_kwargs) -> openmm.System:
+    ff, files = _load_forcefield(forcefield)
+    build_topology, templates = _template_topology(topology, ff, residue_templates or {})
+    try:
+        return ff.createSystem(build_topology, nonbondedMethod=app.NoCutoff, constraints=None, rigidWater=False,
+                               removeCMMotion=False, residueTemplates=templates, **system_kwargs)
+    except Exception as exc:
+        message = str(exc)
+        if "No template found" in message:
+            raise ValueError(_no_template_message(message, files)) from exc
+        if "Multiple non-identical matching templates" in message:
+            raise ValueError(_ambiguous_message(message, topology, ff, files)) from exc
+        if "User-supplied template" in message:
+            raise ValueError(f"residue_templates: {message}") from exc
+        raise
+
+
+def _template_topology(topology, ff, residue_templates: dict):
+    """The topology to parameterise and OpenMM's ``residueTemplates`` {Residue: name} for it.
+
+    A tuple key names residues that one template covers (charmm36's ALAD spans ACE-ALA-NME).
+    OpenMM's residueTemplates is keyed by single residues, so those residues are merged into one
+    residue of a copy of the topology; atom order, and hence the System, is unchanged.
+    """
+    residues = list(topology.residues())
+    known = getattr(ff, "_templates", {})  # OpenMM has no public list of template names
+
+    def lookup(key) -> list:
+        if isinstance(key, bool) or not isinstance(key, (int, str)):
+            raise TypeError(f"residue_templates keys must be residue indices (int), names (str) or tuples of "
+                            f"those, got {key!r}")
+        found = [r for r in residues if (r.index == key if isinstance(key, int) else r.name == key)]
+        if not found:
+            listing = ", ".join(f"{r.index}:{r.name}" for r in residues[:20])
+            raise ValueError(f"residue_templates key {key!r} matches no residue; residues (index:name): {listing}")
+        return found
+
+    single, groups = {}, []
+    for key, template in residue_templates.items():
+        if template not in known:
+            close = difflib.get_close_matches(str(template), list(known), n=5)
+            raise ValueError(f"residue_templates: the force field has no template {template!r}"
+                             + (f"; close names: {', '.join(close)}" if close else ""))
+        if isinstance(key, tuple):
+            chosen = {r for k in key for r in lookup(k)}
+            groups += [(component, template) for component in _bonded_components(topology, chosen)]
+        else:
+            single.update({r: template for r in lookup(key)})
+    if not groups:
+        return topology, single
+    merged, new_residue = _merge_residues(topology, [c for c, _ in groups])
+    templates = {new_residue[r.index]: t for r, t in single.items()}
+    templates.update({new_residue[component[0].index]: t for component, t in groups})
+    return merged, templates
+
+
+def _bonded_components(topology, chosen: set) -> list[list]:
+    """Split a set of residues into groups joined by bonds, each sorted by index."""
+    neighbours = {r: set() for r in chosen}
+    for a, b in topology.bonds():
+        if a.residue is not b.residue and a.residue in chosen and b.residue in chosen:
+            neighbours[a.residue].add(b.residue)
+            neighbours[b.residue].add(a.residue)
+    components, seen = [], set()
+    for start in sorted(chosen, key=lambda r: r.index):
+        if start in seen:
+            continue
+        stack, component = [start], {start}
+        while stack:
+            for other in neighbours[stack.pop()] - component:
+                component.add(other)
+                stack.append(other)
+        seen |= component
+        components.append(sorted(component, key=lambda r: r.index))
+    return components
+
+
+def _merge_residues(topology, components: list[list]):
+    """A copy of ``topology`` in which each component (consecutive residues) is one residue.
+
+    Returns the copy and a map from original residue index to the residue of the copy.
+    """
+    owner = {}
+    for component in components:
+        indices = [r.index for r in component]
+        if indices != list(range(indices[0], indices[0] + len(indices))):
+            raise ValueError(f"residue_templates: residues {indices} share a template but are not consecutive")
+        owner.update({i: indices[0] for i in indices})
+    merged = app.Topology()
+    merged.setPeriodicBoxVectors(topology.getPeriodicBoxVectors())
+    new_residue, new_atom = {}, {}
+    for chain in topology.chains():
+        new_chain = merged.addChain(chain.id)
+        for residue in chain.residues():
+            head = owner.get(residue.index, residue.index)
+            if head not in new_residue:
+                new_residue[head] = merged.addResidue(residue.name, new_chain, residue.id, residue.insertionCode)
+            new_residue[residue.index] = new_residue[head]
+            for atom in residue.atoms():
+                new_atom[atom] = merged.addAtom(atom.name, atom.element, new_residue[head], atom.id)
+    for bond in topology.bonds():
+        merged.addBond(new_atom[bond[0]], new_atom[bond[1]], bond.type, bond.order)
+    return merged, new_residue
+
+
+def _no_template_message(message: str, files: list[str]) -> str:
+    m = re.search(r"residue (\d+) \(([^)]*)\)\.?\s*(.*?)\s*(For more information.*)?$", message, re.S)
+    index, resname, diagnosis = (m.group(1), m.group(2), m.group(3)) if m else ("?", "?", message)
+    return (
+        f"the force field ({', '.join(files)}) has no template for residue {resname} (index {index}). "
+        f"OpenMM says: {diagnosis.strip() or 'no match'} "
+        "What to do: if hydrogens are missing, add them (openmm.app.Modeller(...).addHydrogens(forcefield)); "
+        "if the force field knows this residue under another name or needs a water/ion model, add that XML "
+        "(e.g. 'tip3p.xml'); for a small molecule or non-standard residue, add a force field XML that defines "
+        "it (e.g. generated with openmmforcefields' GAFF or OpenFF template generators)."
+    )
+
+
+def _ambiguous_message(message: str, topology, ff, files: list[str]) -> str:
+    m = re.search(r"residue (-?\d+) \(([^)]*)\): (.*)\.$", message.strip())
+    candidates = [c.strip() for c in m.group(3).split(",")] if m else []
+    index = int(m.group(1)) if m else None
+    if index is not None and index >= 0:
+        residue = list(topology.residues())[index]
+        what, key = f"residue {residue.name} (index {index})", repr(index)
+    else:
+        # OpenMM merged a whole molecule into one pseudo-residue; name its residues.
+        group = _unmatched_molecule(topology, ff)
+        what = "the molecule made of residues " + ", ".join(f"{r.name} (index {r.index})" for r in group)
+        key = repr(tuple(r.name for r in group))
+    example = candidates[0] if candidates else "TEMPLATE"
+    return (
+        f"{what} matches several non-identical templates of {', '.join(files)}: {', '.join(candidates)}. "
+        f"Choose one with residue_templates, e.g. from_files(..., residue_templates={{{key}: {example!r}}})."
+    )
+
+
+def _unmatched_molecule(topology, ff) -> list:
+    """The residues bonded to the first residue that no single-residue template matches."""
+    unmatched = ff.getUnmatchedResidues(topology)
+    if not unmatched:
+        return []
+    neighbours = {r: set() for r in topology.residues()}
+    for a, b in topology.bonds():
+        if a.residue is not b.residue:
+            neighbours[a.residue].add(b.residue)
+            neighbours[b.residue].add(a.residue)
+    seen, stack = {unmatched[0]}, [unmatched[0]]
+    while stack:
+        for other in neighbours[stack.pop()] - seen:
+            seen.add(other)
+            stack.append(other)
+    return sorted(seen, key=lambda r: r.index)
