@@ -1,0 +1,215 @@
+"""Configurations per second of the energy paths for alanine dipeptide (issue 3, item 5).
+
+Compares, for the vacuum and the implicit-solvent (GBSAOBCForce) set-ups, at batch sizes 256 and
+4096, energies only and energies + forces:
+
+  (a) loop     a plain per-configuration OpenMM loop: one Reference-platform Context,
+               setPositions + getState(energy[, forces]) per configuration;
+  (b) pool     boltzgen.targets.OpenMMTarget with a pool of worker processes;
+  (c) torch    the batched torch force field (TorchForceFieldTarget, torch.compile'd; forces
+               through torch.autograd.grad of reduced_energy);
+      eager    the same without torch.compile;
+      autograd the reference path: one autograd graph of TorchForceField.forward.
+
+Every figure is the best of --repeats timed runs (others share this machine; the best run is the
+least disturbed one). The machine load (/proc/loadavg) before and after is printed. Compilation
+time is reported separately and not counted in the throughput.
+
+Run:  python benchmarks/energy_throughput.py [--threads 1] [--workers 2] [--repeats 3]
+The last line is one JSON object with all figures; ``vacuum_torch_vs_loop`` and
+``implicit_torch_vs_pool`` are the configs/s ratios at batch 4096, energies and forces.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import openmm
+import openmm.unit as unit
+import torch
+
+from boltzgen import systems
+from boltzgen.targets import TorchForceField, torch_target
+
+SYSTEMS = {"vacuum": "alanine-dipeptide", "implicit": "alanine-dipeptide-implicit"}
+MODES = ("energy", "energy_forces")
+
+
+def load_average() -> list[float]:
+    with open("/proc/loadavg") as f:
+        return [float(v) for v in f.read().split()[:3]]
+
+
+def best_rate(run, n: int, repeats: int, min_configs: int = 4096) -> float:
+    """Configurations per second of ``run()`` (which evaluates n configurations), best of repeats.
+
+    Each timed run calls ``run`` often enough to cover at least ``min_configs`` configurations.
+    """
+    calls = max(1, min_configs // n)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            run()
+        times.append(time.perf_counter() - start)
+    return calls * n / min(times)
+
+
+def openmm_loop(system: openmm.System):
+    """(a): evaluate configurations one by one in a single Reference Context."""
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+
+    def run(x: np.ndarray, forces: bool):
+        energies = np.empty(len(x))
+        f = np.empty_like(x) if forces else None
+        for i, xi in enumerate(x):
+            context.setPositions(xi)
+            state = context.getState(getEnergy=True, getForces=forces)
+            energies[i] = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+            if forces:
+                f[i] = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+        return energies, f
+
+    return run
+
+
+def target_runner(target):
+    """(b), (c): a target's reduced_energy, with forces through torch.autograd.grad."""
+
+    def run(x: torch.Tensor, forces: bool):
+        if not forces:
+            return target.reduced_energy(x), None
+        x = x.clone().requires_grad_(True)
+        u = target.reduced_energy(x)
+        (grad,) = torch.autograd.grad(u.sum(), x)
+        return u, -grad
+
+    return run
+
+
+def pool_runner(target):
+    """(b): the worker pool's own energy_and_forces (its autograd backward uses the same call)."""
+
+    def run(x: torch.Tensor, forces: bool):
+        return target.energy_and_forces(x) if forces else (target.reduced_energy(x), None)
+
+    return run
+
+
+def autograd_runner(forcefield: TorchForceField):
+    """The reference path: one autograd graph over the whole batch."""
+
+    def run(x: torch.Tensor, forces: bool):
+        if not forces:
+            with torch.no_grad():
+                return forcefield(x), None
+        x = x.clone().requires_grad_(True)
+        energy = forcefield(x)
+        (grad,) = torch.autograd.grad(energy.sum(), x)
+        return energy, -grad
+
+    return run
+
+
+def configurations(target, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return target.positions[None] + 0.015 * rng.standard_normal((n, *target.positions.shape))
+
+
+def measure(args) -> dict:
+    torch.set_num_threads(args.threads)
+    results: dict = {"threads": args.threads, "workers": args.workers, "repeats": args.repeats,
+                     "load_before": load_average(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                     "openmm": openmm.__version__, "configs_per_s": {}, "compile_s": {}}
+    for label, name in SYSTEMS.items():
+        reference = systems.load(name)
+        pool = systems.load(name, n_workers=args.workers)
+        fast = torch_target(reference, compile=True)
+        eager = torch_target(reference, compile=False)
+        x_warm = torch.from_numpy(configurations(reference, 8, seed=0))
+        pool.energy_and_forces(x_warm)  # start the workers
+        start = time.perf_counter()
+        for forces in (False, True):  # compile both kernels before timing
+            target_runner(fast)(x_warm, forces)
+        results["compile_s"][label] = round(time.perf_counter() - start, 1)
+        runners = {
+            "loop": (openmm_loop(reference.system), True),
+            "pool": (pool_runner(pool), False),
+            "torch": (target_runner(fast), False),
+            "eager": (target_runner(eager), False),
+            "autograd": (autograd_runner(eager.forcefield), False),
+        }
+        rates = results["configs_per_s"][label] = {}
+        for batch in args.batches:
+            x_np = configurations(reference, batch, seed=batch)
+            x = torch.from_numpy(x_np)
+            rates[str(batch)] = {}
+            for method, (run, wants_numpy) in runners.items():
+                data = x_np if wants_numpy else x
+                rates[str(batch)][method] = {
+                    mode: round(best_rate(lambda: run(data, mode == "energy_forces"), batch, args.repeats))
+                    for mode in MODES
+                }
+        pool.close()
+    results["load_after"] = load_average()
+    return results
+
+
+def ratios(results: dict) -> dict:
+    """Ratios of configs/s: every method against the loop, and torch against the pool."""
+    out = {}
+    for label, by_batch in results["configs_per_s"].items():
+        for batch, by_method in by_batch.items():
+            for method, by_mode in by_method.items():
+                for mode, rate in by_mode.items():
+                    out[f"{label}_{batch}_{method}_vs_loop_{mode}"] = round(rate / by_method["loop"][mode], 2)
+            for mode in MODES:
+                out[f"{label}_{batch}_torch_vs_pool_{mode}"] = round(
+                    by_method["torch"][mode] / by_method["pool"][mode], 2)
+    return out
+
+
+def table(results: dict, r: dict) -> str:
+    lines = [f"threads={results['threads']} workers={results['workers']} repeats={results['repeats']} "
+             f"load before={results['load_before']} after={results['load_after']}",
+             f"compile seconds (not counted): {results['compile_s']}",
+             f"{'system':9} {'batch':>5} {'method':9} {'E conf/s':>11} {'E+F conf/s':>11} {'E x loop':>9} {'E+F x loop':>10}"]
+    for label, by_batch in results["configs_per_s"].items():
+        for batch, by_method in by_batch.items():
+            for method, by_mode in by_method.items():
+                lines.append(
+                    f"{label:9} {batch:>5} {method:9} {by_mode['energy']:>11,} {by_mode['energy_forces']:>11,} "
+                    f"{r[f'{label}_{batch}_{method}_vs_loop_energy']:>9.2f} "
+                    f"{r[f'{label}_{batch}_{method}_vs_loop_energy_forces']:>10.2f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: on a 2-core machine shared with other jobs, "
+                             "2 threads made small torch operations several times slower)")
+    parser.add_argument("--workers", type=int, default=2, help="OpenMMTarget pool workers (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure; the best is kept")
+    parser.add_argument("--batches", type=int, nargs="+", default=[256, 4096])
+    args = parser.parse_args()
+    results = measure(args)
+    r = ratios(results)
+    print(table(results, r))
+    biggest = str(max(args.batches))
+    summary = {
+        "vacuum_torch_vs_loop": r[f"vacuum_{biggest}_torch_vs_loop_energy_forces"],
+        "implicit_torch_vs_pool": r[f"implicit_{biggest}_torch_vs_pool_energy_forces"],
+        "vacuum_torch_vs_loop_energy": r[f"vacuum_{biggest}_torch_vs_loop_energy"],
+        "implicit_torch_vs_pool_energy": r[f"implicit_{biggest}_torch_vs_pool_energy"],
+        "implicit_torch_vs_loop": r[f"implicit_{biggest}_torch_vs_loop_energy_forces"],
+        "vacuum_torch_vs_pool": r[f"vacuum_{biggest}_torch_vs_pool_energy_forces"],
+    }
+    print(json.dumps({**summary, **results, "ratios": r}))
+
+
+if __name__ == "__main__":
+    main()

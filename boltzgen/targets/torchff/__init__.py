@@ -1,0 +1,25 @@
+"""A batched torch force field compiled from an OpenMM System.
+
+``TorchForceField(system)`` evaluates the energies of a whole batch of configurations
+(n, n_atoms, 3) in nm at once, with forces, agreeing with OpenMM's Reference platform to
+float64 rounding. Supported: HarmonicBondForce, HarmonicAngleForce, PeriodicTorsionForce,
+NonbondedForce (NoCutoff) and GBSAOBCForce (NoCutoff); CMMotionRemover is ignored. Any other
+force raises :class:`UnsupportedForceError` naming it; :func:`fast_target` then keeps the OpenMM
+target instead, with a warning.
+
+Modules: ``terms`` (one torch module per force kind, analytic gradients), ``reader`` (OpenMM
+forces -> terms), ``forcefield`` (the batched sum, chunking, optional torch.compile),
+``target`` (the target interface shared with OpenMMTarget).
+"""
+from .forcefield import TorchForceField
+from .reader import UnsupportedForceError, unsupported_forces
+from .target import TorchForceFieldTarget, fast_target, torch_target
+
+__all__ = [
+    "TorchForceField",
+    "TorchForceFieldTarget",
+    "UnsupportedForceError",
+    "fast_target",
+    "torch_target",
+    "unsupported_forces",
+]

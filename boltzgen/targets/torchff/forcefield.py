@@ -1,0 +1,172 @@
+"""The batched torch force field: the sum of the terms read from an OpenMM System."""
+from __future__ import annotations
+
+import types
+import warnings
+
+import openmm
+import torch
+from torch import nn
+
+from ..._checks import check_positions
+from .reader import read_terms
+from .terms import scatter
+
+# A chunk holds about this many (atom pair x configuration) entries: big enough to amortise
+# torch's per-operation overhead, small enough that a chunk's temporaries stay in cache and that
+# memory stays bounded for any batch size (measured on alanine dipeptide: 256 configurations).
+PAIR_BUDGET = 2**16
+
+
+def _own_code(method):
+    """``method`` bound to a private copy of its code object.
+
+    torch.compile keeps its compiled graphs on the code object and stops compiling after 8 per
+    code object; a private copy gives every force field its own cache instead of one per process.
+    """
+    f = method.__func__
+    copy = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+    return types.MethodType(copy, method.__self__)
+
+
+def _default_chunk_size(n_atoms: int) -> int:
+    n_pairs = max(n_atoms * (n_atoms - 1) // 2, 1)
+    return 1 << max(4, (PAIR_BUDGET // n_pairs).bit_length() - 1)  # a power of two, at least 16
+
+
+class TorchForceField(nn.Module):
+    """Energies and forces of an ``openmm.System`` for a whole batch of configurations at once.
+
+    Supports HarmonicBondForce, HarmonicAngleForce, PeriodicTorsionForce, NonbondedForce and
+    GBSAOBCForce without cutoff; CMMotionRemover is ignored (it adds no energy). Pairwise terms
+    are evaluated for all atom pairs at once (dense pair lists), which suits small molecules.
+
+    Two paths:
+      * ``forward(x)``: energies as one differentiable torch graph (autograd gives forces, also
+        higher derivatives); the reference, and simplest to compose.
+      * ``energy(x)`` / ``energy_and_gradient(x)``: the fast path. The batch is cut into chunks
+        of ``chunk_size`` configurations (bounded memory for any batch size) and gradients are
+        analytic. With ``compile=True`` each chunk runs through ``torch.compile``: fused C++
+        kernels, 5-10x faster than eager for alanine dipeptide. The first call of each kind
+        (energies, energies + gradients) compiles for 10-60 s and needs a C++ compiler; if that
+        fails the force field warns and stays eager. Compiled, the last chunk is padded so that
+        every chunk has one shape: a call costs at least one full chunk.
+
+    Args:
+        system: the openmm.System to evaluate.
+        dtype: torch.float64 (default; agrees with OpenMM's Reference platform) or torch.float32.
+        chunk_size: configurations per chunk of the fast path (default: from the pair count).
+        compile: compile the fast path with torch.compile.
+
+    Raises:
+        UnsupportedForceError (a ValueError): a force or setting that is not supported; the
+            message names the force class (and the nonbonded method).
+    """
+
+    def __init__(self, system: openmm.System, dtype: torch.dtype = torch.float64,
+                 chunk_size: int | None = None, compile: bool = False):
+        super().__init__()
+        if dtype not in (torch.float64, torch.float32):
+            raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        named = read_terms(system)
+        self.names = [name for name, _ in named]
+        self.terms = nn.ModuleList(term for _, term in named)
+        self.n_atoms = system.getNumParticles()
+        self.dtype = dtype
+        self.chunk_size = chunk_size or _default_chunk_size(self.n_atoms)
+        self.to(dtype)
+        self.compiled = bool(compile)
+        # One thread per compiled kernel: a chunk of a small molecule is too little work to share,
+        # and OpenMP threads waiting on a busy sibling core made kernels ~100x slower here.
+        self._kernel = (torch.compile(_own_code(self._evaluate), dynamic=False, options={"cpp.threads": 1})
+                        if compile else self._evaluate)
+
+    def _coordinates(self, x: torch.Tensor) -> torch.Tensor:
+        # (n, n_atoms, 3) -> (3, n_atoms, n): the batch becomes the contiguous last axis.
+        return x.to(self.dtype).permute(2, 1, 0).contiguous()
+
+    def _evaluate(self, X: torch.Tensor, gradient: bool):
+        """All terms on coordinates X (3, n_atoms, n) nm: energies (n,) kJ/mol and, if ``gradient``,
+        the gradient (n, n_atoms, 3) kJ/mol/nm (else None).
+
+        Non-finite energies become +inf and their rows of the gradient zero (as do non-finite
+        gradient entries). X comes in already transposed: inside torch.compile a transposition
+        would be fused into every load and make them strided, which costs more than the copy.
+        """
+        energy = torch.zeros(X.shape[-1], dtype=X.dtype, device=X.device)
+        pieces = []
+        for term in self.terms:
+            e, p = term(X, gradient)
+            energy = energy + e
+            pieces += p or []
+        finite = torch.isfinite(energy)
+        energy = torch.where(finite, energy, torch.inf)
+        if not gradient:
+            return energy, None
+        grad = scatter(X, pieces).permute(2, 1, 0)
+        grad = torch.where(finite[:, None, None] & torch.isfinite(grad), grad, 0.0)
+        return energy, grad.contiguous()  # transposing here, fused, is cheaper than a copy outside
+
+    def _run(self, X: torch.Tensor, gradient: bool):
+        """The fast-path kernel on X (3, n_atoms, n), falling back to eager (with a warning) if compilation fails."""
+        try:
+            return self._kernel(X, gradient)
+        except Exception as exc:  # compiler missing or broken: torch raises many kinds
+            if self._kernel is self._evaluate:
+                raise
+            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); the torch force field runs eager",
+                          RuntimeWarning, stacklevel=3)
+            self._kernel, self.compiled = self._evaluate, False
+            return self._evaluate(X, gradient)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Potential energies (n,) in kJ/mol of positions x (n, n_atoms, 3) in nm.
+
+        One autograd graph for the whole batch (differentiable to any order). Non-finite
+        energies (overlapping atoms) come back as +inf.
+        """
+        x = check_positions(x, "x", self.n_atoms)
+        return self._evaluate(self._coordinates(x), gradient=False)[0]
+
+    def energy_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Energy (n,) in kJ/mol of each force, keyed like ``'NonbondedForce[2]'`` (the System's force index)."""
+        x = check_positions(x, "x", self.n_atoms)
+        X = self._coordinates(x)
+        return {name: term(X)[0] for name, term in zip(self.names, self.terms)}
+
+    def _chunks(self, x: torch.Tensor, gradient: bool):
+        """The fast path over the batch, one chunk of ``chunk_size`` configurations at a time."""
+        n, size = x.shape[0], self.chunk_size
+        energy = torch.empty(n, dtype=self.dtype, device=x.device)
+        grad = torch.empty((n, self.n_atoms, 3), dtype=self.dtype, device=x.device) if gradient else None
+        for start in range(0, n, size):
+            chunk = x[start:start + size]
+            m = chunk.shape[0]
+            if m < size and self.compiled:  # pad with copies of a real configuration: one compiled shape
+                chunk = torch.cat((chunk, chunk[:1].expand(size - m, -1, -1)))
+            e, g = self._run(self._coordinates(chunk), gradient)
+            energy[start:start + m] = e[:m]
+            if gradient:
+                grad[start:start + m] = g[:m]
+        return energy, grad
+
+    @torch.no_grad()
+    def energy(self, x: torch.Tensor) -> torch.Tensor:
+        """Energies (n,) in kJ/mol of x (n, n_atoms, 3) in nm by the fast path (not differentiable).
+
+        Non-finite energies (overlapping atoms) come back as +inf.
+        """
+        x = check_positions(x, "x", self.n_atoms)
+        return self._chunks(x, gradient=False)[0]
+
+    @torch.no_grad()
+    def energy_and_gradient(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Energies (n,) in kJ/mol and their gradient (n, n_atoms, 3) in kJ/mol/nm (forces = -gradient).
+
+        Fast path, analytic gradients, not differentiable itself. Rows with non-finite energy
+        get energy +inf and a zero gradient.
+        """
+        x = check_positions(x, "x", self.n_atoms)
+        return self._chunks(x, gradient=True)
