@@ -1,0 +1,226 @@
+"""Training: DSM pre-training, then DSM + DiffCLF fine-tuning, with EMA weights and resume.
+
+The run is a pure function of (model init, data, config): batches, times and noise all come
+from one torch.Generator seeded by ``config.seed`` whose state is checkpointed with the model,
+optimiser and EMA weights, so a run that is interrupted and resumed from its checkpoint ends
+with exactly the parameters of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .._checks import check_flat
+from .losses import LossParts, combined_loss
+from .networks import EnergyMLP
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Hyper-parameters of one training run.
+
+    dsm_steps: DSM-only pre-training steps. clf_steps: then DSM + clf_weight * DiffCLF steps
+    (clf_weight = 0 gives a DSM-only run of the same length). clf_levels: k in the multi-level
+    classification (2 = binary). clf_batch_size: x_0 per CLF step (each costs clf_levels^2
+    energies); None uses batch_size.
+    """
+
+    dsm_steps: int = 4000
+    clf_steps: int = 4000
+    batch_size: int = 512
+    clf_batch_size: int | None = None
+    learning_rate: float = 1e-3
+    min_lr_fraction: float = 0.05
+    clf_weight: float = 1.0
+    clf_levels: int = 2
+    clf_window: float = 1.0
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 500
+
+    def __post_init__(self):
+        for name in ("dsm_steps", "clf_steps"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
+        for name in ("batch_size", "checkpoint_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.clf_batch_size is not None and (not isinstance(self.clf_batch_size, int) or self.clf_batch_size < 1):
+            raise ValueError(f"clf_batch_size must be a positive integer or None, got {self.clf_batch_size!r}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.clf_weight < 0:
+            raise ValueError(f"clf_weight must be >= 0, got {self.clf_weight}")
+        if not isinstance(self.clf_levels, int) or self.clf_levels < 2:
+            raise ValueError(f"clf_levels must be an integer >= 2, got {self.clf_levels!r}")
+        if not (0 <= self.min_lr_fraction <= 1):
+            raise ValueError(f"min_lr_fraction must lie in [0, 1], got {self.min_lr_fraction}")
+        if not (0 <= self.ema_decay < 1):
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive, got {self.grad_clip}")
+
+    @property
+    def total_steps(self) -> int:
+        return self.dsm_steps + self.clf_steps
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What a run returns: the EMA model (use it for sampling), the raw model and the loss history."""
+
+    model: EnergyMLP
+    raw_model: EnergyMLP
+    history: list = field(repr=False)  # list[LossParts], one per step
+    step: int
+    seconds: float
+
+
+@dataclass
+class _State:
+    """Mutable training state, checkpointed as a whole."""
+
+    model: EnergyMLP
+    ema: EnergyMLP
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    step: int
+    history: list
+
+
+def _new_state(model: EnergyMLP, config: TrainingConfig) -> _State:
+    generator = torch.Generator().manual_seed(config.seed)
+    model.train().requires_grad_(True)  # an EMA model from an earlier run comes back frozen
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    return _State(model, copy.deepcopy(model).requires_grad_(False), optimizer, generator, 0, [])
+
+
+def save_checkpoint(path: str | os.PathLike, state: _State, config: TrainingConfig) -> None:
+    """Write model + EMA + optimiser + RNG + config + step + history atomically (tmp, then rename)."""
+    payload = {
+        "model_config": state.model.config,
+        "model": state.model.state_dict(),
+        "ema": state.ema.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "generator": state.generator.get_state(),
+        "training_config": asdict(config),
+        "step": state.step,
+        "history": [asdict(p) for p in state.history],
+    }
+    tmp = f"{os.fspath(path)}.tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _load_state(path, model: EnergyMLP, config: TrainingConfig) -> _State:
+    payload = torch.load(path, weights_only=False)
+    if payload["training_config"] != asdict(config):
+        raise ValueError(f"checkpoint {path} was written with a different training config; "
+                         f"use the same config to resume or a new checkpoint path to start over")
+    if payload["model_config"] != model.config:
+        raise ValueError(f"checkpoint {path} holds a model with a different architecture/config")
+    state = _new_state(model, config)
+    state.model.load_state_dict(payload["model"])
+    state.ema.load_state_dict(payload["ema"])
+    state.optimizer.load_state_dict(payload["optimizer"])
+    state.generator.set_state(payload["generator"])
+    state.step = payload["step"]
+    state.history = [LossParts(**p) for p in payload["history"]]
+    return state
+
+
+def load_model(path: str | os.PathLike, ema: bool = True) -> EnergyMLP:
+    """Load the EMA (default) or raw model from a training checkpoint, in eval mode."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    payload = torch.load(path, weights_only=False)
+    model = EnergyMLP.from_config(payload["model_config"])
+    model.load_state_dict(payload["ema" if ema else "model"])
+    return model.eval()
+
+
+@torch.no_grad()
+def _update_ema(ema: EnergyMLP, model: EnergyMLP, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1.0 - decay)
+
+
+def learning_rate(step: int, config: TrainingConfig) -> float:
+    """Cosine decay from learning_rate to min_lr_fraction * learning_rate within each phase.
+
+    Each phase ends at a small learning rate so the weights settle (the mode weights that DiffCLF
+    fixes are a small, global signal that a noisy large step would blur).
+    """
+    phase_start, phase_len = (0, config.dsm_steps) if step < config.dsm_steps else (config.dsm_steps, config.clf_steps)
+    progress = (step - phase_start) / max(phase_len, 1)
+    floor = config.min_lr_fraction
+    return config.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _step(state: _State, data: torch.Tensor, config: TrainingConfig, project) -> LossParts:
+    in_clf_phase = state.step >= config.dsm_steps and config.clf_weight > 0
+    size = (config.clf_batch_size or config.batch_size) if in_clf_phase else config.batch_size
+    idx = torch.randint(data.shape[0], (size,), generator=state.generator)
+    loss, parts = combined_loss(state.model, data[idx], state.generator,
+                                clf_weight=config.clf_weight if in_clf_phase else 0.0,
+                                n_levels=config.clf_levels, project=project, window=config.clf_window)
+    for group in state.optimizer.param_groups:
+        group["lr"] = learning_rate(state.step, config)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
+    state.optimizer.step()
+    _update_ema(state.ema, state.model, config.ema_decay)
+    state.step += 1
+    return parts
+
+
+def train(model: EnergyMLP, data, config: TrainingConfig = TrainingConfig(), checkpoint=None,
+          progress: bool = False, project=None, callback=None) -> TrainingResult:
+    """Train ``model`` in place on ``data`` (N, d) and return the EMA model and loss history.
+
+    Args:
+        model: an EnergyMLP (its data_mean/data_variance should describe ``data``).
+        data: (N, d) training samples, finite.
+        config: TrainingConfig.
+        checkpoint: optional path. If it exists the run resumes from it (same config required);
+            it is rewritten every ``config.checkpoint_every`` steps, at the end, and on
+            KeyboardInterrupt, so no completed step is lost.
+        progress: show a tqdm progress bar (stderr) with the current losses.
+        project: optional projection of the noise onto the data's subspace (see losses).
+        callback: optional ``callback(step, parts)`` called after every step (logging, early
+            stopping: raising KeyboardInterrupt from it checkpoints and stops like Ctrl-C).
+    """
+    data = check_flat(data, "data", model.dim).to(torch.float32)
+    if data.shape[0] == 0 or not torch.isfinite(data).all():
+        raise ValueError("data must hold at least one sample and only finite values")
+    state = _load_state(checkpoint, model, config) if checkpoint and os.path.exists(checkpoint) else _new_state(model, config)
+    start = time.perf_counter()
+    bar = tqdm(total=config.total_steps, initial=state.step, disable=not progress, desc="training", unit="step")
+    try:
+        while state.step < config.total_steps:
+            parts = _step(state, data, config, project)
+            state.history.append(parts)
+            bar.update(1)
+            if callback is not None:
+                callback(state.step, parts)
+            if state.step % 50 == 0:
+                bar.set_postfix(dsm=f"{parts.dsm:.4f}", clf=f"{parts.clf:.4f}")
+            if checkpoint and state.step % config.checkpoint_every == 0:
+                save_checkpoint(checkpoint, state, config)
+    except KeyboardInterrupt:
+        if checkpoint:
+            save_checkpoint(checkpoint, state, config)
+        raise
+    finally:
+        bar.close()
+    if checkpoint:
+        save_checkpoint(checkpoint, state, config)
+    return TrainingResult(state.ema.eval(), state.model, state.history, state.step, time.perf_counter() - start)
