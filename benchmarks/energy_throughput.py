@@ -6,8 +6,11 @@ Compares, for the vacuum and the implicit-solvent (GBSAOBCForce) set-ups, at bat
   (a) loop     a plain per-configuration OpenMM loop: one Reference-platform Context,
                setPositions + getState(energy[, forces]) per configuration;
   (b) pool     boltzgen.targets.OpenMMTarget with a pool of worker processes;
-  (c) torch    the batched torch force field (TorchForceFieldTarget, torch.compile'd; forces
-               through torch.autograd.grad of reduced_energy);
+  (c) torch    the batched torch force field in float64 (TorchForceFieldTarget, torch.compile'd;
+               forces through torch.autograd.grad of reduced_energy): the headline figures;
+      torch32  the same in float32 (dtype=torch.float32; results still returned as float64), an
+               optional faster mode: its largest deviation from OpenMM on these configurations is
+               printed and reported (``float32_max_abs_error``), since it is not float64-exact;
       eager    the same without torch.compile;
       autograd the reference path: one autograd graph of TorchForceField.forward.
 
@@ -17,7 +20,9 @@ time is reported separately and not counted in the throughput.
 
 Run:  python benchmarks/energy_throughput.py [--threads 1] [--workers 2] [--repeats 3]
 The last line is one JSON object with all figures; ``vacuum_torch_vs_loop`` and
-``implicit_torch_vs_pool`` are the configs/s ratios at batch 4096, energies and forces.
+``implicit_torch_vs_pool`` are the configs/s ratios at batch 4096, energies and forces, of the
+float64 torch force field (``torch_precision``); ``vacuum_torch32_vs_loop`` and
+``implicit_torch32_vs_pool`` are the same ratios in float32.
 """
 from __future__ import annotations
 
@@ -114,6 +119,16 @@ def autograd_runner(forcefield: TorchForceField):
     return run
 
 
+def float32_error(loop, target32, x: np.ndarray) -> dict:
+    """Largest |E - E_OpenMM| (kJ/mol) and |F - F_OpenMM| (kJ/mol/nm) of the float32 target on x."""
+    energy_ref, forces_ref = loop(x, True)
+    u, forces = target32.energy_and_forces(torch.from_numpy(x))
+    kT = target32.kT  # the target works in kT; OpenMM in kJ/mol
+    return {"energy_kj_mol": float(np.abs(u.numpy() * kT - energy_ref).max()),
+            "forces_kj_mol_nm": float(np.abs(forces.numpy() * kT - forces_ref).max()),
+            "max_abs_forces_kj_mol_nm": float(np.abs(forces_ref).max())}
+
+
 def configurations(target, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return target.positions[None] + 0.015 * rng.standard_normal((n, *target.positions.shape))
@@ -123,11 +138,13 @@ def measure(args) -> dict:
     torch.set_num_threads(args.threads)
     results: dict = {"threads": args.threads, "workers": args.workers, "repeats": args.repeats,
                      "load_before": load_average(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                     "openmm": openmm.__version__, "configs_per_s": {}, "compile_s": {}}
+                     "openmm": openmm.__version__, "configs_per_s": {}, "compile_s": {},
+                     "float32_max_abs_error": {}}
     for label, name in SYSTEMS.items():
         reference = systems.load(name)
         pool = systems.load(name, n_workers=args.workers)
         fast = torch_target(reference, compile=True)
+        fast32 = torch_target(reference, compile=True, dtype=torch.float32)
         eager = torch_target(reference, compile=False)
         x_warm = torch.from_numpy(configurations(reference, 8, seed=0))
         pool.energy_and_forces(x_warm)  # start the workers
@@ -135,10 +152,15 @@ def measure(args) -> dict:
         for forces in (False, True):  # compile both kernels before timing
             target_runner(fast)(x_warm, forces)
         results["compile_s"][label] = round(time.perf_counter() - start, 1)
+        for forces in (False, True):
+            target_runner(fast32)(x_warm, forces)
+        loop = openmm_loop(reference.system)
+        results["float32_max_abs_error"][label] = float32_error(loop, fast32, configurations(reference, 256, seed=1))
         runners = {
-            "loop": (openmm_loop(reference.system), True),
+            "loop": (loop, True),
             "pool": (pool_runner(pool), False),
             "torch": (target_runner(fast), False),
+            "torch32": (target_runner(fast32), False),
             "eager": (target_runner(eager), False),
             "autograd": (autograd_runner(eager.forcefield), False),
         }
@@ -166,9 +188,10 @@ def ratios(results: dict) -> dict:
             for method, by_mode in by_method.items():
                 for mode, rate in by_mode.items():
                     out[f"{label}_{batch}_{method}_vs_loop_{mode}"] = round(rate / by_method["loop"][mode], 2)
-            for mode in MODES:
-                out[f"{label}_{batch}_torch_vs_pool_{mode}"] = round(
-                    by_method["torch"][mode] / by_method["pool"][mode], 2)
+            for method in ("torch", "torch32"):
+                for mode in MODES:
+                    out[f"{label}_{batch}_{method}_vs_pool_{mode}"] = round(
+                        by_method[method][mode] / by_method["pool"][mode], 2)
     return out
 
 
@@ -176,6 +199,10 @@ def table(results: dict, r: dict) -> str:
     lines = [f"threads={results['threads']} workers={results['workers']} repeats={results['repeats']} "
              f"load before={results['load_before']} after={results['load_after']}",
              f"compile seconds (not counted): {results['compile_s']}",
+             "torch = float64 (headline); torch32 = float32, largest deviation from OpenMM: "
+             + "; ".join(f"{label} |dE| {e['energy_kj_mol']:.1e} kJ/mol, |dF| {e['forces_kj_mol_nm']:.1e} kJ/mol/nm"
+                         f" (|F| up to {e['max_abs_forces_kj_mol_nm']:.0f})"
+                         for label, e in results["float32_max_abs_error"].items()),
              f"{'system':9} {'batch':>5} {'method':9} {'E conf/s':>11} {'E+F conf/s':>11} {'E x loop':>9} {'E+F x loop':>10}"]
     for label, by_batch in results["configs_per_s"].items():
         for batch, by_method in by_batch.items():
@@ -201,12 +228,16 @@ def main() -> None:
     print(table(results, r))
     biggest = str(max(args.batches))
     summary = {
+        "torch_precision": "float64",
         "vacuum_torch_vs_loop": r[f"vacuum_{biggest}_torch_vs_loop_energy_forces"],
         "implicit_torch_vs_pool": r[f"implicit_{biggest}_torch_vs_pool_energy_forces"],
         "vacuum_torch_vs_loop_energy": r[f"vacuum_{biggest}_torch_vs_loop_energy"],
         "implicit_torch_vs_pool_energy": r[f"implicit_{biggest}_torch_vs_pool_energy"],
         "implicit_torch_vs_loop": r[f"implicit_{biggest}_torch_vs_loop_energy_forces"],
         "vacuum_torch_vs_pool": r[f"vacuum_{biggest}_torch_vs_pool_energy_forces"],
+        "vacuum_torch32_vs_loop": r[f"vacuum_{biggest}_torch32_vs_loop_energy_forces"],
+        "implicit_torch32_vs_pool": r[f"implicit_{biggest}_torch32_vs_pool_energy_forces"],
+        "float32_max_abs_error": results["float32_max_abs_error"],
     }
     print(json.dumps({**summary, **results, "ratios": r}))
 
