@@ -55,6 +55,10 @@ def test_model_rejects_bad_input():
         model.energy(0.5, torch.full((2, 3), float("nan")))
     with pytest.raises(ValueError, match="data_variance"):
         EnergyMLP(3, VPSchedule(), data_variance=-1.0)
+    with pytest.raises(TypeError, match="data_variance"):
+        EnergyMLP(3, VPSchedule(), data_variance="big")
+    # a variance straight from the data (0-d tensor, numpy scalar) is fine
+    assert EnergyMLP(3, VPSchedule(), data_variance=torch.ones(5).var() + 1).data_variance == pytest.approx(1.0)
 
 
 def test_config_round_trip_rebuilds_same_function():

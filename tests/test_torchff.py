@@ -286,6 +286,11 @@ def test_bad_input_raises_clear_errors(pdb):
         TorchForceField(system, dtype=torch.int64)
     with pytest.raises(TypeError, match="system"):
         torch_target(object())
+    # constraints would silently change the sampled distribution: refused like OpenMMTarget does
+    constrained = app.ForceField("amber14-all.xml").createSystem(pdb.topology, nonbondedMethod=app.NoCutoff,
+                                                                constraints=app.HBonds)
+    with pytest.raises(ValueError, match="12 constraints"):
+        TorchForceFieldTarget(constrained, 300.0, compile=False)
 
 
 def test_unsupported_forces_raise_named_errors(pdb):

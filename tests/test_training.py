@@ -55,6 +55,34 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path):
     torch.testing.assert_close(loaded.energy(t, x), reference.model.energy(t, x))
 
 
+def test_ctrl_c_inside_a_step_finishes_the_step_and_resumes_exactly(tmp_path, monkeypatch):
+    """A real SIGINT arrives mid-step (here: inside the loss of step 8); the step completes,
+    the checkpoint holds a consistent state, and resuming reproduces the uninterrupted run."""
+    import os
+    import signal
+
+    import boltzgen.diffusion.training as training
+
+    reference = train(*small_problem(), CONFIG)
+    calls, original = [], training.combined_loss
+
+    def loss_with_sigint(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 8:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "combined_loss", loss_with_sigint)
+    ckpt = tmp_path / "run.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(*small_problem(), CONFIG, checkpoint=ckpt)
+    assert torch.load(ckpt, weights_only=False)["step"] == 8  # the interrupted step was completed
+    monkeypatch.setattr(training, "combined_loss", original)
+    resumed = train(*small_problem(), CONFIG, checkpoint=ckpt)
+    assert torch.equal(params(resumed.raw_model), params(reference.raw_model))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
 def test_resume_refuses_a_different_config(tmp_path):
     ckpt = tmp_path / "run.pt"
     train(*small_problem(), CONFIG, checkpoint=ckpt)
@@ -83,6 +111,8 @@ def test_bad_training_input():
         TrainingConfig(clf_levels=1)
     with pytest.raises(ValueError, match="ema_decay"):
         TrainingConfig(ema_decay=1.0)
+    with pytest.raises(ValueError, match="clf_window"):
+        TrainingConfig(clf_window=0.0)  # refused up front, not after the DSM phase
 
 
 @pytest.mark.slow

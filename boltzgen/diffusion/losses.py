@@ -71,11 +71,11 @@ def sample_levels(n: int, k: int, schedule, generator=None, dtype=torch.float32,
     if not (0 < window <= 1):
         raise ValueError(f"window must lie in (0, 1], got {window}")
     anchor = torch.rand(n, 1, generator=generator, dtype=dtype)
-    offsets = window * (2 * torch.rand(n, k - 1, generator=generator, dtype=dtype) - 1)
     if window == 1:
-        u = torch.cat([anchor, torch.rand(n, k - 1, generator=generator, dtype=dtype)], dim=1)
+        others = torch.rand(n, k - 1, generator=generator, dtype=dtype)
     else:
-        u = torch.cat([anchor, _reflect(anchor + offsets)], dim=1)
+        others = _reflect(anchor + window * (2 * torch.rand(n, k - 1, generator=generator, dtype=dtype) - 1))
+    u = torch.cat([anchor, others], dim=1)
     return schedule.t_min + (1.0 - schedule.t_min) * u
 
 

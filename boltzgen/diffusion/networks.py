@@ -88,7 +88,11 @@ class EnergyMLP(nn.Module):
         super().__init__()
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
-        if not (isinstance(data_variance, (int, float)) and data_variance > 0 and math.isfinite(data_variance)):
+        try:
+            data_variance = float(data_variance)  # also numpy scalars and 0-d tensors
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"data_variance must be a number (units of x^2), got {type(data_variance).__name__}") from exc
+        if not (data_variance > 0 and math.isfinite(data_variance)):
             raise ValueError(f"data_variance must be a finite positive number, got {data_variance!r}")
         mean = torch.zeros(dim) if data_mean is None else torch.as_tensor(data_mean, dtype=torch.float32).reshape(-1)
         if mean.shape != (dim,):

@@ -10,7 +10,10 @@ from __future__ import annotations
 import copy
 import math
 import os
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -60,6 +63,8 @@ class TrainingConfig:
             raise ValueError(f"clf_weight must be >= 0, got {self.clf_weight}")
         if not isinstance(self.clf_levels, int) or self.clf_levels < 2:
             raise ValueError(f"clf_levels must be an integer >= 2, got {self.clf_levels!r}")
+        if not (0 < self.clf_window <= 1):
+            raise ValueError(f"clf_window must lie in (0, 1], got {self.clf_window!r}")
         if not (0 <= self.min_lr_fraction <= 1):
             raise ValueError(f"min_lr_fraction must lie in [0, 1], got {self.min_lr_fraction}")
         if not (0 <= self.ema_decay < 1):
@@ -182,6 +187,32 @@ def _step(state: _State, data: torch.Tensor, config: TrainingConfig, project) ->
     return parts
 
 
+@contextmanager
+def _interrupt_between_steps():
+    """Defer the first Ctrl-C (SIGINT) to the end of the current step.
+
+    Yields a function telling whether one arrived. A KeyboardInterrupt raised in the middle of a
+    step would leave the generator advanced but the step uncounted, so the resumed run would
+    differ from an uninterrupted one. A second Ctrl-C interrupts at once (the handler is
+    restored after the first). Outside the main thread signals cannot be caught: no deferral.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    received = []
+    previous = signal.getsignal(signal.SIGINT)
+
+    def defer(signum, frame):
+        received.append(signum)
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, defer)
+    try:
+        yield lambda: bool(received)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def train(model: EnergyMLP, data, config: TrainingConfig = TrainingConfig(), checkpoint=None,
           progress: bool = False, project=None, callback=None) -> TrainingResult:
     """Train ``model`` in place on ``data`` (N, d) and return the EMA model and loss history.
@@ -192,7 +223,8 @@ def train(model: EnergyMLP, data, config: TrainingConfig = TrainingConfig(), che
         config: TrainingConfig.
         checkpoint: optional path. If it exists the run resumes from it (same config required);
             it is rewritten every ``config.checkpoint_every`` steps, at the end, and on
-            KeyboardInterrupt, so no completed step is lost.
+            Ctrl-C, which takes effect at the end of the current step, so no completed step is
+            lost and the resumed run equals an uninterrupted one.
         progress: show a tqdm progress bar (stderr) with the current losses.
         project: optional projection of the noise onto the data's subspace (see losses).
         callback: optional ``callback(step, parts)`` called after every step (logging, early
@@ -204,19 +236,27 @@ def train(model: EnergyMLP, data, config: TrainingConfig = TrainingConfig(), che
     state = _load_state(checkpoint, model, config) if checkpoint and os.path.exists(checkpoint) else _new_state(model, config)
     start = time.perf_counter()
     bar = tqdm(total=config.total_steps, initial=state.step, disable=not progress, desc="training", unit="step")
+    mid_step = False
     try:
-        while state.step < config.total_steps:
-            parts = _step(state, data, config, project)
-            state.history.append(parts)
-            bar.update(1)
-            if callback is not None:
-                callback(state.step, parts)
-            if state.step % 50 == 0:
-                bar.set_postfix(dsm=f"{parts.dsm:.4f}", clf=f"{parts.clf:.4f}")
-            if checkpoint and state.step % config.checkpoint_every == 0:
-                save_checkpoint(checkpoint, state, config)
+        with _interrupt_between_steps() as interrupted:
+            while state.step < config.total_steps:
+                mid_step = True
+                parts = _step(state, data, config, project)
+                mid_step = False
+                state.history.append(parts)
+                bar.update(1)
+                if state.step % 50 == 0:
+                    bar.set_postfix(dsm=f"{parts.dsm:.4f}", clf=f"{parts.clf:.4f}")
+                if checkpoint and state.step % config.checkpoint_every == 0:
+                    save_checkpoint(checkpoint, state, config)
+                if callback is not None:
+                    callback(state.step, parts)
+                if interrupted():
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
-        if checkpoint:
+        # Only a state between steps is consistent (RNG, optimiser and step counter agree);
+        # after a second Ctrl-C inside a step the last periodic checkpoint stands.
+        if checkpoint and not mid_step:
             save_checkpoint(checkpoint, state, config)
         raise
     finally:

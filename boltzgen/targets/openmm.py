@@ -51,6 +51,15 @@ def _check_system(system, topology, n_atoms: int) -> None:
         raise ValueError(
             f"system has {system.getNumParticles()} particles but topology has {topology.getNumAtoms()} atoms"
         )
+    check_sampleable(system)
+
+
+def check_sampleable(system) -> None:
+    """Raise ValueError unless every atom of ``system`` can be sampled freely.
+
+    A Boltzmann generator moves every atom, so constraints, periodic boxes and virtual sites
+    (whose positions are not sampled) are refused, with what to do instead.
+    """
     if system.getNumConstraints() > 0:
         raise ValueError(
             f"system has {system.getNumConstraints()} constraints; boltzgen samples every atom freely, "
@@ -58,7 +67,7 @@ def _check_system(system, topology, n_atoms: int) -> None:
         )
     if system.usesPeriodicBoundaryConditions():
         raise ValueError("system uses periodic boundary conditions; build it with nonbondedMethod=NoCutoff")
-    if any(system.isVirtualSite(i) for i in range(n_atoms)):
+    if any(system.isVirtualSite(i) for i in range(system.getNumParticles())):
         raise ValueError("systems with virtual sites are not supported (their positions are not sampled)")
 
 

@@ -9,29 +9,13 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import openmm
-import openmm.unit as unit
 import torch
 
 from ..._checks import as_tensor, check_positive
+from ..openmm import _positions_nm, check_sampleable, kT_kj_per_mol
 from .forcefield import TorchForceField
 from .reader import unsupported_forces
-
-
-def _kT(temperature: float) -> float:
-    """k_B T in kJ/mol for a temperature in K."""
-    return (unit.MOLAR_GAS_CONSTANT_R * temperature * unit.kelvin).value_in_unit(unit.kilojoule_per_mole)
-
-
-def _positions_nm(positions, n_atoms: int) -> np.ndarray:
-    """A reference structure as float64 (n_atoms, 3) in nm (accepts an OpenMM Quantity)."""
-    if unit.is_quantity(positions):
-        positions = positions.value_in_unit(unit.nanometer)
-    p = np.asarray(positions, dtype=np.float64)  # also a list of openmm Vec3
-    if p.shape != (n_atoms, 3):
-        raise ValueError(f"positions must have shape ({n_atoms}, 3) in nm, got {p.shape}")
-    return p
 
 
 class _ReducedEnergy(torch.autograd.Function):
@@ -76,12 +60,13 @@ class TorchForceFieldTarget:
                  name: str = "custom", dtype: torch.dtype = torch.float64, chunk_size: int | None = None,
                  compile: bool = True):
         self.temperature = check_positive(temperature, "temperature")
+        check_sampleable(system)
         self.forcefield = TorchForceField(system, dtype=dtype, chunk_size=chunk_size, compile=compile)
         self.system = system
         self.topology = topology
         self.n_atoms = system.getNumParticles()
         self.positions = None if positions is None else _positions_nm(positions, self.n_atoms)
-        self.kT = _kT(self.temperature)
+        self.kT = kT_kj_per_mol(self.temperature)
         self.name = str(name)
 
     def _reduced(self, x, gradient: bool):
