@@ -71,21 +71,26 @@ def check_sampleable(system) -> None:
         raise ValueError("systems with virtual sites are not supported (their positions are not sampled)")
 
 
-class _ReducedEnergy(torch.autograd.Function):
-    """u(x) in kT whose backward uses OpenMM forces: du/dx = -F/kT."""
+class ReducedEnergyFunction(torch.autograd.Function):
+    """u(x) whose backward reuses the gradient computed with the energy (first derivatives only).
+
+    ``apply(x, energy_and_gradient)`` with ``energy_and_gradient(x) -> (u (n,), du/dx (n, n_atoms, 3))``:
+    one evaluation gives both, so a backward pass costs nothing extra. Shared by the OpenMM and
+    torch force-field targets.
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, target: "OpenMMTarget") -> torch.Tensor:
-        u, f = target.energy_and_forces(x)
-        ctx.save_for_backward(f)
+    def forward(ctx, x: torch.Tensor, energy_and_gradient) -> torch.Tensor:
+        u, grad = energy_and_gradient(x)
+        ctx.save_for_backward(grad)
         ctx.x_dtype = x.dtype
         return u.to(x.device)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_u: torch.Tensor):
-        (f,) = ctx.saved_tensors
-        grad_x = -f * grad_u.to(f.dtype)[:, None, None]
+        (grad,) = ctx.saved_tensors
+        grad_x = grad * grad_u.to(grad.dtype)[:, None, None]
         return grad_x.to(device=grad_u.device, dtype=ctx.x_dtype), None
 
 
@@ -199,6 +204,11 @@ class OpenMMTarget:
             self._finalizer = weakref.finalize(self, self._executor.shutdown, wait=False, cancel_futures=True)
         return self._executor
 
+    def _energy_and_gradient(self, x):
+        """(u, du/dx) for ReducedEnergyFunction: the gradient is minus the forces."""
+        u, f = self.energy_and_forces(x)
+        return u, -f
+
     def energy_and_forces(self, x) -> tuple[torch.Tensor, torch.Tensor]:
         """Reduced energies and forces of a batch.
 
@@ -220,7 +230,7 @@ class OpenMMTarget:
         gradient; NaN positions, a wrong shape or atom count raise ValueError.
         """
         if isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled():
-            return _ReducedEnergy.apply(x, self)
+            return ReducedEnergyFunction.apply(x, self._energy_and_gradient)
         e, _ = self._evaluate(self._check(x), forces=False)
         u = torch.from_numpy(e / self.kT)
         return u.to(x.device) if isinstance(x, torch.Tensor) else u

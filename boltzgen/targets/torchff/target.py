@@ -13,26 +13,9 @@ import openmm
 import torch
 
 from ..._checks import as_tensor, check_positive
-from ..openmm import _positions_nm, check_sampleable, kT_kj_per_mol
+from ..openmm import ReducedEnergyFunction, _positions_nm, check_sampleable, kT_kj_per_mol
 from .forcefield import TorchForceField
 from .reader import unsupported_forces
-
-
-class _ReducedEnergy(torch.autograd.Function):
-    """u(x) in kT whose backward uses the gradient computed with it (first derivatives only)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, target: "TorchForceFieldTarget") -> torch.Tensor:
-        u, grad = target._reduced(x, gradient=True)
-        ctx.save_for_backward(grad)
-        ctx.x_dtype = x.dtype
-        return u
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_u: torch.Tensor):
-        (grad,) = ctx.saved_tensors
-        return (grad * grad_u.to(grad.dtype)[:, None, None]).to(ctx.x_dtype), None
 
 
 class TorchForceFieldTarget:
@@ -86,7 +69,7 @@ class TorchForceFieldTarget:
         as +inf with zero gradient; NaN positions, a wrong shape or atom count raise ValueError.
         """
         if isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled():
-            return _ReducedEnergy.apply(x, self)
+            return ReducedEnergyFunction.apply(x, lambda y: self._reduced(y, gradient=True))
         return self._reduced(x, gradient=False)[0]
 
     def energy_and_forces(self, x) -> tuple[torch.Tensor, torch.Tensor]:
