@@ -6,19 +6,23 @@ Compares, for the vacuum and the implicit-solvent (GBSAOBCForce) set-ups, at bat
   (a) loop     a plain per-configuration OpenMM loop: one Reference-platform Context,
                setPositions + getState(energy[, forces]) per configuration;
   (b) pool     boltzgen.targets.OpenMMTarget with a pool of worker processes;
-  (c) torch    the batched torch force field in float64 (TorchForceFieldTarget, torch.compile'd;
-               forces through torch.autograd.grad of reduced_energy): the headline figures;
+  (c) torch    the batched torch force field in float64 (TorchForceFieldTarget, torch.compile'd,
+               chunks on --ff-threads threads; forces through torch.autograd.grad of
+               reduced_energy): the headline figures;
+      torch_1t the same on one thread;
       torch32  the same in float32 (dtype=torch.float32; results still returned as float64), an
                optional faster mode: its largest deviation from OpenMM on these configurations is
                printed and reported (``float32_max_abs_error``), since it is not float64-exact;
       eager    the same without torch.compile;
       autograd the reference path: one autograd graph of TorchForceField.forward.
 
-Every figure is the best of --repeats timed runs (others share this machine; the best run is the
-least disturbed one). The machine load (/proc/loadavg) before and after is printed. Compilation
-time is reported separately and not counted in the throughput.
+Every figure is the best of --repeats timed runs, each of back-to-back calls covering at least
+--min-configs configurations after one warm-up call. The methods take turns within each repeat,
+so that they see the same spells of a shared machine (the best run is the least disturbed one;
+on this virtual machine an idle core also takes a while to come back to speed). The machine load (/proc/loadavg) before and after is printed. Compilation time is
+reported separately and not counted in the throughput.
 
-Run:  python benchmarks/energy_throughput.py [--threads 1] [--workers 2] [--repeats 3]
+Run:  python benchmarks/energy_throughput.py [--threads 1] [--ff-threads 2] [--workers 2] [--repeats 3]
 The last line is one JSON object with all figures; ``vacuum_torch_vs_loop`` and
 ``implicit_torch_vs_pool`` are the configs/s ratios at batch 4096, energies and forces, of the
 float64 torch force field (``torch_precision``); ``vacuum_torch32_vs_loop`` and
@@ -48,19 +52,18 @@ def load_average() -> list[float]:
         return [float(v) for v in f.read().split()[:3]]
 
 
-def best_rate(run, n: int, repeats: int, min_configs: int = 4096) -> float:
-    """Configurations per second of ``run()`` (which evaluates n configurations), best of repeats.
+def timed_rate(run, n: int, min_configs: int = 32768) -> float:
+    """Configurations per second of ``run()`` (which evaluates n configurations).
 
-    Each timed run calls ``run`` often enough to cover at least ``min_configs`` configurations.
+    After one warm-up call, ``run`` is called back to back often enough to cover at least
+    ``min_configs`` configurations.
     """
     calls = max(1, min_configs // n)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            run()
-        times.append(time.perf_counter() - start)
-    return calls * n / min(times)
+    run()
+    start = time.perf_counter()
+    for _ in range(calls):
+        run()
+    return calls * n / (time.perf_counter() - start)
 
 
 def openmm_loop(system: openmm.System):
@@ -136,21 +139,24 @@ def configurations(target, n: int, seed: int) -> np.ndarray:
 
 def measure(args) -> dict:
     torch.set_num_threads(args.threads)
-    results: dict = {"threads": args.threads, "workers": args.workers, "repeats": args.repeats,
+    results: dict = {"threads": args.threads, "ff_threads": args.ff_threads, "workers": args.workers,
+                     "repeats": args.repeats, "min_configs": args.min_configs,
                      "load_before": load_average(), "cpus": os.cpu_count(), "torch": torch.__version__,
                      "openmm": openmm.__version__, "configs_per_s": {}, "compile_s": {},
                      "float32_max_abs_error": {}}
     for label, name in SYSTEMS.items():
         reference = systems.load(name)
         pool = systems.load(name, n_workers=args.workers)
-        fast = torch_target(reference, compile=True)
-        fast32 = torch_target(reference, compile=True, dtype=torch.float32)
+        fast = torch_target(reference, compile=True, threads=args.ff_threads)
+        fast_1t = torch_target(reference, compile=True, threads=1)
+        fast32 = torch_target(reference, compile=True, dtype=torch.float32, threads=args.ff_threads)
         eager = torch_target(reference, compile=False)
         x_warm = torch.from_numpy(configurations(reference, 8, seed=0))
         pool.energy_and_forces(x_warm)  # start the workers
         start = time.perf_counter()
         for forces in (False, True):  # compile both kernels before timing
             target_runner(fast)(x_warm, forces)
+            target_runner(fast_1t)(x_warm, forces)
         results["compile_s"][label] = round(time.perf_counter() - start, 1)
         for forces in (False, True):
             target_runner(fast32)(x_warm, forces)
@@ -160,6 +166,7 @@ def measure(args) -> dict:
             "loop": (loop, True),
             "pool": (pool_runner(pool), False),
             "torch": (target_runner(fast), False),
+            "torch_1t": (target_runner(fast_1t), False),
             "torch32": (target_runner(fast32), False),
             "eager": (target_runner(eager), False),
             "autograd": (autograd_runner(eager.forcefield), False),
@@ -168,13 +175,17 @@ def measure(args) -> dict:
         for batch in args.batches:
             x_np = configurations(reference, batch, seed=batch)
             x = torch.from_numpy(x_np)
-            rates[str(batch)] = {}
-            for method, (run, wants_numpy) in runners.items():
-                data = x_np if wants_numpy else x
-                rates[str(batch)][method] = {
-                    mode: round(best_rate(lambda: run(data, mode == "energy_forces"), batch, args.repeats))
-                    for mode in MODES
-                }
+            # Methods take turns within each repeat, so that all see the same spells of a
+            # shared machine; the best of the repeats is kept for each.
+            samples = {method: {mode: [] for mode in MODES} for method in runners}
+            for _ in range(args.repeats):
+                for method, (run, wants_numpy) in runners.items():
+                    data = x_np if wants_numpy else x
+                    for mode in MODES:
+                        samples[method][mode].append(
+                            timed_rate(lambda: run(data, mode == "energy_forces"), batch, args.min_configs))
+            rates[str(batch)] = {method: {mode: round(max(v)) for mode, v in by_mode.items()}
+                                 for method, by_mode in samples.items()}
         pool.close()
     results["load_after"] = load_average()
     return results
@@ -196,7 +207,8 @@ def ratios(results: dict) -> dict:
 
 
 def table(results: dict, r: dict) -> str:
-    lines = [f"threads={results['threads']} workers={results['workers']} repeats={results['repeats']} "
+    lines = [f"threads={results['threads']} ff_threads={results['ff_threads']} workers={results['workers']} "
+             f"repeats={results['repeats']} "
              f"load before={results['load_before']} after={results['load_after']}",
              f"compile seconds (not counted): {results['compile_s']}",
              "torch = float64 (headline); torch32 = float32, largest deviation from OpenMM: "
@@ -219,7 +231,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: on a 2-core machine shared with other jobs, "
                              "2 threads made small torch operations several times slower)")
+    parser.add_argument("--ff-threads", type=int, default=os.cpu_count(),
+                        help="threads of the compiled torch force field ('torch', 'torch32'; default: all cores)")
     parser.add_argument("--workers", type=int, default=2, help="OpenMMTarget pool workers (default 2)")
+    parser.add_argument("--min-configs", type=int, default=32768,
+                        help="configurations per timed run (back-to-back calls; default 32768)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure; the best is kept")
     parser.add_argument("--batches", type=int, nargs="+", default=[256, 4096])
     args = parser.parse_args()
@@ -235,6 +251,7 @@ def main() -> None:
         "implicit_torch_vs_pool_energy": r[f"implicit_{biggest}_torch_vs_pool_energy"],
         "implicit_torch_vs_loop": r[f"implicit_{biggest}_torch_vs_loop_energy_forces"],
         "vacuum_torch_vs_pool": r[f"vacuum_{biggest}_torch_vs_pool_energy_forces"],
+        "vacuum_torch_1thread_vs_loop": r[f"vacuum_{biggest}_torch_1t_vs_loop_energy_forces"],
         "vacuum_torch32_vs_loop": r[f"vacuum_{biggest}_torch32_vs_loop_energy_forces"],
         "implicit_torch32_vs_pool": r[f"implicit_{biggest}_torch32_vs_pool_energy_forces"],
         "float32_max_abs_error": results["float32_max_abs_error"],

@@ -48,7 +48,8 @@ def check_positions(x, name: str, n_atoms: int | None = None) -> torch.Tensor:
         raise ValueError(f"{name} must have shape {expected}, got {tuple(t.shape)}")
     if n_atoms is not None and t.shape[1] != n_atoms:
         raise ValueError(f"{name} has {t.shape[1]} atoms but the system has {n_atoms}; expected shape {expected}")
-    if torch.isnan(t).any():
+    # One sum first (no temporary): it is NaN whenever a position is NaN (or +inf meets -inf).
+    if torch.isnan(t.sum()) and torch.isnan(t).any():
         raise ValueError(f"{name} contains NaN positions")
     return t
 

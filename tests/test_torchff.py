@@ -356,6 +356,35 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(pdb):
     assert not ff.compiled
 
 
+def test_threaded_chunks_match_the_reference(pdb):
+    # The threaded chunk path with an eager stand-in for the compiled kernel (the same code path
+    # as compiled: padded last chunk, first chunk in this thread, the rest shared by 2 threads).
+    ff = TorchForceField(_system(pdb, ["amber99sbildn.xml"]), chunk_size=16, threads=2)
+    ff._kernel, ff.compiled = ff._evaluate, True
+    x0 = torch.from_numpy(_positions(pdb))
+    x = x0 + 0.015 * torch.randn(53, *x0.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    e, g = ff.energy_and_gradient(x)
+    e_again, g_again = ff.energy_and_gradient(x)  # now every chunk runs on the threads
+    assert torch.equal(e, e_again) and torch.equal(g, g_again)
+    xr = x.clone().requires_grad_(True)
+    e_ref = ff(xr)
+    (g_ref,) = torch.autograd.grad(e_ref.sum(), xr)
+    assert torch.allclose(e, e_ref.detach(), rtol=1e-12, atol=1e-9)
+    assert torch.allclose(g, g_ref, rtol=1e-10, atol=1e-8)
+    assert torch.equal(ff.energy(x), e)
+    with pytest.raises(ValueError, match="threads"):
+        TorchForceField(_system(pdb, ["amber99sbildn.xml"]), threads=0)
+
+
+def test_infinite_positions_are_not_mistaken_for_nan(pdb):
+    # +inf and -inf sum to NaN: the quick NaN check must not reject them (they give +inf energy).
+    target = TorchForceFieldTarget(_system(pdb, ["amber99sbildn.xml"]), 300.0, compile=False)
+    x = torch.from_numpy(np.repeat(_positions(pdb)[None], 2, axis=0))
+    x[1, 0, 0], x[1, 1, 0] = float("inf"), -float("inf")
+    u = target.reduced_energy(x)
+    assert torch.isfinite(u[0]) and u[1] == float("inf")
+
+
 @pytest.mark.slow
 def test_compiled_fast_path_matches_eager(pdb):
     # torch.compile takes 10-60 s per system on this machine, hence slow.
@@ -370,6 +399,11 @@ def test_compiled_fast_path_matches_eager(pdb):
         assert torch.allclose(e, e_ref, rtol=1e-10, atol=1e-9)
         assert torch.allclose(g, g_ref, rtol=1e-10, atol=1e-8)
         assert torch.allclose(compiled.energy(x), e_ref, rtol=1e-10, atol=1e-9)
+        threaded = TorchForceField(system, compile=True, chunk_size=64, threads=2)  # 5 chunks, 2 threads
+        for _ in range(2):  # the first call compiles on this thread; the second runs all chunks threaded
+            e_t, g_t = threaded.energy_and_gradient(x)
+            assert torch.allclose(e_t, e_ref, rtol=1e-10, atol=1e-9)
+            assert torch.allclose(g_t, g_ref, rtol=1e-10, atol=1e-8)
 
 
 def test_target_pickles_and_accepts_quantity_positions(pdb):
