@@ -139,7 +139,8 @@ def configurations(target, n: int, seed: int) -> np.ndarray:
 
 def measure(args) -> dict:
     torch.set_num_threads(args.threads)
-    results: dict = {"threads": args.threads, "ff_threads": args.ff_threads, "workers": args.workers,
+    ff_threads = args.ff_threads or len(os.sched_getaffinity(0))  # the force field's default
+    results: dict = {"threads": args.threads, "ff_threads": ff_threads, "workers": args.workers,
                      "repeats": args.repeats, "min_configs": args.min_configs,
                      "load_before": load_average(), "cpus": os.cpu_count(), "torch": torch.__version__,
                      "openmm": openmm.__version__, "configs_per_s": {}, "compile_s": {},
@@ -147,9 +148,9 @@ def measure(args) -> dict:
     for label, name in SYSTEMS.items():
         reference = systems.load(name)
         pool = systems.load(name, n_workers=args.workers)
-        fast = torch_target(reference, compile=True, threads=args.ff_threads)
+        fast = torch_target(reference, compile=True, threads=ff_threads)
         fast_1t = torch_target(reference, compile=True, threads=1)
-        fast32 = torch_target(reference, compile=True, dtype=torch.float32, threads=args.ff_threads)
+        fast32 = torch_target(reference, compile=True, dtype=torch.float32, threads=ff_threads)
         eager = torch_target(reference, compile=False)
         x_warm = torch.from_numpy(configurations(reference, 8, seed=0))
         pool.energy_and_forces(x_warm)  # start the workers
@@ -231,8 +232,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: on a 2-core machine shared with other jobs, "
                              "2 threads made small torch operations several times slower)")
-    parser.add_argument("--ff-threads", type=int, default=os.cpu_count(),
-                        help="threads of the compiled torch force field ('torch', 'torch32'; default: all cores)")
+    parser.add_argument("--ff-threads", type=int, default=None,
+                        help="threads of the compiled torch force field ('torch', 'torch32'; default: "
+                             "one per available core, as the force field's own default)")
     parser.add_argument("--workers", type=int, default=2, help="OpenMMTarget pool workers (default 2)")
     parser.add_argument("--min-configs", type=int, default=32768,
                         help="configurations per timed run (back-to-back calls; default 32768)")

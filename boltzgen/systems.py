@@ -28,7 +28,16 @@ import yaml
 
 from .targets.openmm import OpenMMTarget
 
-DEFAULT_SYSTEMS_DIR = Path(__file__).resolve().parent.parent / "systems"
+
+def _default_systems_dir() -> Path:
+    """The named systems: installed with the package (boltzgen/named_systems, a copy of the
+    repository's systems/ folder), or, in a source checkout or editable install, systems/ itself."""
+    package = Path(__file__).resolve().parent
+    installed = package / "named_systems"
+    return installed if installed.is_dir() else package.parent / "systems"
+
+
+DEFAULT_SYSTEMS_DIR = _default_systems_dir()
 
 _IMPLICIT_SOLVENT = {"HCT": app.HCT, "OBC1": app.OBC1, "OBC2": app.OBC2, "GBn": app.GBn, "GBn2": app.GBn2}
 _PDB_SUFFIXES = {".pdb", ".ent"}

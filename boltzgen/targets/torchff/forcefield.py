@@ -1,6 +1,7 @@
 """The batched torch force field: the sum of the terms read from an OpenMM System."""
 from __future__ import annotations
 
+import os
 import types
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,14 @@ def _own_code(method):
     f = method.__func__
     copy = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
     return types.MethodType(copy, method.__self__)
+
+
+def _available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _default_chunk_size(n_atoms: int) -> int:
@@ -59,9 +68,10 @@ class TorchForceField(nn.Module):
         dtype: torch.float64 (default; agrees with OpenMM's Reference platform) or torch.float32.
         chunk_size: configurations per chunk of the fast path (default: from the pair count).
         compile: compile the fast path with torch.compile.
-        threads: threads evaluating compiled chunks at once (default None: torch.get_num_threads()
-            at call time). Each kernel itself is single-threaded: a chunk of a small molecule is too
-            little work to split, while whole chunks on separate cores scale (1.4-2x on 2 cores).
+        threads: threads evaluating compiled chunks at once (default None: one per CPU core this
+            process may use; independent of torch.set_num_threads). Each kernel itself is
+            single-threaded: a chunk of a small molecule is too little work to split, while whole
+            chunks on separate cores scale (1.4-2x on 2 cores).
 
     Raises:
         UnsupportedForceError (a ValueError): a force or setting that is not supported; the
@@ -188,7 +198,7 @@ class TorchForceField(nn.Module):
         if gradient not in self._warm and starts:
             self._chunk(x, starts.pop(0), gradient, energy, grad)
             self._warm.add(gradient)
-        threads = min(self.threads or torch.get_num_threads(), len(starts)) if self.compiled else 1
+        threads = min(self.threads or _available_cores(), len(starts)) if self.compiled else 1
 
         def work(share: list[int]) -> None:
             with torch.no_grad():  # grad mode is per thread

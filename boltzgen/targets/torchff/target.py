@@ -33,7 +33,7 @@ class TorchForceFieldTarget:
         compile: fuse the force field with torch.compile (default True: several times faster
             after a one-off 10-60 s compilation per system on first use; falls back to eager
             torch with a warning when compilation is not possible).
-        threads: threads evaluating compiled chunks at once (default: torch.get_num_threads()).
+        threads: threads evaluating compiled chunks at once (default: one per available CPU core).
 
     Attributes:
         name, system, topology, positions (float64 (n_atoms, 3) nm or None), temperature (K),

@@ -1,0 +1,41 @@
+"""The package as installed from a wheel: every subpackage is listed, and named systems ship with it."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_subpackage_is_listed_in_pyproject():
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    in_tree = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "boltzgen").rglob("__init__.py")}
+    assert listed == in_tree | {"boltzgen.named_systems"}
+
+
+def test_wheel_carries_the_named_systems(tmp_path):
+    # A regular install has no repository around it: the named systems must come with the package.
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path / "wheel"), str(ROOT)], capture_output=True, text=True)
+    if build.returncode != 0:
+        pytest.fail(f"building the wheel failed:\n{build.stderr[-2000:]}")
+    (wheel,) = (tmp_path / "wheel").glob("boltzgen-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    shipped = sorted(p.name for p in (site / "boltzgen" / "named_systems" / "alanine-dipeptide").iterdir())
+    assert shipped == sorted(p.name for p in (ROOT / "systems" / "alanine-dipeptide").iterdir())
+    script = ("import boltzgen.systems as s; print(s.DEFAULT_SYSTEMS_DIR); print(' '.join(s.names())); "
+              "t = s.load('alanine-dipeptide'); print(t.n_atoms)")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    directory, names, n_atoms = run.stdout.split("\n")[:3]
+    assert Path(directory) == site / "boltzgen" / "named_systems"
+    assert names.split() == ["alanine-dipeptide", "alanine-dipeptide-ff96-implicit", "alanine-dipeptide-implicit"]
+    assert n_atoms == "22"
