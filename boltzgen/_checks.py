@@ -6,6 +6,7 @@ user sees what to fix rather than a shape error from deep inside torch.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -79,3 +80,17 @@ def check_positive(value: float, name: str) -> float:
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite positive number, got {value!r}")
     return float(value)
+
+
+def check_count(value, name: str, minimum: int = 1, allow_none: bool = False) -> int | None:
+    """Check an integer count (a Python or numpy integer, not a bool) >= ``minimum``; return it as int.
+
+    ``allow_none`` lets None through (meaning "the default" to the caller).
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else ("a non-negative integer" if minimum == 0
+                                                          else f"an integer >= {minimum}")
+        raise ValueError(f"{name} must be {kind}{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)

@@ -36,7 +36,7 @@ import openmm
 import openmm.app as app
 import openmm.unit as unit
 
-from ._checks import check_positive
+from ._checks import check_count, check_positive
 from .targets.openmm import OpenMMTarget, kT_kj_per_mol
 
 _PROGRESS = "progress.json"
@@ -106,8 +106,7 @@ def run_md(target: OpenMMTarget, ns: float, out_dir, seed: int, *, timestep_fs: 
         raise TypeError(f"target must be an OpenMMTarget (e.g. boltzgen.systems.load(...)), got {type(target).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**31 - 2:
         raise ValueError(f"seed must be an integer in [0, 2**31 - 2], got {seed!r}")
-    if not isinstance(chunk_frames, int) or chunk_frames < 1:
-        raise ValueError(f"chunk_frames must be a positive integer, got {chunk_frames!r}")
+    chunk_frames = check_count(chunk_frames, "chunk_frames")
     if max_chunks is not None and (not isinstance(max_chunks, int) or max_chunks < 0):
         raise ValueError(f"max_chunks must be None or an integer >= 0, got {max_chunks!r}")
     check_positive(ns, "ns")

@@ -111,7 +111,9 @@ def test_exact_intermediate_targets_keep_the_ess_near_n():
     exact = results["exact"]
     assert min(s.ess_fraction for s in exact.diagnostics) > 0.9
     assert not any(s.resampled for s in exact.diagnostics)
-    assert abs(exact.log_z - gmm.log_Z) < 0.05
+    # Without resampling the run is one importance-sampling estimate: sd(log Z) ~ sqrt((N/ESS - 1)/N).
+    sd = math.sqrt((1.0 / exact.ess_fraction - 1.0) / 500)
+    assert abs(exact.log_z - gmm.log_Z) < 4 * sd + 1e-3
     assert results["wrong"].ess_fraction < 0.7
 
 
@@ -228,11 +230,13 @@ def test_a_mismatched_junction_becomes_a_reweighting_step():
     q = GaussianProposal(d)
     first = geometric_path(lambda x: 0.5 * (x**2).sum(1), lambda x: 0.5 * (x**2).sum(1) / 0.8)
     second = geometric_path(lambda x: 0.5 * (x**2).sum(1) / 0.7, lambda x: 0.5 * (x**2).sum(1) / 0.5)
-    r = smc(first + second, q, 2000, seed=0)
-    junction = [s for s in r.diagnostics if s.value == 0.0]
+    runs = [smc(first + second, q, 500, seed=seed) for seed in range(10)]
+    junction = [s for s in runs[0].diagnostics if s.value == 0.0]
     assert len(junction) == 2  # the initial step and the junction
     true = 0.5 * d * math.log(2 * math.pi * 0.5)  # q is normalised, so log Z is the last target's own
-    assert abs(r.log_z - true) < 0.05
+    errors = torch.tensor([r.log_z - true for r in runs])
+    # unbiased up to O(1/N): the mean error lies within 4 standard errors of the spread over seeds
+    assert abs(float(errors.mean())) < 4 * float(errors.std()) / math.sqrt(len(runs)) + 1e-3
 
 
 def test_plot_helper_draws_three_panels():

@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from .._checks import check_flat, check_time
+from .._checks import check_count, check_flat, check_time
 from .schedule import schedule_config, schedule_from_config
 
 
@@ -86,8 +86,7 @@ class EnergyMLP(nn.Module):
     def __init__(self, dim: int, schedule, data_mean=None, data_variance: float = 1.0,
                  hidden: int = 256, n_blocks: int = 3, n_time_features: int = 16):
         super().__init__()
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        dim = check_count(dim, "dim")
         try:
             data_variance = float(data_variance)  # also numpy scalars and 0-d tensors
         except (TypeError, ValueError) as exc:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from .._checks import check_count
+
 
 def prior_sample(model, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """n draws from the model's top-level Gaussian N(alpha_1 mu, (alpha_1^2 v + sigma_1^2) I), (n, d)."""
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    n = check_count(n, "n")
     s = model.schedule
     one = torch.tensor(1.0, dtype=torch.float64)
     alpha, var = s.alpha(one).item(), s.marginal_variance(one, model.data_variance).item()
@@ -23,8 +24,7 @@ def prior_sample(model, n: int, generator: torch.Generator | None = None) -> tor
 
 
 def _grid(model, n_steps: int) -> torch.Tensor:
-    if not isinstance(n_steps, int) or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}")
+    n_steps = check_count(n_steps, "n_steps")
     return torch.linspace(1.0, model.schedule.t_min, n_steps + 1, dtype=torch.float64)
 
 

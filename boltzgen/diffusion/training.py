@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .._checks import check_flat
+from .._checks import check_count, check_flat
 from .losses import LossParts, combined_loss
 from .networks import EnergyMLP
 
@@ -50,13 +50,10 @@ class TrainingConfig:
 
     def __post_init__(self):
         for name in ("dsm_steps", "clf_steps"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
+            check_count(getattr(self, name), name, minimum=0)
         for name in ("batch_size", "checkpoint_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.clf_batch_size is not None and (not isinstance(self.clf_batch_size, int) or self.clf_batch_size < 1):
-            raise ValueError(f"clf_batch_size must be a positive integer or None, got {self.clf_batch_size!r}")
+            check_count(getattr(self, name), name)
+        check_count(self.clf_batch_size, "clf_batch_size", allow_none=True)
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.clf_weight < 0:

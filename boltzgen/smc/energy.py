@@ -15,13 +15,14 @@ from typing import Callable
 
 import torch
 
+from .._checks import check_count
+
 EnergyFn = Callable[[torch.Tensor], torch.Tensor]
 Projection = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _chunks(n: int, chunk_size: int | None):
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+    chunk_size = check_count(chunk_size, "chunk_size", allow_none=True)
     step = n if chunk_size is None else chunk_size
     for start in range(0, n, max(step, 1)):
         yield slice(start, min(start + step, n))
@@ -74,8 +75,7 @@ def evaluate_with_grad(energy: EnergyFn, x: torch.Tensor,
 
 def flat_energy(energy: Callable[[torch.Tensor], torch.Tensor], n_atoms: int) -> EnergyFn:
     """Adapt a molecular energy on (n, n_atoms, 3) positions to flat (n, 3 n_atoms) particles."""
-    if not isinstance(n_atoms, int) or n_atoms < 1:
-        raise ValueError(f"n_atoms must be a positive integer, got {n_atoms!r}")
+    n_atoms = check_count(n_atoms, "n_atoms")
 
     def flat(x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != 3 * n_atoms:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import as_tensor
+from .._checks import as_tensor, check_count
 from . import weights as W
 from .energy import EnergyFn, evaluate
 
@@ -98,8 +98,7 @@ def importance_sample(proposal, target_energy: EnergyFn, n: int, seed: int | tor
 
     Returns the samples (n, d) and their :class:`ImportanceResult`.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    n = check_count(n, "n")
     generator = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
     x = proposal.sample(n, generator)
     return x, importance_reweight(target_energy, proposal.log_prob, x, chunk_size=chunk_size, n_clip=n_clip)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from .._checks import check_count
 from .energy import EnergyFn, Projection, evaluate_with_grad
 
 
@@ -183,8 +184,7 @@ class HMC:
 
     def __post_init__(self):
         _check_kernel(self)
-        if not isinstance(self.n_leapfrog, int) or self.n_leapfrog < 1:
-            raise ValueError(f"n_leapfrog must be a positive integer, got {self.n_leapfrog!r}")
+        check_count(self.n_leapfrog, "n_leapfrog")
 
     @property
     def gradient_evaluations(self) -> int:

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from .._checks import as_tensor, check_flat
+from .._checks import as_tensor, check_count, check_flat
 from .energy import Projection, subspace_dimension
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -29,8 +29,7 @@ class GaussianProposal:
 
     def __init__(self, dim: int, mean=0.0, variance=1.0, project: Projection | None = None,
                  subspace_dim: int | None = None, dtype: torch.dtype = torch.float64, device=None):
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        dim = check_count(dim, "dim")
         m = as_tensor(mean, "mean", dtype=dtype).to(device)
         v = as_tensor(variance, "variance", dtype=dtype).to(device)
         for name, t in (("mean", m), ("variance", v)):
@@ -50,8 +49,7 @@ class GaussianProposal:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n samples, shape (n, d)."""
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer (number of particles), got {n!r}")
+        n = check_count(n, "n")
         z = torch.randn(n, self.dim, generator=generator, dtype=self.mean.dtype, device=self.mean.device)
         z = z * self.variance.sqrt()
         if self.project is not None:

@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from .._checks import check_count
 from .weights import normalized_weights
 
 
@@ -84,6 +85,5 @@ def resample(log_w, method: str = "systematic", generator: torch.Generator | Non
         raise ValueError(f"method must be one of {sorted(RESAMPLERS)}, got {method!r}")
     weights = normalized_weights(log_w)
     n_out = weights.numel() if n is None else n
-    if not isinstance(n_out, int) or n_out < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    n_out = check_count(n_out, "n")
     return RESAMPLERS[method](weights, n_out, generator)

@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from .._checks import check_count
 from . import weights as W
 from .energy import EnergyFn, Projection, evaluate
 from .kernels import MALA, ParticleState, particle_state
@@ -133,16 +134,13 @@ def _check_arguments(path, proposal, n_particles, n_moves, resample_threshold, r
         raise TypeError(f"path must be a boltzgen.smc.Path (see energy_path, geometric_path, diffusion_path), got {type(path).__name__}")
     if not (hasattr(proposal, "sample") and hasattr(proposal, "log_prob")):
         raise TypeError("proposal must have sample(n, generator) -> (n, d) and log_prob(x) -> (n,)")
-    if isinstance(n_particles, bool) or not isinstance(n_particles, int) or n_particles < 1:
-        raise ValueError(f"n_particles must be a positive integer, got {n_particles!r}")
-    if isinstance(n_moves, bool) or not isinstance(n_moves, int) or n_moves < 0:
-        raise ValueError(f"n_moves must be a non-negative integer, got {n_moves!r}")
+    n_particles = check_count(n_particles, "n_particles")
+    n_moves = check_count(n_moves, "n_moves", minimum=0)
     if not isinstance(resample_threshold, (int, float)) or not 0.0 <= resample_threshold <= 1.0:
         raise ValueError(f"resample_threshold must be an ESS fraction in [0, 1], got {resample_threshold!r}")
     if resampler not in RESAMPLERS:
         raise ValueError(f"resampler must be one of {sorted(RESAMPLERS)}, got {resampler!r}")
-    if not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    max_steps = check_count(max_steps, "max_steps")
 
 
 def _initial_particles(proposal, n: int, generator, project) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import as_tensor
+from .._checks import as_tensor, check_count
 
 _NEG_INF = float("-inf")
 
@@ -138,8 +138,7 @@ def ess_clipped(log_w, n_clip: int | None = None) -> float:
     t = _nonempty(log_w)
     n = t.numel()
     k = math.ceil(math.sqrt(n)) if n_clip is None else n_clip
-    if not isinstance(k, int) or k < 0:
-        raise ValueError(f"n_clip must be a non-negative integer, got {n_clip!r}")
+    k = check_count(k, "n_clip", minimum=0)
     k = min(k, n - 1)
     if k == 0:
         return ess(t)

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from .._checks import as_tensor, check_flat
+from .._checks import as_tensor, check_count, check_flat
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -177,8 +177,7 @@ class GaussianMixture:
     # --- sampling ----------------------------------------------------------------------------
     def sample_with_labels(self, n: int, generator: torch.Generator | None = None):
         """n samples (n, d) float64 and their component labels (n,) int64."""
-        if not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be a non-negative integer, got {n!r}")
+        n = check_count(n, "n", minimum=0)
         labels = torch.multinomial(self.weights, n, replacement=True, generator=generator) if n else torch.zeros(0, dtype=torch.long)
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         x = self.means[labels] + torch.einsum("nde,ne->nd", self.eigenvectors[labels], z * self.eigenvalues[labels].sqrt())
@@ -199,8 +198,7 @@ class DoubleWell:
     """
 
     def __init__(self, dim: int = 2, a: float = 1.0, b: float = 6.0, c: float = 1.0):
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        dim = check_count(dim, "dim")
         if a <= 0:
             raise ValueError(f"a must be positive (confining quartic), got {a}")
         self.dim, self.a, self.b, self.c = dim, float(a), float(b), float(c)
@@ -240,8 +238,7 @@ class DoubleWell:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n samples (n, d) float64: x_1 by inverse CDF on a fine grid, the rest standard normal."""
-        if not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be a non-negative integer, got {n!r}")
+        n = check_count(n, "n", minimum=0)
         u = torch.rand(n, generator=generator, dtype=torch.float64).numpy()
         x1 = np.interp(u, self._cdf, self._grid)
         rest = torch.randn(n, self.dim - 1, generator=generator, dtype=torch.float64)

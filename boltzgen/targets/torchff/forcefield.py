@@ -10,7 +10,7 @@ import openmm
 import torch
 from torch import nn
 
-from ..._checks import check_positions
+from ..._checks import check_count, check_positions
 from .reader import read_terms
 from .terms import scatter
 
@@ -83,10 +83,8 @@ class TorchForceField(nn.Module):
         super().__init__()
         if dtype not in (torch.float64, torch.float32):
             raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        chunk_size = check_count(chunk_size, "chunk_size", allow_none=True)
+        threads = check_count(threads, "threads", allow_none=True)
         named = read_terms(system)
         self.names = [name for name, _ in named]
         self.terms = nn.ModuleList(term for _, term in named)
