@@ -31,6 +31,17 @@ def test_untrained_model_is_the_noised_data_gaussian():
     assert model.log_normaliser(1.0).item() == pytest.approx(1.5 * math.log(2 * math.pi * v.new_tensor(s.marginal_variance(1.0, var).item())), rel=1e-5)
 
 
+def test_subspace_dim_sets_the_gaussian_anchor_and_survives_the_config():
+    # Centre-of-mass-free molecules: 2 atoms x 3 coordinates live in a 3-dimensional subspace.
+    s = VPSchedule()
+    model = EnergyMLP(6, s, hidden=16, n_blocks=1, subspace_dim=3)
+    v1 = s.marginal_variance(torch.tensor(1.0), 1.0).item()
+    assert model.log_normaliser(1.0).item() == pytest.approx(1.5 * math.log(2 * math.pi * v1), rel=1e-5)
+    assert EnergyMLP.from_config(model.config).log_normaliser_net.dim == 3
+    with pytest.raises(ValueError, match="subspace_dim must be at most dim = 6"):
+        EnergyMLP(6, s, subspace_dim=7)
+
+
 def test_score_is_minus_energy_gradient():
     torch.manual_seed(0)
     model = EnergyMLP(4, VPSchedule(), hidden=32, n_blocks=2)

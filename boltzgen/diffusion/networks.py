@@ -81,12 +81,18 @@ class EnergyMLP(nn.Module):
         data_mean: (d,) mean of the training data (units of x).
         data_variance: per-coordinate variance of the training data (scalar, units of x^2).
         hidden, n_blocks, n_time_features: network size.
+        subspace_dim: the dimension of the subspace the data and noise live in, when training uses
+            a ``project=`` (e.g. 3 n_atoms - 3 for centre-of-mass-free molecules; default d). It
+            sets the Gaussian anchor of the log-normaliser, f(1) = (subspace_dim / 2) log(2 pi v_1).
     """
 
     def __init__(self, dim: int, schedule, data_mean=None, data_variance: float = 1.0,
-                 hidden: int = 256, n_blocks: int = 3, n_time_features: int = 16):
+                 hidden: int = 256, n_blocks: int = 3, n_time_features: int = 16, subspace_dim: int | None = None):
         super().__init__()
         dim = check_count(dim, "dim")
+        subspace_dim = check_count(subspace_dim, "subspace_dim", allow_none=True)
+        if subspace_dim is not None and subspace_dim > dim:
+            raise ValueError(f"subspace_dim must be at most dim = {dim}, got {subspace_dim}")
         try:
             data_variance = float(data_variance)  # also numpy scalars and 0-d tensors
         except (TypeError, ValueError) as exc:
@@ -99,7 +105,7 @@ class EnergyMLP(nn.Module):
         self.dim, self.schedule = dim, schedule
         self.config = dict(dim=dim, schedule=schedule_config(schedule), data_mean=mean.tolist(),
                            data_variance=float(data_variance), hidden=hidden, n_blocks=n_blocks,
-                           n_time_features=n_time_features)
+                           n_time_features=n_time_features, subspace_dim=subspace_dim)
         self.register_buffer("data_mean", mean)
         self.data_variance = float(data_variance)
         self.embed = FourierTime(n_time_features)
@@ -109,7 +115,7 @@ class EnergyMLP(nn.Module):
         self.out = nn.Linear(hidden, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
-        self.log_normaliser_net = LogNormaliser(dim)
+        self.log_normaliser_net = LogNormaliser(subspace_dim or dim)
 
     @classmethod
     def from_config(cls, config: dict) -> "EnergyMLP":
