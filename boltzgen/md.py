@@ -107,8 +107,7 @@ def run_md(target: OpenMMTarget, ns: float, out_dir, seed: int, *, timestep_fs: 
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**31 - 2:
         raise ValueError(f"seed must be an integer in [0, 2**31 - 2], got {seed!r}")
     chunk_frames = check_count(chunk_frames, "chunk_frames")
-    if max_chunks is not None and (not isinstance(max_chunks, int) or max_chunks < 0):
-        raise ValueError(f"max_chunks must be None or an integer >= 0, got {max_chunks!r}")
+    max_chunks = check_count(max_chunks, "max_chunks", minimum=0, allow_none=True)
     check_positive(ns, "ns")
     check_positive(timestep_fs, "timestep_fs")
     check_positive(friction_per_ps, "friction_per_ps")

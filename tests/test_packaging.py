@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_every_subpackage_is_listed_in_pyproject():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     in_tree = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "boltzgen").rglob("__init__.py")}
     assert listed == in_tree | {"boltzgen.named_systems"}
@@ -21,8 +22,15 @@ def test_every_subpackage_is_listed_in_pyproject():
 
 def test_wheel_carries_the_named_systems(tmp_path):
     # A regular install has no repository around it: the named systems must come with the package.
+    # Built from a copy of the sources, so that no build/ left in the checkout can leak into it.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for name in ("boltzgen", "systems"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path / "wheel"), str(ROOT)], capture_output=True, text=True)
+                            "-w", str(tmp_path / "wheel"), str(source)], capture_output=True, text=True)
     if build.returncode != 0:
         pytest.fail(f"building the wheel failed:\n{build.stderr[-2000:]}")
     (wheel,) = (tmp_path / "wheel").glob("boltzgen-*.whl")

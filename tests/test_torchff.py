@@ -372,8 +372,32 @@ def test_threaded_chunks_match_the_reference(pdb):
     assert torch.allclose(e, e_ref.detach(), rtol=1e-12, atol=1e-9)
     assert torch.allclose(g, g_ref, rtol=1e-10, atol=1e-8)
     assert torch.equal(ff.energy(x), e)
+    with torch.inference_mode():  # the workers take the caller's inference mode
+        assert torch.equal(ff.energy_and_gradient(x)[1], g)
     with pytest.raises(ValueError, match="threads"):
         TorchForceField(_system(pdb, ["amber99sbildn.xml"]), threads=0)
+
+
+def test_threaded_force_field_works_in_a_forked_child_and_in_a_copy(pdb):
+    import copy
+    import multiprocessing
+
+    ff = TorchForceField(_system(pdb, ["amber99sbildn.xml"]), chunk_size=8, threads=2)
+    ff._kernel, ff.compiled = ff._evaluate, True  # eager stand-in for the compiled kernel
+    x = torch.from_numpy(np.repeat(_positions(pdb)[None], 40, axis=0))
+    expected = ff.energy(x)
+    ff.energy(x)  # the pool now exists; a forked child inherits it without its threads
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=lambda: results.put(ff.energy(x).tolist()))  # forked: ff is not pickled
+    child.start()
+    energies = results.get(timeout=60)
+    child.join(timeout=60)
+    assert energies == expected.tolist()
+    duplicate = copy.deepcopy(ff)  # gets its own compiled kernel (bound to the copy) and its own pool
+    assert duplicate._pool is None and duplicate._kernel.__wrapped__.__self__ is duplicate
+    duplicate._kernel = duplicate._evaluate  # eager again: compiling here would cost 10-20 s
+    assert torch.equal(duplicate.energy(x), expected)
 
 
 def test_infinite_positions_are_not_mistaken_for_nan(pdb):

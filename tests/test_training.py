@@ -133,3 +133,18 @@ def test_diffclf_fixes_the_mode_weight_that_dsm_misses():
     result = json.loads(out.getvalue().strip().splitlines()[-1])
     assert result["diffclf_weight_error"] < 0.05
     assert result["diffclf_weight_error"] <= result["dsm_weight_error"] + 0.01
+
+
+def test_config_counts_become_plain_ints_and_bad_ones_are_named():
+    import json
+    from dataclasses import asdict
+
+    import numpy as np
+
+    config = TrainingConfig(dsm_steps=np.int64(5), clf_levels=np.int32(4))
+    assert type(config.dsm_steps) is int and type(config.clf_levels) is int
+    json.dumps(asdict(config))  # checkpoints and logs can store it
+    with pytest.raises(ValueError, match="clf_levels must be an integer >= 2, got 1"):
+        TrainingConfig(clf_levels=1)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 2.0"):
+        TrainingConfig(batch_size=2.0)

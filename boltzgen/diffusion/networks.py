@@ -105,7 +105,9 @@ class EnergyMLP(nn.Module):
         self.dim, self.schedule = dim, schedule
         self.config = dict(dim=dim, schedule=schedule_config(schedule), data_mean=mean.tolist(),
                            data_variance=float(data_variance), hidden=hidden, n_blocks=n_blocks,
-                           n_time_features=n_time_features, subspace_dim=subspace_dim)
+                           n_time_features=n_time_features)
+        if subspace_dim is not None:  # only when set: configs (and checkpoints) from before it stay equal
+            self.config["subspace_dim"] = subspace_dim
         self.register_buffer("data_mean", mean)
         self.data_variance = float(data_variance)
         self.embed = FourierTime(n_time_features)

@@ -49,17 +49,15 @@ class TrainingConfig:
     checkpoint_every: int = 500
 
     def __post_init__(self):
-        for name in ("dsm_steps", "clf_steps"):
-            check_count(getattr(self, name), name, minimum=0)
-        for name in ("batch_size", "checkpoint_every"):
-            check_count(getattr(self, name), name)
-        check_count(self.clf_batch_size, "clf_batch_size", allow_none=True)
+        # Counts are stored as plain ints (numpy integers are accepted), so the config stays JSON-able.
+        for name, minimum in (("dsm_steps", 0), ("clf_steps", 0), ("batch_size", 1), ("checkpoint_every", 1),
+                              ("clf_levels", 2)):
+            object.__setattr__(self, name, check_count(getattr(self, name), name, minimum=minimum))
+        object.__setattr__(self, "clf_batch_size", check_count(self.clf_batch_size, "clf_batch_size", allow_none=True))
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.clf_weight < 0:
             raise ValueError(f"clf_weight must be >= 0, got {self.clf_weight}")
-        if not isinstance(self.clf_levels, int) or self.clf_levels < 2:
-            raise ValueError(f"clf_levels must be an integer >= 2, got {self.clf_levels!r}")
         if not (0 < self.clf_window <= 1):
             raise ValueError(f"clf_window must lie in (0, 1], got {self.clf_window!r}")
         if not (0 <= self.min_lr_fraction <= 1):

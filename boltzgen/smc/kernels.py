@@ -184,7 +184,7 @@ class HMC:
 
     def __post_init__(self):
         _check_kernel(self)
-        check_count(self.n_leapfrog, "n_leapfrog")
+        object.__setattr__(self, "n_leapfrog", check_count(self.n_leapfrog, "n_leapfrog"))  # a plain int
 
     @property
     def gradient_evaluations(self) -> int:

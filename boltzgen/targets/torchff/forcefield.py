@@ -94,26 +94,34 @@ class TorchForceField(nn.Module):
         self.to(dtype)
         self.compiled = bool(compile)
         self.threads = threads
+        self._kernel = self._compiled_kernel() if compile else self._evaluate
+        self._warm: set[bool] = set()  # the gradient flags whose kernel has been compiled
+        self._pool: ThreadPoolExecutor | None = None  # kept: new threads start on fresh memory pages
+        self._pool_pid = os.getpid()
+
+    def _compiled_kernel(self):
         # One OpenMP thread per kernel: OpenMP threads waiting on a busy sibling core made kernels
         # ~100x slower here. The C++ wrapper releases the GIL, so chunks can run in Python threads.
         options = {"cpp.threads": 1, "cpp_wrapper": True}
-        self._kernel = (torch.compile(_own_code(self._evaluate), dynamic=False, options=options)
-                        if compile else self._evaluate)
-        self._warm: set[bool] = set()  # the gradient flags whose kernel has been compiled
-        self._pool: ThreadPoolExecutor | None = None  # kept: new threads start on fresh memory pages
+        return torch.compile(_own_code(self._evaluate), dynamic=False, options=options)
 
-    def _executor(self, threads: int) -> ThreadPoolExecutor:
-        """A pool of ``threads`` threads, kept between calls (their memory arenas stay warm)."""
-        if self._pool is None or self._pool_threads != threads:
-            if self._pool is not None:
-                self._pool.shutdown()
-            self._pool, self._pool_threads = ThreadPoolExecutor(threads, thread_name_prefix="torchff"), threads
+    def _executor(self) -> ThreadPoolExecutor:
+        """The thread pool, kept between calls (their memory arenas stay warm); one per process,
+        since a forked child inherits the pool object but not its threads."""
+        if self._pool is None or self._pool_pid != os.getpid():
+            self._pool = ThreadPoolExecutor(self.threads or _available_cores(), thread_name_prefix="torchff")
+            self._pool_pid = os.getpid()
         return self._pool
 
     def __getstate__(self):
+        # Threads and compiled kernels do not pickle or copy: a copy builds its own.
         state = super().__getstate__().copy()
-        state["_pool"] = None  # threads do not pickle or copy; a copy starts its own
+        state["_pool"], state["_kernel"], state["_warm"] = None, None, set()
         return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._kernel = self._compiled_kernel() if self.compiled else self._evaluate
 
     def _coordinates(self, x: torch.Tensor) -> torch.Tensor:
         # (n, n_atoms, 3) -> (3, n_atoms, n): the batch becomes the contiguous last axis.
@@ -197,17 +205,19 @@ class TorchForceField(nn.Module):
             self._chunk(x, starts.pop(0), gradient, energy, grad)
             self._warm.add(gradient)
         threads = min(self.threads or _available_cores(), len(starts)) if self.compiled else 1
+        inference = torch.is_inference_mode_enabled()
 
         def work(share: list[int]) -> None:
-            with torch.no_grad():  # grad mode is per thread
+            # Grad and inference modes are per thread: the workers take the caller's.
+            with torch.inference_mode(inference), torch.no_grad():
                 for start in share:
                     self._chunk(x, start, gradient, energy, grad)
 
         if threads <= 1:
             work(starts)
         else:
-            pool = self._executor(threads)
-            list(pool.map(work, [starts[t::threads] for t in range(threads)]))  # list() re-raises errors
+            shares = [starts[t::threads] for t in range(threads)]
+            list(self._executor().map(work, shares))  # list() re-raises a worker's exception
         return energy, grad
 
     @torch.no_grad()
