@@ -18,6 +18,9 @@ def as_tensor(x, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
     else:
         try:
             t = torch.as_tensor(x)
+            if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+                # Python floats read straight into ``dtype``: via float32 they would lose precision.
+                t = torch.as_tensor(x, dtype=dtype)
         except Exception as exc:  # numpy object arrays, strings, ...
             raise TypeError(f"{name} must be a tensor or array of numbers, got {type(x).__name__}") from exc
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):

@@ -18,3 +18,15 @@ def test_check_count_accepts_python_and_numpy_integers_and_names_the_argument():
     for bad in (True, "3", None, 3.0):
         with pytest.raises(ValueError, match="dim must be a positive integer"):
             check_count(bad, "dim")
+
+
+def test_as_tensor_reads_python_floats_straight_into_float64():
+    import torch
+
+    from boltzgen._checks import as_tensor
+
+    values = [0.1, 1.0 / 3.0, 2.0**-40]
+    t = as_tensor(values, "x", dtype=torch.float64)
+    assert t.dtype == torch.float64 and t.tolist() == values  # no float32 round trip
+    with pytest.raises(TypeError, match="x must hold real numbers"):
+        as_tensor([True, False], "x", dtype=torch.float64)

@@ -1,0 +1,31 @@
+"""Analysis of weighted samples: dihedral angles, free energy surfaces, basins and free energy differences.
+
+    angles = phi_psi(x, target.topology)[:, 0]                  # (n, 2) radians, alanine dipeptide
+    fes = free_energy_surface(angles, log_weights)              # F(phi, psi) in kT
+    p = basin_probabilities(angles, ALANINE_DIPEPTIDE_BASINS, log_weights)
+    df = basin_free_energy_runs(runs, basins["beta/C7eq"], basins["alpha_L/C7ax"])  # Estimate in kT
+
+Positions are in nm, angles in radians, free energies in kT (float64). Error bars come from
+independent runs (:func:`with_error`), since resampling correlates particles within one run.
+"""
+from .dihedrals import backbone_atoms, dihedrals, phi_psi
+from .free_energy import (
+    ALANINE_DIPEPTIDE_BASINS,
+    Basin,
+    Estimate,
+    FreeEnergySurface,
+    basin_free_energy,
+    basin_free_energy_runs,
+    basin_probabilities,
+    delta_f_bar,
+    delta_f_exp,
+    delta_f_from_log_z,
+    free_energy_surface,
+    with_error,
+)
+
+__all__ = [
+    "ALANINE_DIPEPTIDE_BASINS", "Basin", "Estimate", "FreeEnergySurface", "backbone_atoms", "basin_free_energy",
+    "basin_free_energy_runs", "basin_probabilities", "delta_f_bar", "delta_f_exp", "delta_f_from_log_z",
+    "dihedrals", "free_energy_surface", "phi_psi", "with_error",
+]

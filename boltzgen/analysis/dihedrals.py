@@ -1,0 +1,133 @@
+"""Dihedral angles of batched positions, differentiable in torch, and backbone (phi, psi) indices.
+
+The angle follows the IUPAC sign convention used by mdtraj (and OpenMM): looking along the
+central bond from atom 1 to atom 2, the angle is positive when atom 0 must turn clockwise to
+eclipse atom 3. Angles lie in (-pi, pi] radians; a trans arrangement is +pi, never -pi.
+Which atoms make up phi and psi is left to mdtraj, which knows residue and atom names.
+"""
+from __future__ import annotations
+
+import math
+
+import mdtraj
+import numpy as np
+import openmm.app
+import torch
+
+from .._checks import check_positions
+
+
+def _positions(x, n_atoms: int | None = None) -> torch.Tensor:
+    """Positions (n, n_atoms, 3) as a tensor; lists go through numpy so Python floats stay float64."""
+    if not isinstance(x, torch.Tensor):
+        try:
+            x = np.asarray(x)
+        except ValueError as exc:  # ragged nested lists
+            raise ValueError(f"x must be positions of shape (n, n_atoms, 3) in nm: {exc}") from exc
+    return check_positions(x, "x", n_atoms=n_atoms)
+
+
+def _check_atoms(atoms, n_atoms: int) -> torch.Tensor:
+    """Dihedral atom quadruples as an int64 tensor (m, 4) of distinct indices in [0, n_atoms)."""
+    a = atoms if isinstance(atoms, torch.Tensor) else torch.as_tensor(np.asarray(atoms))
+    if a.dtype.is_floating_point or a.dtype.is_complex or a.dtype == torch.bool:
+        raise TypeError(f"atoms must hold integer atom indices, got dtype {a.dtype}")
+    if a.ndim != 2 or a.shape[1] != 4:
+        raise ValueError(f"atoms must have shape (m, 4) (one row of four atom indices per dihedral), "
+                         f"got {tuple(a.shape)}")
+    a = a.to(torch.int64)
+    if a.numel() and (a.min() < 0 or a.max() >= n_atoms):
+        raise ValueError(f"atoms must be indices in [0, {n_atoms}) for positions with {n_atoms} atoms, "
+                         f"got values in [{int(a.min())}, {int(a.max())}]")
+    # a repeated atom makes the angle undefined (atan2(0, 0)); refuse it rather than return 0
+    repeated = (a[:, :, None] == a[:, None, :]).sum((1, 2)) > 4
+    if repeated.any():
+        row = int(torch.nonzero(repeated)[0])
+        raise ValueError(f"atoms row {row} repeats an atom: {a[row].tolist()}; a dihedral needs four distinct atoms")
+    return a
+
+
+def dihedrals(x, atoms) -> torch.Tensor:
+    """Dihedral angles of every configuration, batched and differentiable.
+
+    Args:
+        x: positions (n, n_atoms, 3) in nm, a torch tensor (gradients flow through it) or array.
+        atoms: (m, 4) integer atom indices, one dihedral per row (e.g. from :func:`backbone_atoms`).
+
+    Returns:
+        float64 tensor (n, m) of angles in radians in (-pi, pi], IUPAC/mdtraj sign convention,
+        computed as atan2(|b2| b1 . (b2 x b3), (b1 x b2) . (b2 x b3)) with b_k the bond vectors.
+    """
+    pos = _positions(x).to(torch.float64)
+    idx = _check_atoms(atoms, pos.shape[1]).to(pos.device)
+    p0, p1, p2, p3 = (pos[:, idx[:, k]] for k in range(4))  # each (n, m, 3)
+    b1, b2, b3 = p1 - p0, p2 - p1, p3 - p2
+    n1 = torch.linalg.cross(b1, b2)
+    n2 = torch.linalg.cross(b2, b3)
+    y = torch.linalg.vector_norm(b2, dim=-1) * (b1 * n2).sum(-1)
+    angle = torch.atan2(y, (n1 * n2).sum(-1))
+    # atan2 gives -pi for y = -0.0 and a trans arrangement; the convention's interval is (-pi, pi]
+    return torch.where(angle <= -math.pi, angle + 2.0 * math.pi, angle)
+
+
+def _mdtraj_topology(topology) -> mdtraj.Topology:
+    if hasattr(topology, "topology") and not isinstance(topology, (mdtraj.Topology, openmm.app.Topology)):
+        topology = topology.topology  # a target or a trajectory: use its topology
+    if isinstance(topology, mdtraj.Topology):
+        return topology
+    if isinstance(topology, openmm.app.Topology):
+        return mdtraj.Topology.from_openmm(topology)
+    raise TypeError(f"topology must be an openmm.app.Topology or mdtraj.Topology, got {type(topology).__name__}")
+
+
+def backbone_atoms(topology) -> dict[str, np.ndarray]:
+    """Atom quadruples of the backbone dihedrals phi and psi, found by mdtraj.
+
+    Only residues that have both angles are kept (phi needs the previous residue's C, psi the
+    next residue's N), so row i of "phi" and row i of "psi" belong to the same residue, in
+    residue order. For alanine dipeptide (ACE-ALA-NME) that is one residue:
+    phi = C(ACE) N CA C, psi = N CA C N(NME).
+
+    Args:
+        topology: an openmm.app.Topology or mdtraj.Topology (or an object with a ``.topology``
+            attribute holding one, such as a boltzgen target or an mdtraj Trajectory).
+
+    Returns:
+        {"phi": int64 array (k, 4), "psi": int64 array (k, 4)} of atom indices.
+
+    Raises:
+        ValueError: when no residue has both a phi and a psi dihedral.
+    """
+    top = _mdtraj_topology(topology)
+    # mdtraj finds the quadruples from names and residue order; the coordinates are irrelevant
+    frame = mdtraj.Trajectory(np.zeros((1, top.n_atoms, 3)), top)
+    phi, _ = mdtraj.compute_phi(frame)
+    psi, _ = mdtraj.compute_psi(frame)
+    # pair the two by their shared CA atom (atom 2 of phi, atom 1 of psi)
+    psi_by_ca = {int(row[1]): row for row in psi}
+    pairs = [(row, psi_by_ca[int(row[2])]) for row in phi if int(row[2]) in psi_by_ca]
+    if not pairs:
+        raise ValueError(f"topology has no residue with both phi and psi backbone dihedrals "
+                         f"({len(phi)} phi, {len(psi)} psi found); phi/psi need a peptide backbone "
+                         f"(N, CA, C atoms) with a neighbouring residue on each side")
+    return {"phi": np.array([p for p, _ in pairs], dtype=np.int64),
+            "psi": np.array([s for _, s in pairs], dtype=np.int64)}
+
+
+def phi_psi(x, topology) -> torch.Tensor:
+    """Backbone (phi, psi) of every configuration, for each residue that has both.
+
+    Args:
+        x: positions (n, n_atoms, 3) in nm (torch tensor, differentiable, or array).
+        topology: as for :func:`backbone_atoms`; must have n_atoms atoms.
+
+    Returns:
+        float64 tensor (n, k, 2) in radians in (-pi, pi]: [..., 0] is phi, [..., 1] is psi,
+        residues in the order of :func:`backbone_atoms` (k = 1 for alanine dipeptide).
+    """
+    top = _mdtraj_topology(topology)
+    pos = _positions(x, n_atoms=top.n_atoms)
+    idx = backbone_atoms(top)
+    angles = dihedrals(pos, np.concatenate([idx["phi"], idx["psi"]]))  # (n, 2k)
+    k = len(idx["phi"])
+    return torch.stack([angles[:, :k], angles[:, k:]], dim=-1)

@@ -1,0 +1,355 @@
+"""Free energy surfaces, basins, combined estimates and EXP/BAR against analytic truths and pymbar.
+
+Truths: products of von Mises densities on the (phi, psi) torus (exact bin and basin
+probabilities by quadrature) and two 1-D Gaussians with F_B - F_A = -ln(sigma_B / sigma_A).
+Statistical tolerances are k standard errors, with k stated where it is used.
+"""
+import contextlib
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, special
+
+from boltzgen.analysis import (
+    ALANINE_DIPEPTIDE_BASINS,
+    Basin,
+    Estimate,
+    basin_free_energy,
+    basin_free_energy_runs,
+    basin_probabilities,
+    delta_f_bar,
+    delta_f_exp,
+    delta_f_from_log_z,
+    free_energy_surface,
+    with_error,
+)
+from boltzgen.smc.weights import ess
+
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    from pymbar.other_estimators import bar as pymbar_bar
+    from pymbar.other_estimators import exp as pymbar_exp
+
+PI = math.pi
+PHI = (-1.4, 1.5)  # von Mises (mean, concentration) of phi and psi: mass in all three basins
+PSI = (2.6, 0.8)
+
+
+def vm_log_pdf(x, mean, kappa):
+    return kappa * np.cos(x - mean) - math.log(2 * PI * special.i0(kappa))
+
+
+def vm_mass(low, high, mean, kappa):
+    """Probability of the arc [low, high) (wrapping through pi when low > high)."""
+    def seg(a, b):
+        return integrate.quad(lambda t: math.exp(vm_log_pdf(t, mean, kappa)), a, b)[0]
+    return seg(low, high) if low < high else seg(low, PI) + seg(-PI, high)
+
+
+def true_basin_probability(basin):
+    return vm_mass(*basin.phi_range, *PHI) * vm_mass(*basin.psi_range, *PSI)
+
+
+def true_bin_probabilities(edges):
+    p = np.array([vm_mass(a, b, *PHI) for a, b in zip(edges[:-1], edges[1:])])
+    q = np.array([vm_mass(a, b, *PSI) for a, b in zip(edges[:-1], edges[1:])])
+    return np.outer(p, q)
+
+
+def vm_samples(n, seed):
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.vonmises(*PHI, size=n), rng.vonmises(*PSI, size=n)], axis=1)
+
+
+def reweighted_uniform(n, seed):
+    """Uniform samples on the torus with log-weights (plus an arbitrary offset) toward the von Mises product."""
+    a = np.random.default_rng(seed).uniform(-PI, PI, size=(n, 2))
+    return a, vm_log_pdf(a[:, 0], *PHI) + vm_log_pdf(a[:, 1], *PSI) + 7.0
+
+
+def normalized(log_w):
+    w = np.exp(log_w - log_w.max())
+    return w / w.sum()
+
+
+# ---- free energy surface ------------------------------------------------------------------------
+def test_histogram_of_samples_matches_the_density():
+    n, bins = 100_000, 10
+    fes = free_energy_surface(torch.from_numpy(vm_samples(n, seed=0)), bins=bins)
+    truth = true_bin_probabilities(fes.phi_edges)
+    z = (fes.probability - truth) / np.sqrt(truth * (1 - truth) / n)
+    # 100 bins: 4.5 binomial standard errors keeps the chance of any false alarm below 1e-3
+    assert np.abs(z).max() < 4.5
+    assert fes.probability.sum() == pytest.approx(1.0, abs=1e-12)
+    assert fes.ess == pytest.approx(n)
+    assert np.allclose(fes.free_energy, -np.log(fes.probability) + np.log(fes.probability.max()), atol=1e-12)
+    assert fes.free_energy.min() == 0.0 and fes.free_energy.shape == (bins, bins)
+    assert np.allclose(fes.phi_edges, np.linspace(-PI, PI, bins + 1)) and fes.phi_centers.shape == (bins,)
+
+
+def test_weighted_histogram_reweights_uniform_samples_to_the_density():
+    n, bins = 100_000, 10
+    angles, log_w = reweighted_uniform(n, seed=1)
+    fes = free_energy_surface(angles, log_weights=torch.from_numpy(log_w), bins=bins)
+    truth = true_bin_probabilities(fes.phi_edges)
+    # reference path: numpy's weighted histogram of the normalised weights
+    w = normalized(log_w)
+    ref, _, _ = np.histogram2d(angles[:, 0], angles[:, 1], bins=bins, range=((-PI, PI), (-PI, PI)), weights=w)
+    assert np.allclose(fes.probability, ref, atol=1e-12)
+    # self-normalised IS error of a bin fraction (delta method): sqrt(sum_i W_i^2 (1_i - p)^2)
+    phi_bin = np.clip(np.digitize(angles[:, 0], fes.phi_edges) - 1, 0, bins - 1)
+    psi_bin = np.clip(np.digitize(angles[:, 1], fes.psi_edges) - 1, 0, bins - 1)
+    se = np.empty((bins, bins))
+    for i in range(bins):
+        for j in range(bins):
+            inside = (phi_bin == i) & (psi_bin == j)
+            se[i, j] = math.sqrt(np.sum(w**2 * (inside - truth[i, j]) ** 2))
+    assert np.abs((fes.probability - truth) / se).max() < 4.5  # 100 bins, as above
+    assert fes.ess == pytest.approx(ess(torch.from_numpy(log_w)))
+
+
+def test_angles_are_periodic():
+    a = vm_samples(5000, seed=2)
+    shift = 2 * PI * np.random.default_rng(3).integers(-2, 3, size=a.shape)
+    base = free_energy_surface(a, bins=12)
+    shifted = free_energy_surface(a + shift, bins=12)
+    assert np.array_equal(base.probability, shifted.probability)
+    edge = free_energy_surface(np.array([[PI, PI], [-PI, -PI]]), bins=4)
+    assert edge.probability[0, 0] == 1.0  # pi and -pi are the same angle: the first bin
+
+
+def test_empty_bins_are_infinite_and_the_minimum_is_zero():
+    a = np.random.default_rng(4).uniform(0.05, 0.3, size=(500, 2))
+    fes = free_energy_surface(a, bins=20)
+    empty = fes.probability == 0
+    assert empty.sum() == 20 * 20 - 1  # all samples in the bin [0, pi/10)^2
+    assert np.isposinf(fes.free_energy[empty]).all() and fes.free_energy[~empty].tolist() == [0.0]
+
+
+def test_window_range_keeps_fractions_of_all_samples():
+    a = vm_samples(20_000, seed=5)
+    fes = free_energy_surface(a, bins=8, range=((-PI, 0.0), (-PI, PI)))
+    assert fes.probability.sum() == pytest.approx(np.mean(a[:, 0] < 0), abs=1e-12)
+    assert fes.phi_edges[0] == -PI and fes.phi_edges[-1] == 0.0
+
+
+def test_zero_weight_samples_may_have_nan_angles():
+    a = vm_samples(1000, seed=6)
+    log_w = np.zeros(1000)
+    a_nan = a.copy()
+    a_nan[:10] = np.nan
+    log_w[:10] = -np.inf
+    fes = free_energy_surface(a_nan, log_w, bins=6)
+    assert np.allclose(fes.probability, free_energy_surface(a[10:], bins=6).probability, atol=1e-12)
+    with pytest.raises(ValueError, match="angles has NaN"):
+        free_energy_surface(a_nan, bins=6)
+
+
+def test_free_energy_surface_bad_input():
+    a = vm_samples(10, seed=7)
+    with pytest.raises(ValueError, match=r"angles must have shape \(n, 2\)"):
+        free_energy_surface(a[:, :1])
+    with pytest.raises(ValueError, match="pick one residue"):
+        free_energy_surface(a[:, None, :])
+    with pytest.raises(ValueError, match=r"log_weights must have shape \(10,\)"):
+        free_energy_surface(a, np.zeros(9))
+    with pytest.raises(ValueError, match="bins"):
+        free_energy_surface(a, bins=0)
+    with pytest.raises(ValueError, match="range"):
+        free_energy_surface(a, range=((-PI, PI), (0.0, 7.0)))
+    with pytest.raises(TypeError, match="basins must hold Basin"):
+        basin_probabilities(a, ["alpha_R"])
+    with pytest.raises(TypeError, match="basin_a must be a Basin"):
+        basin_free_energy(a, "alpha_R", ALANINE_DIPEPTIDE_BASINS["alpha_R"])
+
+
+# ---- basins -------------------------------------------------------------------------------------
+def test_alanine_basins_cover_the_torus_exactly_once():
+    grid = np.unique(np.concatenate([np.linspace(-PI, PI, 721), [0.0, 1.0, -2.6, PI, -PI, np.nextafter(1.0, 0)]]))
+    phi, psi = np.meshgrid(grid, grid, indexing="ij")
+    angles = np.stack([phi.ravel(), psi.ravel()], axis=1)
+    counts = sum(b.contains(angles).astype(int) for b in ALANINE_DIPEPTIDE_BASINS.values())
+    assert (counts == 1).all()
+    assert set(ALANINE_DIPEPTIDE_BASINS) == {"beta/C7eq", "alpha_R", "alpha_L/C7ax"}
+    assert all(name == b.name for name, b in ALANINE_DIPEPTIDE_BASINS.items())
+    # typical conformations land where chemists put them
+    where = {name: b.contains(np.array([[-1.4, 2.6], [-1.4, -0.7], [1.0, 0.5], [-2.5, -2.9]]))
+             for name, b in ALANINE_DIPEPTIDE_BASINS.items()}
+    assert where["beta/C7eq"].tolist() == [True, False, False, True]
+    assert where["alpha_R"].tolist() == [False, True, False, False]
+    assert where["alpha_L/C7ax"].tolist() == [False, False, True, False]
+
+
+def test_wrap_around_ranges():
+    basin = Basin("wrap", phi_range=(-PI, PI), psi_range=(2.0, -2.5))
+    psi = np.array([2.0, 3.0, PI, -PI, -3.0, -2.5, 0.0, 1.99, 2.0 + 2 * PI, -3.0 - 4 * PI, np.nan])
+    mask = basin.contains(np.stack([np.zeros_like(psi), psi], axis=1))
+    assert mask.tolist() == [True, True, True, True, True, False, False, False, True, True, False]
+    assert basin.psi_range == (2.0, -2.5) and isinstance(basin.psi_range[0], float)
+    with pytest.raises(ValueError, match="phi_range"):
+        Basin("bad", phi_range=(1.0, 1.0), psi_range=(-PI, PI))
+    with pytest.raises(ValueError, match="psi_range"):
+        Basin("bad", phi_range=(-PI, PI), psi_range=(0.0, 4.0))
+
+
+def test_reweighted_basin_probabilities_match_the_truth():
+    n = 50_000
+    angles, log_w = reweighted_uniform(n, seed=8)
+    w = normalized(log_w)
+    probs = basin_probabilities(angles, ALANINE_DIPEPTIDE_BASINS, log_weights=log_w)
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-12)
+    for name, basin in ALANINE_DIPEPTIDE_BASINS.items():
+        truth = true_basin_probability(basin)
+        inside = basin.contains(angles)
+        # delta-method standard error of a self-normalised IS fraction (~ sqrt(P(1-P)/ESS))
+        se = math.sqrt(np.sum(w**2 * (inside - truth) ** 2))
+        assert abs(probs[name] - truth) < 4 * se, name
+    assert basin_probabilities(angles, list(ALANINE_DIPEPTIDE_BASINS.values()), log_w) == probs
+
+
+def test_basin_free_energy_is_the_log_ratio_and_matches_the_truth():
+    n = 50_000
+    angles, log_w = reweighted_uniform(n, seed=9)
+    a, b = ALANINE_DIPEPTIDE_BASINS["beta/C7eq"], ALANINE_DIPEPTIDE_BASINS["alpha_L/C7ax"]
+    df = basin_free_energy(angles, a, b, log_weights=log_w)
+    probs = basin_probabilities(angles, [a, b], log_w)
+    assert df == pytest.approx(-math.log(probs[b.name] / probs[a.name]), abs=1e-10)
+    pa, pb = true_basin_probability(a), true_basin_probability(b)
+    w = normalized(log_w)
+    # delta method for ln P_a - ln P_b
+    se = math.sqrt(np.sum(w**2 * (a.contains(angles) / pa - b.contains(angles) / pb) ** 2))
+    assert abs(df - (math.log(pa) - math.log(pb))) < 4 * se
+
+
+def test_empty_basin_is_an_error_naming_it():
+    angles = np.random.default_rng(10).uniform(-3.0, -0.1, size=(100, 2))  # phi < 0 only
+    with pytest.raises(ValueError, match=r"basin_b \('alpha_L/C7ax'\)"):
+        basin_free_energy(angles, ALANINE_DIPEPTIDE_BASINS["alpha_R"], ALANINE_DIPEPTIDE_BASINS["alpha_L/C7ax"])
+    log_w = np.where(ALANINE_DIPEPTIDE_BASINS["alpha_R"].contains(angles), -np.inf, 0.0)  # zero weight there
+    with pytest.raises(ValueError, match=r"basin_a \('alpha_R'\)"):
+        basin_free_energy(angles, ALANINE_DIPEPTIDE_BASINS["alpha_R"], ALANINE_DIPEPTIDE_BASINS["beta/C7eq"], log_w)
+
+
+def test_basin_free_energy_runs_combines_independent_runs():
+    a, b = ALANINE_DIPEPTIDE_BASINS["beta/C7eq"], ALANINE_DIPEPTIDE_BASINS["alpha_R"]
+    runs = [(vm_samples(4000, seed=20 + r), None) for r in range(8)]
+    est = basin_free_energy_runs(runs, a, b)
+    per_run = [basin_free_energy(x, a, b) for x, _ in runs]
+    assert est.mean == pytest.approx(np.mean(per_run), abs=1e-12)
+    assert est.standard_error == pytest.approx(np.std(per_run, ddof=1) / math.sqrt(8), abs=1e-12) and est.n == 8
+    truth = math.log(true_basin_probability(a)) - math.log(true_basin_probability(b))
+    assert abs(est.mean - truth) < 4 * est.standard_error  # t with 7 dof: P(|t| > 4) ~ 0.5%
+    with pytest.raises(ValueError, match=r"runs\[1\]"):
+        basin_free_energy_runs([runs[0], (np.full((5, 2), 2.0), None)], a, b)
+
+
+# ---- combining estimates ------------------------------------------------------------------------
+def test_with_error_matches_numpy():
+    values = np.random.default_rng(11).normal(2.0, 0.3, size=7)
+    est = with_error(values)
+    assert isinstance(est, Estimate) and est.n == 7
+    assert est.mean == pytest.approx(values.mean(), abs=1e-14)
+    assert est.standard_error == pytest.approx(values.std(ddof=1) / math.sqrt(7), abs=1e-14)
+    assert with_error(list(values)) == est and with_error(torch.from_numpy(values)) == est
+    with pytest.raises(ValueError, match="n >= 2"):
+        with_error([1.0])
+    with pytest.raises(ValueError, match="finite"):
+        with_error([1.0, float("nan")])
+
+
+# ---- free energy differences between targets ----------------------------------------------------
+SIGMA_A, SIGMA_B = 1.3, 1.0
+TRUE_DF = -math.log(SIGMA_B / SIGMA_A)  # F_B - F_A for u = x^2 / (2 sigma^2), in kT
+
+
+def u(x, sigma):
+    return x**2 / (2 * sigma**2)
+
+
+def test_delta_f_exp_matches_the_truth_numpy_and_pymbar():
+    x = np.random.default_rng(12).normal(0.0, SIGMA_A, size=20_000)
+    ua, ub = u(x, SIGMA_A), u(x, SIGMA_B)
+    est = delta_f_exp(torch.from_numpy(ua), ub)
+    assert abs(est.mean - TRUE_DF) < 4 * est.standard_error and est.n == 20_000
+    assert est.mean == pytest.approx(-np.log(np.mean(np.exp(-(ub - ua)))), abs=1e-12)
+    ref = pymbar_exp(ub - ua)
+    assert est.mean == pytest.approx(ref["Delta_f"], abs=1e-12)
+    assert est.standard_error == pytest.approx(ref["dDelta_f"], rel=1e-8)
+    # log-sum-exp: a large offset in u_b moves dF by exactly the offset (a naive exp overflows)
+    assert delta_f_exp(ua, ub - 5000.0).mean == pytest.approx(est.mean - 5000.0, abs=1e-8)
+    # a clash in B (u_b = +inf) is a zero weight, as a huge u_b would be
+    ub_clash = ub.copy()
+    ub_clash[0] = np.inf
+    ub_big = ub.copy()
+    ub_big[0] = 1e6
+    assert delta_f_exp(ua, ub_clash).mean == delta_f_exp(ua, ub_big).mean
+
+
+def test_delta_f_exp_with_weighted_samples():
+    sigma_q = 1.6  # samples from q, weighted toward A
+    x = np.random.default_rng(13).normal(0.0, sigma_q, size=20_000)
+    log_w = -u(x, SIGMA_A) + u(x, sigma_q)
+    est = delta_f_exp(u(x, SIGMA_A), u(x, SIGMA_B), log_weights=log_w)
+    assert abs(est.mean - TRUE_DF) < 4 * est.standard_error
+    # with equal weights it is the plain estimate
+    xa = x[:100]
+    assert delta_f_exp(u(xa, SIGMA_A), u(xa, SIGMA_B), np.zeros(100)).mean == pytest.approx(
+        delta_f_exp(u(xa, SIGMA_A), u(xa, SIGMA_B)).mean, abs=1e-13)
+
+
+def test_delta_f_exp_errors():
+    with pytest.raises(ValueError, match="u_b must have the shape"):
+        delta_f_exp(np.zeros(3), np.zeros(4))
+    with pytest.raises(ValueError, match=r"u_a must be reduced energies"):
+        delta_f_exp(np.zeros((3, 1)), np.zeros(3))
+    with pytest.raises(ValueError, match="zero weight"):
+        delta_f_exp(np.zeros(3), np.full(3, np.inf))
+
+
+def test_delta_f_bar_matches_pymbar_and_the_truth():
+    rng = np.random.default_rng(14)
+    xa, xb = rng.normal(0.0, SIGMA_A, size=3000), rng.normal(0.0, SIGMA_B, size=2000)
+    w_f = u(xa, SIGMA_B) - u(xa, SIGMA_A)
+    w_r = u(xb, SIGMA_A) - u(xb, SIGMA_B)
+    est = delta_f_bar(torch.from_numpy(w_f), w_r)
+    ref = pymbar_bar(w_f, w_r)
+    assert est.mean == ref["Delta_f"] and est.standard_error == ref["dDelta_f"] and est.n == 5000
+    assert abs(est.mean - TRUE_DF) < 4 * est.standard_error
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # pymbar's own, on the hopeless input below
+def test_delta_f_bar_errors(monkeypatch):
+    with pytest.raises(ValueError, match="w_forward must be finite"):
+        delta_f_bar([1.0, np.inf], [0.0, 1.0])
+    with pytest.raises(ValueError, match="w_reverse must be reduced energies"):
+        delta_f_bar([1.0, 2.0], np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="BAR failed"):  # pymbar cannot bracket these
+        delta_f_bar(np.full(10, 800.0), np.full(10, -800.0))
+    # pymbar's poor-overlap fallback is 0 with zero uncertainty: it must not pass as a result
+    import pymbar.other_estimators as other
+    monkeypatch.setattr(other, "bar", lambda w_f, w_r: {"Delta_f": 0.0, "dDelta_f": 0.0})
+    with pytest.raises(ValueError, match="no overlap"):
+        delta_f_bar([1.0, 2.0], [-1.0, -2.0])
+
+
+def test_delta_f_from_log_z():
+    log_z = lambda s: 0.5 * math.log(2 * PI) + math.log(s)  # noqa: E731  (Gaussian normaliser)
+    exact = delta_f_from_log_z(log_z(SIGMA_A), log_z(SIGMA_B))
+    assert exact.mean == pytest.approx(TRUE_DF, abs=1e-14) and exact.standard_error == 0.0
+    a, b = Estimate(1.0, 0.3, 5), Estimate(2.5, 0.4, 8)
+    est = delta_f_from_log_z(a, b)
+    assert est == Estimate(mean=-1.5, standard_error=pytest.approx(0.5), n=5)
+    assert delta_f_from_log_z(a, 2.5).standard_error == 0.3
+    with pytest.raises(TypeError, match="log_z_b"):
+        delta_f_from_log_z(1.0, float("nan"))
+    with pytest.raises(TypeError, match="log_z_a"):
+        delta_f_from_log_z("1.0", 2.0)
+
+
+def test_lists_of_floats_keep_float64_precision():
+    values = [0.1 + 1e-9 * k for k in range(5)]  # differences float32 cannot hold
+    assert with_error(values).mean == pytest.approx(np.mean(values), abs=1e-15)
+    ua, ub = [0.1, 0.2 + 1e-9], [0.3, 0.1]
+    assert delta_f_exp(ua, ub).mean == delta_f_exp(np.array(ua), np.array(ub)).mean
