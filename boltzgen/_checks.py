@@ -8,20 +8,22 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 
 
 def as_tensor(x, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Return ``x`` as a floating torch tensor, or raise a TypeError naming ``name``."""
+    """Return ``x`` as a floating torch tensor, or raise a TypeError naming ``name``.
+
+    Tensors keep their dtype (unless ``dtype`` is given); arrays and (nested) lists go through
+    numpy, so Python floats become float64 rather than torch's default float32.
+    """
     if isinstance(x, torch.Tensor):
         t = x
     else:
         try:
-            t = torch.as_tensor(x)
-            if dtype is not None and t.is_floating_point() and t.dtype != dtype:
-                # Python floats read straight into ``dtype``: via float32 they would lose precision.
-                t = torch.as_tensor(x, dtype=dtype)
-        except Exception as exc:  # numpy object arrays, strings, ...
+            t = torch.as_tensor(np.asarray(x))
+        except Exception as exc:  # ragged lists, object arrays, strings, ...
             raise TypeError(f"{name} must be a tensor or array of numbers, got {type(x).__name__}") from exc
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
         raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
@@ -97,3 +99,20 @@ def check_count(value, name: str, minimum: int = 1, allow_none: bool = False) ->
                                                           else f"an integer >= {minimum}")
         raise ValueError(f"{name} must be {kind}{' or None' if allow_none else ''}, got {value!r}")
     return int(value)
+
+
+def check_atom_indices(indices, name: str, n_atoms: int, what: str) -> torch.Tensor:
+    """Rows of 4 atom indices (m, 4) into positions with ``n_atoms`` atoms, as int64.
+
+    ``what`` says what a row is, for the error message (e.g. "atom indices per dihedral").
+    """
+    t = indices if isinstance(indices, torch.Tensor) else torch.as_tensor(np.asarray(indices))
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer atom indices, got dtype {t.dtype}")
+    if t.ndim != 2 or t.shape[1] != 4:
+        raise ValueError(f"{name} must have shape (m, 4) (one row of four {what}), got {tuple(t.shape)}")
+    t = t.to(torch.int64)
+    if t.numel() and (t.min() < 0 or t.max() >= n_atoms):
+        raise ValueError(f"{name} must be indices in [0, {n_atoms}) for positions with {n_atoms} atoms, "
+                         f"got values in [{int(t.min())}, {int(t.max())}]")
+    return t

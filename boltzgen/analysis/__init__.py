@@ -7,6 +7,8 @@
 
 Positions are in nm, angles in radians, free energies in kT (float64). Error bars come from
 independent runs (:func:`with_error`), since resampling correlates particles within one run.
+Figures are in :mod:`boltzgen.analysis.plots` (imported on its own, so that matplotlib is only
+loaded when plotting), e.g. ``plot_ramachandran(angles, log_weights, basins=ALANINE_DIPEPTIDE_BASINS)``.
 """
 from .dihedrals import backbone_atoms, dihedrals, phi_psi
 from .free_energy import (

@@ -11,34 +11,15 @@ import math
 
 import mdtraj
 import numpy as np
-import openmm.app
 import torch
 
-from .._checks import check_positions
-
-
-def _positions(x, n_atoms: int | None = None) -> torch.Tensor:
-    """Positions (n, n_atoms, 3) as a tensor; lists go through numpy so Python floats stay float64."""
-    if not isinstance(x, torch.Tensor):
-        try:
-            x = np.asarray(x)
-        except ValueError as exc:  # ragged nested lists
-            raise ValueError(f"x must be positions of shape (n, n_atoms, 3) in nm: {exc}") from exc
-    return check_positions(x, "x", n_atoms=n_atoms)
+from .._checks import check_atom_indices, check_positions
+from ..coordinates import mdtraj_topology
 
 
 def _check_atoms(atoms, n_atoms: int) -> torch.Tensor:
     """Dihedral atom quadruples as an int64 tensor (m, 4) of distinct indices in [0, n_atoms)."""
-    a = atoms if isinstance(atoms, torch.Tensor) else torch.as_tensor(np.asarray(atoms))
-    if a.dtype.is_floating_point or a.dtype.is_complex or a.dtype == torch.bool:
-        raise TypeError(f"atoms must hold integer atom indices, got dtype {a.dtype}")
-    if a.ndim != 2 or a.shape[1] != 4:
-        raise ValueError(f"atoms must have shape (m, 4) (one row of four atom indices per dihedral), "
-                         f"got {tuple(a.shape)}")
-    a = a.to(torch.int64)
-    if a.numel() and (a.min() < 0 or a.max() >= n_atoms):
-        raise ValueError(f"atoms must be indices in [0, {n_atoms}) for positions with {n_atoms} atoms, "
-                         f"got values in [{int(a.min())}, {int(a.max())}]")
+    a = check_atom_indices(atoms, "atoms", n_atoms, "atom indices per dihedral")
     # a repeated atom makes the angle undefined (atan2(0, 0)); refuse it rather than return 0
     repeated = (a[:, :, None] == a[:, None, :]).sum((1, 2)) > 4
     if repeated.any():
@@ -58,7 +39,7 @@ def dihedrals(x, atoms) -> torch.Tensor:
         float64 tensor (n, m) of angles in radians in (-pi, pi], IUPAC/mdtraj sign convention,
         computed as atan2(|b2| b1 . (b2 x b3), (b1 x b2) . (b2 x b3)) with b_k the bond vectors.
     """
-    pos = _positions(x).to(torch.float64)
+    pos = check_positions(x, "x").to(torch.float64)
     idx = _check_atoms(atoms, pos.shape[1]).to(pos.device)
     p0, p1, p2, p3 = (pos[:, idx[:, k]] for k in range(4))  # each (n, m, 3)
     b1, b2, b3 = p1 - p0, p2 - p1, p3 - p2
@@ -68,16 +49,6 @@ def dihedrals(x, atoms) -> torch.Tensor:
     angle = torch.atan2(y, (n1 * n2).sum(-1))
     # atan2 gives -pi for y = -0.0 and a trans arrangement; the convention's interval is (-pi, pi]
     return torch.where(angle <= -math.pi, angle + 2.0 * math.pi, angle)
-
-
-def _mdtraj_topology(topology) -> mdtraj.Topology:
-    if hasattr(topology, "topology") and not isinstance(topology, (mdtraj.Topology, openmm.app.Topology)):
-        topology = topology.topology  # a target or a trajectory: use its topology
-    if isinstance(topology, mdtraj.Topology):
-        return topology
-    if isinstance(topology, openmm.app.Topology):
-        return mdtraj.Topology.from_openmm(topology)
-    raise TypeError(f"topology must be an openmm.app.Topology or mdtraj.Topology, got {type(topology).__name__}")
 
 
 def backbone_atoms(topology) -> dict[str, np.ndarray]:
@@ -98,7 +69,7 @@ def backbone_atoms(topology) -> dict[str, np.ndarray]:
     Raises:
         ValueError: when no residue has both a phi and a psi dihedral.
     """
-    top = _mdtraj_topology(topology)
+    top = mdtraj_topology(topology)
     # mdtraj finds the quadruples from names and residue order; the coordinates are irrelevant
     frame = mdtraj.Trajectory(np.zeros((1, top.n_atoms, 3)), top)
     phi, _ = mdtraj.compute_phi(frame)
@@ -125,8 +96,8 @@ def phi_psi(x, topology) -> torch.Tensor:
         float64 tensor (n, k, 2) in radians in (-pi, pi]: [..., 0] is phi, [..., 1] is psi,
         residues in the order of :func:`backbone_atoms` (k = 1 for alanine dipeptide).
     """
-    top = _mdtraj_topology(topology)
-    pos = _positions(x, n_atoms=top.n_atoms)
+    top = mdtraj_topology(topology)
+    pos = check_positions(x, "x", n_atoms=top.n_atoms)
     idx = backbone_atoms(top)
     angles = dihedrals(pos, np.concatenate([idx["phi"], idx["psi"]]))  # (n, 2k)
     k = len(idx["phi"])

@@ -28,12 +28,7 @@ _TWO_PI = 2.0 * math.pi
 
 # ---- inputs -------------------------------------------------------------------------------------
 def _float64(x, name: str) -> np.ndarray:
-    """``x`` as a float64 numpy array (torch would read a list of floats as float32)."""
-    if not isinstance(x, torch.Tensor):
-        try:
-            x = np.asarray(x, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"{name} must be a tensor or array of real numbers, got {type(x).__name__}") from exc
+    """``x`` as a float64 numpy array."""
     return as_tensor(x, name, dtype=torch.float64).detach().cpu().numpy()
 
 
