@@ -125,8 +125,8 @@ def test_surface_in_a_window_uses_its_edges_and_radians():
 def test_alanine_basins_wrap_around_into_four_rectangles():
     fig = plot_ramachandran(cluster(-90, 150, 300, 20, seed=8), basins=ALANINE_DIPEPTIDE_BASINS)
     ax = fig.axes[0]
-    psi_lo, psi_hi = round(-2.6 / DEG, 6), round(1.0 / DEG, 6)
-    # beta/C7eq's psi arc [1.0, -2.6) runs through +-180 degrees: two pieces; the others are one each
+    psi_lo, psi_hi = round(-2.6 / DEG, 6), round(0.4 / DEG, 6)
+    # beta/C7eq's psi arc [0.4, -2.6) runs through +-180 degrees: two pieces; the others are one each
     assert rectangles(ax) == sorted([
         (-180.0, 0.0, psi_hi, 180.0), (-180.0, 0.0, -180.0, psi_lo),  # beta/C7eq
         (-180.0, 0.0, psi_lo, psi_hi),  # alpha_R
