@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Sub-commands register themselves here, one add_* function each.
     add_systems_command(sub)
     add_md_command(sub)
+    add_analyze_command(sub)
     return parser
 
 
@@ -100,6 +101,51 @@ def _run_md(args) -> int:
     print(f"{'resumed; ' if result.resumed else ''}{result.n_frames} frames ({result.ps_done / 1000:g} ns, "
           f"{result.platform} platform) in {result.out_dir}; load them with "
           f"boltzgen.md.load_trajectory({str(result.out_dir)!r})")
+    return 0
+
+
+def add_analyze_command(sub) -> None:
+    """``boltzgen analyze DIR``: backbone basins (and a Ramachandran plot) of an MD run's frames."""
+    p = sub.add_parser(
+        "analyze", help="basin populations and a Ramachandran plot of an MD run",
+        description="Compute the backbone (phi, psi) of the frames that `boltzgen md` wrote to DIR, print the "
+                    "population of each alanine-dipeptide basin with an error from block averages (MD frames "
+                    "are correlated), the fraction of L configurations, and optionally save a Ramachandran plot.")
+    p.add_argument("run", metavar="DIR", help="a folder written by `boltzgen md`")
+    p.add_argument("--blocks", type=int, default=5, help="contiguous blocks for the error bars (default 5)")
+    p.add_argument("--plot", default=None, metavar="PNG", help="save the Ramachandran plot to this file")
+    p.add_argument("--bins", type=int, default=60, help="bins per angle of the plot (default 60)")
+    p.set_defaults(func=_analyze)
+
+
+def _analyze(args) -> int:
+    import numpy as np
+    import torch
+
+    from .analysis import ALANINE_DIPEPTIDE_BASINS, basin_probabilities, phi_psi, with_error
+    from .coordinates import is_l_amino_acid
+    from .md import load_trajectory
+
+    if args.blocks < 2:
+        raise ValueError(f"--blocks must be at least 2 (error bars need two blocks), got {args.blocks}")
+    traj = load_trajectory(args.run)
+    x = torch.from_numpy(traj.xyz.astype(np.float64))
+    if len(x) < args.blocks:
+        raise ValueError(f"{args.run} holds {len(x)} frames, fewer than --blocks {args.blocks}")
+    angles = phi_psi(x, traj.topology)[:, 0]
+    blocks = [basin_probabilities(a, ALANINE_DIPEPTIDE_BASINS) for a in torch.tensor_split(angles, args.blocks)]
+    total = basin_probabilities(angles, ALANINE_DIPEPTIDE_BASINS)
+    print(f"{len(x)} frames from {args.run}; errors: standard error over {args.blocks} contiguous blocks")
+    for name, p in total.items():
+        print(f"  {name:<14} {p:6.3f} +- {with_error([b[name] for b in blocks]).standard_error:.3f}")
+    print(f"  L configurations: {float(is_l_amino_acid(x, traj.topology).double().mean()):.3f}")
+    if args.plot:
+        from .analysis.plots import plot_ramachandran
+
+        fig = plot_ramachandran(angles, bins=args.bins, basins=ALANINE_DIPEPTIDE_BASINS,
+                                title=f"{args.run}: {len(x)} MD frames")
+        fig.savefig(args.plot, dpi=120)
+        print(f"  Ramachandran plot: {args.plot}")
     return 0
 
 

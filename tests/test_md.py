@@ -134,6 +134,26 @@ def test_cli_md_runs_and_resumes(tmp_path, capsys):
     assert "other settings" in capsys.readouterr().err
 
 
+def test_cli_analyze_prints_basins_and_saves_a_ramachandran_plot(tmp_path, capsys):
+    import re
+
+    run = tmp_path / "run"
+    assert main(["md", "alanine-dipeptide", "--ns", "0.01", "--out", str(run), "--seed", "2",
+                 "--equilibration", "1", "--platform", "Reference"]) == 0
+    capsys.readouterr()
+    png = tmp_path / "rama.png"
+    assert main(["analyze", str(run), "--blocks", "2", "--plot", str(png), "--bins", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "10 frames" in out and "L configurations: 1.000" in out
+    populations = [float(v) for v in re.findall(r"^\s+\S+\s+([01]\.\d{3}) \+- ", out, flags=re.M)]
+    assert len(populations) == 3 and abs(sum(populations) - 1.0) < 2e-3  # three basins cover the torus
+    assert png.stat().st_size > 10_000
+    assert main(["analyze", str(run), "--blocks", "1"]) == 2
+    assert "--blocks must be at least 2" in capsys.readouterr().err
+    assert main(["analyze", str(tmp_path / "empty")]) == 2
+    assert "no complete MD chunk" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_killed_process_resumes_without_lost_or_duplicated_frames(tmp_path):
     """SIGKILL a real `boltzgen md` process mid-run, rerun it, compare with an uninterrupted run."""
