@@ -108,9 +108,10 @@ def add_analyze_command(sub) -> None:
     """``boltzgen analyze DIR``: backbone basins (and a Ramachandran plot) of an MD run's frames."""
     p = sub.add_parser(
         "analyze", help="basin populations and a Ramachandran plot of an MD run",
-        description="Compute the backbone (phi, psi) of the frames that `boltzgen md` wrote to DIR, print the "
-                    "population of each alanine-dipeptide basin with an error from block averages (MD frames "
-                    "are correlated), the fraction of L configurations, and optionally save a Ramachandran plot.")
+        description="Compute the backbone (phi, psi) of the frames that `boltzgen md` wrote to DIR (the first "
+                    "residue with both angles), print the population of each alanine-dipeptide basin with an "
+                    "error from block averages (MD frames are correlated), the fraction of L configurations, "
+                    "and optionally save a Ramachandran plot.")
     p.add_argument("run", metavar="DIR", help="a folder written by `boltzgen md`")
     p.add_argument("--blocks", type=int, default=5, help="contiguous blocks for the error bars (default 5)")
     p.add_argument("--plot", default=None, metavar="PNG", help="save the Ramachandran plot to this file")
@@ -135,10 +136,11 @@ def _analyze(args) -> int:
     angles = phi_psi(x, traj.topology)[:, 0]
     blocks = [basin_probabilities(a, ALANINE_DIPEPTIDE_BASINS) for a in torch.tensor_split(angles, args.blocks)]
     total = basin_probabilities(angles, ALANINE_DIPEPTIDE_BASINS)
+    l_fraction = float(is_l_amino_acid(x, traj.topology).double().mean())  # before printing: it may refuse
     print(f"{len(x)} frames from {args.run}; errors: standard error over {args.blocks} contiguous blocks")
     for name, p in total.items():
         print(f"  {name:<14} {p:6.3f} +- {with_error([b[name] for b in blocks]).standard_error:.3f}")
-    print(f"  L configurations: {float(is_l_amino_acid(x, traj.topology).double().mean()):.3f}")
+    print(f"  L configurations: {l_fraction:.3f}")
     if args.plot:
         from .analysis.plots import plot_ramachandran
 

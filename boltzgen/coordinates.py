@@ -42,7 +42,7 @@ def mdtraj_topology(topology) -> mdtraj.Topology:
 
 
 def _reference(reference, n_atoms: int) -> torch.Tensor:
-    ref = reference if isinstance(reference, torch.Tensor) else as_tensor(np.asarray(reference), "reference")
+    ref = as_tensor(reference, "reference")
     if ref.ndim != 2 or ref.shape != (n_atoms, 3):
         raise ValueError(f"reference must have shape ({n_atoms}, 3) in nm (one configuration with the atoms "
                          f"of x), got {tuple(ref.shape)}")
@@ -56,7 +56,7 @@ def _weights(masses, x: torch.Tensor) -> torch.Tensor:
     n_atoms = x.shape[1]
     if masses is None:
         return torch.full((n_atoms,), 1.0 / n_atoms, dtype=x.dtype, device=x.device)
-    m = masses if isinstance(masses, torch.Tensor) else as_tensor(np.asarray(masses), "masses")
+    m = as_tensor(masses, "masses")
     if m.ndim != 1 or m.shape[0] != n_atoms:
         raise ValueError(f"masses must have shape ({n_atoms},) in daltons (one per atom of x), got {tuple(m.shape)}")
     if not torch.isfinite(m).all() or (m < 0).any():
@@ -131,6 +131,15 @@ def _kabsch(x: torch.Tensor, ref: torch.Tensor, w: torch.Tensor):
     return rot, cx, cr
 
 
+def _aligned(pos: torch.Tensor, reference, masses):
+    """Float64 aligned positions (n, n_atoms, 3), the checked reference (n_atoms, 3) and the weights (n_atoms,)."""
+    ref = _reference(reference, pos.shape[1]).to(device=pos.device, dtype=torch.float64)
+    x64 = pos.to(torch.float64)
+    w = _weights(masses, x64)
+    rot, cx, cr = _kabsch(x64, ref, w)
+    return torch.einsum("nij,naj->nai", rot, x64 - cx[:, None]) + cr, ref, w
+
+
 def align(x, reference, masses=None) -> torch.Tensor:
     """Superpose every configuration onto ``reference`` by the best rotation and translation.
 
@@ -148,12 +157,7 @@ def align(x, reference, masses=None) -> torch.Tensor:
         differentiable except where the SVD is degenerate (e.g. linear configurations).
     """
     pos = check_positions(x, "x")
-    ref = _reference(reference, pos.shape[1]).to(device=pos.device, dtype=torch.float64)
-    x64 = pos.to(torch.float64)
-    w = _weights(masses, x64)
-    rot, cx, cr = _kabsch(x64, ref, w)
-    aligned = torch.einsum("nij,naj->nai", rot, x64 - cx[:, None]) + cr
-    return aligned.to(pos.dtype)
+    return _aligned(pos, reference, masses)[0].to(pos.dtype)
 
 
 def rmsd(x, reference, masses=None) -> torch.Tensor:
@@ -167,10 +171,7 @@ def rmsd(x, reference, masses=None) -> torch.Tensor:
     Returns:
         float64 tensor (n,) in nm: sqrt(sum_i w_i |R x_i + t - ref_i|^2), w = masses / sum(masses).
     """
-    pos = check_positions(x, "x")
-    ref = _reference(reference, pos.shape[1]).to(device=pos.device, dtype=torch.float64)
-    aligned = align(pos.to(torch.float64), ref, masses)
-    w = _weights(masses, aligned)
+    aligned, ref, w = _aligned(check_positions(x, "x"), reference, masses)
     return torch.sqrt(torch.einsum("a,na->n", w, ((aligned - ref) ** 2).sum(-1)))
 
 

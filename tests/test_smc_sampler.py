@@ -64,16 +64,19 @@ def responsibilities(gmm, x):
 
 
 # --- unbiasedness on analytic targets ---------------------------------------------------------
-def test_smc_log_z_and_mode_weights_on_gaussian_mixture():
-    gmm = mixture_2d()
-    q = GaussianProposal(2, variance=9.0)
+def check_geometric_path_on_mixture(gmm, q, step_size):
+    """SMC from q to the mixture over the geometric path: log Z and mode weights unbiased over SEEDS."""
     path = geometric_path(lambda x: -q.log_prob(x), gmm.reduced_energy)
     errors, modes = [], []
     for seed in SEEDS:
-        r = smc(path, q, 4000, kernel=MALA(step_size=0.1), n_moves=3, seed=seed)
+        r = smc(path, q, 4000, kernel=MALA(step_size=step_size), n_moves=3, seed=seed)
         errors.append(r.log_z - gmm.log_Z)
         modes.append(r.expectation(responsibilities(gmm, r.particles)) - gmm.weights)
     check_unbiased(errors, modes)
+
+
+def test_smc_log_z_and_mode_weights_on_gaussian_mixture():
+    check_geometric_path_on_mixture(mixture_2d(), GaussianProposal(2, variance=9.0), step_size=0.1)
 
 
 def test_smc_log_z_and_mode_weights_on_double_well():
@@ -325,15 +328,7 @@ def sphere_mixture(d, k=4, radius=3.0, std=0.5, seed=0):
 
 @pytest.mark.slow
 def test_smc_geometric_path_on_an_8d_mixture():
-    gmm = sphere_mixture(8)
-    q = GaussianProposal(8)
-    path = geometric_path(lambda x: -q.log_prob(x), gmm.reduced_energy)
-    errors, modes = [], []
-    for seed in SEEDS:
-        r = smc(path, q, 4000, kernel=MALA(step_size=0.05), n_moves=3, seed=seed)
-        errors.append(r.log_z - gmm.log_Z)
-        modes.append(r.expectation(responsibilities(gmm, r.particles)) - gmm.weights)
-    check_unbiased(errors, modes)
+    check_geometric_path_on_mixture(sphere_mixture(8), GaussianProposal(8), step_size=0.05)
 
 
 @pytest.mark.slow
