@@ -18,6 +18,8 @@ detected and filtered or reported: :func:`is_l_amino_acid`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import mdtraj
 import numpy as np
 import openmm
@@ -246,6 +248,52 @@ def is_l_amino_acid(x, topology) -> torch.Tensor:
         raise ValueError("topology has no amino-acid residue with atoms named N, CA, C and CB; "
                          "there is no alpha carbon whose chirality could be checked")
     return (chirality(pos, centers) > 0).all(dim=1)
+
+
+@dataclass(frozen=True)
+class FoldedChirality:
+    """Configurations with mirror images reflected onto the L enantiomer.
+
+    Attributes:
+        positions: (n, n_atoms, 3) in nm; rows that were the mirror image (every alpha carbon D)
+            are reflected, x -> -x, which leaves a force-field energy unchanged.
+        was_mirror: (n,) bool, the rows that were reflected.
+        mixed: (n,) bool, rows with some but not all alpha carbons D (a diastereomer: no
+            reflection makes it L; they are left as they are).
+    """
+
+    positions: torch.Tensor
+    was_mirror: torch.Tensor
+    mixed: torch.Tensor
+
+    @property
+    def mirror_fraction(self) -> float:
+        """Fraction of rows that were mirror images before folding (the D fraction for one centre)."""
+        return float(self.was_mirror.double().mean()) if self.was_mirror.numel() else 0.0
+
+
+def fold_to_l(x, topology) -> FoldedChirality:
+    """Reflect mirror-image (all-D) configurations onto L: exact for a mirror-invariant energy.
+
+    A model that cannot tell mirror images apart samples p(x)/2 + p(-x)/2; since u(-x) = u(x),
+    reflecting the D half gives exactly the L distribution (and its log Z is the mirror-invariant
+    one minus ln 2). Report :attr:`FoldedChirality.mirror_fraction` before folding: about 1/2 for a
+    mirror-invariant model.
+
+    Args:
+        x: positions (n, n_atoms, 3) in nm.
+        topology: the molecule's topology (alpha carbons as in :func:`alpha_carbon_centers`).
+    """
+    top = mdtraj_topology(topology)
+    pos = check_positions(x, "x", n_atoms=top.n_atoms)
+    centers = alpha_carbon_centers(top)
+    if len(centers) == 0:
+        raise ValueError("topology has no amino-acid residue with atoms named N, CA, C and CB: nothing to fold")
+    signs = chirality(pos, centers)
+    mirror = (signs < 0).all(dim=1)
+    mixed = (signs < 0).any(dim=1) & ~mirror
+    folded = torch.where(mirror.to(pos.device)[:, None, None], -pos, pos)
+    return FoldedChirality(folded, mirror, mixed)
 
 
 # ---- invariant features -------------------------------------------------------------------------

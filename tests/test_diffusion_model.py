@@ -45,7 +45,7 @@ def test_subspace_dim_sets_the_gaussian_anchor_and_survives_the_config():
 def test_score_is_minus_energy_gradient():
     torch.manual_seed(0)
     model = EnergyMLP(4, VPSchedule(), hidden=32, n_blocks=2)
-    torch.nn.init.normal_(model.out.weight)  # make the network part non-trivial
+    torch.nn.init.normal_(model.correction.out.weight)  # make the network part non-trivial
     x, t = torch.randn(5, 4, requires_grad=True), torch.rand(5)
     (grad,) = torch.autograd.grad(model.energy(t, x).sum(), x)
     torch.testing.assert_close(model.score(t, x), -grad)
@@ -74,7 +74,7 @@ def test_model_rejects_bad_input():
 
 def test_config_round_trip_rebuilds_same_function():
     model = EnergyMLP(3, VPSchedule(t_min=1e-2), torch.ones(3), 1.5, hidden=8, n_blocks=1)
-    torch.nn.init.normal_(model.out.weight)
+    torch.nn.init.normal_(model.correction.out.weight)
     clone = EnergyMLP.from_config(model.config)
     clone.load_state_dict(model.state_dict())
     x, t = torch.randn(4, 3), torch.rand(4)

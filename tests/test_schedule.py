@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from boltzgen.diffusion.schedule import VESchedule, VPSchedule, schedule_config, schedule_from_config
+from boltzgen.diffusion.schedule import LogSNRSchedule, VESchedule, VPSchedule, schedule_config, schedule_from_config
 
-SCHEDULES = [VPSchedule(), VESchedule()]
+SCHEDULES = [VPSchedule(), VESchedule(), LogSNRSchedule()]
 
 
-@pytest.mark.parametrize("schedule", SCHEDULES, ids=["vp", "ve"])
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=["vp", "ve", "logsnr"])
 def test_derivatives_match_autograd(schedule):
     t = torch.linspace(0.01, 1.0, 17, dtype=torch.float64, requires_grad=True)
     for value, derivative in ((schedule.alpha, schedule.d_alpha), (schedule.sigma, schedule.d_sigma)):
@@ -52,3 +52,15 @@ def test_config_round_trip_and_bad_parameters():
         VPSchedule(t_min=0.0)
     with pytest.raises(ValueError, match="kind"):
         schedule_from_config({"kind": "cosine"})
+
+
+def test_logsnr_is_variance_preserving_with_linear_log_snr():
+    s = LogSNRSchedule(log_snr_max=12.0, log_snr_min=-9.0)
+    t = torch.linspace(s.t_min, 1.0, 41, dtype=torch.float64)
+    torch.testing.assert_close(s.alpha(t) ** 2 + s.sigma(t) ** 2, torch.ones_like(t))
+    log_snr = torch.log(s.alpha(t) ** 2 / s.sigma(t) ** 2)
+    torch.testing.assert_close(log_snr, torch.linspace(12.0, -9.0, 41, dtype=torch.float64))
+    # uniform times cover every noise scale: a fifth of them have sigma below 1e-2 (log SNR > 9.2)
+    assert float((s.sigma(t) < 1e-2).double().mean()) > 0.1
+    with pytest.raises(ValueError, match="log_snr_min"):
+        LogSNRSchedule(log_snr_max=-1.0, log_snr_min=1.0)

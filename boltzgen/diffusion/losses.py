@@ -11,7 +11,13 @@ analytic target in tests). Data ``x0`` is a batch of flat vectors (n, d).
   levels must tell which level produced each noisy sample (k = 2 is the binary logistic form of
   DESIGN.md). The Bayes-optimal logits are the log density ratios log p_ti - log p_tj, which fix
   the relative mass of modes that DSM cannot see.
-* :func:`combined_loss`: DSM + lambda CLF.
+* :func:`target_score_loss`: target score matching at low noise. When the clean data come with
+  their score s_0 = grad log p_0(x_0) (for molecules: the force field's forces, -grad u), the score
+  of the noised density obeys grad log p_t(x_t) = E[s_0(x_0) / alpha_t | x_t], so s_0 / alpha_t is
+  an unbiased regression target whose variance vanishes as the noise does, exactly where DSM's
+  target -eps / sigma_t carries almost no signal about the energy's fine structure. Used only below
+  a noise level ``max_sigma`` (above it the conditional spread of s_0 makes it noisier than DSM).
+* :func:`combined_loss`: DSM + lambda CLF (+ mu TSM).
 """
 from __future__ import annotations
 
@@ -32,9 +38,17 @@ def _check_data(x0) -> torch.Tensor:
     return x0
 
 
+def _device(generator, x0):
+    """Random numbers are drawn where the generator lives (then moved to x0's device)."""
+    return generator.device if generator is not None else x0.device
+
+
 def _noise(shape, x0, generator, project):
-    eps = torch.randn(shape, generator=generator, dtype=x0.dtype)
-    return eps if project is None else project(eps)
+    """Standard normal noise of ``shape`` (..., d), projected row by row onto the data's subspace."""
+    eps = torch.randn(shape, generator=generator, dtype=x0.dtype, device=_device(generator, x0)).to(x0.device)
+    if project is None:
+        return eps
+    return project(eps.reshape(-1, shape[-1])).reshape(shape)  # projections take (n, d)
 
 
 def dsm_loss(model, x0, generator: torch.Generator | None = None, project=None) -> torch.Tensor:
@@ -49,7 +63,7 @@ def dsm_loss(model, x0, generator: torch.Generator | None = None, project=None) 
     """
     x0 = _check_data(x0)
     schedule = model.schedule
-    t = schedule.sample_times(x0.shape[0], generator=generator, dtype=x0.dtype)
+    t = schedule.sample_times(x0.shape[0], generator=generator, dtype=x0.dtype).to(x0.device)
     eps = _noise(x0.shape, x0, generator, project)
     xt = schedule.noise(x0, t, eps)
     score = model.score(t, xt, create_graph=True)
@@ -57,6 +71,50 @@ def dsm_loss(model, x0, generator: torch.Generator | None = None, project=None) 
         score = project(score)
     residual = schedule.sigma(t)[:, None] * score + eps
     return (residual**2).mean()
+
+
+def low_noise_time(schedule, max_sigma: float) -> float:
+    """The time at which sigma_t reaches ``max_sigma`` (sigma is increasing in t), by bisection."""
+    lo, hi = schedule.t_min, 1.0
+    if float(schedule.sigma(lo)) >= max_sigma:
+        raise ValueError(f"max_sigma={max_sigma:g} is below the schedule's lowest noise "
+                         f"sigma(t_min)={float(schedule.sigma(lo)):.3g}")
+    if float(schedule.sigma(hi)) <= max_sigma:
+        return hi
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if float(schedule.sigma(mid)) < max_sigma else (lo, mid)
+    return lo
+
+
+def target_score_loss(model, x0, score0, generator: torch.Generator | None = None, project=None,
+                      max_sigma: float = 5e-3) -> torch.Tensor:
+    """Relative target-score-matching loss (scalar) at low noise, t ~ U[t_min, t(max_sigma)].
+
+    mean |s_theta(t, x_t) - s_0(x_0) / alpha_t|^2 / mean |s_0|^2: 1 for a model that ignores s_0,
+    0 for one that reproduces it; sqrt of it is the relative error of the model's score (forces).
+
+    Args:
+        model: has ``schedule`` and ``score(t, x, create_graph)``.
+        x0: (n, d) clean data; score0: (n, d) their scores grad log p_0 (units 1/x).
+        generator: for t and the noise. project: optional projection of noise and scores.
+        max_sigma: the largest noise sigma_t used (units of x).
+    """
+    x0 = _check_data(x0)
+    score0 = check_flat(score0, "score0", x0.shape[1]).to(x0)
+    if score0.shape[0] != x0.shape[0] or not torch.isfinite(score0).all():
+        raise ValueError(f"score0 must be finite with shape {tuple(x0.shape)} (one score per sample)")
+    schedule = model.schedule
+    t_cut = low_noise_time(schedule, max_sigma)
+    u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=_device(generator, x0)).to(x0.device)
+    t = schedule.t_min + (t_cut - schedule.t_min) * u
+    eps = _noise(x0.shape, x0, generator, project)
+    xt = schedule.noise(x0, t, eps)
+    score = model.score(t, xt, create_graph=True)
+    target = score0 / schedule.alpha(t)[:, None]
+    if project is not None:
+        score, target = project(score), project(target)
+    return ((score - target) ** 2).sum(1).mean() / (target**2).sum(1).mean().detach()
 
 
 def sample_levels(n: int, k: int, schedule, generator=None, dtype=torch.float32, window: float = 1.0) -> torch.Tensor:
@@ -70,11 +128,12 @@ def sample_levels(n: int, k: int, schedule, generator=None, dtype=torch.float32,
     """
     if not (0 < window <= 1):
         raise ValueError(f"window must lie in (0, 1], got {window}")
-    anchor = torch.rand(n, 1, generator=generator, dtype=dtype)
+    device = generator.device if generator is not None else None
+    anchor = torch.rand(n, 1, generator=generator, dtype=dtype, device=device)
     if window == 1:
-        others = torch.rand(n, k - 1, generator=generator, dtype=dtype)
+        others = torch.rand(n, k - 1, generator=generator, dtype=dtype, device=device)
     else:
-        others = _reflect(anchor + window * (2 * torch.rand(n, k - 1, generator=generator, dtype=dtype) - 1))
+        others = _reflect(anchor + window * (2 * torch.rand(n, k - 1, generator=generator, dtype=dtype, device=device) - 1))
     u = torch.cat([anchor, others], dim=1)
     return schedule.t_min + (1.0 - schedule.t_min) * u
 
@@ -100,34 +159,43 @@ def diffclf_loss(model, x0, generator: torch.Generator | None = None, n_levels: 
     n, d = x0.shape
     k = n_levels
     schedule = model.schedule
-    t = sample_levels(n, k, schedule, generator, x0.dtype, window)  # (n, k)
+    t = sample_levels(n, k, schedule, generator, x0.dtype, window).to(x0.device)  # (n, k)
     eps = _noise((n, k, d), x0, generator, project)
     xt = schedule.alpha(t)[..., None] * x0[:, None, :] + schedule.sigma(t)[..., None] * eps  # (n, k, d)
     levels = t[:, :, None].expand(n, k, k).reshape(-1)  # level i
     samples = xt[:, None, :, :].expand(n, k, k, d).reshape(-1, d)  # sample j
     log_p = -model.energy(levels, samples) - model.log_normaliser(levels)
     logits = log_p.reshape(n, k, k).transpose(1, 2).reshape(n * k, k)  # row: sample j, column: level i
-    labels = torch.arange(k).repeat(n)
+    labels = torch.arange(k, device=x0.device).repeat(n)
     return F.cross_entropy(logits, labels)
 
 
 @dataclass(frozen=True)
 class LossParts:
-    """Scalar parts of the combined loss (floats, for logging)."""
+    """Scalar parts of the combined loss (floats, for logging; nan for a part not computed)."""
 
     total: float
     dsm: float
     clf: float
+    tsm: float = float("nan")
 
 
 def combined_loss(model, x0, generator=None, clf_weight: float = 1.0, n_levels: int = 2, project=None,
-                  window: float = 1.0):
-    """DSM + clf_weight * DiffCLF. Returns (loss tensor, LossParts). clf_weight = 0 skips the CLF pass."""
-    if clf_weight < 0:
-        raise ValueError(f"clf_weight must be >= 0, got {clf_weight}")
-    dsm = dsm_loss(model, x0, generator, project)
-    if clf_weight == 0:
-        return dsm, LossParts(dsm.item(), dsm.item(), float("nan"))
-    clf = diffclf_loss(model, x0, generator, n_levels, project, window)
-    total = dsm + clf_weight * clf
-    return total, LossParts(total.item(), dsm.item(), clf.item())
+                  window: float = 1.0, score0=None, tsm_weight: float = 0.0, tsm_max_sigma: float = 5e-3):
+    """DSM + clf_weight * DiffCLF + tsm_weight * TSM. Returns (loss tensor, LossParts).
+
+    A zero weight skips that pass; TSM needs ``score0`` (n, d), the data's scores.
+    """
+    if clf_weight < 0 or tsm_weight < 0:
+        raise ValueError(f"clf_weight and tsm_weight must be >= 0, got {clf_weight}, {tsm_weight}")
+    total = dsm = dsm_loss(model, x0, generator, project)
+    clf = tsm = float("nan")
+    if clf_weight > 0:
+        c = diffclf_loss(model, x0, generator, n_levels, project, window)
+        total, clf = total + clf_weight * c, c.item()
+    if tsm_weight > 0:
+        if score0 is None:
+            raise ValueError("tsm_weight > 0 needs score0, the scores of the data")
+        m = target_score_loss(model, x0, score0, generator, project, tsm_max_sigma)
+        total, tsm = total + tsm_weight * m, m.item()
+    return total, LossParts(total.item(), dsm.item(), clf, tsm)

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from .._checks import check_count, check_flat
 from .losses import LossParts, combined_loss
-from .networks import EnergyMLP
+from ..space import random_rotations
+from .networks import EnergyModel, model_from_config
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,11 @@ class TrainingConfig:
     dsm_steps: DSM-only pre-training steps. clf_steps: then DSM + clf_weight * DiffCLF steps
     (clf_weight = 0 gives a DSM-only run of the same length). clf_levels: k in the multi-level
     classification (2 = binary). clf_batch_size: x_0 per CLF step (each costs clf_levels^2
-    energies); None uses batch_size.
+    energies); None uses batch_size. tsm_weight, tsm_max_sigma: weight and noise range of target
+    score matching in both phases (needs the data's scores; see losses.target_score_loss).
+    clf_learning_rate: peak learning rate of the second phase
+    (None: learning_rate); a gentler one keeps the low-noise fit of the DSM phase intact while
+    DiffCLF moves the relative mode masses.
     """
 
     dsm_steps: int = 4000
@@ -43,6 +48,9 @@ class TrainingConfig:
     clf_weight: float = 1.0
     clf_levels: int = 2
     clf_window: float = 1.0
+    clf_learning_rate: float | None = None
+    tsm_weight: float = 0.0
+    tsm_max_sigma: float = 5e-3
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     seed: int = 0
@@ -56,8 +64,12 @@ class TrainingConfig:
         object.__setattr__(self, "clf_batch_size", check_count(self.clf_batch_size, "clf_batch_size", allow_none=True))
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.clf_learning_rate is not None and not (self.clf_learning_rate > 0 and math.isfinite(self.clf_learning_rate)):
+            raise ValueError(f"clf_learning_rate must be positive or None, got {self.clf_learning_rate}")
         if self.clf_weight < 0:
             raise ValueError(f"clf_weight must be >= 0, got {self.clf_weight}")
+        if self.tsm_weight < 0 or not self.tsm_max_sigma > 0:
+            raise ValueError(f"need tsm_weight >= 0 and tsm_max_sigma > 0, got {self.tsm_weight}, {self.tsm_max_sigma}")
         if not (0 < self.clf_window <= 1):
             raise ValueError(f"clf_window must lie in (0, 1], got {self.clf_window!r}")
         if not (0 <= self.min_lr_fraction <= 1):
@@ -76,8 +88,8 @@ class TrainingConfig:
 class TrainingResult:
     """What a run returns: the EMA model (use it for sampling), the raw model and the loss history."""
 
-    model: EnergyMLP
-    raw_model: EnergyMLP
+    model: EnergyModel
+    raw_model: EnergyModel
     history: list = field(repr=False)  # list[LossParts], one per step
     step: int
     seconds: float
@@ -87,16 +99,21 @@ class TrainingResult:
 class _State:
     """Mutable training state, checkpointed as a whole."""
 
-    model: EnergyMLP
-    ema: EnergyMLP
+    model: EnergyModel
+    ema: EnergyModel
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
     step: int
     history: list
 
 
-def _new_state(model: EnergyMLP, config: TrainingConfig) -> _State:
-    generator = torch.Generator().manual_seed(config.seed)
+def _device(model) -> torch.device:
+    return model.data_mean.device
+
+
+def _new_state(model: EnergyModel, config: TrainingConfig) -> _State:
+    # the generator lives on the model's device, so batches and noise are drawn where they are used
+    generator = torch.Generator(device=_device(model)).manual_seed(config.seed)
     model.train().requires_grad_(True)  # an EMA model from an earlier run comes back frozen
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     return _State(model, copy.deepcopy(model).requires_grad_(False), optimizer, generator, 0, [])
@@ -119,8 +136,8 @@ def save_checkpoint(path: str | os.PathLike, state: _State, config: TrainingConf
     os.replace(tmp, path)
 
 
-def _load_state(path, model: EnergyMLP, config: TrainingConfig) -> _State:
-    payload = torch.load(path, weights_only=False)
+def _load_state(path, model: EnergyModel, config: TrainingConfig) -> _State:
+    payload = torch.load(path, weights_only=False, map_location=_device(model))
     if payload["training_config"] != asdict(config):
         raise ValueError(f"checkpoint {path} was written with a different training config; "
                          f"use the same config to resume or a new checkpoint path to start over")
@@ -130,24 +147,24 @@ def _load_state(path, model: EnergyMLP, config: TrainingConfig) -> _State:
     state.model.load_state_dict(payload["model"])
     state.ema.load_state_dict(payload["ema"])
     state.optimizer.load_state_dict(payload["optimizer"])
-    state.generator.set_state(payload["generator"])
+    state.generator.set_state(payload["generator"].cpu())
     state.step = payload["step"]
     state.history = [LossParts(**p) for p in payload["history"]]
     return state
 
 
-def load_model(path: str | os.PathLike, ema: bool = True) -> EnergyMLP:
-    """Load the EMA (default) or raw model from a training checkpoint, in eval mode."""
+def load_model(path: str | os.PathLike, ema: bool = True) -> EnergyModel:
+    """Load the EMA (default) or raw model from a training checkpoint, in eval mode (on the CPU)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    payload = torch.load(path, weights_only=False)
-    model = EnergyMLP.from_config(payload["model_config"])
+    payload = torch.load(path, weights_only=False, map_location="cpu")
+    model = model_from_config(payload["model_config"])
     model.load_state_dict(payload["ema" if ema else "model"])
     return model.eval()
 
 
 @torch.no_grad()
-def _update_ema(ema: EnergyMLP, model: EnergyMLP, decay: float) -> None:
+def _update_ema(ema: EnergyModel, model: EnergyModel, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters()):
         e.lerp_(p, 1.0 - decay)
 
@@ -158,19 +175,49 @@ def learning_rate(step: int, config: TrainingConfig) -> float:
     Each phase ends at a small learning rate so the weights settle (the mode weights that DiffCLF
     fixes are a small, global signal that a noisy large step would blur).
     """
-    phase_start, phase_len = (0, config.dsm_steps) if step < config.dsm_steps else (config.dsm_steps, config.clf_steps)
+    if step < config.dsm_steps:
+        phase_start, phase_len, peak = 0, config.dsm_steps, config.learning_rate
+    else:
+        phase_start, phase_len = config.dsm_steps, config.clf_steps
+        peak = config.learning_rate if config.clf_learning_rate is None else config.clf_learning_rate
     progress = (step - phase_start) / max(phase_len, 1)
     floor = config.min_lr_fraction
-    return config.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _step(state: _State, data: torch.Tensor, config: TrainingConfig, project) -> LossParts:
+@dataclass(frozen=True)
+class _Data:
+    """Internal: training samples, their sampling probabilities and the space they live in."""
+
+    x: torch.Tensor  # (N, d) on the model's device
+    scores: torch.Tensor | None  # (N, d) grad log p_0 at x, or None
+    probabilities: torch.Tensor | None  # (N,) or None for uniform
+    project: object  # projection of the noise, or None
+    space: object  # a MolecularSpace: batches are randomly rotated; or None
+
+    def batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``size`` samples (and their scores, or None), rotated at random for a molecular space."""
+        if self.probabilities is None:
+            idx = torch.randint(self.x.shape[0], (size,), generator=generator, device=generator.device)
+        else:
+            idx = torch.multinomial(self.probabilities, size, replacement=True, generator=generator)
+        idx = idx.to(self.x.device)
+        x, s = self.x[idx], None if self.scores is None else self.scores[idx]
+        if self.space is not None:
+            rotations = random_rotations(size, generator, x.dtype).to(x.device)
+            x = self.space.rotate(x, rotations)
+            s = None if s is None else self.space.rotate(s, rotations)
+        return x, s
+
+
+def _step(state: _State, data: _Data, config: TrainingConfig) -> LossParts:
     in_clf_phase = state.step >= config.dsm_steps and config.clf_weight > 0
     size = (config.clf_batch_size or config.batch_size) if in_clf_phase else config.batch_size
-    idx = torch.randint(data.shape[0], (size,), generator=state.generator)
-    loss, parts = combined_loss(state.model, data[idx], state.generator,
+    x, scores = data.batch(size, state.generator)
+    loss, parts = combined_loss(state.model, x, state.generator,
                                 clf_weight=config.clf_weight if in_clf_phase else 0.0,
-                                n_levels=config.clf_levels, project=project, window=config.clf_window)
+                                n_levels=config.clf_levels, project=data.project, window=config.clf_window,
+                                score0=scores, tsm_weight=config.tsm_weight, tsm_max_sigma=config.tsm_max_sigma)
     for group in state.optimizer.param_groups:
         group["lr"] = learning_rate(state.step, config)
     state.optimizer.zero_grad(set_to_none=True)
@@ -208,41 +255,84 @@ def _interrupt_between_steps():
         signal.signal(signal.SIGINT, previous)
 
 
-def train(model: EnergyMLP, data, config: TrainingConfig = TrainingConfig(), checkpoint=None,
-          progress: bool = False, project=None, callback=None) -> TrainingResult:
+def _training_data(model, data, log_weights, scores, project, space, device, config) -> _Data:
+    x = check_flat(data, "data", model.dim)
+    if x.shape[0] == 0 or not torch.isfinite(x).all():
+        raise ValueError("data must hold at least one sample and only finite values")
+    if scores is not None:
+        scores = check_flat(scores, "scores", model.dim)
+        if scores.shape[0] != x.shape[0] or not torch.isfinite(scores).all():
+            raise ValueError(f"scores must be finite with shape {tuple(x.shape)} (one per sample of data)")
+        scores = scores.to(device=device, dtype=model.data_mean.dtype)
+    elif config.tsm_weight > 0:
+        raise ValueError("config.tsm_weight > 0 needs scores, grad log p_0 of every sample of data")
+    probabilities = None
+    if log_weights is not None:
+        lw = torch.as_tensor(log_weights, dtype=torch.float64).reshape(-1)
+        if lw.shape[0] != x.shape[0]:
+            raise ValueError(f"log_weights must have shape ({x.shape[0]},) (one per sample of data), got {tuple(lw.shape)}")
+        if torch.isnan(lw).any() or not torch.isfinite(lw).any() or (lw == float("inf")).any():
+            raise ValueError("log_weights must be finite or -inf (zero weight), with at least one finite value")
+        probabilities = torch.exp(lw - lw.max()).to(device)
+    if space is not None:
+        if project is not None:
+            raise ValueError("give either space or project, not both (the space owns the projection)")
+        if space.dim != model.dim:
+            raise ValueError(f"space has dimension {space.dim} but the model takes {model.dim}")
+        if not space.contains(x):
+            raise ValueError("data must lie in the space's centre-free subspace (build it with space.to_flat)")
+        project = space.project
+    return _Data(x.to(device=device, dtype=model.data_mean.dtype), scores, probabilities, project, space)
+
+
+def train(model: EnergyModel, data, config: TrainingConfig = TrainingConfig(), checkpoint=None,
+          progress: bool = False, project=None, callback=None, *, log_weights=None, scores=None, space=None,
+          on_dsm_end=None) -> TrainingResult:
     """Train ``model`` in place on ``data`` (N, d) and return the EMA model and loss history.
 
     Args:
-        model: an EnergyMLP (its data_mean/data_variance should describe ``data``).
+        model: an EnergyModel (its data_mean/data_variance should describe ``data``); training
+            runs on the model's device.
         data: (N, d) training samples, finite.
         config: TrainingConfig.
         checkpoint: optional path. If it exists the run resumes from it (same config required);
-            it is rewritten every ``config.checkpoint_every`` steps, at the end, and on
-            Ctrl-C, which takes effect at the end of the current step, so no completed step is
-            lost and the resumed run equals an uninterrupted one.
-        progress: show a tqdm progress bar (stderr) with the current losses.
+            it is rewritten every ``config.checkpoint_every`` steps, at the end of the DSM phase,
+            at the end, and on Ctrl-C, which takes effect at the end of the current step, so no
+            completed step is lost and the resumed run equals an uninterrupted one.
+        progress: show a tqdm progress bar (stderr) with the current losses and time left.
         project: optional projection of the noise onto the data's subspace (see losses).
         callback: optional ``callback(step, parts)`` called after every step (logging, early
             stopping: raising KeyboardInterrupt from it checkpoints and stops like Ctrl-C).
+        log_weights: optional (N,) log-weights of the samples (e.g. +V/kT of frames from biased
+            MD); batches are then drawn with probability proportional to exp(log_weights), so the
+            model learns the reweighted (Boltzmann) distribution.
+        scores: optional (N, d) scores grad log p_0 of the samples (for molecules in model units:
+            scale * forces / kT), needed by target score matching (config.tsm_weight > 0).
+        space: optional boltzgen.space.MolecularSpace: its projection is used for the noise and
+            every batch is randomly rotated (the Boltzmann density is rotation invariant).
+        on_dsm_end: optional ``on_dsm_end(ema_model)`` called once when the DSM phase completes
+            (before the checkpoint at that step), e.g. to save a DSM-only snapshot.
     """
-    data = check_flat(data, "data", model.dim).to(torch.float32)
-    if data.shape[0] == 0 or not torch.isfinite(data).all():
-        raise ValueError("data must hold at least one sample and only finite values")
     state = _load_state(checkpoint, model, config) if checkpoint and os.path.exists(checkpoint) else _new_state(model, config)
+    batches = _training_data(model, data, log_weights, scores, project, space, _device(model), config)
     start = time.perf_counter()
-    bar = tqdm(total=config.total_steps, initial=state.step, disable=not progress, desc="training", unit="step")
+    bar = tqdm(total=config.total_steps, initial=state.step, disable=not progress, desc="training", unit="step",
+               dynamic_ncols=True)
     mid_step = False
     try:
         with _interrupt_between_steps() as interrupted:
             while state.step < config.total_steps:
                 mid_step = True
-                parts = _step(state, data, config, project)
+                parts = _step(state, batches, config)
                 mid_step = False
                 state.history.append(parts)
                 bar.update(1)
                 if state.step % 50 == 0:
-                    bar.set_postfix(dsm=f"{parts.dsm:.4f}", clf=f"{parts.clf:.4f}")
-                if checkpoint and state.step % config.checkpoint_every == 0:
+                    bar.set_postfix(dsm=f"{parts.dsm:.4f}", clf=f"{parts.clf:.4f}", tsm=f"{parts.tsm:.4f}")
+                phase_end = state.step == config.dsm_steps and config.clf_steps > 0
+                if phase_end and on_dsm_end is not None:
+                    on_dsm_end(state.ema)
+                if checkpoint and (state.step % config.checkpoint_every == 0 or phase_end):
                     save_checkpoint(checkpoint, state, config)
                 if callback is not None:
                     callback(state.step, parts)

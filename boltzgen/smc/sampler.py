@@ -158,7 +158,22 @@ def _initial_particles(proposal, n: int, generator, project) -> tuple[torch.Tens
         px = project(x)
         if not isinstance(px, torch.Tensor) or px.shape != x.shape:
             raise ValueError(f"project must map (n, d) to (n, d) = {tuple(x.shape)}")
+        # Moves never leave the subspace they start in: a proposal outside project's subspace would
+        # freeze the off-subspace part (e.g. the centre of mass) and shift log Z without a word.
+        offset = float((px - x).abs().max()) if x.numel() else 0.0
+        if offset > _SUBSPACE_TOLERANCE * (1.0 + float(x.abs().max())):
+            raise ValueError(
+                f"proposal samples are not in the subspace of project (largest offset {offset:.3g}): build the "
+                "proposal with the same projection, e.g. GaussianProposal(d, project=project) or space.proposal()")
     return x, log_q.detach().to(torch.float64)
+
+
+_SUBSPACE_TOLERANCE = 1e-5  # relative offset of a proposal sample from the subspace that counts as in it
+
+
+def _projection(project, proposal):
+    """The subspace of the run: ``project``, else the proposal's own projection (if it has one)."""
+    return project if project is not None else getattr(proposal, "project", None)
 
 
 @dataclass(frozen=True)
@@ -301,7 +316,9 @@ def smc(path: Path, proposal, n_particles: int, *, kernel=None, n_moves: int = 5
         resampler: "systematic", "stratified", "residual" or "multinomial".
         adapt_step_size: move the step size toward the kernel's target acceptance between steps.
         project: optional orthogonal projection (n, d) -> (n, d) of noise, momenta and gradients,
-            keeping particles in a linear subspace (give the proposal the same projection).
+            keeping particles in a linear subspace (e.g. ``space.project`` of a
+            boltzgen.space.MolecularSpace). Default: the proposal's ``project`` if it has one (as
+            ``space.proposal()`` does). Proposal samples outside the subspace are refused.
         seed: an int, or a torch.Generator that supplies all randomness.
         chunk_size: energies are evaluated on at most this many particles at a time (None: all).
         max_steps: bound on the number of steps (adaptive segments could otherwise crawl).
@@ -314,6 +331,7 @@ def smc(path: Path, proposal, n_particles: int, *, kernel=None, n_moves: int = 5
     _check_arguments(path, proposal, n_particles, n_moves, resample_threshold, resampler, max_steps)
     kernel = MALA() if kernel is None else kernel
     generator = _generator(seed)
+    project = _projection(project, proposal)
     cfg = _Settings(n_moves, float(resample_threshold), resampler, adapt_step_size, project, chunk_size, generator)
     x, log_q = _initial_particles(proposal, n_particles, generator, project)
     records: list[SMCStep] = []

@@ -1,0 +1,98 @@
+"""How good a trained energy model is as a proposal for a molecule's Boltzmann distribution.
+
+On (held-out, optionally weighted) equilibrium frames x_i with physical reduced energy u(x_i):
+
+* Delta_i = u(x_i) - E_theta(t_min, y(x_i)), with E_theta expressed as a density over positions
+  (the space's log-Jacobian added). Its weighted spread is 0 for a perfect proposal: the one-step
+  importance weights exp(E_theta - u) of the model's own samples would all be equal. A spread of
+  s kT gives an importance ESS fraction of roughly exp(-s^2) for Gaussian Delta.
+* The model's implied population of phi > 0 against the data's, by reweighting the frames with
+  p_theta / p = exp(Delta) (self-normalised), reported as Delta F = -ln(P(phi > 0) / P(phi < 0)).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..smc.weights import ess, normalized_weights
+from .dihedrals import phi_psi
+
+
+@dataclass(frozen=True)
+class ModelQuality:
+    """Model-vs-force-field figures on held-out frames (all energies in kT).
+
+    Attributes:
+        n_frames: frames used.
+        data_ess: Kish ESS of the frames' own weights (n_frames for plain MD).
+        mean_kT, std_kT: weighted mean and standard deviation of u - E_theta(t_min) (position units).
+        correlation: weighted Pearson correlation of u and E_theta(t_min).
+        importance_ess_fraction: ESS / data_ess of the frames reweighted to the model, exp(Delta).
+        delta_f_phi_positive_data_kT: -ln(P(phi>0)/P(phi<0)) of the (weighted) frames.
+        delta_f_phi_positive_model_kT: the same under the model (frames reweighted by exp(Delta)).
+    """
+
+    n_frames: int
+    data_ess: float
+    mean_kT: float
+    std_kT: float
+    correlation: float
+    importance_ess_fraction: float
+    delta_f_phi_positive_data_kT: float
+    delta_f_phi_positive_model_kT: float
+
+    def as_dict(self) -> dict:
+        """The figures as a plain dict (JSON)."""
+        return dict(self.__dict__)
+
+
+def _delta_f_phi_positive(phi: np.ndarray, w: np.ndarray) -> float:
+    p = float(w[phi > 0].sum()) / float(w.sum())
+    return -math.log(p / (1.0 - p)) if 0.0 < p < 1.0 else (math.inf if p == 0.0 else -math.inf)
+
+
+@torch.no_grad()
+def model_quality(model, space, reduced_energy, positions, topology, log_weights=None,
+                  chunk_size: int = 2048) -> ModelQuality:
+    """Evaluate ``model`` at its lowest level against the physical energy on frames.
+
+    Args:
+        model: an EnergyModel on the flat coordinates of ``space``.
+        space: the boltzgen.space.MolecularSpace of the model.
+        reduced_energy: u(x) for positions (n, n_atoms, 3) in nm -> (n,) kT (a target's ``reduced_energy``).
+        positions: (n, n_atoms, 3) frames in nm, e.g. held-out MD.
+        topology: the molecule's topology (for phi).
+        log_weights: optional (n,) log-weights of the frames (biased MD: +V/kT); None = equal.
+        chunk_size: frames per model evaluation.
+    """
+    x = torch.as_tensor(positions, dtype=torch.float64)
+    n = x.shape[0]
+    lw = torch.zeros(n, dtype=torch.float64) if log_weights is None else torch.as_tensor(log_weights, dtype=torch.float64)
+    if lw.shape != (n,):
+        raise ValueError(f"log_weights must have shape ({n},), one per frame, got {tuple(lw.shape)}")
+    u = torch.as_tensor(reduced_energy(x), dtype=torch.float64).detach().reshape(-1)
+    t_min = model.schedule.t_min
+    y = space.to_flat(x)
+    device = model.data_mean.device
+    e = torch.cat([model.energy(t_min, y[s:s + chunk_size].to(device)).double().cpu()
+                   for s in range(0, n, chunk_size)]) + space.log_jacobian
+    delta = u - e
+    keep = torch.isfinite(delta) & torch.isfinite(lw)
+    w = normalized_weights(torch.where(keep, lw, torch.full_like(lw, -math.inf)))
+    mean = float((w * torch.where(keep, delta, 0.0)).sum())
+    centred = torch.where(keep, delta - mean, 0.0)
+    std = math.sqrt(float((w * centred**2).sum()))
+    cu = torch.where(keep, u - float((w * torch.where(keep, u, 0.0)).sum()), 0.0)
+    ce = torch.where(keep, e - float((w * torch.where(keep, e, 0.0)).sum()), 0.0)
+    corr = float((w * cu * ce).sum() / math.sqrt(float((w * cu**2).sum()) * float((w * ce**2).sum())))
+    model_lw = torch.where(keep, lw + delta, torch.full_like(lw, -math.inf))
+    phi = phi_psi(x, topology)[:, 0, 0].numpy()
+    return ModelQuality(
+        n_frames=int(n), data_ess=ess(lw), mean_kT=mean, std_kT=std, correlation=corr,
+        importance_ess_fraction=ess(model_lw) / ess(lw),
+        delta_f_phi_positive_data_kT=_delta_f_phi_positive(phi, w.numpy()),
+        delta_f_phi_positive_model_kT=_delta_f_phi_positive(phi, normalized_weights(model_lw).numpy()),
+    )
