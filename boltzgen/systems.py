@@ -62,8 +62,12 @@ class SystemSpec:
 
 
 def _read_spec(path: Path) -> SystemSpec:
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        problem = " ".join(str(exc).split())  # YAML errors span several lines
+        raise ValueError(f"{path}: not a readable system YAML ({type(exc).__name__}: {problem})") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of from_files arguments, got {type(data).__name__}")
     unknown = set(data) - _SPEC_KEYS
@@ -115,6 +119,11 @@ def load(name: str, *, systems_dir: str | Path | None = None, **overrides) -> Op
         if not path.is_file():
             raise FileNotFoundError(f"system file not found: {path}")
         spec = _read_spec(path)
+    elif Path(str(name)).suffix.lower() in _PDB_SUFFIXES | _PDBX_SUFFIXES | _PRMTOP_SUFFIXES:
+        raise ValueError(
+            f"{name} is a structure file, not a system: a system also names its force field. Write a system "
+            f"YAML (e.g. 'structure: {Path(str(name)).name}' and 'forcefield: [amber14-all.xml]', see "
+            "systems/README.md) and pass the YAML's path, or call boltzgen.systems.from_files from Python")
     else:
         known = specs(systems_dir)
         if name not in known:
@@ -183,7 +192,7 @@ def from_files(structure, forcefield=None, *, coordinates=None, system=None, tem
             raise ValueError("residue_templates applies to force field XMLs, not to a prmtop")
         if coordinates is None:
             raise ValueError("a prmtop holds no coordinates; pass coordinates= (an .inpcrd/.rst7/.crd or .pdb file)")
-        prmtop = app.AmberPrmtopFile(str(structure))
+        prmtop = _read_file(structure, "structure", "an Amber prmtop", app.AmberPrmtopFile)
         topology, positions = prmtop.topology, _read_coordinates(_existing(coordinates, "coordinates"))
         omm_system = None if system is not None else prmtop.createSystem(
             nonbondedMethod=app.NoCutoff, constraints=None, rigidWater=False, removeCMMotion=False,
@@ -193,8 +202,14 @@ def from_files(structure, forcefield=None, *, coordinates=None, system=None, tem
             raise ValueError("coordinates= is for a prmtop; a PDB/PDBx structure holds its own positions")
         if implicit_solvent is not None:
             raise ValueError("implicit_solvent= is for a prmtop; with force field XMLs add e.g. 'implicit/obc2.xml'")
-        pdb = (app.PDBFile if suffix in _PDB_SUFFIXES else app.PDBxFile)(str(structure))
+        if suffix in _PDB_SUFFIXES:
+            pdb = _read_pdb(structure, "structure")
+        else:
+            pdb = _read_file(structure, "structure", "a PDBx/mmCIF", app.PDBxFile)
         topology, positions = pdb.topology, pdb.positions
+        if topology.getNumAtoms() == 0:
+            raise ValueError(f"structure {structure}: holds no atoms (no ATOM/HETATM records read); "
+                             "is it a structure file?")
         omm_system = None
         if system is None:
             if not forcefield:
@@ -226,10 +241,31 @@ def _implicit_solvent(model: str | None):
     return _IMPLICIT_SOLVENT[model]
 
 
+def _read_file(path: Path, what: str, kind: str, reader):
+    """``reader(str(path))``, with any failure (OpenMM raises IndexError, UnicodeDecodeError,
+    ValueError, ... on empty or garbled files) turned into one ValueError naming the file."""
+    if path.stat().st_size == 0:
+        raise ValueError(f"{what} {path}: the file is empty (expected {kind} file)")
+    try:
+        return reader(str(path))
+    except Exception as exc:  # noqa: BLE001 - every reader failure means the same to the user
+        detail = " ".join(str(exc).split())[:200]
+        raise ValueError(f"{what} {path}: cannot be read as {kind} file ({type(exc).__name__}"
+                         f"{': ' + detail if detail else ''})") from exc
+
+
+def _read_pdb(path: Path, what: str) -> app.PDBFile:
+    """A PDB file, refusing (with the path) files that hold no atom records."""
+    if path.stat().st_size and not any(line.startswith(("ATOM", "HETATM"))
+                                       for line in path.read_text(errors="replace").splitlines()):
+        raise ValueError(f"{what} {path}: not a PDB file (no ATOM or HETATM records)")
+    return _read_file(path, what, "a PDB", app.PDBFile)
+
+
 def _read_coordinates(path: Path):
     if path.suffix.lower() in _PDB_SUFFIXES:
-        return app.PDBFile(str(path)).positions
-    return app.AmberInpcrdFile(str(path)).positions
+        return _read_pdb(path, "coordinates").positions
+    return _read_file(path, "coordinates", "an Amber inpcrd/rst7", app.AmberInpcrdFile).positions
 
 
 def _read_system_xml(path: Path, topology: app.Topology) -> openmm.System:
@@ -285,7 +321,7 @@ def _create_from_xmls(topology, forcefield, residue_templates, system_kwargs) ->
     except Exception as exc:
         message = str(exc)
         if "No template found" in message:
-            raise ValueError(_no_template_message(message, files)) from exc
+            raise ValueError(_no_template_message(message, files, ff, build_topology, templates)) from exc
         if "Multiple non-identical matching templates" in message:
             raise ValueError(_ambiguous_message(message, topology, ff, files)) from exc
         if "User-supplied template" in message:
@@ -381,12 +417,29 @@ def _merge_residues(topology, components: list[list]):
     return merged, new_residue
 
 
-def _no_template_message(message: str, files: list[str]) -> str:
+def _no_template_message(message: str, files: list[str], ff=None, topology=None, templates=None) -> str:
+    """The error for residues without a template, naming the residue at fault first.
+
+    OpenMM reports the first residue (in topology order) that matches no template. That is often an
+    innocent neighbour: a renamed residue (ALA -> XYZ) gets no bonds from the PDB reader, so the
+    residue before it (ACE) loses its external bond and fails to match first. Residues whose own
+    atoms and bonds match a template and only miss external bonds are therefore named last.
+    """
     m = re.search(r"residue (\d+) \(([^)]*)\)\.?\s*(.*?)\s*(For more information.*)?$", message, re.S)
     index, resname, diagnosis = (m.group(1), m.group(2), m.group(3)) if m else ("?", "?", message)
+    others = ""
+    culprits = _unmatched_by_blame(ff, topology, templates) if ff is not None else []
+    if culprits:
+        (residue, why, _), rest = culprits[0], culprits[1:]
+        index, resname, diagnosis = residue.index, residue.name, why
+        if rest:
+            others = ("Other residues without a template: "
+                      + "; ".join(f"{r.name} (index {r.index}{f' and {n - 1} more' if n > 1 else ''}): {w}"
+                                  for r, w, n in rest[:5])
+                      + (f"; and {len(rest) - 5} more residue names" if len(rest) > 5 else "") + " ")
     return (
         f"the force field ({', '.join(files)}) has no template for residue {resname} (index {index}). "
-        f"OpenMM says: {diagnosis.strip() or 'no match'} "
+        f"OpenMM says: {diagnosis.strip() or 'no match'} {others}"
         "What to do: if hydrogens are missing, add them (openmm.app.Modeller(...).addHydrogens(forcefield)); "
         "if the force field knows this residue under another name or needs a water/ion model, add that XML "
         "(e.g. 'tip3p.xml'); for a small molecule or non-standard residue, add a force field XML that defines "
@@ -429,3 +482,30 @@ def _unmatched_molecule(topology, ff) -> list:
             seen.add(other)
             stack.append(other)
     return sorted(seen, key=lambda r: r.index)
+
+
+def _unmatched_by_blame(ff, topology, templates, max_names: int = 20) -> list:
+    """[(first residue, OpenMM's diagnosis, count)] per residue name that no template matches, the
+    likely culprits first (one diagnosis per name: a box of unmatched waters costs one).
+
+    A residue is an innocent bystander when its own atoms and internal bonds match a template and
+    only its external bonds differ (its neighbour is the problem); those come last. Among the
+    rest, residues whose name is no template name of the force field come first.
+    """
+    try:
+        from openmm.app.forcefield import _findMatchErrors  # OpenMM's own diagnosis (private)
+
+        by_name: dict[str, list] = {}
+        for residue in ff.getUnmatchedResidues(topology, templates or {}):
+            by_name.setdefault(residue.name, []).append(residue)
+        diagnosed = [(rs[0], _findMatchErrors(ff, rs[0]), len(rs)) for rs in list(by_name.values())[:max_names]]
+    except Exception:  # noqa: BLE001 - a private OpenMM helper: fall back to OpenMM's first residue
+        return []
+    known = set(getattr(ff, "_templates", {}))
+
+    def blame(item):
+        residue, why, _ = item
+        bystander = why.startswith("The atoms and bonds in the residue match")
+        return (bystander, residue.name in known, residue.index)
+
+    return sorted(diagnosed, key=blame)

@@ -17,12 +17,17 @@ from boltzgen.analysis import (
     ALANINE_DIPEPTIDE_BASINS,
     Basin,
     Estimate,
+    PHI_0_TO_2,
+    PHI_NEGATIVE,
+    PHI_OUTSIDE_0_TO_2,
+    PHI_POSITIVE,
     basin_free_energy,
     basin_free_energy_runs,
     basin_probabilities,
     delta_f_bar,
     delta_f_exp,
     delta_f_from_log_z,
+    delta_f_phi_positive,
     free_energy_surface,
     with_error,
 )
@@ -33,6 +38,7 @@ with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.St
     from pymbar.other_estimators import exp as pymbar_exp
 
 PI = math.pi
+DEG = PI / 180
 PHI = (-1.4, 1.5)  # von Mises (mean, concentration) of phi and psi: mass in all three basins
 PSI = (2.6, 0.8)
 
@@ -111,13 +117,35 @@ def test_weighted_histogram_reweights_uniform_samples_to_the_density():
 
 
 def test_angles_are_periodic():
-    a = vm_samples(5000, seed=2)
-    shift = 2 * PI * np.random.default_rng(3).integers(-2, 3, size=a.shape)
-    base = free_energy_surface(a, bins=12)
-    shifted = free_energy_surface(a + shift, bins=12)
-    assert np.array_equal(base.probability, shifted.probability)
     edge = free_energy_surface(np.array([[PI, PI], [-PI, -PI]]), bins=4)
     assert edge.probability[0, 0] == 1.0  # pi and -pi are the same angle: the first bin
+    # a window that wraps: phi in [0, 2 pi) holds the phi < 0 samples at phi + 2 pi
+    a = vm_samples(5000, seed=2)
+    shifted = free_energy_surface(a, bins=12, range=((0.0, 2 * PI), (-PI, PI)))
+    assert shifted.probability.sum() == pytest.approx(1.0, abs=1e-12)
+    float32_pi = np.array([[np.float32(PI), -np.float32(PI)]], dtype=np.float32)  # |.| 8.7e-8 above pi: accepted
+    assert free_energy_surface(float32_pi, bins=4).probability.sum() == 1.0
+
+
+DEGREES = np.array([[-80.0, 70.0], [-70.0, -40.0], [60.0, -70.0]])  # C7eq, alpha_R, C7ax in degrees
+
+
+@pytest.mark.parametrize("call", [
+    lambda a: free_energy_surface(a),
+    lambda a: basin_probabilities(a, ALANINE_DIPEPTIDE_BASINS),
+    lambda a: basin_free_energy(a, ALANINE_DIPEPTIDE_BASINS["beta/C7eq"], ALANINE_DIPEPTIDE_BASINS["alpha_R"]),
+    lambda a: basin_free_energy_runs([(a, None), (a, None)], PHI_NEGATIVE, PHI_POSITIVE),
+    lambda a: ALANINE_DIPEPTIDE_BASINS["alpha_R"].contains(a),
+    lambda a: delta_f_phi_positive(a),
+], ids=["free_energy_surface", "basin_probabilities", "basin_free_energy", "basin_free_energy_runs",
+        "Basin.contains", "delta_f_phi_positive"])
+def test_angles_in_degrees_are_refused(call):
+    with pytest.raises(ValueError, match=r"angles must be \(phi, psi\) in radians within \[-pi, pi\], got \|angle\| "
+                                         r"up to 80; they look like degrees.*deg2rad"):
+        call(DEGREES)
+    with pytest.raises(ValueError, match=r"up to 4\.5; they look like degrees .* or radians in \[0, 2 pi\)"):
+        call(np.array([[-1.0, 4.5], [-1.0, -0.5], [1.0, 0.5]]))
+    call(np.deg2rad(DEGREES))  # the same angles in radians are fine
 
 
 def test_empty_bins_are_infinite_and_the_minimum_is_zero():
@@ -167,7 +195,9 @@ def test_free_energy_surface_bad_input():
 
 # ---- basins -------------------------------------------------------------------------------------
 def test_alanine_basins_cover_the_torus_exactly_once():
-    grid = np.unique(np.concatenate([np.linspace(-PI, PI, 721), [0.0, 0.4, -2.6, PI, -PI, np.nextafter(0.4, 0)]]))
+    edge = -100 * DEG
+    grid = np.unique(np.concatenate([np.linspace(-PI, PI, 721), [0.0, edge, PI, -PI, np.nextafter(0.0, -1),
+                                                                 np.nextafter(edge, 0), np.nextafter(edge, -PI)]]))
     phi, psi = np.meshgrid(grid, grid, indexing="ij")
     angles = np.stack([phi.ravel(), psi.ravel()], axis=1)
     counts = sum(b.contains(angles).astype(int) for b in ALANINE_DIPEPTIDE_BASINS.values())
@@ -182,11 +212,54 @@ def test_alanine_basins_cover_the_torus_exactly_once():
     assert where["alpha_L/C7ax"].tolist() == [False, False, True, False]
 
 
+def test_alanine_basin_edges_follow_the_openpathsampling_alpha_r_state():
+    """alpha_R is phi in [-180, 0) deg, psi in [-100, 0) deg (OpenPathSampling's alanine-dipeptide TPS
+    states); beta/C7eq is the rest of phi < 0; alpha_L/C7ax is phi > 0 (PHI_POSITIVE)."""
+    b = ALANINE_DIPEPTIDE_BASINS
+    assert b["alpha_R"].phi_range == (-PI, 0.0)
+    np.testing.assert_allclose(np.rad2deg(b["alpha_R"].psi_range), (-100.0, 0.0), atol=1e-12)
+    np.testing.assert_allclose(np.rad2deg(b["beta/C7eq"].psi_range), (0.0, -100.0), atol=1e-12)
+    assert b["alpha_L/C7ax"].phi_range == PHI_POSITIVE.phi_range == (0.0, PI)
+    # the vacuum C7eq tail at psi 0-23 deg (which the old psi = 0.4 rad edge counted as alpha_R) is C7eq,
+    # and so is OpenPathSampling's C7eq state (psi 100-200 deg); its alpha_R state is alpha_R
+    tail = np.deg2rad([[-80.0, psi] for psi in (0.0, 5.0, 12.0, 22.9)])
+    c7eq = np.deg2rad([[-80.0, psi] for psi in (100.0, 150.0, 179.9, -170.0, -160.0)])
+    alpha = np.deg2rad([[-70.0, psi] for psi in (-100.0, -60.0, -40.0, -0.1)])
+    assert b["beta/C7eq"].contains(tail).all() and b["beta/C7eq"].contains(c7eq).all()
+    assert b["alpha_R"].contains(alpha).all() and not b["alpha_R"].contains(np.concatenate([tail, c7eq])).any()
+
+
+def test_phi_sign_and_0_to_2_splits():
+    grid = np.linspace(-PI, PI, 1001)
+    angles = np.stack([grid, np.zeros_like(grid)], axis=1)
+    for pair in ((PHI_POSITIVE, PHI_NEGATIVE), (PHI_0_TO_2, PHI_OUTSIDE_0_TO_2)):
+        assert (sum(b.contains(angles).astype(int) for b in pair) == 1).all()
+    assert PHI_POSITIVE.contains(np.array([[0.0, 1.0], [3.0, -3.0]])).all()
+    assert PHI_NEGATIVE.contains(np.array([[-1e-9, 1.0], [-PI, 0.0], [PI, 0.0]])).all()  # pi is -pi
+    assert PHI_0_TO_2.contains(np.array([[0.0, 0.0], [1.999, 3.0]])).all()
+    assert PHI_OUTSIDE_0_TO_2.contains(np.array([[2.0, 0.0], [3.0, 0.0], [-0.5, 0.0]])).all()
+
+
+def test_delta_f_phi_positive_is_the_log_ratio_and_matches_the_truth():
+    n = 50_000
+    angles, log_w = reweighted_uniform(n, seed=11)
+    df = delta_f_phi_positive(angles, log_w)
+    p = basin_probabilities(angles, [PHI_NEGATIVE, PHI_POSITIVE], log_w)
+    assert df == pytest.approx(-math.log(p["phi>0"] / p["phi<0"]), abs=1e-10)
+    assert df == basin_free_energy(angles, PHI_NEGATIVE, PHI_POSITIVE, log_w)
+    pa, pb = true_basin_probability(PHI_NEGATIVE), true_basin_probability(PHI_POSITIVE)
+    w = normalized(log_w)
+    se = math.sqrt(np.sum(w**2 * (PHI_NEGATIVE.contains(angles) / pa - PHI_POSITIVE.contains(angles) / pb) ** 2))
+    assert abs(df - (math.log(pa) - math.log(pb))) < 4 * se  # 4 delta-method standard errors
+    with pytest.raises(ValueError, match=r"basin_b \('phi>0'\)"):
+        delta_f_phi_positive(np.array([[-1.0, 0.0], [-2.0, 1.0]]))
+
+
 def test_wrap_around_ranges():
     basin = Basin("wrap", phi_range=(-PI, PI), psi_range=(2.0, -2.5))
-    psi = np.array([2.0, 3.0, PI, -PI, -3.0, -2.5, 0.0, 1.99, 2.0 + 2 * PI, -3.0 - 4 * PI, np.nan])
+    psi = np.array([2.0, 3.0, PI, -PI, -3.0, -2.5, 0.0, 1.99, np.nan])
     mask = basin.contains(np.stack([np.zeros_like(psi), psi], axis=1))
-    assert mask.tolist() == [True, True, True, True, True, False, False, False, True, True, False]
+    assert mask.tolist() == [True, True, True, True, True, False, False, False, False]
     assert basin.psi_range == (2.0, -2.5) and isinstance(basin.psi_range[0], float)
     with pytest.raises(ValueError, match="phi_range"):
         Basin("bad", phi_range=(1.0, 1.0), psi_range=(-PI, PI))

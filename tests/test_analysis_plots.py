@@ -33,8 +33,10 @@ def no_pyplot_figures():
 
 
 def cluster(phi_deg, psi_deg, n, sd_deg, seed):
+    """Gaussian (phi, psi) samples in radians, wrapped into [-pi, pi) (angles outside are refused)."""
     g = np.random.default_rng(seed)
-    return np.stack([g.normal(phi_deg, sd_deg, n), g.normal(psi_deg, sd_deg, n)], 1) * DEG
+    deg = np.stack([g.normal(phi_deg, sd_deg, n), g.normal(psi_deg, sd_deg, n)], 1)
+    return ((deg + 180.0) % 360.0 - 180.0) * DEG
 
 
 def mesh_of(ax) -> QuadMesh:
@@ -125,8 +127,8 @@ def test_surface_in_a_window_uses_its_edges_and_radians():
 def test_alanine_basins_wrap_around_into_four_rectangles():
     fig = plot_ramachandran(cluster(-90, 150, 300, 20, seed=8), basins=ALANINE_DIPEPTIDE_BASINS)
     ax = fig.axes[0]
-    psi_lo, psi_hi = round(-2.6 / DEG, 6), round(0.4 / DEG, 6)
-    # beta/C7eq's psi arc [0.4, -2.6) runs through +-180 degrees: two pieces; the others are one each
+    psi_lo, psi_hi = -100.0, 0.0
+    # beta/C7eq's psi arc [0, -100) deg runs through +-180 degrees: two pieces; the others are one each
     assert rectangles(ax) == sorted([
         (-180.0, 0.0, psi_hi, 180.0), (-180.0, 0.0, -180.0, psi_lo),  # beta/C7eq
         (-180.0, 0.0, psi_lo, psi_hi),  # alpha_R

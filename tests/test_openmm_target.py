@@ -164,3 +164,26 @@ def test_pickle_round_trip(vacuum):
     clone = pickle.loads(pickle.dumps(vacuum))
     assert clone.name == vacuum.name and clone.platform == vacuum.platform
     assert torch.equal(clone.reduced_energy(x), vacuum.reduced_energy(x))
+
+
+def test_positions_in_angstrom_warn_once_naming_the_unit():
+    import warnings
+
+    with systems.load("alanine-dipeptide", platform="Reference") as target:
+        nm = perturbed(target, 3, scale=0.002)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # nm positions, and random ones, give no warning
+            target.reduced_energy(nm)
+            target.reduced_energy(torch.randn((4, 22, 3), generator=torch.Generator().manual_seed(5),
+                                              dtype=torch.float64))
+        with pytest.warns(UserWarning, match=r"alanine-dipeptide: the bonds of x\[0\] are 10\.0 times the force "
+                                             r"field's bond lengths: the positions look like angstrom \(Å\), but "
+                                             r"boltzgen takes nm; divide them by 10"):
+            u = target.reduced_energy(10.0 * nm)
+        assert (u > 1e5).all()  # what a user sees without the warning: ~1.6e6 kT
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once per target
+            target.energy_and_forces(10.0 * nm)
+    with systems.load("alanine-dipeptide", platform="Reference") as fresh:  # the forces path checks too
+        with pytest.warns(UserWarning, match="look like angstrom"):
+            fresh.energy_and_forces((10.0 * nm).requires_grad_())

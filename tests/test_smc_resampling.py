@@ -78,3 +78,37 @@ def test_resample_rejects_bad_input():
         resample(torch.full((3,), -math.inf))
     with pytest.raises(ValueError, match="n must be a positive integer"):
         resample(torch.zeros(3), n=0)
+
+
+# ---- zero-weight particles and rounding -------------------------------------------------------------
+_LARGEST_BELOW_ONE = 1.0 - 2.0**-53
+
+
+@pytest.mark.parametrize("method", sorted(RESAMPLERS))
+@pytest.mark.parametrize("weights", [[0.3, 0.7, 0.0], [0.1] * 10 + [0.0], [0.0, 0.5, 0.0, 0.5, 0.0]])
+def test_zero_weight_particle_is_never_drawn_even_by_rounding(monkeypatch, method, weights):
+    """The cumulative sum of [0.1] * 10 is 0.9999999999999999, which left a trailing zero-weight
+    particle the sliver [0.9999999999999999, 1); and (n - 1 + U) / n rounds to 1.0 for U close to
+    one. Feed the uniforms at the very top of [0, 1) (and 1.0 itself) that hit both."""
+    import boltzgen.smc.resampling as resampling
+
+    w = torch.tensor(weights, dtype=torch.float64)
+    zero = (w == 0).nonzero().squeeze(1)
+    for top in (_LARGEST_BELOW_ONE, 1.0):
+        monkeypatch.setattr(resampling, "_uniforms",
+                            lambda n, weights, generator, top=top: torch.full((n,), top, dtype=torch.float64))
+        for n in (1, 3, len(weights), 64):
+            idx = RESAMPLERS[method](w, n, None)
+            assert idx.shape == (n,)
+            assert not torch.isin(idx, zero).any(), f"{method} drew a zero-weight particle: {idx.tolist()}"
+
+
+@pytest.mark.parametrize("method", sorted(RESAMPLERS))
+def test_minus_inf_log_weights_are_never_resampled_over_many_draws(method):
+    log_w = torch.log(torch.tensor([0.3, 0.7, 0.0], dtype=torch.float64))  # [.., .., -inf]
+    ten = torch.cat([torch.full((10,), math.log(0.1), dtype=torch.float64), torch.tensor([-math.inf])])
+    g = torch.Generator().manual_seed(4)
+    for lw in (log_w, ten):
+        drawn = torch.cat([resample(lw, method, g, n=257) for _ in range(400)])
+        assert (drawn != lw.numel() - 1).all(), f"{method} drew the -inf particle"
+        assert set(drawn.tolist()) == set(range(lw.numel() - 1))  # every positive particle is drawn

@@ -277,3 +277,56 @@ def test_residue_templates_bad_names():
         systems.from_files(PDB, ["amber14-all.xml"], residue_templates={"GLY": "GLY"})
     with pytest.raises(ValueError, match="residue_templates: User-supplied template GLY does not match"):
         systems.from_files(PDB, ["amber14-all.xml"], residue_templates={1: "GLY"})
+
+
+def test_a_renamed_residue_is_blamed_not_its_innocent_neighbour(tmp_path):
+    """ALA renamed XYZ: the PDB reader gives XYZ no bonds, so ACE (index 0) loses its bond to it and
+    OpenMM reports ACE first ("missing 1 C atom ... capping group?"). The message names XYZ first."""
+    (tmp_path / "xyz.pdb").write_text(PDB.read_text().replace(" ALA ", " XYZ "))
+    with pytest.raises(ValueError) as info:
+        systems.from_files(tmp_path / "xyz.pdb", ["amber99sbildn.xml"])
+    message = str(info.value)
+    assert message.startswith("the force field (amber99sbildn.xml) has no template for residue XYZ (index 1). "
+                              "OpenMM says: The set of atoms matches ALA, but the residue has no bonds")
+    # the neighbour is still mentioned, after the culprit
+    assert message.index("ACE (index 0)") > message.index("XYZ (index 1)")
+    assert "What to do" in message
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("", r"the file is empty \(expected a PDB file\)"),
+    ("hello\nthis is not a pdb\n", r"not a PDB file \(no ATOM or HETATM records\)"),
+    (bytes(range(256)) * 4, r"not a PDB file \(no ATOM or HETATM records\)"),
+    ("ATOM      1  CA  ALA A   1      xx.xxx   1.000   1.000\n",
+     r"cannot be read as a PDB file \(ValueError: could not convert string to float"),
+])
+def test_unreadable_structures_name_the_path_and_the_problem(tmp_path, content, problem):
+    path = tmp_path / "mol.pdb"
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    with pytest.raises(ValueError, match=rf"^structure {path}: {problem}"):
+        systems.from_files(path, ["amber14-all.xml"])
+    # the same through a system YAML (what `boltzgen md my.yaml` loads)
+    (tmp_path / "mol.yaml").write_text("structure: mol.pdb\nforcefield: [amber14-all.xml]\n")
+    with pytest.raises(ValueError, match=rf"^structure {path}: {problem}"):
+        systems.load(str(tmp_path / "mol.yaml"))
+
+
+def test_unreadable_amber_files_and_yaml_name_the_path(tmp_path):
+    (tmp_path / "bad.prmtop").write_text("garbage\n")
+    (tmp_path / "bad.inpcrd").write_text("garbage\n")
+    with pytest.raises(ValueError, match=r"^structure .*bad\.prmtop: cannot be read as an Amber prmtop file \("):
+        systems.from_files(tmp_path / "bad.prmtop", coordinates=INPCRD)
+    with pytest.raises(ValueError, match=r"^coordinates .*bad\.inpcrd: cannot be read as an Amber inpcrd/rst7 file"):
+        systems.from_files(PRMTOP, coordinates=tmp_path / "bad.inpcrd")
+    (tmp_path / "broken.yaml").write_text("structure: [unclosed\n")
+    with pytest.raises(ValueError, match=r"broken\.yaml: not a readable system YAML \(ParserError: [^\n]*\)$"):
+        systems.load(str(tmp_path / "broken.yaml"))
+    (tmp_path / "latin1.yaml").write_bytes(b"description: caf\xe9\nstructure: mol.pdb\n")
+    with pytest.raises(ValueError, match=r"latin1\.yaml: not a readable system YAML \(UnicodeDecodeError"):
+        systems.load(str(tmp_path / "latin1.yaml"))
+
+
+def test_a_structure_file_is_not_a_system():
+    with pytest.raises(ValueError, match=r"alanine-dipeptide\.pdb is a structure file, not a system: .*system YAML "
+                                         r"\(e\.g\. 'structure: alanine-dipeptide\.pdb'"):
+        systems.load(str(PDB))

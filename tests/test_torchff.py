@@ -448,3 +448,39 @@ def test_ff96_implicit_named_system_falls_back_to_openmm():
         # OpenMM builds the prmtop's OBC1 solvent as a CustomGBForce, which stays on the OpenMM path.
         with pytest.warns(UserWarning, match="CustomGBForce"):
             assert fast_target(reference) is reference
+
+
+def test_positions_in_angstrom_warn_once_naming_the_unit(pdb):
+    target = TorchForceFieldTarget(_system(pdb, ["amber99sbildn.xml"]), 300.0, name="vacuum", compile=False)
+    nm = torch.from_numpy(_positions(pdb))[None].repeat(3, 1, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        target.reduced_energy(nm)
+        target.reduced_energy(torch.randn((4, 22, 3), generator=torch.Generator().manual_seed(5), dtype=torch.float64))
+    with pytest.warns(UserWarning, match=r"vacuum: the bonds of x\[0\] are 10\.0 times the force field's bond "
+                                         r"lengths: the positions look like angstrom \(Å\), but boltzgen takes nm"):
+        target.reduced_energy((10.0 * nm).requires_grad_())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per target
+        target.reduced_energy(10.0 * nm)
+
+
+def test_first_compiled_call_announces_the_compilation(pdb):
+    from boltzgen.targets import CompileNotice
+
+    ff = TorchForceField(_system(pdb, ["amber99sbildn.xml"]), chunk_size=16)
+    ff._kernel, ff.compiled = (lambda X, gradient: ff._evaluate(X, gradient)), True  # stands in for torch.compile
+    x = torch.from_numpy(_positions(pdb))[None].repeat(20, 1, 1)
+    with pytest.warns(CompileNotice, match=r"torch force field \(22 atoms\): compiling its kernel for energies with "
+                                           r"torch.compile on this first call; this takes about 20-80 s"):
+        ff.energy(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ff.energy(x)  # once per kind of call
+    with pytest.warns(CompileNotice, match="for energies and gradients"):
+        ff.energy_and_gradient(x)
+    assert issubclass(CompileNotice, UserWarning)
+    eager = TorchForceField(_system(pdb, ["amber99sbildn.xml"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to compile, nothing to announce
+        eager.energy_and_gradient(x)

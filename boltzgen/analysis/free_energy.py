@@ -24,6 +24,8 @@ from .._checks import as_tensor, check_count
 from ..smc.weights import clean_log_weights, ess, normalized_log_weights
 
 _TWO_PI = 2.0 * math.pi
+#: Angles may exceed pi by this much (radians): float32 pi is 8.7e-8 above float64 pi.
+_ANGLE_TOLERANCE = 1e-6
 
 
 # ---- inputs -------------------------------------------------------------------------------------
@@ -40,7 +42,23 @@ def _angles(angles, name: str = "angles") -> np.ndarray:
         raise ValueError(f"{name} must have shape (n, 2) of (phi, psi) in radians, got {a.shape}{hint}")
     if a.shape[0] == 0:
         raise ValueError(f"{name} is empty: need at least one sample")
+    _check_radians(a, name)
     return a
+
+
+def _check_radians(a: np.ndarray, name: str) -> None:
+    """Refuse angles outside [-pi, pi] (a tiny tolerance aside): degrees, or radians in [0, 2 pi)."""
+    finite = a[np.isfinite(a)]
+    largest = float(np.abs(finite).max()) if finite.size else 0.0
+    if largest <= math.pi + _ANGLE_TOLERANCE:
+        return
+    if largest > _TWO_PI + _ANGLE_TOLERANCE:
+        hint = "they look like degrees: convert them with numpy.deg2rad or torch.deg2rad"
+    else:
+        hint = ("they look like degrees (convert with numpy.deg2rad or torch.deg2rad) or radians in [0, 2 pi) "
+                "(map those with (a + pi) % (2 pi) - pi)")
+    raise ValueError(f"{name} must be (phi, psi) in radians within [-pi, pi], got |angle| up to {largest:.4g}; "
+                     f"{hint}")
 
 
 def _log_weights(log_weights, n: int, name: str = "log_weights") -> np.ndarray:
@@ -121,11 +139,13 @@ def free_energy_surface(angles, log_weights=None, bins: int = 60,
     """Free energy surface F(phi, psi) = -ln p(phi, psi) in kT from (weighted) samples.
 
     Angles are periodic: each is mapped into [low, low + 2 pi) of its range before binning, so
-    phi = pi and phi = -pi fall into the same bin. A range narrower than 2 pi shows a window;
+    phi = pi and phi = -pi fall into the same bin. Angles outside [-pi, pi] raise a ValueError
+    (they are usually degrees). A range narrower than 2 pi shows a window;
     its probabilities stay fractions of all samples.
 
     Args:
-        angles: (n, 2) (phi, psi) in radians (torch tensor or array), e.g. ``phi_psi(x, top)[:, 0]``.
+        angles: (n, 2) (phi, psi) in radians within [-pi, pi] (torch tensor or array), e.g.
+            ``phi_psi(x, top)[:, 0]``.
         log_weights: (n,) log importance weights (any offset), or None for equal weights.
         bins: number of bins along each angle.
         range: ((phi_min, phi_max), (psi_min, psi_max)) in radians, each at most 2 pi wide.
@@ -192,29 +212,54 @@ class Basin:
     def contains(self, angles) -> np.ndarray:
         """Boolean mask (n,): which of the (n, 2) (phi, psi) pairs in radians lie in the basin.
 
-        Angles outside [-pi, pi) are wrapped first; NaN angles are in no basin.
+        Angles must lie in [-pi, pi] (pi counts as -pi); others raise a ValueError (they are
+        usually degrees). NaN angles are in no basin.
         """
         a = _angles(angles)
         return _in_arc(a[:, 0], *self.phi_range) & _in_arc(a[:, 1], *self.psi_range)
 
 
+_DEG = math.pi / 180.0
+
 #: Conformational basins of alanine dipeptide on the (phi, psi) torus, in radians.
 #:
-#: The boundaries are a convention (there is no unique definition in the literature). phi = 0 and
-#: phi = +-pi separate the phi < 0 basins from alpha_L/C7ax, the phi > 0 basin whose population
-#: Boltzmann-generator benchmarks report as the mass at phi > 0. For phi < 0, psi = -2.6 (-149 deg,
-#: empty in MD) and psi = 0.4 (23 deg) separate alpha_R (psi in [-2.6, 0.4)) from the extended
-#: beta/C7eq region (psi in [0.4, pi) and [-pi, -2.6)), which also holds the C5 and
-#: polyproline-II (PII) conformations. No single psi line splits alpha_R from C7eq well in both
-#: solvents: in vacuum the C7eq basin reaches down to psi ~ 0, in implicit solvent alpha_R reaches
-#: up to psi ~ 45 deg. psi = 0.4 is where 1 ns MD runs of both named amber99sb-ildn set-ups at
-#: 300 K have their lowest combined density; a study that cares about that split should draw its
-#: own :class:`Basin`. The three basins cover the torus exactly once.
+#: Convention: the states of the alanine-dipeptide transition path sampling example of
+#: OpenPathSampling (Swenson, Prinz, Noe, Chodera & Bolhuis, J. Chem. Theory Comput. 15, 813 and
+#: 837 (2019); examples/alanine_dipeptide_tps/AD_tps_1_trajectory.ipynb, a C7eq -> alpha_R study
+#: "similar to the work in" Bolhuis, Dellago & Chandler, PNAS 97, 5877 (2000)):
+#:
+#: * alpha_R: phi from -180 to 0 deg and psi from -100 to 0 deg,
+#: * C7eq:    phi from -180 to 0 deg and psi from 100 to 200 deg (i.e. through 180 to -160 deg).
+#:
+#: Those two TPS states leave gaps (transition regions); here they are widened so that the three
+#: basins cover the torus exactly once, with half-open arcs [low, high):
+#:
+#: * "alpha_R": phi in [-180, 0) deg, psi in [-100, 0) deg (that alpha_R state, exactly);
+#: * "beta/C7eq": phi in [-180, 0) deg, psi in [0, 180) and [-180, -100) deg: that C7eq state
+#:   plus the rest of phi < 0, which holds the C5 and polyproline-II (PII) conformations and, in
+#:   vacuum, the C7eq minimum itself (near psi = 70 deg) and its tail down to psi = 0;
+#: * "alpha_L/C7ax": phi in [0, 180) deg, every psi: the phi > 0 basin whose population
+#:   Boltzmann-generator benchmarks report (same as :data:`PHI_POSITIVE`).
+#:
+#: The alpha_R | C7eq edge at psi = 0 keeps the vacuum C7eq tail (psi 0-23 deg) out of alpha_R.
+#: A study that cares about a different split should define its own :class:`Basin`.
 ALANINE_DIPEPTIDE_BASINS: dict[str, Basin] = {
-    "beta/C7eq": Basin("beta/C7eq", phi_range=(-math.pi, 0.0), psi_range=(0.4, -2.6)),
-    "alpha_R": Basin("alpha_R", phi_range=(-math.pi, 0.0), psi_range=(-2.6, 0.4)),
+    "beta/C7eq": Basin("beta/C7eq", phi_range=(-math.pi, 0.0), psi_range=(0.0, -100.0 * _DEG)),
+    "alpha_R": Basin("alpha_R", phi_range=(-math.pi, 0.0), psi_range=(-100.0 * _DEG, 0.0)),
     "alpha_L/C7ax": Basin("alpha_L/C7ax", phi_range=(0.0, math.pi), psi_range=(-math.pi, math.pi)),
 }
+
+#: The unambiguous split of alanine dipeptide's Ramachandran plane by the sign of phi: phi in
+#: [0, pi) (alpha_L/C7ax, rare at 300 K) against phi in [-pi, 0) (beta/C7eq, PII and alpha_R).
+#: It needs no psi boundary; see :func:`delta_f_phi_positive`.
+PHI_POSITIVE = Basin("phi>0", phi_range=(0.0, math.pi), psi_range=(-math.pi, math.pi))
+PHI_NEGATIVE = Basin("phi<0", phi_range=(-math.pi, 0.0), psi_range=(-math.pi, math.pi))
+
+#: A narrower split of the phi circle: 0 <= phi < 2 rad (114.6 deg), which holds the metastable
+#: phi > 0 state (alpha_L/C7ax), against the rest, [2, pi) and [-pi, 0). Compute it with
+#: ``basin_free_energy(angles, PHI_OUTSIDE_0_TO_2, PHI_0_TO_2, log_weights)``.
+PHI_0_TO_2 = Basin("0<phi<2", phi_range=(0.0, 2.0), psi_range=(-math.pi, math.pi))
+PHI_OUTSIDE_0_TO_2 = Basin("phi outside (0, 2)", phi_range=(2.0, 0.0), psi_range=(-math.pi, math.pi))
 
 
 def _basin_dict(basins) -> dict[str, Basin]:
@@ -277,6 +322,24 @@ def basin_free_energy(angles, basin_a: Basin, basin_b: Basin, log_weights=None) 
             raise ValueError(f"{arg} ({basin.name!r}) holds no sample with non-zero weight: its free energy is "
                              f"unbounded; sample longer or check the basin boundaries")
     return log_pa - log_pb
+
+
+def delta_f_phi_positive(angles, log_weights=None) -> float:
+    """Free energy of phi > 0 relative to phi < 0: -ln(P(phi > 0) / P(phi < 0)) in kT.
+
+    The same as ``basin_free_energy(angles, PHI_NEGATIVE, PHI_POSITIVE, log_weights)``.
+
+    Args:
+        angles: (n, 2) (phi, psi) in radians within [-pi, pi] (only phi is used).
+        log_weights: (n,) log importance weights, or None for equal weights.
+
+    Returns:
+        dF in kT as a float (positive when phi > 0 is the rarer side).
+
+    Raises:
+        ValueError: when one side holds no sample with non-zero weight (dF would be +-inf).
+    """
+    return basin_free_energy(angles, PHI_NEGATIVE, PHI_POSITIVE, log_weights)
 
 
 # ---- combining independent estimates ------------------------------------------------------------
@@ -448,7 +511,8 @@ def delta_f_from_log_z(log_z_a, log_z_b) -> Estimate:
 
 
 __all__ = [
-    "ALANINE_DIPEPTIDE_BASINS", "Basin", "Estimate", "FreeEnergySurface", "basin_free_energy",
-    "basin_free_energy_runs", "basin_probabilities", "delta_f_bar", "delta_f_exp", "delta_f_from_log_z",
-    "free_energy_surface", "with_error",
+    "ALANINE_DIPEPTIDE_BASINS", "Basin", "Estimate", "FreeEnergySurface", "PHI_0_TO_2", "PHI_NEGATIVE",
+    "PHI_OUTSIDE_0_TO_2", "PHI_POSITIVE", "basin_free_energy", "basin_free_energy_runs", "basin_probabilities",
+    "delta_f_bar", "delta_f_exp", "delta_f_from_log_z", "delta_f_phi_positive", "free_energy_surface",
+    "with_error",
 ]

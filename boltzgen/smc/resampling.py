@@ -17,16 +17,23 @@ from .._checks import check_count
 from .weights import normalized_weights
 
 
-def _cdf(weights: torch.Tensor) -> torch.Tensor:
-    cdf = torch.cumsum(weights, 0)
-    cdf[-1] = 1.0  # rounding must never push a uniform past the last particle
-    return cdf
-
-
 def _invert(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Index i with cdf[i-1] <= u < cdf[i]; a zero-weight particle owns an empty interval."""
-    idx = torch.searchsorted(_cdf(weights), u, right=True)
-    return idx.clamp_(max=weights.numel() - 1)
+    """Ancestor indices of uniforms ``u`` in [0, 1]: particle i owns [cdf[i-1], cdf[i]).
+
+    Only particles with positive weight are searched, so a zero-weight particle is never drawn,
+    not even through rounding: a cumulative sum such as 0.1 * 10 = 0.9999999999999999 would
+    otherwise leave a trailing zero-weight particle a sliver [0.9999999999999999, 1), and a
+    uniform that rounds to 1.0 would land on the last particle whatever its weight. The last
+    positive particle's cdf is set to one (absorbing the rounding deficit), and uniforms at or
+    beyond it are clamped onto that particle.
+    """
+    positive = torch.nonzero(weights > 0).squeeze(1)
+    if positive.numel() == 0:
+        raise ValueError("weights has no positive entry: every particle has zero weight")
+    cdf = torch.cumsum(weights[positive], 0)
+    cdf[-1] = 1.0
+    idx = torch.searchsorted(cdf, u, right=True).clamp_(max=positive.numel() - 1)
+    return positive[idx]
 
 
 def _uniforms(n: int, weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -59,7 +66,10 @@ def residual(weights: torch.Tensor, n: int, generator: torch.Generator | None = 
     if n_rest == 0:
         return deterministic
     rest = (expected - copies).clamp_(min=0.0)
-    drawn = multinomial(rest / rest.sum(), n_rest, generator)
+    rest = torch.where(weights > 0, rest, 0.0)  # zero weight, zero residual (never drawn)
+    total = rest.sum()
+    # Rounding can leave all residuals zero (n W_i all integers) while n_rest > 0: fall back to W.
+    drawn = multinomial(rest / total if total > 0 else weights, n_rest, generator)
     return torch.cat([deterministic, drawn])
 
 

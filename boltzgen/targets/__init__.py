@@ -1,9 +1,10 @@
 """What is sampled: targets with a batched ``reduced_energy(x)`` in kT."""
 from .analytic import DoubleWell, GaussianMixture
 from .openmm import OpenMMTarget
-from .torchff import TorchForceField, TorchForceFieldTarget, UnsupportedForceError, fast_target, torch_target
+from .torchff import (CompileNotice, TorchForceField, TorchForceFieldTarget, UnsupportedForceError, fast_target,
+                      torch_target)
 
 __all__ = [
     "DoubleWell", "GaussianMixture", "OpenMMTarget",
-    "TorchForceField", "TorchForceFieldTarget", "UnsupportedForceError", "fast_target", "torch_target",
+    "CompileNotice", "TorchForceField", "TorchForceFieldTarget", "UnsupportedForceError", "fast_target", "torch_target",
 ]

@@ -9,13 +9,15 @@ target instead, with a warning.
 
 Modules: ``terms`` (one torch module per force kind, analytic gradients), ``reader`` (OpenMM
 forces -> terms), ``forcefield`` (the batched sum, chunking, optional torch.compile),
-``target`` (the target interface shared with OpenMMTarget).
+``target`` (the target interface shared with OpenMMTarget). With ``compile=True`` the first call
+of each kind compiles for 20-80 s; a :class:`CompileNotice` (a UserWarning) announces it.
 """
-from .forcefield import TorchForceField
+from .forcefield import CompileNotice, TorchForceField
 from .reader import UnsupportedForceError, unsupported_forces
 from .target import TorchForceFieldTarget, fast_target, torch_target
 
 __all__ = [
+    "CompileNotice",
     "TorchForceField",
     "TorchForceFieldTarget",
     "UnsupportedForceError",

@@ -14,6 +14,13 @@ from ..._checks import check_count, check_positions
 from .reader import read_terms
 from .terms import scatter
 
+
+class CompileNotice(UserWarning):
+    """Emitted once per force field and kind of call (energies; energies + gradients) when
+    torch.compile starts compiling: the call then takes 20-80 s instead of milliseconds.
+    Silence it with ``warnings.filterwarnings("ignore", category=CompileNotice)``."""
+
+
 # A chunk holds about this many (atom pair x configuration) entries: big enough to amortise
 # torch's per-operation overhead, small enough that a chunk's temporaries stay in cache and that
 # memory stays bounded for any batch size (measured on alanine dipeptide: 256 configurations).
@@ -59,8 +66,9 @@ class TorchForceField(nn.Module):
         analytic. With ``compile=True`` each chunk runs through ``torch.compile``: fused C++
         kernels, 5-10x faster than eager for alanine dipeptide, which release the GIL, so
         ``threads`` Python threads evaluate chunks side by side. The first call of each kind
-        (energies, energies + gradients) compiles for 10-60 s and needs a C++ compiler; if that
-        fails the force field warns and stays eager. Compiled, the last chunk is padded so that
+        (energies, energies + gradients) compiles for 20-80 s and needs a C++ compiler (a
+        :class:`CompileNotice` warning says so when it starts); if that fails the force field
+        warns and stays eager. Compiled, the last chunk is padded so that
         every chunk has one shape: a call costs at least one full chunk.
 
     Args:
@@ -154,7 +162,7 @@ class TorchForceField(nn.Module):
         try:
             return self._kernel(X, gradient)
         except Exception as exc:  # compiler missing or broken: torch raises many kinds
-            if self._kernel is self._evaluate:
+            if self._kernel == self._evaluate:  # bound methods: equal, never identical
                 raise
             warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); the torch force field runs eager",
                           RuntimeWarning, stacklevel=3)
@@ -202,6 +210,13 @@ class TorchForceField(nn.Module):
         grad = torch.empty((n, self.n_atoms, 3), dtype=self.dtype, device=x.device) if gradient else None
         starts = list(range(0, n, self.chunk_size))
         if gradient not in self._warm and starts:
+            if self.compiled and self._kernel != self._evaluate:
+                kind = "energies and gradients" if gradient else "energies"
+                warnings.warn(CompileNotice(
+                    f"torch force field ({self.n_atoms} atoms): compiling its kernel for {kind} with "
+                    "torch.compile on this first call; this takes about 20-80 s, once per system, kind of call "
+                    "and process (less when torch finds its on-disk cache). compile=False skips it (eager "
+                    "torch is several times slower on large batches)"), stacklevel=4)
             self._chunk(x, starts.pop(0), gradient, energy, grad)
             self._warm.add(gradient)
         threads = min(self.threads or _available_cores(), len(starts)) if self.compiled else 1

@@ -13,7 +13,7 @@ import openmm
 import torch
 
 from ..._checks import as_tensor, check_positive
-from ..openmm import ReducedEnergyFunction, _positions_nm, check_sampleable, kT_kj_per_mol
+from ..openmm import ReducedEnergyFunction, UnitCheck, _positions_nm, check_sampleable, kT_kj_per_mol
 from .forcefield import TorchForceField
 from .reader import unsupported_forces
 
@@ -31,7 +31,8 @@ class TorchForceFieldTarget:
             results are float64 either way.
         chunk_size: configurations per chunk (bounds memory; default from the number of pairs).
         compile: fuse the force field with torch.compile (default True: several times faster
-            after a one-off 10-60 s compilation per system on first use; falls back to eager
+            after a one-off 20-80 s compilation per system on first use, announced by a
+            :class:`~boltzgen.targets.torchff.CompileNotice` warning; falls back to eager
             torch with a warning when compilation is not possible).
         threads: threads evaluating compiled chunks at once (default: one per available CPU core).
 
@@ -53,11 +54,14 @@ class TorchForceFieldTarget:
         self.positions = None if positions is None else _positions_nm(positions, self.n_atoms)
         self.kT = kT_kj_per_mol(self.temperature)
         self.name = str(name)
+        self._units = UnitCheck(system, self.name)
 
     def _reduced(self, x, gradient: bool):
         """(u (n,) kT, du/dx (n, n_atoms, 3) kT/nm or None), float64; the force field checks x."""
         if not isinstance(x, torch.Tensor):
             x = as_tensor(x, "x")
+        if x.ndim == 3 and x.shape[0] and x.shape[1:] == (self.n_atoms, 3):  # else the force field raises
+            self._units.check(x[0])  # positions in Å instead of nm: warn (once)
         # In place where the force field's fresh float64 outputs allow: whole-batch temporaries
         # are fresh memory pages on every call and cost ~20% of the time here.
         if gradient:
@@ -71,6 +75,8 @@ class TorchForceFieldTarget:
         Differentiable with respect to ``x`` (first derivatives; the gradient is computed with
         the energy when ``x`` requires grad). Non-finite energies (overlapping atoms) come back
         as +inf with zero gradient; NaN positions, a wrong shape or atom count raise ValueError.
+        Positions that look like angstrom (the bonds of ``x[0]`` about ten times too long) give a
+        UserWarning, once.
         """
         if isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled():
             return ReducedEnergyFunction.apply(x, lambda y: self._reduced(y, gradient=True))

@@ -1,0 +1,7 @@
+"""``python -m boltzgen``: the ``boltzgen`` command (see :mod:`boltzgen.cli`)."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
