@@ -1,4 +1,5 @@
-"""Reference and training data by Langevin molecular dynamics with OpenMM, in resumable chunks.
+"""Reference and training data by Langevin molecular dynamics with OpenMM, in resumable chunks,
+optionally biased by well-tempered metadynamics on backbone dihedrals.
 
 :func:`run_md` minimises, equilibrates and then samples a target's Boltzmann distribution with
 OpenMM's ``LangevinMiddleIntegrator`` at the target's temperature, writing frames in chunks. A run
@@ -8,24 +9,48 @@ no frame is lost or written twice. The output folder holds
     topology.pdb          the reference structure (the topology for mdtraj)
     chunk_00000.trr       the frames of chunk 0 (GROMACS TRR, float32 nm and time in ps; mdtraj,
                           MDAnalysis and VMD read it)
-    chunk_00000.npy       their potential energies, kJ/mol, float64, shape (n_frames,)
+    chunk_00000.npy       their physical (unbiased) potential energies U, kJ/mol, float64,
+                          shape (n_frames,)
+    chunk_00000_bias.npy  biased runs only: the frozen bias V at each frame, kJ/mol, float64,
+                          shape (n_frames,)
+    bias.npy              biased runs only: the frozen bias on its grid, kJ/mol (see FrozenBias)
     checkpoint_00000.chk  OpenMM checkpoint after chunk 0 (positions, velocities, random state)
     progress.json         the settings and the list of complete chunks, written last
 
 Every file is written to a temporary name and renamed into place, and ``progress.json`` is
 updated only after a chunk's files and checkpoint exist, so the folder always describes complete
-chunks. :func:`load_trajectory` and :func:`load_energies` read what ``progress.json`` lists.
+chunks. :func:`load_trajectory`, :func:`load_energies` and :func:`load_log_weights` read what
+``progress.json`` lists (and check that the files are there and complete).
+
+A run is identified by its Hamiltonian: ``progress.json`` records the SHA-256 of the serialized
+OpenMM System (``system_sha256``), and resuming with another System (an edited YAML, other
+force field files or ``system_kwargs``) is refused, as is resuming with other run settings.
+
+Metadynamics (``bias=Metadynamics(("phi",))``): after minimisation, well-tempered metadynamics
+(OpenMM's ``openmm.app.Metadynamics``) deposits Gaussians on the chosen backbone dihedrals for
+``deposition_ps``; those frames are not saved. The bias is then frozen (saved to ``bias.npy``),
+the system is equilibrated under the frozen bias and production samples exp(-(U + V)/kT). Every
+production frame therefore carries the exact importance log-weight +V(x)/kT toward the
+Boltzmann distribution exp(-U/kT) (:func:`load_log_weights`; zeros for unbiased runs). The
+stored energies are always the physical U (the bias force lives in its own force group). A
+resumed run rebuilds the same bias from ``bias.npy``; a run killed during deposition or
+equilibration starts over (nothing was recorded yet).
 
 Time step: the system has no constraints, so bonds to hydrogen vibrate freely; the fastest
 (C-H/N-H stretches, ~3000-3400 cm^-1) have a period of ~10 fs. The default 1 fs resolves that
 period with ~10 steps, the usual limit for unconstrained Amber-type systems (2 fs needs
 constrained H bonds); LangevinMiddleIntegrator's configurational error is second order in the
-step and small at 1 fs. Use ``timestep_fs=0.5`` to halve it if in doubt.
+step and small at 1 fs. Use ``timestep_fs=0.5`` to halve it if in doubt. A run whose energy or
+positions become non-finite stops with :class:`MDInstabilityError` (the chunks before stay).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import numbers
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -37,21 +62,139 @@ import openmm.app as app
 import openmm.unit as unit
 
 from ._checks import check_count, check_positive
-from .targets.openmm import OpenMMTarget, kT_kj_per_mol
+from .targets.openmm import OpenMMTarget, kT_kj_per_mol, system_fingerprint
 
 _PROGRESS = "progress.json"
 _TOPOLOGY = "topology.pdb"
+_BIAS = "bias.npy"
 _FORMAT = 1
-# Settings that define the trajectory; a resumed run must use the same ones.
+_DIHEDRALS = ("phi", "psi")
+# Settings that define the trajectory; a resumed run must use the same ones. Records written
+# before the bias settings existed are read with the values of an unbiased run.
 _RUN_SETTINGS = ("system", "n_atoms", "temperature_K", "seed", "timestep_fs", "friction_per_ps",
-                 "save_every_ps", "chunk_frames", "equilibration_ps", "minimize")
+                 "save_every_ps", "chunk_frames", "equilibration_ps", "minimize", "bias", "bias_atoms",
+                 "bias_factor", "bias_height_kj_per_mol", "bias_width_rad", "bias_frequency_steps",
+                 "bias_grid_points", "deposition_ps")
+_UNBIASED = {"bias": [], "bias_atoms": None, "bias_factor": None, "bias_height_kj_per_mol": None,
+             "bias_width_rad": None, "bias_frequency_steps": None, "bias_grid_points": None,
+             "deposition_ps": None}
+
+
+class MDInstabilityError(ValueError):
+    """The simulation produced a non-finite energy or position (it "blew up").
+
+    The message names where (stage, frame, ps), the likely cause and what to try. Chunks
+    written before are kept and the run is not marked complete.
+    """
+
+
+@dataclass(frozen=True)
+class Metadynamics:
+    """Well-tempered metadynamics on backbone dihedrals, for :func:`run_md`'s ``bias``.
+
+    The defaults suit alanine dipeptide at 300 K: the phi barrier is ~10 kT, so a bias factor of
+    6 (phi sampled as at 1800 K) flattens it to ~2 kT within a few hundred ps of deposition.
+
+    Attributes:
+        variables: the dihedrals to bias, ("phi",) or ("phi", "psi") (a string "phi,psi" is
+            read too); those of the first residue that has both (as :func:`boltzgen.analysis.phi_psi`
+            and ``boltzgen analyze`` use).
+        bias_factor: gamma > 1; the variables are sampled as if at gamma times the temperature.
+        height_kj_per_mol: initial height of each Gaussian, kJ/mol.
+        width_rad: standard deviation of each Gaussian, radians.
+        frequency_steps: MD steps between Gaussians.
+        deposition_ps: how long Gaussians are deposited before the bias is frozen, ps.
+        grid_points: points of the periodic bias grid per variable (default ceil(5 * 2 pi / width),
+            OpenMM's choice).
+    """
+
+    variables: tuple[str, ...] = ("phi",)
+    bias_factor: float = 6.0
+    height_kj_per_mol: float = 1.0
+    width_rad: float = 0.35
+    frequency_steps: int = 500
+    deposition_ps: float = 1000.0
+    grid_points: int | None = None
+
+    def __post_init__(self):
+        variables = self.variables
+        if isinstance(variables, str):
+            variables = [v.strip() for v in variables.split(",")]
+        try:
+            variables = tuple(str(v) for v in variables)
+        except TypeError as exc:
+            raise ValueError(f"variables must be 'phi', 'phi,psi' or a tuple of those, got {self.variables!r}") from exc
+        distinct = len(set(variables)) == len(variables)
+        if not 1 <= len(variables) <= 2 or not distinct or not set(variables) <= set(_DIHEDRALS):
+            raise ValueError(f"variables must be ('phi',), ('psi',) or ('phi', 'psi') (distinct backbone dihedrals), "
+                             f"got {self.variables!r}")
+        object.__setattr__(self, "variables", variables)
+        gamma = self.bias_factor
+        if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not math.isfinite(gamma) or gamma <= 1:
+            raise ValueError(f"bias_factor must be a finite number > 1, got {self.bias_factor!r}")
+        check_positive(self.height_kj_per_mol, "height_kj_per_mol")
+        check_positive(self.width_rad, "width_rad")
+        if self.width_rad >= math.pi:
+            raise ValueError(f"width_rad must be below pi radians (a Gaussian on the circle), got {self.width_rad!r}")
+        check_count(self.frequency_steps, "frequency_steps")
+        check_positive(self.deposition_ps, "deposition_ps")
+        grid = check_count(self.grid_points, "grid_points", minimum=4, allow_none=True)
+        if grid is None:
+            grid = int(np.ceil(5 * 2 * math.pi / self.width_rad))
+        for name in ("bias_factor", "height_kj_per_mol", "width_rad", "deposition_ps"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        object.__setattr__(self, "frequency_steps", int(self.frequency_steps))
+        object.__setattr__(self, "grid_points", grid)
+
+
+@dataclass(frozen=True, eq=False)
+class FrozenBias:
+    """The metadynamics bias of a run after deposition, exactly as its production used it.
+
+    V is OpenMM's periodic cubic-spline interpolation of ``grid`` (a ``Continuous1DFunction`` or
+    ``Continuous2DFunction``, as ``openmm.app.Metadynamics`` builds it), in kJ/mol.
+
+    Attributes:
+        variables: ("phi",) or ("phi", "psi").
+        atoms: int64 (k, 4) atom indices of each variable's dihedral, in the order of ``variables``.
+        grid: float64 kJ/mol on the periodic grid linspace(-pi, pi, g) of each variable (its last
+            point repeats the first): shape (g,) for one variable; (g, g) for two, indexed
+            [second variable, first variable] (OpenMM's layout).
+        temperature_K: the run's temperature in K (for kT).
+    """
+
+    variables: tuple[str, ...]
+    atoms: np.ndarray
+    grid: np.ndarray
+    temperature_K: float
+
+    def force(self) -> openmm.CustomCVForce:
+        """A new OpenMM force whose energy is V(x) (kJ/mol); it keeps force group 0."""
+        return _bias_force(self.atoms, self.grid)
+
+    def reduced_energy(self, x) -> np.ndarray:
+        """V(x)/kT (float64, shape (n,)) of positions ``x`` (n, n_atoms, 3) in nm, evaluated by OpenMM."""
+        xyz = np.asarray(x, dtype=np.float64)
+        if xyz.ndim != 3 or xyz.shape[2] != 3 or xyz.shape[1] <= int(self.atoms.max()):
+            raise ValueError(f"x must have shape (n, n_atoms, 3) in nm with n_atoms > {int(self.atoms.max())}, "
+                             f"got {xyz.shape}")
+        system = openmm.System()
+        for _ in range(xyz.shape[1]):
+            system.addParticle(1.0)
+        system.addForce(self.force())
+        context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+        out = np.empty(len(xyz))
+        for i, frame in enumerate(xyz):
+            context.setPositions(frame)
+            out[i] = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+        return out / kT_kj_per_mol(self.temperature_K)
 
 
 @dataclass(frozen=True)
 class MDProgress:
     """Passed to the progress callback: the stage and how far it is, in ps of simulated time."""
 
-    stage: str  # "equilibration" or "production"
+    stage: str  # "deposition" (biased runs), "equilibration" or "production"
     ps_done: float
     ps_total: float
 
@@ -62,7 +205,9 @@ class MDResult:
 
     Attributes: out_dir; n_frames (production frames on disk); ps_done (production time on disk,
     ps); complete (whether the requested length is reached); resumed (whether this call continued
-    an earlier run); platform (the OpenMM platform used).
+    an earlier run); platform (the OpenMM platform used); frames_requested (the frames ``ns``
+    asks for; fewer than n_frames when the run on disk is already longer); frames_written (by
+    this call); biased (whether frames carry metadynamics log-weights).
     """
 
     out_dir: Path
@@ -71,121 +216,192 @@ class MDResult:
     complete: bool
     resumed: bool
     platform: str
+    frames_requested: int = 0
+    frames_written: int = 0
+    biased: bool = False
 
 
 def run_md(target: OpenMMTarget, ns: float, out_dir, seed: int, *, timestep_fs: float = 1.0,
            friction_per_ps: float = 1.0, save_every_ps: float = 1.0, chunk_frames: int = 100,
            equilibration_ps: float = 100.0, minimize: bool = True, platform: str | None = None,
-           max_chunks: int | None = None,
+           bias: Metadynamics | None = None, max_chunks: int | None = None,
            progress: Callable[[MDProgress], None] | None = None) -> MDResult:
     """Run (or resume) Langevin MD of ``target`` and write ``ns`` of production frames to ``out_dir``.
 
     Args:
         target: the system (its System, topology, reference positions and temperature are used).
         ns: production length in ns (after equilibration). Running again with a larger ``ns``
-            extends the run; with the same ``ns`` it finishes an interrupted one.
+            extends the run; with the same ``ns`` it finishes an interrupted one; with a smaller
+            one it does nothing (``MDResult.frames_requested < n_frames`` says so).
         out_dir: output folder (created if needed); see the module docstring for its files.
         seed: integer in [0, 2**31 - 2] for initial velocities and the thermostat noise.
         timestep_fs: integration step in fs (default 1 fs, safe without constraints; see above).
         friction_per_ps: Langevin friction coefficient in 1/ps.
         save_every_ps: simulated time between saved frames, ps (a multiple of the step).
         chunk_frames: frames per chunk file; a killed run loses at most one chunk of work.
-        equilibration_ps: MD after minimisation and before the first saved frame, ps.
+        equilibration_ps: MD after minimisation (and deposition) and before the first saved
+            frame, ps; under the frozen bias for biased runs.
         minimize: minimise the reference structure first (recommended).
         platform: OpenMM platform for MD; default the target's (chosen by measurement). On resume
             the run's own platform is used (checkpoints are platform specific).
+        bias: :class:`Metadynamics` settings for a biased run (frames then carry log-weights
+            +V/kT, see :func:`load_log_weights`), or None for plain MD.
         max_chunks: write at most this many chunks in this call, then return (time-boxed jobs).
-        progress: called with an :class:`MDProgress` after every equilibration ps and saved frame.
+        progress: called with an :class:`MDProgress` after every deposition and equilibration ps
+            and every saved frame.
 
     Resumed runs continue from the checkpoint of the last complete chunk, including the random
     number state, so on the Reference platform a killed-and-resumed run writes exactly the frames
     of an uninterrupted one; on the CPU platform the continuation is statistically equivalent
     but not bitwise identical.
+
+    Raises:
+        ValueError: bad arguments; ``out_dir`` not a writable folder; a run on disk with another
+            System (Hamiltonian) or other settings; unreadable run files (each names the file).
+        MDInstabilityError: (a ValueError) non-finite energies or positions; names the frame.
     """
     if not isinstance(target, OpenMMTarget):
         raise TypeError(f"target must be an OpenMMTarget (e.g. boltzgen.systems.load(...)), got {type(target).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**31 - 2:
         raise ValueError(f"seed must be an integer in [0, 2**31 - 2], got {seed!r}")
+    if bias is not None and not isinstance(bias, Metadynamics):
+        raise TypeError(f"bias must be a boltzgen.md.Metadynamics or None, got {type(bias).__name__}")
     chunk_frames = check_count(chunk_frames, "chunk_frames")
     max_chunks = check_count(max_chunks, "max_chunks", minimum=0, allow_none=True)
     check_positive(ns, "ns")
     check_positive(timestep_fs, "timestep_fs")
     check_positive(friction_per_ps, "friction_per_ps")
     check_positive(save_every_ps, "save_every_ps")
-    if equilibration_ps < 0:
-        raise ValueError(f"equilibration_ps must be >= 0, got {equilibration_ps!r}")
+    if not isinstance(equilibration_ps, (int, float)) or not math.isfinite(equilibration_ps) or equilibration_ps < 0:
+        raise ValueError(f"equilibration_ps must be a finite number >= 0, got {equilibration_ps!r}")
     steps_per_frame = _whole_steps(save_every_ps, timestep_fs, "save_every_ps")
     equilibration_steps = _whole_steps(equilibration_ps, timestep_fs, "equilibration_ps") if equilibration_ps else 0
+    deposition_steps = _whole_steps(bias.deposition_ps, timestep_fs, "deposition_ps") if bias else 0
     frames_total = round(ns * 1000.0 / save_every_ps)
     if frames_total < 1:
         raise ValueError(f"ns={ns} is shorter than one frame (save_every_ps={save_every_ps})")
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _prepare_out(out_dir)
+    physical_xml = openmm.XmlSerializer.serialize(target.system)
     settings = {
-        "system": target.name, "n_atoms": target.n_atoms, "temperature_K": target.temperature, "seed": seed,
+        "system": target.name, "system_sha256": system_fingerprint(target.system),
+        "n_atoms": target.n_atoms, "temperature_K": target.temperature, "seed": seed,
         "timestep_fs": float(timestep_fs), "friction_per_ps": float(friction_per_ps),
         "save_every_ps": float(save_every_ps), "chunk_frames": chunk_frames,
         "equilibration_ps": float(equilibration_ps), "minimize": bool(minimize),
+        **(_bias_settings(target, bias) if bias else _UNBIASED),
     }
     record = _read_progress(out)
     resumed = record is not None
+    frozen = None
     if resumed:
         _check_resume(record, settings, platform, out)
         platform_name, properties = record["platform"], record["platform_properties"]
+        if bias:
+            frozen = _load_frozen_bias(out, record)
+        context, integrator = _make_context(_production_system(physical_xml, frozen), settings,
+                                            platform_name, properties)
+        _load_checkpoint(context, out, record)
     else:
         platform_name = platform or target.platform
         properties = target.platform_properties if platform_name == target.platform else {}
-    context, integrator = _make_context(target, settings, platform_name, properties)
-
-    if resumed:
-        context.loadCheckpoint((out / record["checkpoint"]).read_bytes())
-    else:
-        record = _start(out, target, context, integrator, settings, equilibration_steps, progress)
+        record, context, integrator, frozen = _start(
+            out, target, physical_xml, settings, bias, platform_name, properties, equilibration_steps,
+            deposition_steps, progress)
         record.update(platform=platform_name, platform_properties=properties,
                       openmm_version=openmm.__version__, format=_FORMAT)
         record["checkpoint"] = _write_checkpoint(out, context, "equilibrated")
         _atomic_write(out / _PROGRESS, json.dumps(record, indent=1).encode())
 
-    frames_done = sum(c["n_frames"] for c in record["chunks"])
+    physical_groups = _force_groups(openmm.XmlSerializer.deserialize(physical_xml))
+    bias_group = _bias_group(physical_groups)
+    frames_done = frames_before = sum(c["n_frames"] for c in record["chunks"])
     chunks_written = 0
     while frames_done < frames_total and (max_chunks is None or chunks_written < max_chunks):
         n = min(chunk_frames, frames_total - frames_done)
-        xyz, energies = np.empty((n, target.n_atoms, 3)), np.empty(n)
+        xyz, energies, biases = np.empty((n, target.n_atoms, 3)), np.empty(n), np.zeros(n)
         for i in range(n):
-            integrator.step(steps_per_frame)
-            state = context.getState(getPositions=True, getEnergy=True)
+            frame = frames_done + i + 1
+            where = (f"production frame {frame} ({frame * save_every_ps:g} ps into production, step "
+                     f"{frame * steps_per_frame} of production)")
+            _step(integrator, steps_per_frame, out, where, timestep_fs, len(record["chunks"]))
+            state = context.getState(getPositions=True, getEnergy=True, groups=physical_groups)
             xyz[i] = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
             energies[i] = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+            if frozen is not None:
+                biases[i] = context.getState(getEnergy=True, groups={bias_group}).getPotentialEnergy().value_in_unit(
+                    unit.kilojoule_per_mole)
+            if not (math.isfinite(energies[i]) and math.isfinite(biases[i]) and np.isfinite(xyz[i]).all()):
+                raise _unstable(out, where, timestep_fs, len(record["chunks"]))
             if progress is not None:
-                progress(MDProgress("production", (frames_done + i + 1) * save_every_ps, frames_total * save_every_ps))
-        record = _append_chunk(out, record, context, target, xyz, energies)
+                progress(MDProgress("production", frame * save_every_ps, frames_total * save_every_ps))
+        record = _append_chunk(out, record, context, target, xyz, energies, biases if frozen is not None else None)
         frames_done += n
         chunks_written += 1
     return MDResult(out_dir=out, n_frames=frames_done, ps_done=frames_done * save_every_ps,
-                    complete=frames_done >= frames_total, resumed=resumed, platform=platform_name)
+                    complete=frames_done >= frames_total, resumed=resumed, platform=platform_name,
+                    frames_requested=frames_total, frames_written=frames_done - frames_before,
+                    biased=frozen is not None)
 
 
 def load_trajectory(out_dir) -> mdtraj.Trajectory:
-    """The production frames of a :func:`run_md` folder as an mdtraj Trajectory (time in ps)."""
-    out = Path(out_dir)
-    record = _read_progress(out)
-    if record is None or not record["chunks"]:
-        raise ValueError(f"{out} holds no complete MD chunk yet (no {_PROGRESS} listing frames)")
-    return mdtraj.load([str(out / c["trr"]) for c in record["chunks"]], top=str(out / _TOPOLOGY))
+    """The production frames of a :func:`run_md` folder as an mdtraj Trajectory (nm, time in ps)."""
+    out, record = _complete_record(out_dir)
+    topology_path = out / _TOPOLOGY
+    if not topology_path.is_file():
+        raise ValueError(f"{topology_path} is missing (the topology of the run in {out})")
+    try:
+        top = mdtraj.load_topology(str(topology_path))
+    except Exception as exc:  # mdtraj raises many kinds for a damaged file
+        raise ValueError(f"{topology_path} cannot be read ({type(exc).__name__}: {exc})") from exc
+    parts = []
+    for chunk in record["chunks"]:
+        path = _chunk_file(out, chunk, "trr")
+        try:
+            traj = mdtraj.load(str(path), top=top)
+        except Exception as exc:
+            raise ValueError(f"{path} cannot be read ({type(exc).__name__}: {exc}); the file is damaged") from exc
+        if traj.n_frames != chunk["n_frames"]:
+            raise ValueError(f"{path} holds {traj.n_frames} frames, {chunk['n_frames']} when written; the file is "
+                             f"truncated or damaged")
+        parts.append(traj)
+    return parts[0] if len(parts) == 1 else mdtraj.join(parts, check_topology=False)
 
 
 def load_energies(out_dir) -> np.ndarray:
-    """Reduced potential energies u = U/kT (float64, shape (n_frames,)) of the production frames.
+    """Reduced physical potential energies u = U/kT (float64, shape (n_frames,)) of the production frames.
 
-    Computed by OpenMM on the full-precision positions during the run (the TRR stores float32).
+    Computed by OpenMM on the full-precision positions during the run (the TRR stores float32);
+    for biased runs they exclude the bias (U, not U + V).
     """
-    out = Path(out_dir)
-    record = _read_progress(out)
-    if record is None or not record["chunks"]:
-        raise ValueError(f"{out} holds no complete MD chunk yet (no {_PROGRESS} listing frames)")
-    kj = np.concatenate([np.load(out / c["energies"]) for c in record["chunks"]])
+    out, record = _complete_record(out_dir)
+    kj = np.concatenate([_load_array(out, c, "energies") for c in record["chunks"]])
     return kj / kT_kj_per_mol(record["temperature_K"])
+
+
+def load_log_weights(out_dir) -> np.ndarray:
+    """Importance log-weights of the production frames toward exp(-U/kT), float64 (n_frames,).
+
+    For a metadynamics run, +V(x)/kT with V the frozen bias at each frame (production sampled
+    exp(-(U + V)/kT)); any constant offset is irrelevant (self-normalise them). Zeros for a plain
+    MD run.
+    """
+    out, record = _complete_record(out_dir)
+    if not record.get("bias"):
+        return np.zeros(sum(c["n_frames"] for c in record["chunks"]))
+    kj = np.concatenate([_load_array(out, c, "bias") for c in record["chunks"]])
+    return kj / kT_kj_per_mol(record["temperature_K"])
+
+
+def load_bias(out_dir) -> FrozenBias:
+    """The frozen metadynamics bias of a biased :func:`run_md` folder (raises ValueError for plain MD)."""
+    out = _existing_dir(out_dir)
+    record = _read_progress(out)
+    if record is None:
+        raise ValueError(f"{out} holds no MD run yet (no {_PROGRESS})")
+    if not record.get("bias"):
+        raise ValueError(f"{out} holds a plain MD run (no metadynamics bias)")
+    return _load_frozen_bias(out, record)
 
 
 # ---- pieces ------------------------------------------------------------------------------------
@@ -196,53 +412,217 @@ def _whole_steps(ps: float, timestep_fs: float, name: str) -> int:
     return int(round(steps))
 
 
-def _make_context(target, settings, platform_name, properties):
+def _prepare_out(out_dir) -> Path:
+    """``out_dir`` as a Path to an existing folder this process can write to (created if needed)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir {out} exists and is not a folder; give a folder for the run")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"out_dir {out} cannot be created or written ({exc.strerror or exc}); "
+                         "give a writable folder") from exc
+    return out
+
+
+def _bias_settings(target: OpenMMTarget, bias: Metadynamics) -> dict:
+    from .analysis.dihedrals import backbone_atoms  # here: analysis reads md's output
+
+    quads = backbone_atoms(target.topology)
+    return {"bias": list(bias.variables), "bias_atoms": [[int(i) for i in quads[v][0]] for v in bias.variables],
+            "bias_factor": bias.bias_factor, "bias_height_kj_per_mol": bias.height_kj_per_mol,
+            "bias_width_rad": bias.width_rad, "bias_frequency_steps": bias.frequency_steps,
+            "bias_grid_points": bias.grid_points, "deposition_ps": bias.deposition_ps}
+
+
+def _torsion(quad) -> openmm.CustomTorsionForce:
+    force = openmm.CustomTorsionForce("theta")
+    force.addTorsion(*(int(i) for i in quad))
+    return force
+
+
+def _bias_force(atoms: np.ndarray, grid: np.ndarray) -> openmm.CustomCVForce:
+    """The bias table on the dihedrals ``atoms``, built exactly as openmm.app.Metadynamics builds it."""
+    names = [f"cv{i}" for i in range(len(atoms))]
+    force = openmm.CustomCVForce(f"table({', '.join(names)})")
+    for name, quad in zip(names, atoms):
+        force.addCollectiveVariable(name, _torsion(quad))
+    values = np.asarray(grid, dtype=np.float64).flatten()
+    if len(atoms) == 1:
+        table = openmm.Continuous1DFunction(values, -math.pi, math.pi, True)
+    else:
+        table = openmm.Continuous2DFunction(grid.shape[1], grid.shape[0], values, -math.pi, math.pi,
+                                            -math.pi, math.pi, True)
+    force.addTabulatedFunction("table", table)
+    return force
+
+
+def _force_groups(system) -> set[int]:
+    return {f.getForceGroup() for f in system.getForces()} or {0}
+
+
+def _bias_group(physical_groups: set[int]) -> int:
+    free = set(range(32)) - physical_groups
+    if not free:
+        raise ValueError("the system uses all 32 OpenMM force groups; one must stay free for the bias")
+    return max(free)  # openmm.app.Metadynamics' choice
+
+
+def _production_system(physical_xml: str, frozen: FrozenBias | None):
+    """The System production integrates: the physical one, plus the frozen bias in its own group."""
+    system = openmm.XmlSerializer.deserialize(physical_xml)
+    if frozen is not None:
+        force = frozen.force()
+        force.setForceGroup(_bias_group(_force_groups(system)))
+        system.addForce(force)
+    return system
+
+
+def _make_integrator(settings):
     integrator = openmm.LangevinMiddleIntegrator(
         settings["temperature_K"] * unit.kelvin, settings["friction_per_ps"] / unit.picosecond,
         settings["timestep_fs"] * unit.femtosecond)
     # OpenMM reads seed 0 as "pick one at random"; shift by one so every seed is reproducible.
     integrator.setRandomNumberSeed(settings["seed"] + 1)
-    context = openmm.Context(target.system, integrator, openmm.Platform.getPlatformByName(platform_name),
-                             dict(properties))
+    return integrator
+
+
+def _make_context(system, settings, platform_name, properties):
+    integrator = _make_integrator(settings)
+    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform_name), dict(properties))
     return context, integrator
 
 
-def _start(out, target, context, integrator, settings, equilibration_steps, progress) -> dict:
-    """Write the topology, minimise, draw velocities and equilibrate; return a fresh record."""
+def _unstable(out: Path, where: str, timestep_fs: float, n_chunks: int) -> MDInstabilityError:
+    if timestep_fs > 1.0:
+        cause = (f"the time step of {timestep_fs:g} fs is likely too large for a system without constraints "
+                 "(bonds to hydrogen vibrate with a ~10 fs period); try timestep_fs=1 or 0.5 (--timestep 1)")
+    else:
+        cause = (f"with a {timestep_fs:g} fs time step the likely cause is the structure or force field "
+                 "(overlapping atoms, missing parameters); check them, or try timestep_fs=0.5 (--timestep 0.5)")
+    kept = f"the {n_chunks} complete chunk(s) before it are kept" if n_chunks else "no frame was saved"
+    return MDInstabilityError(f"MD in {out} blew up: non-finite energy or positions at {where}; {cause}; "
+                              f"{kept} and the run is not complete")
+
+
+def _step(integrator, n: int, out: Path, where: str, timestep_fs: float, n_chunks: int) -> None:
+    try:
+        integrator.step(n)
+    except openmm.OpenMMException as exc:  # e.g. "Particle coordinate is NaN" on some platforms
+        raise _unstable(out, where, timestep_fs, n_chunks) from exc
+
+
+def _check_finite(context, out, where, timestep_fs) -> None:
+    state = context.getState(getPositions=True, getEnergy=True)
+    energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    positions = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    if not (math.isfinite(energy) and np.isfinite(positions).all()):
+        raise _unstable(out, where, timestep_fs, 0)
+
+
+def _start(out, target, physical_xml, settings, bias, platform_name, properties, equilibration_steps,
+           deposition_steps, progress):
+    """Write the topology, minimise, draw velocities, deposit the bias (biased runs) and equilibrate.
+
+    Returns (a fresh record, the production context, its integrator, the frozen bias or None).
+    """
     with open(out / (_TOPOLOGY + ".tmp"), "w") as fh:
         app.PDBFile.writeFile(target.topology, target.positions * unit.nanometer, fh)
     os.replace(out / (_TOPOLOGY + ".tmp"), out / _TOPOLOGY)
+    platform = openmm.Platform.getPlatformByName(platform_name)
+    timestep_fs = settings["timestep_fs"]
+    steps_per_ps = round(1000.0 / timestep_fs)
+    if bias:
+        system = openmm.XmlSerializer.deserialize(physical_xml)
+        atoms = np.array(settings["bias_atoms"], dtype=np.int64)
+        variables = [app.BiasVariable(_torsion(q), -math.pi, math.pi, bias.width_rad, True, bias.grid_points)
+                     for q in atoms]
+        numpy_state = np.random.get_state()  # Metadynamics draws a file id from numpy's global RNG
+        meta = app.Metadynamics(system, variables, settings["temperature_K"] * unit.kelvin, bias.bias_factor,
+                                bias.height_kj_per_mol * unit.kilojoule_per_mole, bias.frequency_steps)
+        np.random.set_state(numpy_state)
+        simulation = app.Simulation(target.topology, system, _make_integrator(settings), platform, dict(properties))
+        context = simulation.context
+    else:
+        context, integrator = _make_context(openmm.XmlSerializer.deserialize(physical_xml), settings,
+                                            platform_name, properties)
     context.setPositions(target.positions)
     if settings["minimize"]:
         openmm.LocalEnergyMinimizer.minimize(context)
+    _check_finite(context, out, "the start (after minimisation)", timestep_fs)
     context.setVelocitiesToTemperature(settings["temperature_K"] * unit.kelvin, settings["seed"] + 1)
-    steps_per_ps = round(1000.0 / settings["timestep_fs"])
+
+    frozen = None
+    if bias:
+        done = 0
+        while done < deposition_steps:
+            n = min(steps_per_ps, deposition_steps - done)
+            where = f"deposition step {done + n} ({(done + n) * timestep_fs / 1000.0:g} ps)"
+            try:
+                meta.step(simulation, n)
+            except openmm.OpenMMException as exc:
+                raise _unstable(out, where, timestep_fs, 0) from exc
+            done += n
+            _check_finite(context, out, where, timestep_fs)
+            if progress is not None:
+                progress(MDProgress("deposition", done * timestep_fs / 1000.0, deposition_steps * timestep_fs / 1000.0))
+        # The bias grid (kJ/mol) from the public free energy F = -(T + dT)/dT * V.
+        t, dt = settings["temperature_K"], settings["temperature_K"] * (bias.bias_factor - 1.0)
+        grid = -meta.getFreeEnergy().value_in_unit(unit.kilojoule_per_mole) * dt / (t + dt)
+        frozen = FrozenBias(tuple(settings["bias"]), atoms, np.ascontiguousarray(grid, dtype=np.float64), t)
+        with open(out / (_BIAS + ".tmp"), "wb") as fh:
+            np.save(fh, frozen.grid)
+        _fsync_replace(out / (_BIAS + ".tmp"), out / _BIAS)
+        # Production integrates the frozen bias in a fresh context started from this state; a
+        # resumed run does the same from its checkpoint, so both follow the same path.
+        checkpoint = context.createCheckpoint()
+        del simulation, context, meta
+        context, integrator = _make_context(_production_system(physical_xml, frozen), settings, platform_name,
+                                            properties)
+        context.loadCheckpoint(checkpoint)
+
     done = 0
     while done < equilibration_steps:
         n = min(steps_per_ps, equilibration_steps - done)
-        integrator.step(n)
+        where = f"equilibration step {done + n} ({(done + n) * timestep_fs / 1000.0:g} ps)"
+        _step(integrator, n, out, where, timestep_fs, 0)
         done += n
+        _check_finite(context, out, where, timestep_fs)
         if progress is not None:
-            total_ps = equilibration_steps * settings["timestep_fs"] / 1000.0
-            progress(MDProgress("equilibration", done * settings["timestep_fs"] / 1000.0, total_ps))
-    return {**settings, "chunks": []}
+            progress(MDProgress("equilibration", done * timestep_fs / 1000.0,
+                                equilibration_steps * timestep_fs / 1000.0))
+    record = {**settings, "chunks": []}
+    if frozen is not None:
+        record["bias_file"] = _BIAS
+        record["bias_sha256"] = hashlib.sha256((out / _BIAS).read_bytes()).hexdigest()
+    return record, context, integrator, frozen
 
 
-def _append_chunk(out, record, context, target, xyz, energies) -> dict:
-    """Write one chunk's frames, energies and checkpoint, then record it; return the new record."""
+def _append_chunk(out, record, context, target, xyz, energies, biases) -> dict:
+    """Write one chunk's frames, energies (and biases) and checkpoint, then record it; return the new record."""
     k = len(record["chunks"])
-    trr, npy = f"chunk_{k:05d}.trr", f"chunk_{k:05d}.npy"
+    chunk = {"trr": f"chunk_{k:05d}.trr", "energies": f"chunk_{k:05d}.npy", "n_frames": len(energies)}
     first_frame = sum(c["n_frames"] for c in record["chunks"])
     time_ps = (first_frame + np.arange(1, len(xyz) + 1)) * record["save_every_ps"]
     traj = mdtraj.Trajectory(xyz, mdtraj.Topology.from_openmm(target.topology), time=time_ps)
-    traj.save_trr(str(out / (trr + ".tmp")), force_overwrite=True)
-    _fsync_replace(out / (trr + ".tmp"), out / trr)
-    with open(out / (npy + ".tmp"), "wb") as fh:
-        np.save(fh, energies)
-    _fsync_replace(out / (npy + ".tmp"), out / npy)
+    traj.save_trr(str(out / (chunk["trr"] + ".tmp")), force_overwrite=True)
+    _fsync_replace(out / (chunk["trr"] + ".tmp"), out / chunk["trr"])
+    arrays = [("energies", energies)]
+    if biases is not None:
+        chunk["bias"] = f"chunk_{k:05d}_bias.npy"
+        arrays.append(("bias", biases))
+    for key, values in arrays:
+        with open(out / (chunk[key] + ".tmp"), "wb") as fh:
+            np.save(fh, values)
+        _fsync_replace(out / (chunk[key] + ".tmp"), out / chunk[key])
+    for key in ("trr", "energies", "bias"):
+        if key in chunk:
+            chunk[f"{key}_bytes"] = (out / chunk[key]).stat().st_size
     old_checkpoint = record["checkpoint"]
-    new = {**record, "chunks": record["chunks"] + [{"trr": trr, "energies": npy, "n_frames": len(energies)}],
-           "checkpoint": _write_checkpoint(out, context, f"{k:05d}")}
+    new = {**record, "chunks": record["chunks"] + [chunk], "checkpoint": _write_checkpoint(out, context, f"{k:05d}")}
     _atomic_write(out / _PROGRESS, json.dumps(new, indent=1).encode())
     # Only now is the previous checkpoint no longer needed.
     (out / old_checkpoint).unlink(missing_ok=True)
@@ -253,6 +633,32 @@ def _write_checkpoint(out: Path, context, label: str) -> str:
     name = f"checkpoint_{label}.chk"
     _atomic_write(out / name, context.createCheckpoint())
     return name
+
+
+def _load_checkpoint(context, out: Path, record: dict) -> None:
+    path = out / record["checkpoint"]
+    if not path.is_file():
+        raise ValueError(f"{path} is missing ({out / _PROGRESS} resumes from it); the run cannot be resumed")
+    try:
+        context.loadCheckpoint(path.read_bytes())
+    except openmm.OpenMMException as exc:
+        raise ValueError(f"{path} cannot be loaded ({exc}); the checkpoint is damaged") from exc
+
+
+def _load_frozen_bias(out: Path, record: dict) -> FrozenBias:
+    path = out / record.get("bias_file", _BIAS)
+    if not path.is_file():
+        raise ValueError(f"{path} is missing (the frozen bias of the run in {out})")
+    data = path.read_bytes()
+    if record.get("bias_sha256") and hashlib.sha256(data).hexdigest() != record["bias_sha256"]:
+        raise ValueError(f"{path} differs from the bias this run was written with (its SHA-256 changed); "
+                         "the file is damaged or was replaced")
+    try:
+        grid = np.load(path)
+    except Exception as exc:
+        raise ValueError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from exc
+    return FrozenBias(tuple(record["bias"]), np.array(record["bias_atoms"], dtype=np.int64), grid,
+                      float(record["temperature_K"]))
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -269,18 +675,80 @@ def _fsync_replace(tmp: Path, path: Path) -> None:
 
 
 def _read_progress(out: Path) -> dict | None:
+    """The run record in ``out``, None when there is none; ValueError naming the file when it is corrupt."""
     path = out / _PROGRESS
     if not path.is_file():
         return None
-    record = json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path} is corrupt ({exc}); the run in {out} can be neither read nor resumed") from exc
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} is corrupt (not a JSON object); the run in {out} can be neither read nor resumed")
     if record.get("format") != _FORMAT:
         raise ValueError(f"{path}: unknown format {record.get('format')!r} (expected {_FORMAT})")
+    missing = [k for k in ("chunks", "checkpoint", "temperature_K", "platform", "save_every_ps") if k not in record]
+    chunks = record.get("chunks")
+    if not missing and not (isinstance(chunks, list) and all(
+            isinstance(c, dict) and {"trr", "energies", "n_frames"} <= set(c) for c in chunks)):
+        missing = ["a valid chunk list"]
+    if missing:
+        raise ValueError(f"{path} is corrupt (missing {', '.join(missing)}); the run in {out} can be neither read "
+                         "nor resumed")
     return record
 
 
+def _existing_dir(out_dir) -> Path:
+    out = Path(out_dir)
+    if not out.exists():
+        raise FileNotFoundError(f"{out} does not exist")
+    if not out.is_dir():
+        raise ValueError(f"{out} is not a folder (expected a folder written by boltzgen md / run_md)")
+    return out
+
+
+def _complete_record(out_dir) -> tuple[Path, dict]:
+    out = _existing_dir(out_dir)
+    record = _read_progress(out)
+    if record is None or not record["chunks"]:
+        raise ValueError(f"{out} holds no complete MD chunk yet (no {_PROGRESS} listing frames)")
+    return out, record
+
+
+def _chunk_file(out: Path, chunk: dict, key: str) -> Path:
+    """The path of one of a chunk's files, checked to exist with the size it was written with."""
+    if key not in chunk:
+        raise ValueError(f"{out / _PROGRESS} is corrupt (a chunk lists no {key!r} file)")
+    path = out / chunk[key]
+    if not path.is_file():
+        raise ValueError(f"{path} is missing ({out / _PROGRESS} lists it)")
+    expected, size = chunk.get(f"{key}_bytes"), path.stat().st_size
+    if expected is not None and size != expected:
+        raise ValueError(f"{path} is truncated or damaged ({size} bytes, {expected} when written)")
+    return path
+
+
+def _load_array(out: Path, chunk: dict, key: str) -> np.ndarray:
+    path = _chunk_file(out, chunk, key)
+    try:
+        values = np.load(path)
+    except Exception as exc:
+        raise ValueError(f"{path} cannot be read ({type(exc).__name__}: {exc}); the file is damaged") from exc
+    if values.shape != (chunk["n_frames"],):
+        raise ValueError(f"{path} holds shape {values.shape}, expected ({chunk['n_frames']},); the file is damaged")
+    return values.astype(np.float64)
+
+
 def _check_resume(record: dict, settings: dict, platform: str | None, out: Path) -> None:
-    changed = [f"{k}: {record.get(k)!r} on disk, {settings[k]!r} now" for k in _RUN_SETTINGS
-               if record.get(k) != settings[k]]
+    if record.get("system_sha256") != settings["system_sha256"]:
+        if record.get("system_sha256") is None:
+            raise ValueError(f"{out} holds a run written before boltzgen recorded the system's fingerprint, so "
+                             "it cannot check that the system is unchanged; start the run in another out_dir")
+        raise ValueError(f"{out} holds a run of another Hamiltonian: its OpenMM System differs from this one "
+                         f"(system {record.get('system')!r} on disk, {settings['system']!r} now; an edited YAML, "
+                         "force field or system_kwargs?); resume with the same system or choose another out_dir")
+    changed = [f"{k}: {record.get(k, _UNBIASED.get(k))!r} on disk, {settings[k]!r} now" for k in _RUN_SETTINGS
+               if record.get(k, _UNBIASED.get(k)) != settings[k]]
     if changed:
         raise ValueError(f"{out} holds a run with other settings ({'; '.join(changed)}); resume with the same "
                          "settings or choose another out_dir")

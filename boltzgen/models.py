@@ -12,26 +12,18 @@ the new target), which :func:`check_compatible` allows and reports.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import openmm
 import torch
 
 from .diffusion.networks import EnergyModel, model_from_config
 from .space import MolecularSpace
+from .targets.openmm import system_fingerprint
 
 _FORMAT = 1
 CHIRALITY_FOLD = "fold"  # mirror-invariant model; D samples are reflected onto L (x -> -x)
-
-
-def system_fingerprint(system: openmm.System) -> str:
-    """sha256 (hex) of the serialized OpenMM System: equal for equal Hamiltonians (and parameters)."""
-    if not isinstance(system, openmm.System):
-        raise TypeError(f"system must be an openmm.System, got {type(system).__name__}")
-    return hashlib.sha256(openmm.XmlSerializer.serialize(system).encode()).hexdigest()
 
 
 def model_metadata(target, chirality: str = CHIRALITY_FOLD, **extra) -> dict:

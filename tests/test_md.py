@@ -129,7 +129,9 @@ def test_cli_md_runs_and_resumes(tmp_path, capsys):
     assert main(args) == 0
     assert "4 frames (0.002 ns, Reference platform)" in capsys.readouterr().out
     assert main(args) == 0
-    assert "resumed; 4 frames" in capsys.readouterr().out
+    assert "already holds this complete run: 4 frames" in capsys.readouterr().out
+    record = json.loads((tmp_path / "progress.json").read_text())
+    assert record["platform"] == "Reference" and len(record["system_sha256"]) == 64
     assert main(args[:4] + ["--out", str(tmp_path), "--seed", "4"]) == 2  # other settings: one-line error
     assert "other settings" in capsys.readouterr().err
 
@@ -150,6 +152,9 @@ def test_cli_analyze_prints_basins_and_saves_a_ramachandran_plot(tmp_path, capsy
     assert png.stat().st_size > 10_000
     assert main(["analyze", str(run), "--blocks", "1"]) == 2
     assert "--blocks must be at least 2" in capsys.readouterr().err
+    assert main(["analyze", str(tmp_path / "missing")]) == 2
+    assert f"{tmp_path / 'missing'} does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
     assert main(["analyze", str(tmp_path / "empty")]) == 2
     assert "no complete MD chunk" in capsys.readouterr().err
 

@@ -38,3 +38,7 @@ __all__ = [
     "dihedrals", "free_energy_surface", "phi_psi", "with_error",
 ]
 
+# Weighted MD runs (plain or metadynamics, boltzgen.md) and their reference figures.
+from .runs import RunFigures, WeightedRun, load_basins, load_run, phi_transitions, run_figures  # noqa: E402
+
+__all__ += ["RunFigures", "WeightedRun", "load_basins", "load_run", "phi_transitions", "run_figures"]

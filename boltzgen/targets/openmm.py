@@ -11,6 +11,8 @@ kJ/mol -> kT on the way out.
 """
 from __future__ import annotations
 
+import hashlib
+
 import warnings
 import weakref
 from concurrent.futures import ProcessPoolExecutor
@@ -53,6 +55,17 @@ def _check_system(system, topology, n_atoms: int) -> None:
             f"system has {system.getNumParticles()} particles but topology has {topology.getNumAtoms()} atoms"
         )
     check_sampleable(system)
+
+
+def system_fingerprint(system) -> str:
+    """sha256 (hex) of the serialized OpenMM System: equal exactly when the Hamiltonian and its parameters are.
+
+    MD runs and model files record it, so a run resumed or a model used with another force field,
+    solvent model or edited YAML is noticed.
+    """
+    if not isinstance(system, openmm.System):
+        raise TypeError(f"system must be an openmm.System, got {type(system).__name__}")
+    return hashlib.sha256(openmm.XmlSerializer.serialize(system).encode()).hexdigest()
 
 
 def check_sampleable(system) -> None:

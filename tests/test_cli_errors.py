@@ -1,0 +1,160 @@
+"""`boltzgen` with bad input: exit code 2, one line on stderr that names the argument or path, no traceback.
+
+Each row runs ``boltzgen.cli.main(argv)`` in this process (argparse usage errors leave through
+SystemExit, with the same exit code 2). A few rows also run ``python -m boltzgen`` in a fresh process.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import boltzgen
+from boltzgen.cli import main
+
+ALA = Path(__file__).resolve().parent.parent / "systems" / "alanine-dipeptide" / "alanine-dipeptide.pdb"
+
+
+def write(folder: Path, name: str, text: str | bytes) -> str:
+    path = folder / name
+    (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
+    return str(path)
+
+
+def yaml_for(folder: Path, structure: str, name: str = "sys.yaml", extra: str = "") -> str:
+    return write(folder, name, f"structure: {structure}\nforcefield: [amber99sbildn.xml]\n{extra}")
+
+
+def renamed_residue(folder: Path) -> str:
+    """alanine dipeptide with its ALA renamed XYZ (no template, and so no bonds from the PDB reader)."""
+    write(folder, "xyz.pdb", ALA.read_text().replace(" ALA ", " XYZ "))
+    return yaml_for(folder, "xyz.pdb", "xyz.yaml")
+
+
+def md(system: str, tmp: Path, *more: str) -> list[str]:
+    return ["md", system, "--ns", "0.001", "--out", str(tmp / "out"), *more]
+
+
+def corrupt_progress(folder: Path) -> str:
+    (folder / "run").mkdir()
+    write(folder / "run", "progress.json", "{not json")
+    return str(folder / "run")
+
+
+def truncated_run(folder: Path) -> str:
+    """A 4-frame run (1 ps equilibration) whose last trajectory chunk lost half its bytes."""
+    out = folder / "run"
+    assert main(["md", "alanine-dipeptide", "--ns", "0.004", "--equilibration", "1", "--chunk-frames", "2",
+                 "--platform", "Reference", "--out", str(out)]) == 0
+    last = sorted(out.glob("chunk_*.trr"))[-1]
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    return str(out)
+
+
+# (id, argv from a tmp folder, pattern the single error line must match)
+ROWS = [
+    ("no command", lambda t: [], r"^boltzgen: error: the following arguments are required: COMMAND"),
+    ("unknown command", lambda t: ["simulate"], r"^boltzgen: error: argument COMMAND: invalid choice: 'simulate'"),
+    ("systems extra argument", lambda t: ["systems", "extra"], r"^boltzgen: error: unrecognized arguments: extra"),
+    ("md without a system", lambda t: ["md"], r"^boltzgen md: error: the following arguments are required: system"),
+    ("md --ns not a number", lambda t: ["md", "alanine-dipeptide", "--ns", "one", "--out", str(t)],
+     r"^boltzgen md: error: argument --ns: invalid float value: 'one'"),
+    ("md unknown system with a suggestion", lambda t: md("alanine-dipeptid", t),
+     r"^boltzgen md: error: unknown system 'alanine-dipeptid'; named systems: .*Did you mean alanine-dipeptide"),
+    ("md negative --ns", lambda t: md("alanine-dipeptide", t, "--ns", "-1"), r"^boltzgen md: error: .*ns.*-1"),
+    ("md a PDB instead of a system", lambda t: md(write(t, "garbage.pdb", "hello\nworld\n"), t),
+     r"^boltzgen md: error: .*garbage\.pdb is a structure file, not a system: .*system YAML"),
+    ("md missing YAML", lambda t: md(str(t / "nothere.yaml"), t),
+     r"^boltzgen md: error: system file not found: .*nothere\.yaml$"),
+    ("md YAML with unknown keys", lambda t: md(write(t, "bad.yaml", "structure: a.pdb\nforce_field: [x.xml]\n"), t),
+     r"^boltzgen md: error: .*bad\.yaml: unknown keys \['force_field'\]; allowed: "),
+    ("md YAML that is not YAML", lambda t: md(write(t, "broken.yaml", "structure: [unclosed\n"), t),
+     r"^boltzgen md: error: .*broken\.yaml: not a readable system YAML \(ParserError: "),
+    ("md YAML naming a missing PDB", lambda t: md(yaml_for(t, "gone.pdb"), t),
+     r"^boltzgen md: error: structure file not found: .*gone\.pdb$"),
+    ("md YAML naming a garbage PDB", lambda t: md(yaml_for(t, write(t, "garbage.pdb", "hello\nworld\n")), t),
+     r"^boltzgen md: error: structure .*garbage\.pdb: not a PDB file \(no ATOM or HETATM records\)$"),
+    ("md YAML naming an empty PDB", lambda t: md(yaml_for(t, write(t, "empty.pdb", "")), t),
+     r"^boltzgen md: error: structure .*empty\.pdb: the file is empty \(expected a PDB file\)$"),
+    ("md YAML naming a binary PDB", lambda t: md(yaml_for(t, write(t, "binary.pdb", bytes(range(256)) * 4)), t),
+     r"^boltzgen md: error: structure .*binary\.pdb: not a PDB file"),
+    ("md YAML naming a PDB with a bad coordinate",
+     lambda t: md(yaml_for(t, write(t, "bad.pdb", ALA.read_text().replace("   2.000   1.000", "   x.xxx   1.000"))), t),
+     r"^boltzgen md: error: structure .*bad\.pdb: cannot be read as a PDB file \(ValueError: "),
+    ("md residue without a template", lambda t: md(renamed_residue(t), t),
+     r"^boltzgen md: error: the force field \(amber99sbildn\.xml\) has no template for residue XYZ \(index 1\)\. "),
+    ("md YAML naming a missing force field", lambda t: md(write(t, "ff.yaml", f"structure: {ALA}\nforcefield: [mine.xml]\n"), t),
+     r"^boltzgen md: error: force field file not found: mine\.xml"),
+    ("md --out is a file", lambda t: md("alanine-dipeptide", t, "--out", write(t, "afile", "")),
+     r"^boltzgen md: error: .*afile.*not a folder"),
+    ("md corrupt progress.json", lambda t: md("alanine-dipeptide", t, "--out", corrupt_progress(t)),
+     r"^boltzgen md: error: .*run/progress\.json is corrupt"),
+    ("md blows up at --timestep 5", lambda t: md("alanine-dipeptide", t, "--timestep", "5", "--equilibration", "1",
+                                               "--platform", "Reference"),
+     r"^boltzgen md: error: MD in .*out blew up: non-finite .*--timestep"),
+    ("analyze a missing folder", lambda t: ["analyze", str(t / "no-such-run")], r"^boltzgen analyze: error: .*no-such-run"),
+    ("analyze a truncated chunk", lambda t: ["analyze", truncated_run(t)],
+     r"^boltzgen analyze: error: .*chunk_\d+\.trr is truncated"),
+    ("analyze --blocks 1", lambda t: ["analyze", str(t), "--blocks", "1"],
+     r"^boltzgen analyze: error: --blocks must be at least 2"),
+    ("train without --data", lambda t: ["train", "alanine-dipeptide", "--out", str(t / "m.pt")],
+     r"^boltzgen train: error: the following arguments are required: --data"),
+    ("train on a missing folder", lambda t: ["train", "alanine-dipeptide", "--data", str(t / "nowhere"),
+                                             "--out", str(t / "m.pt")], r"^boltzgen train: error: .*nowhere does not exist"),
+    ("train negative --dsm-steps", lambda t: ["train", "alanine-dipeptide", "--data", str(t), "--out", str(t / "m.pt"),
+                                              "--dsm-steps", "-5"], r"^boltzgen train: error: dsm_steps must be"),
+]
+if not torch.cuda.is_available():  # the message only exists where there is no GPU
+    ROWS.append(("train --device cuda without a GPU", lambda t: ["train", "alanine-dipeptide", "--data", str(t), "--out",
+                                                                 str(t / "m.pt"), "--device", "cuda"],
+                 r"^boltzgen train: error: --device cuda: no CUDA device"))
+
+
+def run_main(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse usage errors
+        return exc.code
+
+
+@pytest.mark.parametrize("make_argv, pattern", [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
+def test_bad_input_gives_exit_code_2_and_one_line(make_argv, pattern, tmp_path, capsys):
+    argv = make_argv(tmp_path)
+    capsys.readouterr()  # drop what setting the row up printed
+    code = run_main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len(lines) == 1, err
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"boltzgen {boltzgen.__version__}"
+
+
+@pytest.mark.parametrize("argv, code, pattern", [
+    (["--version"], 0, None),
+    (["md", "alanine-dipeptid", "--ns", "1", "--out", "x"], 2, r"Did you mean alanine-dipeptide"),
+    (["md", "GARBAGE", "--ns", "1", "--out", "x"], 2, r"garbage\.pdb is a structure file, not a system"),
+])
+def test_python_dash_m_boltzgen(argv, code, pattern, tmp_path):
+    if "GARBAGE" in argv:
+        argv = [write(tmp_path, "garbage.pdb", "not a pdb\n") if a == "GARBAGE" else a for a in argv]
+    done = subprocess.run([sys.executable, "-m", "boltzgen", *argv], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr
+    if pattern is None:
+        assert done.stdout.strip() == f"boltzgen {boltzgen.__version__}"
+    else:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and re.search(pattern, lines[0]), done.stderr

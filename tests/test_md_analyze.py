@@ -1,0 +1,116 @@
+"""Weighted analysis of MD runs: boltzgen.analysis.runs and `boltzgen analyze DIR [DIR ...]`."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from boltzgen import md, systems
+from boltzgen.analysis import ALANINE_DIPEPTIDE_BASINS, WeightedRun, basin_probabilities, load_run, run_figures
+from boltzgen.analysis.runs import phi_transitions
+from boltzgen.cli import main
+
+BIAS = md.Metadynamics(("phi",), height_kj_per_mol=3.0, frequency_steps=50, deposition_ps=2.0)
+
+
+@pytest.fixture(scope="module")
+def biased_runs(tmp_path_factory):
+    """Two short independent metadynamics runs (seeds 1, 2): 12 frames each."""
+    root = tmp_path_factory.mktemp("analyze")
+    with systems.load("alanine-dipeptide", platform="Reference") as target:
+        for seed in (1, 2):
+            md.run_md(target, 0.003, root / f"seed{seed}", seed=seed, bias=BIAS, save_every_ps=0.25,
+                      chunk_frames=6, equilibration_ps=1.0)
+    return [root / "seed1", root / "seed2"]
+
+
+def _synthetic(phi, log_w, path="synthetic"):
+    phi = np.asarray(phi, dtype=np.float64)
+    return WeightedRun(path=path, angles=np.stack([phi, np.full_like(phi, 2.0)], 1),
+                       log_weights=np.asarray(log_w, dtype=np.float64), is_l=np.ones(len(phi), bool), biased=True)
+
+
+def test_weighted_delta_f_is_exact_on_a_known_case():
+    """Half the frames at phi > 0 with weight 1/9 of the others: P(phi > 0) = 0.1, dF = ln 9."""
+    phi = np.tile([-1.5, 1.0], 50)
+    log_w = np.where(phi > 0, -math.log(9.0), 0.0) + 3.7  # any offset
+    figures = run_figures([_synthetic(phi, log_w)], blocks=5)
+    assert figures.delta_f_phi_positive.mean == pytest.approx(math.log(9.0), abs=1e-12)
+    assert figures.delta_f_phi_positive.standard_error == pytest.approx(0.0, abs=1e-12)
+    assert figures.p_phi_positive.mean == pytest.approx(0.1)
+    assert figures.populations["alpha_L/C7ax"].mean == pytest.approx(0.1)
+    assert figures.ess == pytest.approx(100 * (0.5 + 0.5 / 9) ** 2 / (0.5 + 0.5 / 81))  # Kish
+    assert "5 contiguous blocks" in figures.error_method and figures.n_error_units == 5
+
+
+def test_several_runs_give_mean_and_standard_error_over_runs():
+    runs = [_synthetic(np.tile([-1.5, 1.0], 10), np.where(np.tile([-1.5, 1.0], 10) > 0, -math.log(k), 0.0),
+                       path=f"run{k}") for k in (4.0, 9.0, 19.0)]
+    figures = run_figures(runs)
+    per_run = np.log([4.0, 9.0, 19.0])
+    assert figures.delta_f_phi_positive.mean == pytest.approx(per_run.mean())
+    assert figures.delta_f_phi_positive.standard_error == pytest.approx(per_run.std(ddof=1) / math.sqrt(3))
+    assert "3 independent runs" in figures.error_method and figures.n_frames == 60
+    d = figures.to_dict()
+    assert d["delta_f_phi_positive_kT"] == pytest.approx(per_run.mean())
+    assert d["per_unit"]["delta_f_phi_positive"] == pytest.approx(list(per_run))
+    json.dumps(d)  # JSON-ready
+
+
+def test_missing_side_gives_no_delta_f_but_populations():
+    figures = run_figures([_synthetic(np.full(10, -1.5), np.zeros(10))], blocks=2)
+    assert figures.delta_f_phi_positive is None and "phi > 0 or phi < 0" in figures.note
+    assert figures.populations["beta/C7eq"].mean == 1.0
+    assert figures.to_dict()["delta_f_phi_positive_kT"] is None
+
+
+def test_phi_transitions_count_core_to_core_changes():
+    # cores: phi <= -0.5 and 0.5 <= phi <= 2; frames between them (0, 2.5) keep the last core
+    assert phi_transitions([-1.0, 0.0, 1.0, 0.0, 1.2, -0.2, -2.0, 2.5, 1.0]) == 3
+    assert phi_transitions([-1.0, -2.0]) == 0
+
+
+def test_load_run_uses_the_log_weights(biased_runs):
+    run = load_run(biased_runs[0])
+    assert run.biased and run.n_frames == 12
+    np.testing.assert_array_equal(run.log_weights, md.load_log_weights(biased_runs[0]))
+    figures = run_figures([run], blocks=2)
+    expected = basin_probabilities(run.angles, ALANINE_DIPEPTIDE_BASINS, run.log_weights)
+    for name, p in expected.items():
+        assert figures.populations[name].mean == pytest.approx(p)
+
+
+def test_cli_analyze_several_runs_writes_json(biased_runs, tmp_path, capsys):
+    out_json = tmp_path / "figures.json"
+    assert main(["analyze", *map(str, biased_runs), "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "24 frames from 2 runs (weighted by metadynamics log-weights" in out
+    assert "standard error over 2 independent runs" in out
+    d = json.loads(out_json.read_text())
+    for key in ("delta_f_phi_positive_kT", "delta_f_phi_positive_err_kT", "populations", "n_frames", "ess_kish",
+                "error_method", "phi_transitions_per_run"):
+        assert key in d
+    assert d["n_frames"] == 24 and d["n_frames_per_run"] == [12, 12] and 1 <= d["ess_kish"] <= 24
+    assert set(d["populations"]) == set(ALANINE_DIPEPTIDE_BASINS)
+    p = [run_figures([load_run(r)], blocks=2).populations["beta/C7eq"].mean for r in biased_runs]
+    assert d["populations"]["beta/C7eq"]["p"] == pytest.approx(np.mean(p))
+
+
+def test_cli_analyze_own_basins(biased_runs, tmp_path, capsys):
+    basins = tmp_path / "basins.yaml"
+    basins.write_text("left: {phi: [-3.14159, 0.0]}\nright: {phi: [0.0, 3.14159]}\n")
+    out_json = tmp_path / "f.json"
+    args = ["analyze", str(biased_runs[0]), "--blocks", "2", "--basins", str(basins), "--json", str(out_json)]
+    assert main(args) == 0
+    d = json.loads(out_json.read_text())
+    assert set(d["populations"]) == {"left", "right"}
+    assert d["populations"]["left"]["p"] + d["populations"]["right"]["p"] == pytest.approx(1.0, abs=1e-5)
+    capsys.readouterr()
+    basins.write_text("left: {phi: [-7.0, 0.0]}\n")
+    assert main(["analyze", str(biased_runs[0]), "--basins", str(basins)]) == 2
+    err = capsys.readouterr().err
+    assert f"basins file {basins}: basin 'left'" in err and err.count("\n") == 1
+    assert main(["analyze", str(biased_runs[0]), "--basins", str(tmp_path / "none.yaml")]) == 2
+    assert f"basins file {tmp_path / 'none.yaml'} does not exist" in capsys.readouterr().err

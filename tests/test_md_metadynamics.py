@@ -1,0 +1,213 @@
+"""Metadynamics MD: deposition, then production under the frozen bias with exact log-weights +V/kT."""
+from __future__ import annotations
+
+import json
+
+import mdtraj
+import numpy as np
+import pytest
+import torch
+from scipy.interpolate import CubicSpline
+
+from boltzgen import md, systems
+from boltzgen.cli import main
+
+# 2 ps deposition (a Gaussian every 50 steps, so 40 of them, tall enough to matter), 2 ps
+# equilibration, 6 ps production: 24 frames in 5 chunks, the last one partial.
+SHORT = dict(save_every_ps=0.25, chunk_frames=5, equilibration_ps=2.0)
+BIAS = md.Metadynamics(("phi",), height_kj_per_mol=3.0, frequency_steps=50, deposition_ps=2.0)
+NS = 0.006
+
+
+@pytest.fixture(scope="module")
+def target():
+    with systems.load("alanine-dipeptide", platform="Reference") as t:
+        yield t
+
+
+@pytest.fixture(scope="module")
+def biased(target, tmp_path_factory):
+    out = tmp_path_factory.mktemp("meta") / "full"
+    result = md.run_md(target, NS, out, seed=11, bias=BIAS, **SHORT)
+    return out, result
+
+
+def _float32_bound(target, xyz):
+    """|U(x) - U(float32 x)| <= sum |F| * spacing / 2 to first order (kT), per frame, times 2."""
+    u, f = target.energy_and_forces(torch.from_numpy(xyz.astype(np.float64)))
+    return u.numpy(), 2 * (f.abs().numpy() * np.spacing(np.abs(xyz)) / 2).sum(axis=(1, 2)) + 1e-9
+
+
+def test_biased_run_writes_frames_energies_and_log_weights(biased):
+    out, result = biased
+    assert result.complete and result.biased and result.n_frames == 24 and result.frames_written == 24
+    record = json.loads((out / "progress.json").read_text())
+    assert record["bias"] == ["phi"] and record["bias_atoms"] == [[4, 6, 8, 14]]
+    assert record["bias_factor"] == 6.0 and record["deposition_ps"] == 2.0 and record["bias_grid_points"] == 90
+    assert record["platform"] == "Reference"
+    assert sorted(p.name for p in out.glob("chunk_*_bias.npy")) == [f"chunk_{k:05d}_bias.npy" for k in range(5)]
+    assert md.load_trajectory(out).n_frames == len(md.load_energies(out)) == len(md.load_log_weights(out)) == 24
+    bias = md.load_bias(out)
+    assert bias.grid.shape == (90,) and bias.grid.max() > 5.0  # kJ/mol: 40 Gaussians were deposited
+    assert np.isclose(bias.grid[0], bias.grid[-1])  # the periodic grid repeats its first point
+
+
+def test_stored_energies_are_unbiased(target, biased):
+    """The energies are U of an independent OpenMMTarget (no bias), within float32 TRR rounding."""
+    out, _ = biased
+    xyz = md.load_trajectory(out).xyz
+    u, bound = _float32_bound(target, xyz)
+    u_stored = md.load_energies(out)
+    assert (np.abs(u - u_stored) <= bound).all()
+    assert md.load_log_weights(out).max() > 0.1  # ... and the bias, which they exclude, is not small
+
+
+def test_log_weights_are_the_frozen_bias_at_the_frames(target, biased):
+    out, _ = biased
+    traj = md.load_trajectory(out)
+    log_w = md.load_log_weights(out)
+    bias = md.load_bias(out)
+    # OpenMM's bias on the float32 frames
+    np.testing.assert_allclose(bias.reduced_energy(traj.xyz), log_w, atol=1e-4)
+    # and independently: a periodic cubic spline of the saved grid at mdtraj's phi
+    _, phi = mdtraj.compute_phi(traj)
+    spline = CubicSpline(np.linspace(-np.pi, np.pi, len(bias.grid)), bias.grid, bc_type="periodic")
+    np.testing.assert_allclose(spline(phi[:, 0].astype(np.float64)) / target.kT, log_w, atol=1e-3)
+    assert log_w.std() > 0.01
+
+
+def test_resume_gives_the_same_frames_and_weights(target, biased, tmp_path):
+    full, _ = biased
+    first = md.run_md(target, NS, tmp_path, seed=11, bias=BIAS, max_chunks=2, **SHORT)
+    assert not first.complete and first.n_frames == 10
+    second = md.run_md(target, NS, tmp_path, seed=11, bias=BIAS, **SHORT)
+    assert second.resumed and second.complete and second.n_frames == 24 and second.frames_written == 14
+    assert np.array_equal(md.load_trajectory(full).xyz, md.load_trajectory(tmp_path).xyz)
+    assert np.array_equal(md.load_energies(full), md.load_energies(tmp_path))
+    assert np.array_equal(md.load_log_weights(full), md.load_log_weights(tmp_path))
+    assert np.array_equal(md.load_bias(full).grid, md.load_bias(tmp_path).grid)
+
+
+def test_resume_refuses_other_bias_settings(target, biased):
+    out, _ = biased
+    before = md.load_trajectory(out).xyz
+    other = md.Metadynamics(("phi",), bias_factor=8.0, height_kj_per_mol=3.0, frequency_steps=50, deposition_ps=2.0)
+    with pytest.raises(ValueError, match="other settings \\(bias_factor: 6.0 on disk, 8.0 now\\)"):
+        md.run_md(target, NS, out, seed=11, bias=other, **SHORT)
+    with pytest.raises(ValueError, match="bias: \\['phi'\\] on disk, \\[\\] now"):
+        md.run_md(target, NS, out, seed=11, **SHORT)
+    longer = md.Metadynamics(("phi",), height_kj_per_mol=3.0, frequency_steps=50, deposition_ps=3.0)
+    with pytest.raises(ValueError, match="deposition_ps: 2.0 on disk, 3.0 now"):
+        md.run_md(target, NS, out, seed=11, bias=longer, **SHORT)
+    assert np.array_equal(md.load_trajectory(out).xyz, before)
+
+
+def test_damaged_bias_file_is_refused_on_resume(target, tmp_path):
+    md.run_md(target, 0.002, tmp_path, seed=3, bias=BIAS, save_every_ps=0.5, chunk_frames=2, equilibration_ps=1.0)
+    grid = np.load(tmp_path / "bias.npy")
+    np.save(tmp_path / "bias.npy", grid * 2)
+    with pytest.raises(ValueError, match="bias.npy differs from the bias this run was written with"):
+        md.run_md(target, 0.003, tmp_path, seed=3, bias=BIAS, save_every_ps=0.5, chunk_frames=2, equilibration_ps=1.0)
+
+
+def test_progress_reports_deposition_then_equilibration_then_production(target, tmp_path):
+    seen = []
+    md.run_md(target, 0.001, tmp_path, seed=1, bias=BIAS, save_every_ps=0.5, equilibration_ps=1.0,
+              progress=seen.append)
+    assert [p.stage for p in seen] == ["deposition"] * 2 + ["equilibration"] + ["production"] * 2
+    assert seen[1].ps_done == seen[1].ps_total == 2.0
+
+
+def test_phi_psi_bias(target, tmp_path):
+    bias = md.Metadynamics("phi,psi", height_kj_per_mol=3.0, frequency_steps=50, deposition_ps=1.0, grid_points=24)
+    md.run_md(target, 0.002, tmp_path, seed=2, bias=bias, save_every_ps=0.5, equilibration_ps=1.0)
+    frozen = md.load_bias(tmp_path)
+    assert frozen.variables == ("phi", "psi") and frozen.grid.shape == (24, 24)
+    assert frozen.atoms.tolist() == [[4, 6, 8, 14], [6, 8, 14, 16]]
+    traj = md.load_trajectory(tmp_path)
+    log_w = md.load_log_weights(tmp_path)
+    np.testing.assert_allclose(frozen.reduced_energy(traj.xyz), log_w, atol=1e-4)
+    u, bound = _float32_bound(target, traj.xyz)
+    assert (np.abs(u - md.load_energies(tmp_path)) <= bound).all()
+
+
+def test_plain_runs_have_zero_log_weights(target, tmp_path):
+    md.run_md(target, 0.001, tmp_path, seed=1, save_every_ps=0.5, equilibration_ps=1.0)
+    assert np.array_equal(md.load_log_weights(tmp_path), np.zeros(2))
+    with pytest.raises(ValueError, match="plain MD run"):
+        md.load_bias(tmp_path)
+
+
+def test_bad_metadynamics_settings():
+    with pytest.raises(ValueError, match="variables must be"):
+        md.Metadynamics(("chi",))
+    with pytest.raises(ValueError, match="variables must be"):
+        md.Metadynamics("phi,phi")
+    with pytest.raises(ValueError, match="bias_factor must be a finite number > 1"):
+        md.Metadynamics(bias_factor=1.0)
+    with pytest.raises(ValueError, match="width_rad must be a finite positive number"):
+        md.Metadynamics(width_rad=0.0)
+    with pytest.raises(ValueError, match="frequency_steps must be a positive integer"):
+        md.Metadynamics(frequency_steps=0)
+    assert md.Metadynamics("phi, psi").variables == ("phi", "psi")
+
+
+def test_cli_md_bias(tmp_path, capsys):
+    args = ["md", "alanine-dipeptide", "--bias", "phi", "--deposition", "1", "--bias-frequency", "100",
+            "--ns", "0.002", "--out", str(tmp_path), "--save-every", "0.5", "--equilibration", "1",
+            "--platform", "Reference"]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    assert "4 frames (0.002 ns, Reference platform)" in out.out and "log-weights" in out.out
+    assert "deposition" in out.err  # the progress bar of the deposition stage
+    assert main(args + ["--bias-factor", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings (bias_factor: 6.0 on disk, 10.0 now)" in err and err.count("\n") == 1
+    assert main(["md", "alanine-dipeptide", "--bias", "omega", "--ns", "0.001", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--bias and its options: variables must be" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_killed_biased_process_resumes_without_lost_or_duplicated_frames(tmp_path):
+    """SIGKILL a real `boltzgen md --bias phi` process in production, rerun it, compare with an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--ns", "0.2", "--seed", "5", "--save-every", "0.5", "--chunk-frames", "20", "--equilibration", "5",
+            "--bias", "phi", "--deposition", "20", "--platform", "Reference"]
+    command = [sys.executable, "-m", "boltzgen.cli", "md", "alanine-dipeptide"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(command + args + ["--out", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until at least two chunks are recorded
+        try:
+            if len(json.loads((killed / "progress.json").read_text())["chunks"]) >= 2:
+                break
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = sum(c["n_frames"] for c in json.loads((killed / "progress.json").read_text())["chunks"])
+    assert 0 < done_before < 400
+    subprocess.run(command + args + ["--out", str(killed)], env=env, check=True, capture_output=True)
+    whole = tmp_path / "whole"
+    subprocess.run(command + args + ["--out", str(whole)], env=env, check=True, capture_output=True)
+    assert md.load_trajectory(killed).n_frames == 400
+    np.testing.assert_allclose(md.load_trajectory(killed).time, 0.5 * np.arange(1, 401))
+    assert np.array_equal(md.load_trajectory(whole).xyz, md.load_trajectory(killed).xyz)
+    assert np.array_equal(md.load_log_weights(whole), md.load_log_weights(killed))
+
+
+def test_cli_bias_options_need_bias(tmp_path, capsys):
+    assert main(["md", "alanine-dipeptide", "--ns", "0.001", "--out", str(tmp_path), "--bias-factor", "8",
+                 "--deposition", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--bias-factor, --deposition only apply with --bias" in err and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
