@@ -257,7 +257,9 @@ def add_train_command(sub) -> None:
                    help="also train a DSM-only model for the same number of steps and compare")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: the network is small, and extra threads cost more than they "
+                        "gain on a shared 2-core machine)")
     p.set_defaults(func=_train)
 
 
@@ -294,7 +296,10 @@ def _train(args) -> int:
 
 def format_train_report(report) -> str:
     """The quality table printed at the end of ``boltzgen train``."""
-    rows = [("DSM + DiffCLF", report.quality), ("DSM phase snapshot", report.dsm_quality)]
+    if report.settings.clf_steps == 0:  # no DiffCLF phase: the final model is the DSM model
+        rows = [("DSM only", report.quality)]
+    else:
+        rows = [("DSM + DiffCLF", report.quality), ("DSM phase snapshot", report.dsm_quality)]
     if report.baseline_quality is not None:
         rows.append(("DSM only, same steps", report.baseline_quality))
     q = report.quality

@@ -28,7 +28,7 @@ WEIGHTINGS = ("boltzmann", "biased")
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Choices of ``boltzgen train`` (defaults sized for 2 CPU cores: under an hour).
+    """Choices of ``boltzgen train`` (defaults: 44 min for 90,000 alanine-dipeptide frames on one CPU thread).
 
     Attributes:
         hidden, n_blocks: width and depth of the distance network.
@@ -51,8 +51,8 @@ class TrainSettings:
 
     hidden: int = 256
     n_blocks: int = 3
-    dsm_steps: int = 20000
-    clf_steps: int = 5000
+    dsm_steps: int = 45000
+    clf_steps: int = 10000
     batch_size: int = 256
     clf_batch_size: int = 64
     clf_levels: int = 4
