@@ -274,7 +274,8 @@ def _train(args) -> int:
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+        if args.threads != torch.get_num_threads():  # an explicit set, only when it changes something
+            torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: no CUDA device is available here")
     settings = replace(TrainSettings(), dsm_steps=args.dsm_steps, clf_steps=args.clf_steps, hidden=args.hidden,
