@@ -7,7 +7,6 @@ arguments, shows progress and prints what these functions return.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -20,7 +19,7 @@ from .analysis.model_quality import ModelQuality, model_quality
 from .diffusion.networks import MolecularEnergy
 from .diffusion.schedule import LogSNRSchedule
 from .diffusion.training import TrainingConfig, train
-from .models import CHIRALITY_FOLD, model_metadata, save_model_file
+from .models import CHIRALITY_FOLD, load_model_file, model_metadata, save_model_file
 from .space import MolecularSpace
 
 WEIGHTINGS = ("boltzmann", "biased")
@@ -228,8 +227,10 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
     meta = model_metadata(target, CHIRALITY_FOLD, training_data=[str(d) for d in data_dirs],
                           settings=asdict(settings))
 
+    held_u = target.reduced_energy(held.positions)  # once: every model is scored on the same frames
+
     def evaluate(m) -> ModelQuality:
-        return model_quality(m, space, target.reduced_energy, held.positions, target.topology, held.log_weights)
+        return model_quality(m, space, held_u, held.positions, target.topology, held.log_weights)
 
     def save_dsm(ema) -> None:
         save_model_file(paths["dsm_model"], ema, space, {**meta, "phase": "dsm", "steps": settings.dsm_steps})
@@ -240,8 +241,6 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
     save_model_file(paths["model"], result.model, space, {**meta, "phase": "dsm+diffclf", "steps": result.step})
     if not paths["dsm_model"].exists():  # clf_steps = 0: the final model is the DSM model
         save_dsm(result.model)
-    from .models import load_model_file
-
     quality = evaluate(result.model)
     dsm_quality = evaluate(load_model_file(paths["dsm_model"], device=device).model)
     baseline_quality = None
@@ -271,5 +270,5 @@ def _write_report(report: TrainReport) -> None:
             "baseline_quality": None if report.baseline_quality is None else report.baseline_quality.as_dict(),
             "settings": asdict(report.settings)}
     tmp = report.report_path.with_name(report.report_path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else v))
+    tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(report.report_path)

@@ -160,10 +160,11 @@ def test_cli_analyze_prints_basins_and_saves_a_ramachandran_plot(tmp_path, capsy
 
 
 @pytest.mark.slow
-def test_killed_process_resumes_without_lost_or_duplicated_frames(tmp_path):
-    """SIGKILL a real `boltzgen md` process mid-run, rerun it, compare with an uninterrupted run."""
+@pytest.mark.parametrize("extra", [[], ["--bias", "phi", "--deposition", "20"]], ids=["plain", "metadynamics"])
+def test_killed_process_resumes_without_lost_or_duplicated_frames(tmp_path, extra):
+    """SIGKILL a real `boltzgen md` process mid-run (plain or biased), rerun it, compare with an uninterrupted run."""
     args = ["--ns", "0.2", "--seed", "5", "--save-every", "0.5", "--chunk-frames", "20",
-            "--equilibration", "5", "--platform", "Reference"]
+            "--equilibration", "5", "--platform", "Reference", *extra]
     command = [sys.executable, "-m", "boltzgen.cli", "md", "alanine-dipeptide"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = tmp_path / "killed"
@@ -188,6 +189,7 @@ def test_killed_process_resumes_without_lost_or_duplicated_frames(tmp_path):
     assert a.n_frames == b.n_frames == 400
     np.testing.assert_allclose(b.time, 0.5 * np.arange(1, 401))
     assert np.array_equal(a.xyz, b.xyz)
+    assert np.array_equal(md.load_log_weights(whole), md.load_log_weights(killed))
 
 
 def test_dihedrals_of_a_100_ps_run_are_sensible(target, tmp_path):

@@ -168,43 +168,6 @@ def test_cli_md_bias(tmp_path, capsys):
     assert "--bias and its options: variables must be" in err and err.count("\n") == 1
 
 
-@pytest.mark.slow
-def test_killed_biased_process_resumes_without_lost_or_duplicated_frames(tmp_path):
-    """SIGKILL a real `boltzgen md --bias phi` process in production, rerun it, compare with an uninterrupted run."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    args = ["--ns", "0.2", "--seed", "5", "--save-every", "0.5", "--chunk-frames", "20", "--equilibration", "5",
-            "--bias", "phi", "--deposition", "20", "--platform", "Reference"]
-    command = [sys.executable, "-m", "boltzgen.cli", "md", "alanine-dipeptide"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(command + args + ["--out", str(killed)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # wait until at least two chunks are recorded
-        try:
-            if len(json.loads((killed / "progress.json").read_text())["chunks"]) >= 2:
-                break
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            pass
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_before = sum(c["n_frames"] for c in json.loads((killed / "progress.json").read_text())["chunks"])
-    assert 0 < done_before < 400
-    subprocess.run(command + args + ["--out", str(killed)], env=env, check=True, capture_output=True)
-    whole = tmp_path / "whole"
-    subprocess.run(command + args + ["--out", str(whole)], env=env, check=True, capture_output=True)
-    assert md.load_trajectory(killed).n_frames == 400
-    np.testing.assert_allclose(md.load_trajectory(killed).time, 0.5 * np.arange(1, 401))
-    assert np.array_equal(md.load_trajectory(whole).xyz, md.load_trajectory(killed).xyz)
-    assert np.array_equal(md.load_log_weights(whole), md.load_log_weights(killed))
-
-
 def test_cli_bias_options_need_bias(tmp_path, capsys):
     assert main(["md", "alanine-dipeptide", "--ns", "0.001", "--out", str(tmp_path), "--bias-factor", "8",
                  "--deposition", "5"]) == 2

@@ -207,3 +207,33 @@ def test_log_normaliser_matches_an_independent_smc_log_z():
     runs = torch.tensor([smc(diffusion_path(energy, levels), q, 500, seed=s, n_moves=1).log_z for s in range(4)])
     error = float(runs.std() / 2)
     assert abs(f - float(runs.mean())) < 4 * error + 0.15, (f, runs)
+
+
+def test_model_quality_of_the_exact_energy_and_of_a_shifted_one(aldp):
+    """A 'model' equal to the force field (as a density over positions) has zero spread, correlation 1
+    and an importance ESS of the whole sample; one that adds 1 kT on phi > 0 moves the implied dF by 1 kT."""
+    from boltzgen.analysis import phi_psi
+    from boltzgen.analysis.model_quality import model_quality
+
+    x = frames(aldp, 40, noise=0.004)
+    space = MolecularSpace.fit(x)
+    u = aldp.reduced_energy(x)
+    phi = phi_psi(x, aldp.topology)[:, 0, 0]
+    shift = torch.where(phi > 0, 1.0, 0.0).double()
+
+    class Exact:
+        schedule = LogSNRSchedule()
+        data_mean = torch.zeros(1)
+
+        def __init__(self, extra):
+            self.extra = extra
+
+        def energy(self, t, y):  # u as a density over flat coordinates (the log-Jacobian taken out)
+            return aldp.reduced_energy(space.to_positions(y)) - space.log_jacobian + self.extra[: len(y)]
+
+    q = model_quality(Exact(torch.zeros(40, dtype=torch.float64)), space, u, x, aldp.topology)
+    assert q.std_kT < 1e-6 and abs(q.mean_kT) < 1e-6 and q.correlation > 0.999999
+    assert q.importance_ess_fraction == pytest.approx(1.0)
+    assert 0 < int((phi > 0).sum()) < 40  # both sides populated (the structure sits at phi ~ 180 deg)
+    shifted = model_quality(Exact(shift), space, u, x, aldp.topology)  # 1 kT less likely on phi > 0
+    assert shifted.delta_f_phi_positive_model_kT - shifted.delta_f_phi_positive_data_kT == pytest.approx(1.0)

@@ -55,14 +55,15 @@ def _delta_f_phi_positive(phi: np.ndarray, w: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def model_quality(model, space, reduced_energy, positions, topology, log_weights=None,
+def model_quality(model, space, reduced_energies, positions, topology, log_weights=None,
                   chunk_size: int = 2048) -> ModelQuality:
     """Evaluate ``model`` at its lowest level against the physical energy on frames.
 
     Args:
         model: an EnergyModel on the flat coordinates of ``space``.
         space: the boltzgen.space.MolecularSpace of the model.
-        reduced_energy: u(x) for positions (n, n_atoms, 3) in nm -> (n,) kT (a target's ``reduced_energy``).
+        reduced_energies: (n,) u(x) of the frames in kT (e.g. a target's ``reduced_energy(positions)``;
+            computed once by the caller, who may score several models on the same frames).
         positions: (n, n_atoms, 3) frames in nm, e.g. held-out MD.
         topology: the molecule's topology (for phi).
         log_weights: optional (n,) log-weights of the frames (biased MD: +V/kT); None = equal.
@@ -73,7 +74,9 @@ def model_quality(model, space, reduced_energy, positions, topology, log_weights
     lw = torch.zeros(n, dtype=torch.float64) if log_weights is None else torch.as_tensor(log_weights, dtype=torch.float64)
     if lw.shape != (n,):
         raise ValueError(f"log_weights must have shape ({n},), one per frame, got {tuple(lw.shape)}")
-    u = torch.as_tensor(reduced_energy(x), dtype=torch.float64).detach().reshape(-1)
+    u = torch.as_tensor(reduced_energies, dtype=torch.float64).detach().reshape(-1)
+    if u.shape != (n,):
+        raise ValueError(f"reduced_energies must have shape ({n},), one per frame, got {tuple(u.shape)}")
     t_min = model.schedule.t_min
     y = space.to_flat(x)
     device = model.data_mean.device
