@@ -7,6 +7,7 @@
 See :mod:`boltzgen.smc.sampler` for the algorithm and :mod:`boltzgen.smc.weights` for the ESS
 and log Z estimates. The plot helper lives in :mod:`boltzgen.smc.plots` (imports matplotlib).
 """
+from .denoising import denoising_smc, initial_gaussian, level_grid
 from .energy import evaluate, evaluate_with_grad, flat_energy, mean_free_projection, subspace_dimension
 from .importance import ImportanceResult, importance_reweight, importance_sample
 from .kernels import HMC, MALA, Move, ParticleState, particle_state
@@ -29,7 +30,7 @@ from .weights import (
 
 __all__ = [
     "HMC", "MALA", "GaussianProposal", "ImportanceResult", "Move", "ParticleState", "Path", "SMCResult",
-    "SMCStep", "Segment", "WeightSummary", "ais", "conditional_ess", "diffusion_path", "energy_path", "ess",
+    "SMCStep", "Segment", "WeightSummary", "ais", "conditional_ess", "denoising_smc", "initial_gaussian", "level_grid", "diffusion_path", "energy_path", "ess",
     "ess_clipped", "ess_fraction", "evaluate", "evaluate_with_grad", "family_path", "flat_energy",
     "geometric_path", "importance_reweight", "importance_sample", "log_mean_exp", "max_weight_share",
     "mean_free_projection", "normalized_weights", "particle_state", "resample", "smc", "subspace_dimension",

@@ -84,6 +84,8 @@ class SMCResult:
         log_z: estimate of log Z of the final target (relative to the proposal's normaliser).
         diagnostics: one :class:`SMCStep` per step.
         kernel: the MCMC kernel with its final adapted step size (reusable for another run).
+        origin: (N,) int64 index of each particle's initial ancestor (its lineage); None only
+            for results built by hand. Carried over when a run starts from another's particles.
     """
 
     particles: torch.Tensor
@@ -91,6 +93,14 @@ class SMCResult:
     log_z: float
     diagnostics: tuple[SMCStep, ...]
     kernel: object
+    origin: torch.Tensor | None = None
+
+    @property
+    def n_lineages(self) -> int:
+        """Distinct initial ancestors that still have descendants with positive weight."""
+        if self.origin is None:
+            raise ValueError("this result does not record its particles' origins")
+        return int(torch.unique(self.origin[torch.isfinite(self.log_weights)]).numel())
 
     @property
     def weights(self) -> torch.Tensor:
@@ -129,11 +139,11 @@ def _generator(seed) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _check_arguments(path, proposal, n_particles, n_moves, resample_threshold, resampler, max_steps):
+def _check_arguments(path, proposal, n_particles, n_moves, resample_threshold, resampler, max_steps, initial):
     if not isinstance(path, Path):
         raise TypeError(f"path must be a boltzgen.smc.Path (see energy_path, geometric_path, diffusion_path), got {type(path).__name__}")
-    if not (hasattr(proposal, "sample") and hasattr(proposal, "log_prob")):
-        raise TypeError("proposal must have sample(n, generator) -> (n, d) and log_prob(x) -> (n,)")
+    if initial is None and not (hasattr(proposal, "sample") and hasattr(proposal, "log_prob")):
+        raise TypeError("proposal must have sample(n, generator) -> (n, d) and log_prob(x) -> (n,) (or give initial=)")
     n_particles = check_count(n_particles, "n_particles")
     n_moves = check_count(n_moves, "n_moves", minimum=0)
     if not isinstance(resample_threshold, (int, float)) or not 0.0 <= resample_threshold <= 1.0:
@@ -212,15 +222,23 @@ def _resampled(pop: _Population, cfg: _Settings) -> _Population:
     return pop.indexed(idx, torch.full_like(pop.log_w, W.log_mean_exp(pop.log_w)))
 
 
-def _moved(pop: _Population, target: EnergyFn, kernel, cfg: _Settings) -> tuple[_Population, float]:
-    """``cfg.n_moves`` MCMC moves leaving exp(-target) invariant; returns the mean acceptance rate."""
-    state, rates = pop.state, []
+def _moved(pop: _Population, target: EnergyFn, kernel, cfg: _Settings):
+    """``cfg.n_moves`` MCMC moves leaving exp(-target) invariant.
+
+    The step size is adapted after every move (each move is still an exact MH move for this
+    target), so it follows the path's levels instead of lagging one step behind per level.
+    Returns the population, the adapted kernel, the mean acceptance rate and the step size used
+    by the first move.
+    """
+    state, rates, first_step = pop.state, [], float(kernel.step_size)
     for _ in range(cfg.n_moves):
         move = kernel.move(target, state, cfg.generator, cfg.project, cfg.chunk_size)
         state = move.state
         rates.append(move.acceptance_rate)
+        if cfg.adapt_step_size:
+            kernel = kernel.adapted(move.acceptance_rate)
     acceptance = math.fsum(rates) / len(rates) if rates else float("nan")
-    return _Population(state, pop.log_w, pop.origin), acceptance
+    return _Population(state, pop.log_w, pop.origin), kernel, acceptance, first_step
 
 
 def _step(pop: _Population, new: ParticleState, log_increment: torch.Tensor, target: EnergyFn, kernel,
@@ -243,15 +261,13 @@ def _step(pop: _Population, new: ParticleState, log_increment: torch.Tensor, tar
     resampled = ess < cfg.resample_threshold * n
     if resampled:
         pop = _resampled(pop, cfg)
-    pop, acceptance = _moved(pop, target, kernel, cfg)
+    pop, kernel, acceptance, step_size = _moved(pop, target, kernel, cfg)
     record = SMCStep(
         index=index, name=name, value=float(value), n_particles=n, ess=ess, ess_fraction=ess / n,
-        conditional_ess=cess, acceptance=acceptance, step_size=float(kernel.step_size), resampled=resampled,
+        conditional_ess=cess, acceptance=acceptance, step_size=step_size, resampled=resampled,
         log_z_increment=dlogz, log_z=W.log_mean_exp(log_w), n_ancestors=pop.n_ancestors,
         max_weight_share=share, n_nonfinite=lost,
     )
-    if cfg.adapt_step_size and cfg.n_moves:
-        kernel = kernel.adapted(acceptance)
     return pop, kernel, record
 
 
@@ -259,44 +275,70 @@ _RELATIVE_TOLERANCE = 0.01  # bisection stops when the step is known to 1%
 _SMALLEST_STEP = 1e-12  # in the segment fraction s; below this the step is taken anyway
 
 
-def _next_fraction(segment: Segment, s_now: float, pop: _Population, chunk_size: int | None) -> float:
-    """Next s in (s_now, 1]: the largest step whose conditional ESS fraction is >= cess_target.
+def _largest_step(good: Callable[[float], bool], hi: float) -> float:
+    """The largest step in (0, hi] with good(step), to 1% relative precision (hi if good(hi)).
 
-    The step is first halved until it satisfies the target (steps can be tiny, e.g. 1e-8 when a
-    bridge meets a force field with huge energies), then bisected to 1% relative precision.
-    Each trial costs one energy evaluation, or nothing for a segment linear in s.
+    The step is first halved until it is good (steps can be tiny, e.g. 1e-8 when a bridge meets a
+    force field with huge energies), then bisected. Below _SMALLEST_STEP it is taken anyway.
     """
-    x, log_w = pop.state.x, pop.log_w
-    if segment.endpoints is not None:
-        # energy linear in s: the increments for any step from two evaluations
-        diff = evaluate(segment.endpoints[1], x, chunk_size) - evaluate(segment.endpoints[0], x, chunk_size)
-
-        def increment(step: float) -> torch.Tensor:
-            return -step * diff
-    else:
-        def increment(step: float) -> torch.Tensor:
-            return pop.state.energy - evaluate(segment.target(segment.value_at(s_now + step)), x, chunk_size)
-
-    goal = segment.cess_target * log_w.numel()
-
-    def good(step: float) -> bool:
-        return W.conditional_ess(log_w, increment(step)) >= goal
-
-    hi = 1.0 - s_now
     if good(hi):
-        return 1.0
+        return hi
     lo = 0.5 * hi
     while not good(lo):
         if lo < _SMALLEST_STEP:  # always make progress, even through a very sharp transition
-            return min(s_now + lo, 1.0)
+            return lo
         hi, lo = lo, 0.5 * lo
     while hi - lo > _RELATIVE_TOLERANCE * lo:
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if good(mid) else (lo, mid)
-    return s_now + lo
+    return lo
 
 
-def smc(path: Path, proposal, n_particles: int, *, kernel=None, n_moves: int = 5,
+def _next_fraction(segment: Segment, s_now: float, pop: _Population, chunk_size: int | None) -> float:
+    """Next s in (s_now, 1]: the largest step whose conditional ESS fraction is >= cess_target.
+
+    Each trial costs one energy evaluation of the segment's target (see :func:`_linear_step` for
+    segments linear in s, whose trials are free).
+    """
+    x, log_w = pop.state.x, pop.log_w
+    goal = segment.cess_target * log_w.numel()
+
+    def good(step: float) -> bool:
+        increment = pop.state.energy - evaluate(segment.target(segment.value_at(s_now + step)), x, chunk_size)
+        return W.conditional_ess(log_w, increment) >= goal
+
+    return min(s_now + _largest_step(good, 1.0 - s_now), 1.0)
+
+
+def _endpoint_states(segment: Segment, x: torch.Tensor, gradients: bool, chunk_size) -> tuple:
+    """Both endpoint energies (and gradients) at x: everything a linear segment's step needs."""
+    if gradients:
+        return tuple(particle_state(e, x, chunk_size) for e in segment.endpoints)
+    return tuple(ParticleState(x, evaluate(e, x, chunk_size), torch.zeros_like(x)) for e in segment.endpoints)
+
+
+def _mixed(a: ParticleState, b: ParticleState, s: float) -> ParticleState:
+    """The state of (1 - s) E_a + s E_b from the endpoint states (the endpoints exactly at s = 0, 1)."""
+    if s >= 1.0:
+        return b
+    energy = (1.0 - s) * a.energy + s * b.energy
+    energy = torch.where(torch.isnan(energy), torch.full_like(energy, float("inf")), energy)
+    return ParticleState(a.x, energy, (1.0 - s) * a.grad + s * b.grad)
+
+
+def _linear_step(segment: Segment, s_now: float, pop: _Population, ends: tuple) -> float:
+    """Next s of a segment linear in s, from its endpoint energies at the particles (no evaluation)."""
+    diff = ends[1].energy - ends[0].energy
+    goal = segment.cess_target * pop.log_w.numel()
+
+    def good(step: float) -> bool:
+        return W.conditional_ess(pop.log_w, -step * diff) >= goal
+
+    return min(s_now + _largest_step(good, 1.0 - s_now), 1.0)
+
+
+def smc(path: Path, proposal=None, n_particles: int | None = None, *, initial: SMCResult | None = None,
+        kernel=None, n_moves: int = 5,
         resample_threshold: float = 0.5, resampler: str = "systematic", adapt_step_size: bool = True,
         project: Projection | None = None, seed: int | torch.Generator = 0, chunk_size: int | None = 4096,
         max_steps: int = 10_000, progress: Callable[[SMCStep], None] | None = None) -> SMCResult:
@@ -308,6 +350,10 @@ def smc(path: Path, proposal, n_particles: int, *, kernel=None, n_moves: int = 5
         proposal: initial distribution with ``sample(n, generator) -> (n, d)`` and a normalised
             ``log_prob(x) -> (n,)`` (e.g. :class:`GaussianProposal`).
         n_particles: N >= 1.
+        initial: instead of ``proposal`` and ``n_particles``: weighted particles (an
+            :class:`SMCResult`, e.g. of :func:`boltzgen.smc.denoising_smc`) that target the path's
+            first target. The run continues from them: their log-weights (hence log Z) and
+            lineages carry over, and no initial importance step is taken.
         kernel: MCMC kernel (:class:`MALA` (default) or :class:`HMC`), with its initial step size.
         n_moves: MCMC moves per step (0: pure reweighting). In high dimension the accuracy of
             log Z and of mode weights is limited by how well these moves mix at each step, often
@@ -328,12 +374,17 @@ def smc(path: Path, proposal, n_particles: int, *, kernel=None, n_moves: int = 5
         :class:`SMCResult`. Particles whose energy is not finite get zero weight (counted in
         ``SMCStep.n_nonfinite``, with a RuntimeWarning); if every particle does, RuntimeError.
     """
-    _check_arguments(path, proposal, n_particles, n_moves, resample_threshold, resampler, max_steps)
+    if initial is not None:
+        if proposal is not None or n_particles is not None:
+            raise TypeError("give either initial (weighted particles) or proposal and n_particles, not both")
+        if not isinstance(initial, SMCResult):
+            raise TypeError(f"initial must be an SMCResult, got {type(initial).__name__}")
+        n_particles = int(initial.particles.shape[0])
+    _check_arguments(path, proposal, n_particles, n_moves, resample_threshold, resampler, max_steps, initial)
     kernel = MALA() if kernel is None else kernel
     generator = _generator(seed)
     project = _projection(project, proposal)
     cfg = _Settings(n_moves, float(resample_threshold), resampler, adapt_step_size, project, chunk_size, generator)
-    x, log_q = _initial_particles(proposal, n_particles, generator, project)
     records: list[SMCStep] = []
 
     def state_at(target: EnergyFn, x: torch.Tensor) -> ParticleState:
@@ -350,13 +401,19 @@ def smc(path: Path, proposal, n_particles: int, *, kernel=None, n_moves: int = 5
             progress(record)
         return pop, kernel
 
-    # step 0: importance weights of the first target relative to the proposal
     first = path.segments[0]
     target = first.target(first.start)
-    new = state_at(target, x)
-    start = _Population(new, torch.zeros(n_particles, dtype=torch.float64, device=x.device),
-                        torch.arange(n_particles, device=x.device))
-    pop, kernel = advance(start, new, -new.energy - log_q, target, kernel, first, first.start)
+    if initial is not None:  # weighted particles already at the first target
+        x = initial.particles.detach()
+        origin = initial.origin if initial.origin is not None else torch.arange(n_particles, device=x.device)
+        pop = _Population(state_at(target, x), W.clean_log_weights(initial.log_weights).to(x.device),
+                          origin.to(x.device))
+    else:  # step 0: importance weights of the first target relative to the proposal
+        x, log_q = _initial_particles(proposal, n_particles, generator, project)
+        new = state_at(target, x)
+        start = _Population(new, torch.zeros(n_particles, dtype=torch.float64, device=x.device),
+                            torch.arange(n_particles, device=x.device))
+        pop, kernel = advance(start, new, -new.energy - log_q, target, kernel, first, first.start)
 
     for k, segment in enumerate(path.segments):
         if k > 0:  # junction: a real step only if the new segment does not start where the last one ended
@@ -370,25 +427,33 @@ def smc(path: Path, proposal, n_particles: int, *, kernel=None, n_moves: int = 5
                 pop, kernel = advance(pop, new, increment, target, kernel, segment, segment.start)
         s, i = 0.0, 0
         while s < 1.0:
-            if segment.adaptive:
-                s = _next_fraction(segment, s, pop, chunk_size)
+            if segment.adaptive and segment.endpoints is not None:
+                # linear in s: both endpoints evaluated once, at the particles, serve the step
+                # search, the new target's energies and gradients
+                ends = _endpoint_states(segment, pop.state.x, n_moves > 0, chunk_size)
+                s = _linear_step(segment, s, pop, ends)
                 value = segment.value_at(s)
+                target, new = segment.target(value), _mixed(*ends, s)
             else:
-                i += 1
-                value = segment.grid[i]
-                s = 1.0 if i == len(segment.grid) - 1 else segment.fraction(value)
-            target = segment.target(value)
-            new = state_at(target, pop.state.x)
+                if segment.adaptive:
+                    s = _next_fraction(segment, s, pop, chunk_size)
+                    value = segment.value_at(s)
+                else:
+                    i += 1
+                    value = segment.grid[i]
+                    s = 1.0 if i == len(segment.grid) - 1 else segment.fraction(value)
+                target = segment.target(value)
+                new = state_at(target, pop.state.x)
             pop, kernel = advance(pop, new, pop.state.energy - new.energy, target, kernel, segment, value)
 
     n_lost = sum(r.n_nonfinite for r in records)
     if n_lost:
         warnings.warn(f"{n_lost} particle(s) got zero weight because an energy was not finite "
                       "(see SMCStep.n_nonfinite)", RuntimeWarning, stacklevel=2)
-    return SMCResult(pop.state.x, pop.log_w, W.log_mean_exp(pop.log_w), tuple(records), kernel)
+    return SMCResult(pop.state.x, pop.log_w, W.log_mean_exp(pop.log_w), tuple(records), kernel, pop.origin)
 
 
-def ais(path: Path, proposal, n_particles: int, **kwargs) -> SMCResult:
+def ais(path: Path, proposal=None, n_particles: int | None = None, **kwargs) -> SMCResult:
     """Annealed importance sampling: :func:`smc` with resampling off (same arguments otherwise)."""
     if "resample_threshold" in kwargs:
         raise TypeError("ais never resamples; use smc to set resample_threshold")
