@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_md_command(sub)
     add_analyze_command(sub)
     add_train_command(sub)
+    add_sample_command(sub)
+    add_run_command(sub)
     return parser
 
 
@@ -154,72 +156,182 @@ def _run_md(args) -> int:
 
 
 def add_analyze_command(sub) -> None:
-    """``boltzgen analyze DIR [DIR ...]``: weighted backbone basins, dF(phi>0 vs phi<0) and a Ramachandran plot."""
+    """``boltzgen analyze DIR [DIR ...] [--reference DIR ...]``: weighted basins, free energies, plots."""
     p = sub.add_parser(
-        "analyze", help="basin populations, dF(phi>0 vs phi<0) and a Ramachandran plot of MD runs",
-        description="Compute the backbone (phi, psi) of the frames that `boltzgen md` wrote to each DIR (the first "
-                    "residue with both angles), weighted by the run's log-weights (metadynamics runs; plain MD "
-                    "has equal weights), and print the population of each alanine-dipeptide basin, "
-                    "dF(phi>0 vs phi<0) = -ln(P(phi>0)/P(phi<0)) in kT, the Kish ESS of the weights and the "
-                    "fraction of L configurations. Errors: with several DIRs (independent runs) the standard "
-                    "error over runs; with one DIR over contiguous blocks (MD frames are correlated).")
-    p.add_argument("run", metavar="DIR", nargs="+", help="folders written by `boltzgen md` (independent runs)")
+        "analyze", help="basin populations, free energies and plots of MD or sample runs (vs a reference)",
+        description="Read MD runs (`boltzgen md`, plain or biased) or sample runs (`boltzgen sample`), always "
+                    "weighted, and print the population of each alanine-dipeptide basin, dF(phi>0 vs phi<0) = "
+                    "-ln(P(phi>0)/P(phi<0)) and dF(0<=phi<2 rad vs the rest) in kT, and the fraction of L "
+                    "configurations. Errors: with several DIRs (independent runs) the standard error over runs; "
+                    "one MD DIR: over contiguous blocks; one sample DIR: none (particles of one run are "
+                    "correlated). With --reference: the same figures for the reference runs, the Ramachandran "
+                    "KL divergence, the energy and torus W2 and the bond lengths against them.")
+    p.add_argument("run", metavar="DIR", nargs="+", help="run folders (independent runs)")
+    p.add_argument("--reference", nargs="+", default=None, metavar="DIR",
+                   help="reference run folders (e.g. biased MD) to compare with")
     p.add_argument("--blocks", type=int, default=5,
-                   help="contiguous blocks for the error bars of a single DIR (default 5)")
+                   help="contiguous blocks for the error bars of a single MD DIR (default 5)")
     p.add_argument("--basins", default=None, metavar="FILE",
                    help="YAML/JSON file of basins, name -> {phi: [low, high], psi: [low, high]} in radians "
                         "(default: the alanine-dipeptide basins)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the figures to this JSON file")
-    p.add_argument("--plot", default=None, metavar="PNG", help="save the (weighted) Ramachandran plot to this file")
-    p.add_argument("--bins", type=int, default=60, help="bins per angle of the plot (default 60)")
+    p.add_argument("--plots", default=None, metavar="DIR",
+                   help="write ramachandran.png, phi_profile.png and energy_histogram.png to this folder")
     p.set_defaults(func=_analyze)
 
 
 def _analyze(args) -> int:
-    import numpy as np
-
-    from .analysis import load_basins, load_run, run_figures
+    from .analysis import load_basins
+    from .analysis.report import analyze_runs, format_analysis
 
     if args.blocks < 2:
         raise ValueError(f"--blocks must be at least 2 (error bars need two blocks), got {args.blocks}")
     basins = load_basins(args.basins) if args.basins else None
-    runs = [load_run(d) for d in args.run]
-    figures = run_figures(runs, basins=basins, blocks=args.blocks)  # everything before printing: it may refuse
-    weighted = any(r.biased for r in runs)
-    where = args.run[0] if len(runs) == 1 else f"{len(runs)} runs"
-    weighting = "weighted by metadynamics log-weights" if weighted else "equal weights"
-    print(f"{figures.n_frames} frames from {where} ({weighting}, "
-          f"Kish ESS {figures.ess:.0f}); errors: {figures.error_method}")
-    for name, e in figures.populations.items():
-        print(f"  {name:<14} {e.mean:6.3f} +- {e.standard_error:.3f}")
-    df = figures.delta_f_phi_positive
-    if df is not None:
-        print(f"  dF(phi>0 vs phi<0) = {df.mean:.3f} +- {df.standard_error:.3f} kT "
-              f"(P(phi>0) = {figures.p_phi_positive.mean:.4f} +- {figures.p_phi_positive.standard_error:.4f})")
-    else:
-        print(f"  dF(phi>0 vs phi<0): not estimable: "
-              f"{next(n for n in figures.note.split('; ') if n.startswith('delta_f_phi_positive'))}")
-    print(f"  phi transitions per run: {', '.join(str(n) for n in figures.phi_transitions_per_run)}")
-    print(f"  L configurations: {figures.l_fraction:.3f}")
+    report = analyze_runs(args.run, args.reference, basins=basins, blocks=args.blocks, plot_dir=args.plots)
     if args.json:
         try:
-            figures.write_json(args.json)
+            report.write_json(args.json)
         except OSError as exc:
             raise ValueError(f"--json {args.json} cannot be written ({exc.strerror or exc})") from exc
+    print(format_analysis(report))
+    if args.json:
         print(f"  figures: {args.json}")
-    if args.plot:
-        import torch
+    return 0
 
-        from .analysis.plots import plot_ramachandran
 
-        # every run counts equally: normalise its weights before pooling
-        angles = np.concatenate([r.angles for r in runs])
-        log_w = np.concatenate([r.log_weights - float(torch.logsumexp(torch.from_numpy(r.log_weights), 0))
-                                for r in runs])
-        fig = plot_ramachandran(angles, log_w if weighted else None, bins=args.bins,
-                                basins=figures.basins, title=f"{where}: {figures.n_frames} MD frames")
-        fig.savefig(args.plot, dpi=120)
-        print(f"  Ramachandran plot: {args.plot}")
+def _set_threads(threads) -> None:
+    import torch
+
+    if threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+    if threads != torch.get_num_threads():  # an explicit set, only when it changes something
+        torch.set_num_threads(threads)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available here")
+
+
+def _add_sampling_options(p, particles: int, runs: int) -> None:
+    from .sampling import SampleSettings
+
+    d = SampleSettings()
+    p.add_argument("--particles", type=int, default=particles, help=f"particles per run (default {particles})")
+    p.add_argument("--runs", type=int, default=runs,
+                   help=f"independent runs; error bars are over runs (default {runs})")
+    p.add_argument("--levels", type=int, default=d.n_levels,
+                   help=f"reverse-diffusion levels of the model (default {d.n_levels})")
+    p.add_argument("--level-moves", type=int, default=d.level_moves, help=f"MALA moves per level (default {d.level_moves})")
+    p.add_argument("--bridge-moves", type=int, default=d.bridge_moves,
+                   help=f"MALA moves per bridge step (default {d.bridge_moves})")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the runs (default 0)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+
+
+def _sample_settings(args):
+    """Threads, device and SampleSettings of `sample` and `run`, all checked before any work."""
+    from dataclasses import replace
+
+    from .sampling import SampleSettings
+
+    _set_threads(args.threads)
+    _check_device(args.device)
+    for name in ("particles", "runs"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    return replace(SampleSettings(), n_levels=args.levels, level_moves=args.level_moves, bridge_moves=args.bridge_moves)
+
+
+def add_sample_command(sub) -> None:
+    """``boltzgen sample SYSTEM --model MODEL --out DIR``: weighted Boltzmann samples by SMC."""
+    p = sub.add_parser(
+        "sample", help="sample a system's Boltzmann distribution with a trained model and SMC",
+        description="Independent SMC runs: particles from the model's Gaussian through its reverse-diffusion "
+                    "levels (exact weights, MALA moves), then a bridge to the force field's energy. Writes "
+                    "DIR/run-000 ... (samples.trr + topology.pdb, log_weights.npy, energies.npy, "
+                    "diagnostics.json) and DIR/summary.json. A model of the same molecule under another force "
+                    "field works (recalibration) and says so.")
+    p.add_argument("system", help="a named system (see `boltzgen systems`) or the path of a system YAML")
+    p.add_argument("--model", required=True, help="model file written by `boltzgen train`")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
+    _add_sampling_options(p, particles=2500, runs=4)
+    p.set_defaults(func=_sample)
+
+
+def _sample(args) -> int:
+    from . import systems
+    from .pipeline import sample_model
+
+    settings = _sample_settings(args)
+    target = systems.load(args.system)
+    try:
+        report = sample_model(target, args.model, args.out, particles=args.particles, runs=args.runs,
+                              settings=settings, seed=args.seed, device=args.device, progress=True)
+    finally:
+        target.close()
+    print(format_sample_summary(report.summary))
+    print(f"samples: {report.out}/run-*  summary: {report.out}/summary.json")
+    return 0
+
+
+def format_sample_summary(summary: dict) -> str:
+    """The table printed at the end of ``boltzgen sample`` and ``boltzgen run``."""
+    def pm(value, err, digits=3):
+        if value is None:
+            return "n/a"
+        return f"{value:.{digits}f}" + (f" +- {err:.{digits}f}" if err is not None else " (one run: no error bar)")
+
+    lines = [f"{summary['system']}: {summary['n_runs']} runs x {summary['n_particles_per_run']} particles, "
+             f"model {summary['model']}" + (" (recalibration: trained for "
+                                            f"{summary['model_system']})" if summary["recalibration"] else ""),
+             f"  dF(phi>0 vs phi<0)      {pm(summary['delta_f_phi_positive_kT'], summary['delta_f_phi_positive_err_kT'])} kT",
+             f"  log Z                   {pm(summary['log_z'], summary['log_z_err'])}",
+             f"  final ESS fraction      {summary['ess_fraction']:.3f}   one-step bridge ESS {summary['bridge_ess_fraction']:.4f}"
+             f"   ESS at the model's last level {summary['levels_ess_fraction']:.3f}",
+             f"  lineages from t = 1     {', '.join(str(n) for n in summary['lineages'])} (of {summary['n_particles_per_run']})",
+             f"  evaluations             target {summary['target_evaluations']:,}   model {summary['model_evaluations']:,}",
+             f"  time                    {summary['seconds']:.0f} s"]
+    return "\n".join(lines)
+
+
+def _free_folder(stem: str) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``, ... : the first that does not exist or is empty."""
+    from pathlib import Path
+
+    k, name = 1, stem
+    while Path(name).exists() and any(Path(name).iterdir()):
+        k += 1
+        name = f"{stem}-{k}"
+    return name
+
+
+def add_run_command(sub) -> None:
+    """``boltzgen run SYSTEM``: the whole job on a named system with its shipped model."""
+    p = sub.add_parser(
+        "run", help="the whole job on a named system with its shipped model: sample, correct, analyse",
+        description="Sample a named system with the model shipped for it (see `boltzgen systems`), correct "
+                    "the samples exactly to the force field by SMC, and analyse them: a summary table, "
+                    "DIR/summary.json and the plots.")
+    p.add_argument("system", help="a named system that ships a model, e.g. alanine-dipeptide")
+    p.add_argument("--out", default=None, metavar="DIR", help="a new or empty folder (default: ./boltzgen-SYSTEM, or -2, -3, ... if that one is taken)")
+    _add_sampling_options(p, particles=1000, runs=4)
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from .pipeline import run_named
+
+    settings = _sample_settings(args)
+    out = args.out or _free_folder(f"boltzgen-{args.system}")
+    result = run_named(args.system, out, particles=args.particles, runs=args.runs, settings=settings,
+                       seed=args.seed, device=args.device, progress=True)
+    print(format_sample_summary(result.sample.summary))
+    print(result.analysis_text)
+    print(f"summary: {result.sample.out}/summary.json")
     return 0
 
 
@@ -266,18 +378,11 @@ def add_train_command(sub) -> None:
 def _train(args) -> int:
     from dataclasses import replace
 
-    import torch
-
     from . import systems
     from .pipeline import TrainSettings, output_paths, train_model
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {args.threads}")
-        if args.threads != torch.get_num_threads():  # an explicit set, only when it changes something
-            torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: no CUDA device is available here")
+    _set_threads(args.threads)
+    _check_device(args.device)
     settings = replace(TrainSettings(), dsm_steps=args.dsm_steps, clf_steps=args.clf_steps, hidden=args.hidden,
                        n_blocks=args.blocks, weighting=args.weighting, tsm_weight=args.tsm_weight, seed=args.seed)
     settings.training_config()  # validate the step counts before any data is read

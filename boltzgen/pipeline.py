@@ -272,3 +272,179 @@ def _write_report(report: TrainReport) -> None:
     tmp = report.report_path.with_name(report.report_path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(report.report_path)
+
+
+# ---- sampling -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SampleReport:
+    """What :func:`sample_model` wrote and measured (``summary`` is what summary.json holds)."""
+
+    out: Path
+    run_dirs: tuple[Path, ...]
+    summary: dict
+
+
+def run_seeds(seed: int, runs: int) -> list[int]:
+    """Independent seeds for ``runs`` runs from one user seed (numpy SeedSequence spawning)."""
+    return [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(runs)]
+
+
+def _prepare_sample_out(out) -> Path:
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"--out {out} is not empty: choose a new folder (samples are never overwritten)")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _summary(runs: list, settings, figures, recalibration: bool, meta: dict) -> dict:
+    """summary.json: per-run totals, means over runs and their standard errors (None with one run)."""
+    from .analysis.free_energy import with_error
+
+    def over_runs(values):
+        if len(values) < 2:
+            return float(np.mean(values)), None
+        e = with_error(values)
+        return e.mean, e.standard_error
+
+    log_z, log_z_err = over_runs([r.log_z for r in runs])
+    df = figures.delta_f_phi_positive
+    return {
+        "n_runs": len(runs), "n_particles_per_run": int(len(runs[0].log_weights)),
+        "ess_fraction": float(np.mean([r.ess_fraction for r in runs])),
+        "bridge_ess_fraction": float(np.mean([r.bridge_ess_fraction for r in runs])),
+        "levels_ess_fraction": float(np.mean([r.levels.ess_fraction for r in runs])),
+        "lineages": [r.n_lineages for r in runs],
+        "log_z": log_z, "log_z_err": log_z_err,
+        "delta_f_phi_positive_kT": None if df is None else df.mean,
+        "delta_f_phi_positive_err_kT": None if df is None or not np.isfinite(df.standard_error) else df.standard_error,
+        "target_evaluations": int(sum(r.target_evaluations for r in runs)),
+        "model_evaluations": int(sum(r.model_evaluations for r in runs)),
+        "seconds": float(sum(r.seconds for r in runs)),
+        "recalibration": recalibration,
+        "per_run": [r.diagnostics()["totals"] for r in runs],
+        "settings": asdict(settings), **meta,
+    }
+
+
+def sample_model(target, model_path, out, *, particles: int = 2500, runs: int = 4, settings=None,
+                 seed: int = 0, device: str | torch.device = "cpu", progress: bool = False,
+                 compile: bool = True) -> SampleReport:
+    """``runs`` independent SMC runs of a trained model toward ``target``'s Boltzmann distribution.
+
+    Writes ``out/run-000`` ... (see :mod:`boltzgen.samples`) and ``out/summary.json``. A model of
+    the same molecule under another force field or solvent is corrected to ``target``
+    (recalibration, reported as ``summary["recalibration"]``).
+
+    Args:
+        target: the OpenMMTarget to sample (the torch force field is used where it applies).
+        model_path: a model file written by ``boltzgen train``.
+        out: a new (or empty) folder.
+        particles, runs: N per run and the number of independent runs (error bars need >= 2).
+        settings: :class:`boltzgen.sampling.SampleSettings` (default settings when None).
+        seed: the runs' seeds are spawned from it.
+        device: where the model and the particles live.
+        progress: a tqdm bar per run (stderr).
+        compile: compile the torch force field (faster on large batches; False skips the
+            20-80 s compilation, e.g. for small tests).
+    """
+    import warnings
+
+    from . import samples
+    from .analysis.runs import run_figures
+    from .models import check_compatible
+    from .sampling import SampleSettings, sample_molecule
+    from .targets import fast_target
+
+    settings = SampleSettings() if settings is None else settings
+    model_file = load_model_file(model_path, device=device)
+    same_system = check_compatible(model_file, target)
+    out = _prepare_sample_out(out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the OpenMM fallback and compile notices are not the user's concern here
+        fast = fast_target(target, compile=compile)
+    results, dirs = [], []
+    for k, run_seed in enumerate(run_seeds(seed, runs)):
+        bar = _progress_bar(f"run {k + 1}/{runs}", settings.n_levels) if progress else None
+        result = sample_molecule(model_file, target, particles, settings, seed=run_seed,
+                                 target_energy=fast.reduced_energy, progress=bar)
+        if bar is not None:
+            bar.close()
+        diagnostics = {**result.diagnostics(), "seed": run_seed, "model": str(model_path), "system": target.name}
+        dirs.append(samples.write_sample_run(out / f"run-{k:03d}", result.positions, result.log_weights,
+                                             result.energies, target.topology, diagnostics))
+        results.append(result)
+    figures = run_figures([str(d) for d in dirs])
+    meta = {"system": target.name, "model": str(model_path), "seed": seed, "device": str(device),
+            "model_system": model_file.metadata.get("system")}
+    summary = _summary(results, settings, figures, not same_system, meta)
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(samples._json_ready(summary), indent=1) + "\n")
+    tmp.replace(out / "summary.json")
+    return SampleReport(out, tuple(dirs), summary)
+
+
+def _progress_bar(label: str, n_levels: int):
+    """A tqdm callback for SMC steps: levels advance the bar, bridge steps show lambda."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_levels, desc=label, unit="level", leave=False)
+
+    def update(step) -> None:
+        if step.name == "t":
+            if step.index > 0:
+                bar.update(1)
+            bar.set_postfix(ess=f"{step.ess_fraction:.2f}", lineages=step.n_ancestors, refresh=False)
+        else:
+            bar.set_postfix(stage="bridge", lam=f"{step.value:.3f}", ess=f"{step.ess_fraction:.2f}")
+
+    update.close = bar.close
+    return update
+
+
+@dataclass(frozen=True)
+class NamedRunResult:
+    """What :func:`run_named` did: the sample runs, their analysis (plots), the printed table."""
+
+    sample: SampleReport
+    analysis: object
+    analysis_text: str
+    reference: dict | None
+
+
+def shipped_reference(name: str) -> dict | None:
+    """The reference figures shipped next to a named system (``<name>.reference.json``), or None."""
+    from . import systems
+
+    spec = systems.specs()[name]
+    path = spec.path.with_name(f"{name}.reference.json")
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run_named(name: str, out, *, particles: int = 1000, runs: int = 4, settings=None, seed: int = 0,
+              device: str | torch.device = "cpu", progress: bool = False, compile: bool = True) -> NamedRunResult:
+    """The whole job on a named system with the model shipped for it: sample, correct, analyse.
+
+    Writes the sample runs and ``summary.json`` (:func:`sample_model`) and the plots to ``out``;
+    the summary also holds the shipped reference figures (biased MD) when there are some.
+    """
+    from . import systems
+    from .analysis.report import analyze_runs, format_analysis
+
+    model = systems.shipped_model(name)
+    target = systems.load(name)
+    try:
+        report = sample_model(target, model, out, particles=particles, runs=runs, settings=settings, seed=seed,
+                              device=device, progress=progress, compile=compile)
+    finally:
+        target.close()
+    analysis = analyze_runs([str(d) for d in report.run_dirs], plot_dir=report.out, label=name)
+    reference = shipped_reference(name)
+    text = format_analysis(analysis)
+    if reference is not None:
+        text += (f"\n  reference ({reference['source']}): dF(phi>0 vs phi<0) = "
+                 f"{reference['delta_f_phi_positive_kT']:.3f} +- {reference['delta_f_phi_positive_err_kT']:.3f} kT")
+        summary = {**report.summary, "reference": reference}
+        (report.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        report = SampleReport(report.out, report.run_dirs, summary)
+    return NamedRunResult(report, analysis, text, reference)

@@ -47,18 +47,22 @@ _PRMTOP_SUFFIXES = {".prmtop", ".parm7", ".top"}
 _FIXED_SYSTEM_ARGS = {"nonbondedMethod", "constraints", "rigidWater", "removeCMMotion", "implicitSolvent",
                       "residueTemplates"}
 _SPEC_KEYS = {"description", "structure", "forcefield", "coordinates", "system", "temperature",
-              "implicit_solvent", "residue_templates", "system_kwargs"}
+              "implicit_solvent", "residue_templates", "system_kwargs", "model"}
 
 
 # ---- named systems ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SystemSpec:
-    """A named system: its YAML file, description and the :func:`from_files` arguments it holds."""
+    """A named system: its YAML file, description and the :func:`from_files` arguments it holds.
+
+    ``model`` is the trained model file shipped with it (``boltzgen run``), or None.
+    """
 
     name: str
     description: str
     path: Path
     options: dict
+    model: Path | None = None
 
 
 def _read_spec(path: Path) -> SystemSpec:
@@ -78,6 +82,8 @@ def _read_spec(path: Path) -> SystemSpec:
     options = dict(data)
     description = str(options.pop("description", ""))
     folder = path.parent
+    model = options.pop("model", None)
+    model = folder / model if model is not None else None
     for key in ("structure", "coordinates", "system"):
         if options.get(key) is not None:
             options[key] = folder / options[key]
@@ -85,7 +91,7 @@ def _read_spec(path: Path) -> SystemSpec:
         ffs = [options["forcefield"]] if isinstance(options["forcefield"], str) else options["forcefield"]
         # A force field file next to the YAML wins over an OpenMM built-in of the same name.
         options["forcefield"] = [str(folder / f) if (folder / f).exists() else f for f in ffs]
-    return SystemSpec(name=path.stem, description=description, path=path, options=options)
+    return SystemSpec(name=path.stem, description=description, path=path, options=options, model=model)
 
 
 def specs(systems_dir: str | Path | None = None) -> dict[str, SystemSpec]:
@@ -98,6 +104,21 @@ def specs(systems_dir: str | Path | None = None) -> dict[str, SystemSpec]:
             raise ValueError(f"two systems are named {spec.name!r}: {found[spec.name].path} and {path}")
         found[spec.name] = spec
     return found
+
+
+def shipped_model(name: str, systems_dir: str | Path | None = None) -> Path:
+    """The model file shipped with the named system ``name`` (ValueError if it has none)."""
+    known = specs(systems_dir)
+    if name not in known:
+        raise ValueError(f"unknown system {name!r}; named systems: {', '.join(sorted(known))}")
+    spec = known[name]
+    if spec.model is None:
+        with_models = sorted(n for n, s in known.items() if s.model is not None)
+        raise ValueError(f"system {name!r} ships no trained model (systems with one: {', '.join(with_models) or 'none'}); "
+                         "train one with `boltzgen train` and pass it with --model")
+    if not spec.model.is_file():
+        raise ValueError(f"the model file {spec.model} named by {spec.path} is missing")
+    return spec.model
 
 
 def names(systems_dir: str | Path | None = None) -> list[str]:

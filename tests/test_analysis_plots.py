@@ -20,23 +20,7 @@ from boltzgen.analysis.plots import (  # noqa: E402
     plot_ramachandran,
 )
 
-DEG = math.pi / 180.0
-
-
-@pytest.fixture(autouse=True)
-def no_pyplot_figures():
-    """The helpers use the object API: no figure may be left open in pyplot's global state."""
-    yield
-    leaked = plt.get_fignums()
-    plt.close("all")
-    assert leaked == []
-
-
-def cluster(phi_deg, psi_deg, n, sd_deg, seed):
-    """Gaussian (phi, psi) samples in radians, wrapped into [-pi, pi) (angles outside are refused)."""
-    g = np.random.default_rng(seed)
-    deg = np.stack([g.normal(phi_deg, sd_deg, n), g.normal(psi_deg, sd_deg, n)], 1)
-    return ((deg + 180.0) % 360.0 - 180.0) * DEG
+from angle_samples import DEG, cluster, no_pyplot_figures  # noqa: E402,F401  (autouse fixture)
 
 
 def mesh_of(ax) -> QuadMesh:

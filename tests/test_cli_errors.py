@@ -17,6 +17,7 @@ import boltzgen
 from boltzgen.cli import main
 
 ALA = Path(__file__).resolve().parent.parent / "systems" / "alanine-dipeptide" / "alanine-dipeptide.pdb"
+SHIPPED = ALA.with_name("alanine-dipeptide.model.pt")
 
 
 def write(folder: Path, name: str, text: str | bytes) -> str:
@@ -107,11 +108,34 @@ ROWS = [
                                              "--out", str(t / "m.pt")], r"^boltzgen train: error: .*nowhere does not exist"),
     ("train negative --dsm-steps", lambda t: ["train", "alanine-dipeptide", "--data", str(t), "--out", str(t / "m.pt"),
                                               "--dsm-steps", "-5"], r"^boltzgen train: error: dsm_steps must be"),
+    ("sample without --model", lambda t: ["sample", "alanine-dipeptide", "--out", str(t / "s")],
+     r"^boltzgen sample: error: the following arguments are required: --model"),
+    ("sample a missing model", lambda t: ["sample", "alanine-dipeptide", "--model", str(t / "none.pt"), "--out",
+                                          str(t / "s")], r"^boltzgen sample: error: model file not found: .*none\.pt"),
+    ("sample a file that is not a model", lambda t: ["sample", "alanine-dipeptide", "--model", write(t, "x.pt", b"junk"),
+                                                     "--out", str(t / "s")],
+     r"^boltzgen sample: error: .*x\.pt is not a readable boltzgen model file"),
+    ("sample --particles 0", lambda t: ["sample", "alanine-dipeptide", "--model", str(SHIPPED), "--out", str(t / "s"),
+                                        "--particles", "0"], r"^boltzgen sample: error: --particles must be at least 1"),
+    ("sample --levels 0", lambda t: ["sample", "alanine-dipeptide", "--model", str(SHIPPED), "--out", str(t / "s"),
+                                     "--levels", "0"], r"^boltzgen sample: error: n_levels must be"),
+    ("sample into a non-empty folder", lambda t: ["sample", "alanine-dipeptide", "--model", str(SHIPPED), "--out",
+                                                  str(Path(write(t, "keep.txt", "mine")).parent)],
+     r"^boltzgen sample: error: --out .* is not empty"),
+    ("run a system without a shipped model", lambda t: ["run", "alanine-dipeptide-ff96-implicit", "--out", str(t / "r")],
+     r"^boltzgen run: error: system 'alanine-dipeptide-ff96-implicit' ships no trained model"),
+    ("run an unknown system", lambda t: ["run", "alanine", "--out", str(t / "r")],
+     r"^boltzgen run: error: unknown system 'alanine'"),
+    ("run --runs 0", lambda t: ["run", "alanine-dipeptide", "--out", str(t / "r"), "--runs", "0"],
+     r"^boltzgen run: error: --runs must be at least 1"),
 ]
 if not torch.cuda.is_available():  # the message only exists where there is no GPU
     ROWS.append(("train --device cuda without a GPU", lambda t: ["train", "alanine-dipeptide", "--data", str(t), "--out",
                                                                  str(t / "m.pt"), "--device", "cuda"],
                  r"^boltzgen train: error: --device cuda: no CUDA device"))
+    ROWS.append(("sample --device cuda without a GPU", lambda t: ["sample", "alanine-dipeptide", "--model", str(SHIPPED),
+                                                                  "--out", str(t / "s"), "--device", "cuda"],
+                 r"^boltzgen sample: error: --device cuda: no CUDA device"))
 
 
 def run_main(argv: list[str]) -> int:

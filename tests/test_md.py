@@ -143,10 +143,10 @@ def test_cli_analyze_prints_basins_and_saves_a_ramachandran_plot(tmp_path, capsy
     assert main(["md", "alanine-dipeptide", "--ns", "0.01", "--out", str(run), "--seed", "2",
                  "--equilibration", "1", "--platform", "Reference"]) == 0
     capsys.readouterr()
-    png = tmp_path / "rama.png"
-    assert main(["analyze", str(run), "--blocks", "2", "--plot", str(png), "--bins", "24"]) == 0
+    png = tmp_path / "plots" / "ramachandran.png"
+    assert main(["analyze", str(run), "--blocks", "2", "--plots", str(tmp_path / "plots")]) == 0
     out = capsys.readouterr().out
-    assert "10 frames" in out and "L configurations: 1.000" in out
+    assert "10 MD frames" in out and re.search(r"L configurations\s+1\.000", out)
     populations = [float(v) for v in re.findall(r"^\s+\S+\s+([01]\.\d{3}) \+- ", out, flags=re.M)]
     assert len(populations) == 3 and abs(sum(populations) - 1.0) < 2e-3  # three basins cover the torus
     assert png.stat().st_size > 10_000

@@ -86,7 +86,7 @@ def test_cli_analyze_several_runs_writes_json(biased_runs, tmp_path, capsys):
     out_json = tmp_path / "figures.json"
     assert main(["analyze", *map(str, biased_runs), "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
-    assert "24 frames from 2 runs (weighted by metadynamics log-weights" in out
+    assert "24 MD frames from 2 runs (weighted by metadynamics log-weights" in out
     assert "standard error over 2 independent runs" in out
     d = json.loads(out_json.read_text())
     for key in ("delta_f_phi_positive_kT", "delta_f_phi_positive_err_kT", "populations", "n_frames", "ess_kish",

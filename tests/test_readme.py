@@ -27,8 +27,7 @@ BLOCKS = python_blocks(README.read_text(encoding="utf-8"))
 def test_the_readme_has_python_blocks_and_keeps_its_first_commands():
     assert len(BLOCKS) >= 4
     lines = README.read_text(encoding="utf-8").splitlines()
-    assert lines[3] == ("pip install torch==2.13.0 -e . && boltzgen md alanine-dipeptide --ns 1 "
-                        "--out runs/alanine-dipeptide")
+    assert lines[3] == "pip install torch==2.13.0 -e . && boltzgen run alanine-dipeptide"
     assert lines[4] == 'pip install torch==2.13.0 -e ".[test]" && python -m pytest'
 
 

@@ -38,7 +38,14 @@ __all__ = [
     "dihedrals", "free_energy_surface", "phi_psi", "with_error",
 ]
 
-# Weighted MD runs (plain or metadynamics, boltzgen.md) and their reference figures.
+# Weighted runs (MD, plain or metadynamics, and SMC sample runs) and their figures.
 from .runs import RunFigures, WeightedRun, load_basins, load_run, phi_transitions, run_figures  # noqa: E402
 
 __all__ += ["RunFigures", "WeightedRun", "load_basins", "load_run", "phi_transitions", "run_figures"]
+
+# Samples against a reference, and `boltzgen analyze` as a library call.
+from .compare import KL_BINS, energy_w2, ramachandran_kl, torus_w2, weighted_histogram  # noqa: E402
+from .report import AnalysisReport, Comparison, analyze_runs, compare_runs, format_analysis  # noqa: E402
+
+__all__ += ["KL_BINS", "energy_w2", "ramachandran_kl", "torus_w2", "weighted_histogram", "AnalysisReport",
+            "Comparison", "analyze_runs", "compare_runs", "format_analysis"]

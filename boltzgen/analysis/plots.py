@@ -193,3 +193,135 @@ def plot_basin_free_energies(estimates: Mapping[str, Estimate], reference=None, 
 
 
 __all__ = ["plot_basin_free_energies", "plot_free_energy_surface", "plot_ramachandran"]
+
+
+# ---- comparisons of samples with a reference ----------------------------------------------------
+from .._checks import check_count  # noqa: E402
+from .compare import _quantile, _sorted_cdf, _weighted_values, histogram_bins  # noqa: E402
+from .free_energy import _check_radians, _float64, _wrap  # noqa: E402
+
+_COMPARE_LABELS = ("samples", "reference")
+
+
+def _reference_pair(reference) -> tuple:
+    """``reference`` as (values, log_weights), or raise a ValueError naming it."""
+    if not (isinstance(reference, (tuple, list)) and len(reference) == 2):
+        raise ValueError("reference must be None or a tuple (values, log_weights) (log_weights may be None), "
+                         f"got {type(reference).__name__}")
+    return tuple(reference)
+
+
+def _phi_samples(phi, log_weights, name: str, weights_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """phi (m,) in radians wrapped into [-pi, pi) and weights (m,) of the samples with non-zero weight."""
+    x = _float64(phi, name)
+    if x.ndim == 2 and x.shape[1] == 2:
+        raise ValueError(f"{name} must have shape (n,) of phi in radians, got {x.shape}; "
+                         f"for (phi, psi) pairs pass {name}[:, 0]")
+    _check_radians(x, name)
+    x, w = _weighted_values(x, log_weights, name, weights_name)
+    return _wrap(x, -math.pi), w
+
+
+def _bin_count(bins, sets, low: float, high: float) -> int:
+    """``bins``, or :func:`histogram_bins` of the smallest Kish ESS among the (values, weights) sets."""
+    if bins is not None:
+        return check_count(bins, "bins")
+    return histogram_bins(min(1.0 / float(np.sum(w * w)) for _, w in sets), low, high)
+
+
+def plot_phi_profile(phi, log_weights=None, reference=None, bins: int | None = None,
+                     ax: Axes | None = None) -> Figure:
+    """Free energy profile F(phi) = -ln p(phi) in kT of (weighted) samples, and optionally of a reference.
+
+    p is the weighted fraction of the samples in each of ``bins`` equal bins over [-pi, pi)
+    (periodic: pi counts as -pi); each curve is shifted so that its minimum is 0 and drawn
+    through the bin centres, phi in degrees. Empty bins (F = +inf) leave gaps. The y range fits
+    the finite values of the curves.
+
+    Args:
+        phi: (n,) phi of the samples in radians within [-pi, pi], e.g. ``phi_psi(x, top)[:, 0, 0]``.
+        log_weights: (n,) log importance weights (any offset), or None for equal weights.
+        reference: None, or a tuple (phi_ref, log_weights_ref) (log_weights_ref may be None),
+            drawn as a second line; the legend then reads "samples", "reference".
+        bins: number of bins; None picks :func:`~boltzgen.analysis.compare.histogram_bins` of the
+            smaller Kish ESS of the two sets.
+        ax: a matplotlib Axes to draw into, or None for a new figure.
+
+    Returns:
+        The Figure; the curves are ``ax.lines`` (x in degrees, y in kT, NaN at empty bins).
+    """
+    sets = [_phi_samples(phi, log_weights, "phi", "log_weights")]
+    if reference is not None:
+        ref_phi, ref_lw = _reference_pair(reference)
+        sets.append(_phi_samples(ref_phi, ref_lw, "reference[0]", "reference[1]"))
+    n_bins = _bin_count(bins, sets, -math.pi, math.pi)
+    ax, fig = _axes(ax, (5.0, 3.5))
+    edges = np.linspace(-math.pi, math.pi, n_bins + 1)
+    centres = np.degrees(0.5 * (edges[1:] + edges[:-1]))
+    top = 0.0
+    for k, (x, w) in enumerate(sets):
+        counts, _ = np.histogram(x, bins=edges, weights=w)
+        with np.errstate(divide="ignore"):
+            f = -np.log(counts / counts.sum())
+        f = f - f[np.isfinite(f)].min()
+        f[~np.isfinite(f)] = np.nan
+        top = max(top, float(np.nanmax(f)))
+        ax.plot(centres, f, color=f"C{k}", marker="." if n_bins <= 60 else None, label=_COMPARE_LABELS[k])
+    margin = 0.05 * top if top > 0 else 0.5
+    ax.set(xlabel="φ (deg)", ylabel="F / kT", xlim=(-180.0, 180.0), ylim=(-margin, top + margin))
+    ax.xaxis.set_major_locator(MultipleLocator(90.0))
+    ax.grid(alpha=0.3)
+    if reference is not None:
+        ax.legend(fontsize="small")
+    return fig
+
+
+def plot_energy_histogram(energies, log_weights=None, reference=None, bins: int | None = None,
+                          ax: Axes | None = None) -> Figure:
+    """Weighted density of reduced energies u in kT of the samples, and optionally of a reference.
+
+    Both histograms share their bin edges, equal bins spanning the lowest 0.5 and the highest
+    99.5 weighted percentile of the sets drawn (so a few clashing outliers do not squeeze the
+    plot); each is a density over all of its weight, so the area inside the plot is the weight
+    inside the range, about 0.99. Drawn as step outlines (``ax.stairs``).
+
+    Args:
+        energies: (n,) reduced energies of the samples in kT (finite where the weight is non-zero).
+        log_weights: (n,) log importance weights (any offset), or None for equal weights.
+        reference: None, or a tuple (energies_ref, log_weights_ref) (log_weights_ref may be None);
+            the legend then reads "samples", "reference".
+        bins: number of bins; None picks :func:`~boltzgen.analysis.compare.histogram_bins` of the
+            smaller Kish ESS of the two sets.
+        ax: a matplotlib Axes to draw into, or None for a new figure.
+
+    Returns:
+        The Figure; the histograms are the StepPatch artists in ``ax.patches``.
+    """
+    sets = [_weighted_values(energies, log_weights, "energies", "log_weights")]
+    if reference is not None:
+        ref_u, ref_lw = _reference_pair(reference)
+        sets.append(_weighted_values(ref_u, ref_lw, "reference[0]", "reference[1]"))
+    lows, highs = [], []
+    for x, w in sets:
+        x_sorted, cdf = _sorted_cdf(x, w)
+        low, high = _quantile(x_sorted, cdf, [0.005, 0.995])
+        lows.append(float(low))
+        highs.append(float(high))
+    low, high = min(lows), max(highs)
+    if not high > low:  # every sample at one energy
+        low, high = low - 0.5, high + 0.5
+    n_bins = _bin_count(bins, sets, low, high)
+    ax, fig = _axes(ax, (5.0, 3.5))
+    edges = np.linspace(low, high, n_bins + 1)
+    for k, (x, w) in enumerate(sets):
+        counts, _ = np.histogram(x, bins=edges, weights=w)
+        ax.stairs(counts / np.diff(edges), edges, color=f"C{k}", linewidth=1.5, label=_COMPARE_LABELS[k])
+    ax.set(xlabel="u / kT", ylabel="density (1 / kT)", xlim=(low, high))
+    ax.set_ylim(bottom=0.0)
+    ax.grid(alpha=0.3)
+    if reference is not None:
+        ax.legend(fontsize="small")
+    return fig
+
+
+__all__ += ["plot_energy_histogram", "plot_phi_profile"]

@@ -56,6 +56,11 @@ class WeightedRun:
         log_weights: (n,) float64 log-weights toward the Boltzmann distribution (zeros for plain MD).
         is_l: (n,) bool, whether every alpha carbon has the L configuration.
         biased: whether the run was biased (metadynamics).
+        energies: (n,) float64 reduced physical energies u (kT) of the frames, or None.
+        kind: "md" (a :func:`boltzgen.md.run_md` folder) or "samples" (a
+            :mod:`boltzgen.samples` folder of SMC particles: never split into blocks, its
+            particles are correlated through resampling).
+        bond_lengths: (n, n_bonds) float64 bond lengths in nm (topology order), or None.
     """
 
     path: str
@@ -63,25 +68,42 @@ class WeightedRun:
     log_weights: np.ndarray
     is_l: np.ndarray
     biased: bool
+    energies: np.ndarray | None = None
+    kind: str = "md"
+    bond_lengths: np.ndarray | None = None
 
     @property
     def n_frames(self) -> int:
         return int(self.angles.shape[0])
 
 
+def _bond_lengths(traj) -> np.ndarray | None:
+    import mdtraj
+
+    pairs = np.array([[b[0].index, b[1].index] for b in traj.topology.bonds], dtype=np.int64)
+    return mdtraj.compute_distances(traj, pairs).astype(np.float64) if len(pairs) else None
+
+
 def load_run(out_dir) -> WeightedRun:
-    """Read a :func:`boltzgen.md.run_md` folder as a :class:`WeightedRun` (ValueError naming a bad file)."""
+    """Read an MD run folder (:func:`boltzgen.md.run_md`) or a sample-run folder (:mod:`boltzgen.samples`)
+    as a :class:`WeightedRun` (ValueError naming a bad file)."""
     from ..coordinates import is_l_amino_acid
-    from ..md import load_log_weights, load_trajectory
+    from ..md import load_energies, load_log_weights, load_trajectory
+    from ..samples import is_sample_run, load_sample_run
     from .dihedrals import phi_psi
 
-    traj = load_trajectory(out_dir)
-    log_weights = load_log_weights(out_dir)
+    if is_sample_run(out_dir):
+        run = load_sample_run(out_dir)
+        traj, log_weights, energies, kind = run.trajectory, run.log_weights, run.energies, "samples"
+    else:
+        traj, log_weights, kind = load_trajectory(out_dir), load_log_weights(out_dir), "md"
+        energies = load_energies(out_dir)
     x = torch.from_numpy(traj.xyz.astype(np.float64))
     angles = phi_psi(x, traj.topology)[:, 0].numpy()
     is_l = is_l_amino_acid(x, traj.topology).numpy()
     return WeightedRun(path=str(out_dir), angles=angles, log_weights=log_weights, is_l=is_l,
-                       biased=bool(np.any(log_weights != 0)))
+                       biased=kind == "md" and bool(np.any(log_weights != 0)), energies=energies, kind=kind,
+                       bond_lengths=_bond_lengths(traj))
 
 
 def phi_transitions(phi) -> int:
@@ -229,7 +251,8 @@ def run_figures(runs: Sequence, basins: Mapping[str, Basin] | None = None, block
     """Weighted basin populations and free energies of one or several runs, with errors.
 
     Args:
-        runs: :class:`WeightedRun` objects or run folders (read with :func:`load_run`), at least one.
+        runs: :class:`WeightedRun` objects or run folders (read with :func:`load_run`), at least one;
+            a single SMC sample run gets figures without error bars (NaN).
         basins: name -> :class:`Basin` for the populations (default ``ALANINE_DIPEPTIDE_BASINS``).
         blocks: contiguous blocks for the errors of a single run (>= 2; ignored for several runs).
 
@@ -248,6 +271,11 @@ def run_figures(runs: Sequence, basins: Mapping[str, Basin] | None = None, block
         whole = None
         labels = [str(r.path) for r in runs]
         method = f"standard error over {len(runs)} independent runs (figures: mean over runs)"
+    elif runs[0].kind == "samples":  # SMC particles are correlated: no error bar from one run
+        run = runs[0]
+        whole = _unit_figures(run.angles, run.log_weights, run.is_l, basins)
+        units, labels = [whole], [str(run.path)]
+        method = "none: one SMC run (error bars need independent runs, never the particles of one run)"
     else:
         run = runs[0]
         if blocks < 2:
@@ -271,6 +299,8 @@ def run_figures(runs: Sequence, basins: Mapping[str, Basin] | None = None, block
             notes.append(f"{key}: {len(missing)} of {len(units)} {kind} hold no weighted frame on one side "
                          f"({side}), first {missing[0] if missing else runs[0].path}")
             return None
+        if len(values) == 1:
+            return Estimate(mean=values[0], standard_error=float("nan"), n=1)
         e = with_error(values)
         return Estimate(mean=whole[key], standard_error=e.standard_error, n=e.n) if whole is not None else e
 

@@ -1,0 +1,219 @@
+"""``boltzgen analyze`` as a library call: figures of weighted runs, optionally against a reference.
+
+    report = analyze_runs(["out/run-000", "out/run-001"], reference=["md/seed1", "md/seed2"], plot_dir="out")
+    print(format_analysis(report))
+    report.to_dict()      # what --json writes
+
+Runs are MD folders (plain or biased) or SMC sample-run folders, always weighted. Every run counts
+equally when runs are pooled (its weights are normalised first). Comparison figures (reference
+given): the Ramachandran KL divergence KL(reference || samples) on :data:`KL_BINS` x KL_BINS bins,
+the energy W2 (kT), the torus (phi, psi) W2 (rad) and the differences of the free energies, each
+free energy with its error bar from independent runs.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .compare import KL_BINS, energy_w2, ramachandran_kl, torus_w2
+from .runs import RunFigures, WeightedRun, load_run, run_figures
+
+
+def _pooled_log_weights(runs: Sequence[WeightedRun]) -> np.ndarray:
+    """Each run's log-weights normalised to total weight one, so every run counts equally."""
+    parts = []
+    for r in runs:
+        lw = np.where(np.isfinite(r.log_weights), r.log_weights, -np.inf)
+        parts.append(lw - np.logaddexp.reduce(lw))
+    return np.concatenate(parts)
+
+
+def _pooled(runs: Sequence[WeightedRun], attribute: str) -> np.ndarray | None:
+    values = [getattr(r, attribute) for r in runs]
+    return None if any(v is None for v in values) else np.concatenate(values)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Samples against a reference.
+
+    Attributes:
+        ramachandran_kl: KL(reference || samples) in nats on ``kl_bins`` x ``kl_bins`` bins of (phi, psi).
+        kl_bins: bins per angle.
+        energy_w2_kT: W2 between the weighted reduced-energy distributions (kT), None without energies.
+        torus_w2_rad: W2 on the (phi, psi) torus (rad), estimated from 1,000 resampled points.
+        delta_f_phi_positive_diff_kT: samples minus reference, dF(phi>0 vs phi<0), with its
+            error (the two errors added in quadrature), None where either is missing.
+        bond_length_max_diff_nm: the largest difference of weighted mean bond lengths, None without bonds.
+    """
+
+    ramachandran_kl: float
+    kl_bins: int
+    energy_w2_kT: float | None
+    torus_w2_rad: float
+    delta_f_phi_positive_diff_kT: float | None
+    delta_f_phi_positive_diff_err_kT: float | None
+    bond_length_max_diff_nm: float | None
+
+
+@dataclass(frozen=True)
+class AnalysisReport:
+    """Figures of runs (and of a reference), their comparison and the plots written."""
+
+    figures: RunFigures
+    reference: RunFigures | None
+    comparison: Comparison | None
+    plots: dict = field(default_factory=dict)
+    kinds: tuple[str, ...] = ()
+    weighting: str = ""
+
+    def to_dict(self) -> dict:
+        data = self.figures.to_dict()
+        data["kinds"] = list(self.kinds)
+        if self.reference is not None:
+            data["reference"] = self.reference.to_dict()
+        if self.comparison is not None:
+            data["comparison"] = {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
+                                  for k, v in self.comparison.__dict__.items()}
+        data["plots"] = {k: str(v) for k, v in self.plots.items()}
+        return data
+
+    def write_json(self, path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+
+
+def _weighted_bond_means(runs) -> np.ndarray | None:
+    bonds = _pooled(runs, "bond_lengths")
+    if bonds is None:
+        return None
+    w = np.exp(_pooled_log_weights(runs))
+    return (w[:, None] * bonds).sum(0) / w.sum()
+
+
+def compare_runs(runs: Sequence[WeightedRun], reference: Sequence[WeightedRun], figures: RunFigures,
+                 reference_figures: RunFigures, seed: int = 0) -> Comparison:
+    """The comparison figures of pooled ``runs`` against pooled ``reference`` runs."""
+    a, ra = _pooled(runs, "angles"), _pooled(reference, "angles")
+    lw, rlw = _pooled_log_weights(runs), _pooled_log_weights(reference)
+    e, re_ = _pooled(runs, "energies"), _pooled(reference, "energies")
+    df, rdf = figures.delta_f_phi_positive, reference_figures.delta_f_phi_positive
+    diff = diff_err = None
+    if df is not None and rdf is not None:
+        diff = df.mean - rdf.mean
+        diff_err = math.hypot(df.standard_error, rdf.standard_error)
+        diff_err = diff_err if math.isfinite(diff_err) else None
+    bonds, ref_bonds = _weighted_bond_means(runs), _weighted_bond_means(reference)
+    bond_diff = None
+    if bonds is not None and ref_bonds is not None and bonds.shape == ref_bonds.shape:
+        bond_diff = float(np.abs(bonds - ref_bonds).max())
+    return Comparison(
+        ramachandran_kl=ramachandran_kl(a, lw, ra, rlw, bins=KL_BINS), kl_bins=KL_BINS,
+        energy_w2_kT=None if e is None or re_ is None else energy_w2(e, lw, re_, rlw),
+        torus_w2_rad=torus_w2(a, lw, ra, rlw, seed=seed),
+        delta_f_phi_positive_diff_kT=diff, delta_f_phi_positive_diff_err_kT=diff_err,
+        bond_length_max_diff_nm=bond_diff)
+
+
+def _plots(runs, reference, figures, plot_dir: Path, label: str) -> dict:
+    from .plots import plot_energy_histogram, plot_phi_profile, plot_ramachandran
+
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    a, lw = _pooled(runs, "angles"), _pooled_log_weights(runs)
+    ref = None if reference is None else (_pooled(reference, "angles"), _pooled_log_weights(reference))
+    paths = {"ramachandran": plot_dir / "ramachandran.png", "phi_profile": plot_dir / "phi_profile.png"}
+    fig = plot_ramachandran(a, lw, basins=figures.basins, title=f"{label}: {figures.n_frames} weighted samples")
+    fig.savefig(paths["ramachandran"], dpi=120)
+    fig = plot_phi_profile(a[:, 0], lw, reference=None if ref is None else (ref[0][:, 0], ref[1]))
+    fig.savefig(paths["phi_profile"], dpi=120)
+    e = _pooled(runs, "energies")
+    if e is not None:
+        re_ = None if reference is None else _pooled(reference, "energies")
+        fig = plot_energy_histogram(e, lw, reference=None if re_ is None else (re_, ref[1]))
+        paths["energy_histogram"] = plot_dir / "energy_histogram.png"
+        fig.savefig(paths["energy_histogram"], dpi=120)
+    return paths
+
+
+def analyze_runs(run_dirs: Sequence, reference: Sequence | None = None, *, basins=None, blocks: int = 5,
+                 plot_dir=None, label: str | None = None) -> AnalysisReport:
+    """Figures of the runs in ``run_dirs`` (MD or sample runs), optionally against ``reference`` runs.
+
+    Args:
+        run_dirs: folders of independent runs (error bars over runs; one MD run: over blocks).
+        reference: folders of reference runs (e.g. biased MD), or None.
+        basins: name -> Basin (default: the alanine-dipeptide basins).
+        blocks: blocks for a single MD run's error bars.
+        plot_dir: where to write ramachandran.png, phi_profile.png and energy_histogram.png
+            (None: no plots).
+        label: title of the plots (default: the number of runs).
+    """
+    runs = [load_run(d) for d in run_dirs]
+    figures = run_figures(runs, basins=basins, blocks=blocks)
+    ref_runs = [load_run(d) for d in reference] if reference else None
+    ref_figures = run_figures(ref_runs, basins=basins, blocks=blocks) if ref_runs else None
+    comparison = compare_runs(runs, ref_runs, figures, ref_figures) if ref_runs else None
+    plots = {}
+    if plot_dir is not None:
+        label = label or (str(run_dirs[0]) if len(runs) == 1 else f"{len(runs)} runs")
+        plots = _plots(runs, ref_runs, figures, Path(plot_dir), label)
+    return AnalysisReport(figures, ref_figures, comparison, plots, tuple(r.kind for r in runs), _weighting(runs))
+
+
+def _weighting(runs) -> str:
+    kinds = {"samples" if r.kind == "samples" else "biased" if r.biased else "plain" for r in runs}
+    words = {"samples": "SMC weights", "biased": "metadynamics log-weights", "plain": "equal weights (plain MD)"}
+    return "weighted by " + " and ".join(words[k] for k in sorted(kinds))
+
+
+def _estimate(e) -> str:
+    if e is None:
+        return "not estimable"
+    err = f"{e.standard_error:.3f}" if math.isfinite(e.standard_error) else "n/a (one SMC run)"
+    return f"{e.mean:.3f} +- {err}"
+
+
+def format_analysis(report: AnalysisReport) -> str:
+    """The table ``boltzgen analyze`` prints."""
+    f = report.figures
+    where = f.runs[0] if len(f.runs) == 1 else f"{len(f.runs)} runs"
+    kinds = "SMC samples" if set(report.kinds) == {"samples"} else "MD frames" if set(report.kinds) == {"md"} else "frames"
+    lines = [f"{f.n_frames} {kinds} from {where} ({report.weighting}; Kish ESS {f.ess:.0f}); errors: {f.error_method}"]
+    header = f"  {'':<26} {'samples':>22}"
+    r = report.reference
+    if r is not None:
+        header += f" {'reference':>22}"
+    lines.append(header)
+
+    def row(name, mine, theirs=None):
+        line = f"  {name:<26} {mine:>22}"
+        if r is not None:
+            line += f" {theirs:>22}"
+        lines.append(line)
+
+    for name, e in f.populations.items():
+        row(f"P({name})", _estimate(e), _estimate(r.populations.get(name)) if r is not None else None)
+    row("dF(phi>0 vs phi<0) kT", _estimate(f.delta_f_phi_positive), _estimate(r.delta_f_phi_positive) if r else None)
+    row("dF(0<=phi<2 vs rest) kT", _estimate(f.delta_f_phi_0_to_2), _estimate(r.delta_f_phi_0_to_2) if r else None)
+    row("L configurations", f"{f.l_fraction:.3f}", f"{r.l_fraction:.3f}" if r else None)
+    if len(f.phi_transitions_per_run) and set(report.kinds) == {"md"}:
+        lines.append(f"  phi transitions per run: {', '.join(str(n) for n in f.phi_transitions_per_run)}")
+    c = report.comparison
+    if c is not None:
+        diff = "n/a" if c.delta_f_phi_positive_diff_kT is None else (
+            f"{c.delta_f_phi_positive_diff_kT:+.3f}" + (f" +- {c.delta_f_phi_positive_diff_err_kT:.3f}"
+                                                        if c.delta_f_phi_positive_diff_err_kT is not None else ""))
+        lines.append(f"  samples - reference: dF(phi>0) {diff} kT; Ramachandran KL {c.ramachandran_kl:.3f} "
+                     f"({c.kl_bins}x{c.kl_bins} bins); torus W2 {c.torus_w2_rad:.3f} rad"
+                     + (f"; energy W2 {c.energy_w2_kT:.3f} kT" if c.energy_w2_kT is not None else "")
+                     + (f"; bond lengths max |diff| {c.bond_length_max_diff_nm * 1000:.2f} pm"
+                        if c.bond_length_max_diff_nm is not None else ""))
+    if f.note:
+        lines.append(f"  note: {f.note}")
+    for name, path in report.plots.items():
+        lines.append(f"  {name.replace('_', ' ')}: {path}")
+    return "\n".join(lines)

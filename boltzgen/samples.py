@@ -1,0 +1,130 @@
+"""Sample-run folders: the weighted samples of one SMC run, readable by mdtraj and by ``boltzgen analyze``.
+
+One folder per independent run::
+
+    topology.pdb       the molecule (first frame's positions), mdtraj/OpenMM readable
+    samples.trr        the N particles as frames, positions in nm (float32 on disk, as TRR stores them)
+    log_weights.npy    (N,) float64 log-weights toward exp(-u) (self-normalise; -inf = zero weight)
+    energies.npy       (N,) float64 reduced energies u = U/kT of the particles (full precision)
+    diagnostics.json   {"kind": "boltzgen-sample-run", per-step diagnostics, totals, settings}
+
+    traj = mdtraj.load("run-000/samples.trr", top="run-000/topology.pdb")
+
+Files are written to a temporary folder that is renamed into place at the end, so a folder with
+``diagnostics.json`` is always complete: nothing is ever half-written.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import mdtraj
+import numpy as np
+
+SAMPLE_RUN_KIND = "boltzgen-sample-run"
+_FILES = ("topology.pdb", "samples.trr", "log_weights.npy", "energies.npy", "diagnostics.json")
+
+
+@dataclass(frozen=True, eq=False)
+class SampleRun:
+    """A sample-run folder read back.
+
+    Attributes:
+        path: the folder.
+        trajectory: mdtraj.Trajectory of the N particles (nm).
+        log_weights: (N,) float64 log-weights toward the Boltzmann distribution.
+        energies: (N,) float64 reduced energies u (kT).
+        diagnostics: the parsed diagnostics.json.
+    """
+
+    path: Path
+    trajectory: mdtraj.Trajectory
+    log_weights: np.ndarray
+    energies: np.ndarray
+    diagnostics: dict
+
+
+def is_sample_run(path) -> bool:
+    """Whether ``path`` is a folder written by :func:`write_sample_run`."""
+    p = Path(path) / "diagnostics.json"
+    if not p.is_file():
+        return False
+    try:
+        return json.loads(p.read_text()).get("kind") == SAMPLE_RUN_KIND
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _json_ready(value):
+    """NaN and infinities become None (JSON has neither); tuples become lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return _json_ready(value.item())
+    return value
+
+
+def write_sample_run(out_dir, positions, log_weights, energies, topology, diagnostics: dict) -> Path:
+    """Write one run's weighted samples to ``out_dir`` (which must not exist yet), atomically.
+
+    Args:
+        out_dir: the folder to create.
+        positions: (N, n_atoms, 3) positions in nm.
+        log_weights: (N,) log-weights toward exp(-u).
+        energies: (N,) reduced energies u in kT.
+        topology: the molecule's openmm.app.Topology or mdtraj.Topology.
+        diagnostics: JSON-ready dict (NaN becomes null); ``kind`` is added.
+    """
+    out = Path(out_dir)
+    if out.exists():
+        raise ValueError(f"{out} already exists: choose a new --out folder (samples are never overwritten)")
+    x = np.asarray(positions, dtype=np.float64)
+    lw = np.asarray(log_weights, dtype=np.float64)
+    u = np.asarray(energies, dtype=np.float64)
+    if x.ndim != 3 or x.shape[2] != 3:
+        raise ValueError(f"positions must have shape (N, n_atoms, 3) in nm, got {x.shape}")
+    if lw.shape != (x.shape[0],) or u.shape != (x.shape[0],):
+        raise ValueError(f"log_weights and energies must have shape ({x.shape[0]},), got {lw.shape} and {u.shape}")
+    top = topology if isinstance(topology, mdtraj.Topology) else mdtraj.Topology.from_openmm(topology)
+    if top.n_atoms != x.shape[1]:
+        raise ValueError(f"topology has {top.n_atoms} atoms but positions have {x.shape[1]}")
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    traj = mdtraj.Trajectory(x.astype(np.float32), top)
+    traj[0].save_pdb(str(tmp / "topology.pdb"))
+    traj.save_trr(str(tmp / "samples.trr"))
+    np.save(tmp / "log_weights.npy", lw)
+    np.save(tmp / "energies.npy", u)
+    record = _json_ready({"kind": SAMPLE_RUN_KIND, **diagnostics})
+    (tmp / "diagnostics.json").write_text(json.dumps(record, indent=1) + "\n")
+    tmp.rename(out)
+    return out
+
+
+def load_sample_run(path) -> SampleRun:
+    """Read a folder written by :func:`write_sample_run` (ValueError naming a missing or damaged file)."""
+    out = Path(path)
+    if not is_sample_run(out):
+        raise ValueError(f"{out} is not a boltzgen sample run (no diagnostics.json of kind {SAMPLE_RUN_KIND!r})")
+    for name in _FILES:
+        if not (out / name).is_file():
+            raise ValueError(f"{out / name} is missing: the sample run is incomplete")
+    try:
+        traj = mdtraj.load(str(out / "samples.trr"), top=str(out / "topology.pdb"))
+        lw = np.load(out / "log_weights.npy")
+        u = np.load(out / "energies.npy")
+    except Exception as exc:  # mdtraj and numpy raise many kinds for damaged files
+        raise ValueError(f"{out} holds a damaged file ({type(exc).__name__}: {exc})") from exc
+    if lw.shape != (traj.n_frames,) or u.shape != (traj.n_frames,):
+        raise ValueError(f"{out}: {traj.n_frames} samples but log_weights {lw.shape} and energies {u.shape}")
+    return SampleRun(out, traj, lw.astype(np.float64), u.astype(np.float64),
+                     json.loads((out / "diagnostics.json").read_text()))

@@ -1,0 +1,19 @@
+"""benchmarks/aldp_vs_md.py --quick runs every method end to end and ends with a JSON line (figures meaningless)."""
+import contextlib
+import io
+import json
+
+
+def test_quick_benchmark_prints_a_table_and_json():
+    import benchmarks_path  # noqa: F401  (adds benchmarks/ to sys.path)
+    from aldp_vs_md import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(["--quick", "--threads", "1"])
+    lines = out.getvalue().strip().splitlines()
+    result = json.loads(lines[-1])
+    assert [r["method"] for r in result["rows"]] == ["boltzgen", "plain MD", "biased MD"]
+    assert all(r["seconds"] > 0 and r["target_evaluations"] > 0 for r in result["rows"])
+    assert result["rows"][0]["training_seconds"] > 1000  # read from the shipped model's provenance
+    assert any(line.startswith("boltzgen") for line in lines)

@@ -1,0 +1,144 @@
+"""The molecular Boltzmann generator: sample_molecule, sample-run folders, sample_model, run_named, the CLI.
+
+Small configurations of the shipped alanine-dipeptide model (tens of particles, tens of levels):
+these check the plumbing, shapes, units and bookkeeping; the accuracy figures are measured by the
+commands in the README.
+"""
+import json
+import math
+
+import mdtraj
+import numpy as np
+import pytest
+import torch
+
+from boltzgen import systems
+from boltzgen.analysis import load_run, run_figures
+from boltzgen.cli import main
+from boltzgen.coordinates import is_l_amino_acid
+from boltzgen.models import load_model_file
+from boltzgen.pipeline import run_seeds, sample_model
+from boltzgen.samples import is_sample_run, load_sample_run, write_sample_run
+from boltzgen.sampling import SampleSettings, sample_molecule
+from boltzgen.smc import weights as W
+from boltzgen.targets import torch_target
+
+TINY = SampleSettings(n_levels=12, level_moves=1, bridge_moves=2)
+
+
+@pytest.fixture(scope="module")
+def vacuum():
+    target = systems.load("alanine-dipeptide")
+    yield target, torch_target(target, compile=False)
+    target.close()
+
+
+@pytest.fixture(scope="module")
+def model_file():
+    return load_model_file(systems.shipped_model("alanine-dipeptide"))
+
+
+@pytest.fixture(scope="module")
+def run(vacuum, model_file):
+    target, fast = vacuum
+    return sample_molecule(model_file, target, 40, TINY, seed=3, target_energy=fast.reduced_energy)
+
+
+def test_a_run_gives_weighted_l_samples_with_their_energies(run, vacuum):
+    target, _ = vacuum
+    assert run.positions.shape == (40, 22, 3) and run.log_weights.shape == (40,)
+    assert is_l_amino_acid(torch.from_numpy(run.positions), target.topology).all()
+    # the stored energies are the force field's at the stored (folded) positions: OpenMM agrees
+    assert np.allclose(run.energies, target.reduced_energy(run.positions).numpy(), atol=1e-4)
+    assert run.log_z == pytest.approx(W.log_mean_exp(torch.from_numpy(run.log_weights)))
+    assert 0 < run.ess_fraction <= 1 and 0 <= run.bridge_ess_fraction <= 1
+    assert 0.0 <= run.mirror_fraction <= 1.0
+
+
+def test_a_run_counts_its_evaluations_and_steps(run):
+    assert len(run.levels.diagnostics) == TINY.n_levels + 1
+    assert run.bridge.diagnostics[-1].name == "lambda" and run.bridge.diagnostics[-1].value == 1.0
+    per_particle_levels = 1 + TINY.n_levels * (1 + TINY.level_moves)
+    assert run.model_evaluations > 40 * per_particle_levels  # plus the bridge's evaluations of E(t_min)
+    assert run.target_evaluations >= 40 * (1 + len(run.bridge.diagnostics) * TINY.bridge_moves)
+    assert 1 <= run.n_lineages <= run.levels.n_lineages <= 40
+    totals = json.loads(json.dumps(run.diagnostics()["totals"]))
+    assert totals["n_levels"] == TINY.n_levels and totals["n_lineages"] == run.n_lineages
+
+
+def test_same_seed_same_run_other_seed_other_run(vacuum, model_file, run):
+    target, fast = vacuum
+    again = sample_molecule(model_file, target, 40, TINY, seed=3, target_energy=fast.reduced_energy)
+    other = sample_molecule(model_file, target, 40, TINY, seed=4, target_energy=fast.reduced_energy)
+    assert np.array_equal(again.log_weights, run.log_weights)
+    assert not np.allclose(other.positions, run.positions)
+
+
+def test_run_seeds_are_distinct_and_reproducible():
+    assert run_seeds(0, 4) == run_seeds(0, 4)
+    assert len(set(run_seeds(0, 4) + run_seeds(1, 4))) == 8
+
+
+def test_sample_run_folder_round_trip_and_refusals(tmp_path, run, vacuum):
+    target, _ = vacuum
+    out = write_sample_run(tmp_path / "r", run.positions, run.log_weights, run.energies, target.topology,
+                           {"totals": {"nan": float("nan")}})
+    assert is_sample_run(out) and not is_sample_run(tmp_path)
+    traj = mdtraj.load(str(out / "samples.trr"), top=str(out / "topology.pdb"))  # what a user does
+    assert traj.n_frames == 40 and np.allclose(traj.xyz, run.positions, atol=1e-5)
+    back = load_sample_run(out)
+    assert np.array_equal(back.log_weights, run.log_weights) and back.diagnostics["totals"]["nan"] is None
+    with pytest.raises(ValueError, match="already exists"):
+        write_sample_run(out, run.positions, run.log_weights, run.energies, target.topology, {})
+    with pytest.raises(ValueError, match="log_weights and energies"):
+        write_sample_run(tmp_path / "bad", run.positions, run.log_weights[:3], run.energies, target.topology, {})
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.partial").exists()
+    (out / "energies.npy").unlink()
+    with pytest.raises(ValueError, match="energies.npy is missing"):
+        load_sample_run(out)
+
+
+def test_sample_model_writes_runs_and_a_summary_that_analyze_reads(tmp_path, capsys):
+    with systems.load("alanine-dipeptide") as target:
+        report = sample_model(target, systems.shipped_model("alanine-dipeptide"), tmp_path / "s", particles=24,
+                              runs=2, settings=TINY, seed=1, compile=False)
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    for key in ("ess_fraction", "bridge_ess_fraction", "log_z", "log_z_err", "delta_f_phi_positive_kT",
+                "delta_f_phi_positive_err_kT", "target_evaluations", "model_evaluations", "seconds", "lineages"):
+        assert key in summary, key
+    assert summary["recalibration"] is False and summary["n_runs"] == 2 and len(report.run_dirs) == 2
+    assert summary["log_z_err"] is not None and math.isfinite(summary["log_z"])
+    runs = [load_run(d) for d in report.run_dirs]
+    assert all(r.kind == "samples" and r.energies.shape == (24,) for r in runs)
+    figures = run_figures(runs)
+    assert figures.n_frames == 48 and "2 independent runs" in figures.error_method
+    one = run_figures(runs[:1])  # one SMC run: no error bar from its own particles
+    assert math.isnan(one.p_phi_positive.standard_error) and one.error_method.startswith("none")
+    assert main(["analyze", *map(str, report.run_dirs), "--reference", str(report.run_dirs[0]),
+                 "--plots", str(tmp_path / "plots"), "--json", str(tmp_path / "a.json")]) == 0
+    out = capsys.readouterr().out
+    assert "SMC samples" in out and "Ramachandran KL" in out and "reference" in out
+    assert (tmp_path / "plots" / "energy_histogram.png").is_file()
+    saved = json.loads((tmp_path / "a.json").read_text())
+    assert saved["comparison"]["ramachandran_kl"] >= 0 and saved["kinds"] == ["samples", "samples"]
+
+
+def test_a_vacuum_model_recalibrates_to_implicit_solvent(tmp_path):
+    with systems.load("alanine-dipeptide-implicit") as target:
+        report = sample_model(target, systems.shipped_model("alanine-dipeptide"), tmp_path / "s", particles=16,
+                              runs=1, settings=TINY, compile=False)
+    assert report.summary["recalibration"] is True and report.summary["model_system"] == "alanine-dipeptide"
+    assert report.summary["log_z_err"] is None  # one run: no error bar
+
+
+def test_cli_run_prints_the_summary_and_writes_plots(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["run", "alanine-dipeptide", "--out", str(out), "--particles", "16", "--runs", "2", "--levels", "8",
+                 "--level-moves", "1", "--bridge-moves", "1", "--threads", "1"])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "dF(phi>0 vs phi<0)" in text and "one-step bridge ESS" in text and "reference (" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reference"]["delta_f_phi_positive_kT"] == pytest.approx(3.576, abs=0.001)
+    for name in ("ramachandran.png", "phi_profile.png", "energy_histogram.png"):
+        assert (out / name).is_file()
