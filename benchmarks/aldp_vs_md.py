@@ -99,7 +99,8 @@ def bench_md(args, work: Path, biased: bool) -> dict:
 
 
 def fmt(v, spec: str) -> str:
-    return "n/a" if v is None else format(v, spec)
+    width = int(spec.split(".")[0].rstrip("fg") or 0)
+    return "n/a".rjust(width) if v is None else format(v, spec)
 
 
 def main(argv: list[str] | None = None) -> None:
