@@ -378,9 +378,7 @@ def sample_model(target, model_path, out, *, particles: int = 2500, runs: int = 
     meta = {"system": target.name, "model": str(model_path), "seed": seed, "device": str(device),
             "model_system": model_file.metadata.get("system")}
     summary = _summary(results, settings, figures, not same_system, meta)
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(samples._json_ready(summary), indent=1) + "\n")
-    tmp.replace(out / "summary.json")
+    samples.write_json(out / "summary.json", summary)
     return SampleReport(out, tuple(dirs), summary)
 
 
@@ -430,6 +428,7 @@ def run_named(name: str, out, *, particles: int = 1000, runs: int = 4, settings=
     """
     from . import systems
     from .analysis.report import analyze_runs, format_analysis
+    from .samples import write_json
 
     model = systems.shipped_model(name)
     target = systems.load(name)
@@ -445,6 +444,6 @@ def run_named(name: str, out, *, particles: int = 1000, runs: int = 4, settings=
         text += (f"\n  reference ({reference['source']}): dF(phi>0 vs phi<0) = "
                  f"{reference['delta_f_phi_positive_kT']:.3f} +- {reference['delta_f_phi_positive_err_kT']:.3f} kT")
         summary = {**report.summary, "reference": reference}
-        (report.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        write_json(report.out / "summary.json", summary)
         report = SampleReport(report.out, report.run_dirs, summary)
     return NamedRunResult(report, analysis, text, reference)

@@ -71,6 +71,15 @@ def _json_ready(value):
     return value
 
 
+def write_json(path, data: dict) -> Path:
+    """Write ``data`` as indented JSON (NaN and infinities as null) atomically: a temporary file renamed."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_json_ready(data), indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
 def write_sample_run(out_dir, positions, log_weights, energies, topology, diagnostics: dict) -> Path:
     """Write one run's weighted samples to ``out_dir`` (which must not exist yet), atomically.
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -79,7 +79,7 @@ class AnalysisReport:
             data["reference"] = self.reference.to_dict()
         if self.comparison is not None:
             data["comparison"] = {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
-                                  for k, v in self.comparison.__dict__.items()}
+                                  for k, v in asdict(self.comparison).items()}
         data["plots"] = {k: str(v) for k, v in self.plots.items()}
         return data
 
