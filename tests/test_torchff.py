@@ -300,11 +300,13 @@ def test_unsupported_forces_raise_named_errors(pdb):
     assert issubclass(UnsupportedForceError, ValueError)
 
     prmtop = app.AmberPrmtopFile(str(_structure_file("alanine-dipeptide.prmtop")))
-    obc1 = prmtop.createSystem(nonbondedMethod=app.NoCutoff, constraints=None, implicitSolvent=app.OBC1)
+    hct = prmtop.createSystem(nonbondedMethod=app.NoCutoff, constraints=None, implicitSolvent=app.HCT)
     with pytest.raises(UnsupportedForceError, match="CustomGBForce"):
-        TorchForceField(obc1)  # OpenMM builds prmtop OBC1 as a CustomGBForce
+        TorchForceField(hct)  # a CustomGBForce that is not one of the OBC models
+    obc1 = prmtop.createSystem(nonbondedMethod=app.NoCutoff, constraints=None, implicitSolvent=app.OBC1)
+    assert unsupported_forces(obc1) == []  # OpenMM's prmtop OBC1 CustomGBForce is recognised
     obc2 = prmtop.createSystem(nonbondedMethod=app.NoCutoff, constraints=None, implicitSolvent=app.OBC2)
-    assert unsupported_forces(obc2) == []  # ... and OBC2 as a GBSAOBCForce
+    assert unsupported_forces(obc2) == []  # ... and OBC2, a GBSAOBCForce
 
     cutoff = _system(pdb, ["amber99sbildn.xml"])
     next(f for f in cutoff.getForces() if isinstance(f, openmm.NonbondedForce)).setNonbondedMethod(
@@ -461,12 +463,14 @@ def test_target_pickles_and_accepts_quantity_positions(pdb):
     assert torch.equal(copy.reduced_energy(x), target.reduced_energy(x))
 
 
-def test_ff96_implicit_named_system_falls_back_to_openmm():
+def test_ff96_implicit_named_system_gets_the_torch_path():
     systems = pytest.importorskip("boltzgen.systems")
     with systems.load("alanine-dipeptide-ff96-implicit") as reference:
-        # OpenMM builds the prmtop's OBC1 solvent as a CustomGBForce, which stays on the OpenMM path.
-        with pytest.warns(UserWarning, match="CustomGBForce"):
-            assert fast_target(reference) is reference
+        # OpenMM builds the prmtop's OBC1 solvent as a CustomGBForce, which the torch path recognises
+        fast = fast_target(reference, compile=False)
+        assert fast is not reference
+        x = torch.from_numpy(reference.positions)[None]
+        assert torch.allclose(fast.reduced_energy(x), reference.reduced_energy(x), rtol=1e-6)  # OpenMM: CPU platform
 
 
 def test_positions_in_angstrom_warn_once_naming_the_unit(pdb):

@@ -54,9 +54,12 @@ def _default_chunk_size(n_atoms: int) -> int:
 class TorchForceField(nn.Module):
     """Energies and forces of an ``openmm.System`` for a whole batch of configurations at once.
 
-    Supports HarmonicBondForce, HarmonicAngleForce, PeriodicTorsionForce, NonbondedForce and
-    GBSAOBCForce without cutoff; CMMotionRemover is ignored (it adds no energy). Pairwise terms
-    are evaluated for all atom pairs at once (dense pair lists), which suits small molecules.
+    Supports HarmonicBondForce, HarmonicAngleForce, PeriodicTorsionForce, NonbondedForce,
+    GBSAOBCForce and the CustomGBForce of OpenMM's Amber OBC1 / OBC2 models (customgbforces'
+    GBSAOBC1Force / GBSAOBC2Force, e.g. from a prmtop with implicitSolvent=OBC1; any dielectrics,
+    salt, with or without ACE), all without cutoff; CMMotionRemover is ignored (it adds no
+    energy). Other CustomGBForces (HCT, GBn, GBn2, custom) are refused. Pairwise terms are
+    evaluated for all atom pairs at once (dense pair lists), which suits small molecules.
 
     Two paths:
       * ``forward(x)``: energies as one differentiable torch graph (autograd gives forces, also

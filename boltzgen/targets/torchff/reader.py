@@ -1,19 +1,28 @@
 """Read an ``openmm.System`` into the batched torch terms of :mod:`.terms`.
 
 One reader per supported force class turns the force's parameters into plain arrays (units
-stripped here, at the boundary: nm, radians, kJ/mol, e). Anything else that contributes energy
-raises :class:`UnsupportedForceError` naming the force, so a result can never silently miss a term.
+stripped here, at the boundary: nm, radians, kJ/mol, e). Supported: HarmonicBondForce,
+HarmonicAngleForce, PeriodicTorsionForce, NonbondedForce and GBSAOBCForce (NoCutoff), and a
+CustomGBForce only when it is exactly OpenMM's Amber OBC1 or OBC2 model
+(``openmm.app.internal.customgbforces.GBSAOBC1Force`` / ``GBSAOBC2Force``, as the prmtop loader
+builds them; see :func:`recognise_custom_gb`). Anything else that contributes energy (HCT, GBn,
+GBn2 or a user's own CustomGBForce included) raises :class:`UnsupportedForceError` naming the
+force, so a result can never silently miss a term.
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import openmm
 import openmm.unit as unit
+from openmm.app.internal import customgbforces
 from torch import nn
 
 from .terms import (
     GBSAOBC,
     ONE_4PI_EPS0,
+    CustomGBOBC,
     HarmonicAngles,
     HarmonicBonds,
     PairNonbonded,
@@ -82,9 +91,14 @@ def _torsions(force: openmm.PeriodicTorsionForce) -> nn.Module | None:
     return PeriodicTorsions(list(quads), dihedral, p[:, 4], p[:, 5], p[:, 6])
 
 
+_NONBONDED_METHODS = ("NoCutoff", "CutoffNonPeriodic", "CutoffPeriodic", "Ewald", "PME", "LJPME")
+
+
 def _check_no_cutoff(force, kind: str) -> None:
     if force.getNonbondedMethod() != force.NoCutoff:
-        names = {getattr(force, n): n for n in dir(force) if n[0].isupper() and isinstance(getattr(force, n), int)}
+        # Only the nonbonded-method names: a CustomGBForce's computation types (ParticlePair, ...)
+        # share their integer values.
+        names = {getattr(force, n): n for n in _NONBONDED_METHODS if isinstance(getattr(force, n, None), int)}
         method = names.get(force.getNonbondedMethod(), str(force.getNonbondedMethod()))
         raise UnsupportedForceError(
             f"{kind} with nonbonded method {method} is not supported by the torch force field "
@@ -129,19 +143,126 @@ def _gbsa_obc(force: openmm.GBSAOBCForce) -> nn.Module:
     )
 
 
+# ---- CustomGBForce: only OpenMM's own Amber OBC1 / OBC2 models ----------------------------------
+# A CustomGBForce is recognised by rebuilding the reference force with OpenMM's class from the
+# constants the force carries (its dielectrics and kappa, written into its energy expressions) and
+# comparing everything that defines the energy as exact strings: per-particle parameter names,
+# global parameters, computed values (name, expression, type), energy terms (expression, type),
+# tabulated functions and parameter derivatives. Any other CustomGBForce is refused.
+_CUSTOM_GB_MODELS = {"OBC1": customgbforces.GBSAOBC1Force, "OBC2": customgbforces.GBSAOBC2Force}
+_CUSTOM_GB_SUPPORTED = (
+    "supported CustomGBForces: OpenMM's Amber OBC1 and OBC2 models exactly as "
+    "openmm.app.internal.customgbforces.GBSAOBC1Force / GBSAOBC2Force build them (a prmtop's "
+    "implicitSolvent=OBC1, or OBC2 with salt; implicit/obc1.xml, implicit/obc2.xml), with or without the ACE "
+    "surface term, any dielectrics and salt, NoCutoff; use the OpenMM target for others "
+    "(boltzgen.targets.fast_target falls back to it)"
+)
+
+
+def _custom_gb_signature(force: openmm.CustomGBForce) -> tuple:
+    """Everything that defines a CustomGBForce's energy except its particles' parameter values."""
+    return (
+        tuple(force.getPerParticleParameterName(k) for k in range(force.getNumPerParticleParameters())),
+        tuple((force.getGlobalParameterName(k), force.getGlobalParameterDefaultValue(k))
+              for k in range(force.getNumGlobalParameters())),
+        tuple(tuple(force.getComputedValueParameters(k)) for k in range(force.getNumComputedValues())),
+        tuple(tuple(force.getEnergyTermParameters(k)) for k in range(force.getNumEnergyTerms())),
+        force.getNumTabulatedFunctions(),
+        force.getNumEnergyParameterDerivatives(),
+    )
+
+
+def _custom_gb_constants(force: openmm.CustomGBForce) -> dict[str, float]:
+    """The ``name=value`` definitions after the first ';' of the force's first energy term (where
+    customgbforces writes solventDielectric, soluteDielectric, kappa and offset); {} if none parse."""
+    if force.getNumEnergyTerms() == 0:
+        return {}
+    constants = {}
+    for piece in force.getEnergyTermParameters(0)[0].split(";")[1:]:
+        name, equals, value = piece.partition("=")
+        if equals:
+            try:
+                constants[name.strip()] = float(value)
+            except ValueError:
+                return {}
+    return constants
+
+
+def recognise_custom_gb(force: openmm.CustomGBForce) -> dict | None:
+    """Which of OpenMM's Amber OBC CustomGBForces ``force`` is, or None.
+
+    Returns ``{"model": "OBC1" | "OBC2", "solvent_dielectric", "solute_dielectric", "kappa" (1/nm),
+    "surface_area" (bool: the ACE term is present)}`` when rebuilding that model's force with
+    ``customgbforces.GBSAOBC1Force`` / ``GBSAOBC2Force`` (no cutoff) from the force's own constants
+    gives exactly the same parameters and expressions; None otherwise (HCT, GBn, GBn2, anything else).
+    """
+    constants = _custom_gb_constants(force)
+    try:
+        solvent, solute, kappa = (constants[k] for k in ("solventDielectric", "soluteDielectric", "kappa"))
+    except KeyError:
+        return None
+    signature = _custom_gb_signature(force)
+    for model, cls in _CUSTOM_GB_MODELS.items():
+        for surface_area in (None, "ACE"):
+            try:
+                reference = cls(solvent, solute, surface_area, None, kappa)
+            except (ValueError, TypeError, ZeroDivisionError):  # e.g. a negative kappa
+                return None
+            if _custom_gb_signature(reference) == signature:
+                return dict(model=model, solvent_dielectric=solvent, solute_dielectric=solute, kappa=kappa,
+                            surface_area=surface_area == "ACE")
+    return None
+
+
+def _custom_gb_kind(force: openmm.CustomGBForce) -> str:
+    """A name for an unsupported CustomGBForce in messages: the Amber model it looks like, if any."""
+    names = tuple(force.getPerParticleParameterName(k) for k in range(force.getNumPerParticleParameters()))
+    if names == ("charge", "or", "sr", "radindex"):
+        return "the Amber GBn model"
+    if names == ("charge", "or", "sr", "alpha", "beta", "gamma", "radindex"):
+        return "the Amber GBn2 model"
+    constants = _custom_gb_constants(force)
+    try:
+        hct = customgbforces.GBSAHCTForce(constants["solventDielectric"], constants["soluteDielectric"], None, None,
+                                          constants["kappa"])
+        computed = tuple(tuple(hct.getComputedValueParameters(k)) for k in range(hct.getNumComputedValues()))
+    except (KeyError, ValueError, TypeError, ZeroDivisionError):
+        computed = None
+    if computed == _custom_gb_signature(force)[2]:
+        return "the Amber HCT model"
+    return "not one of OpenMM's Amber OBC models"
+
+
+def _custom_gb(force: openmm.CustomGBForce, index: int | None = None) -> nn.Module:
+    where = f"CustomGBForce (force {index})" if index is not None else "CustomGBForce"
+    if force.getNonbondedMethod() != force.NoCutoff:
+        _check_no_cutoff(force, where)
+    found = recognise_custom_gb(force)
+    if found is None:
+        raise UnsupportedForceError(f"{where}, {_custom_gb_kind(force)}, is not supported by the torch force field; "
+                                    + _CUSTOM_GB_SUPPORTED)
+    if not (found["solute_dielectric"] > 0 and found["solvent_dielectric"] > 0):
+        raise UnsupportedForceError(f"{where} ({found['model']}) with a dielectric <= 0 is not supported by the "
+                                    "torch force field")
+    # Per particle: charge (e), or = offset radius R - 0.009 (nm), sr = screen * or (nm), unitless floats.
+    p = np.array([force.getParticleParameters(k) for k in range(force.getNumParticles())], dtype=float).reshape(-1, 3)
+    return CustomGBOBC(p[:, 0], p[:, 1], p[:, 2], found["model"], solute_dielectric=found["solute_dielectric"],
+                       solvent_dielectric=found["solvent_dielectric"], kappa=found["kappa"],
+                       surface_area=found["surface_area"])
+
+
 _READERS = {
     openmm.HarmonicBondForce: _bonds,
     openmm.HarmonicAngleForce: _angles,
     openmm.PeriodicTorsionForce: _torsions,
     openmm.NonbondedForce: _nonbonded,
     openmm.GBSAOBCForce: _gbsa_obc,
+    openmm.CustomGBForce: _custom_gb,  # only OpenMM's Amber OBC1 / OBC2 models; see recognise_custom_gb
 }
 
 
 # What to do instead, for unsupported forces users meet often.
 _HINTS = {
-    "CustomGBForce": "OpenMM's implicit/*.xml models and the prmtop OBC1/HCT/GBn models are CustomGBForces; "
-                     "amber99_obc.xml (or implicitSolvent=OBC2 from a prmtop) gives a supported GBSAOBCForce",
     "CMAPTorsionForce": "CHARMM and ff19SB-style CMAP corrections are evaluated by OpenMM only",
 }
 
@@ -152,8 +273,16 @@ def _unsupported_message(force, index: int) -> str:
     return f"{name} (force {index}) is not supported by the torch force field{hint}"
 
 
-def _reader(force):
-    """The reader of a force's exact class, or None if the class is unsupported."""
+def _supported_names() -> str:
+    return ", ".join(cls.__name__ + (" (Amber OBC1/OBC2 only)" if cls is openmm.CustomGBForce else "")
+                     for cls in _READERS)
+
+
+def _reader(force, index: int):
+    """The reader of a force's exact class (a CustomGBForce subclass counts as one), or None if the
+    class is unsupported; the CustomGBForce reader names the force index in its refusals."""
+    if isinstance(force, openmm.CustomGBForce):
+        return functools.partial(_custom_gb, index=index)
     return _READERS.get(type(force))
 
 
@@ -166,7 +295,7 @@ def unsupported_forces(system: openmm.System) -> list[str]:
     for index, force in enumerate(system.getForces()):
         if isinstance(force, _IGNORED):
             continue
-        read = _reader(force)
+        read = _reader(force, index)
         if read is None:
             problems.append(_unsupported_message(force, index))
             continue
@@ -192,10 +321,10 @@ def read_terms(system: openmm.System) -> list[tuple[str, nn.Module]]:
     for index, force in enumerate(system.getForces()):
         if isinstance(force, _IGNORED):
             continue
-        read = _reader(force)
+        read = _reader(force, index)
         if read is None:
             raise UnsupportedForceError(
-                _unsupported_message(force, index) + "; supported: " + ", ".join(cls.__name__ for cls in _READERS)
+                _unsupported_message(force, index) + "; supported: " + _supported_names()
                 + ". Use the OpenMM target (boltzgen.targets.fast_target falls back to it)"
             )
         module = read(force)

@@ -149,7 +149,8 @@ def fast_target(target, **options):
     """The fastest exact target for ``target``: the torch force field when it supports every force.
 
     Otherwise returns ``target`` itself (the OpenMM path) after a ``UserWarning`` naming the
-    unsupported forces, e.g. the ``CustomGBForce`` of OpenMM's ``implicit/*.xml`` solvent models.
+    unsupported forces, e.g. the ``CustomGBForce`` of the HCT, GBn and GBn2 solvent models (the
+    Amber OBC1 / OBC2 CustomGBForces are supported).
 
     Args:
         target: an OpenMM target (see :func:`torch_target`).

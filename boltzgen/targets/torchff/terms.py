@@ -211,7 +211,127 @@ class PairNonbonded(nn.Module):
         return energy, [(self.i, g), (self.j, -g)]
 
 
-class GBSAOBC(nn.Module):
+class _OBCGeneralizedBorn(nn.Module):
+    """The OBC generalized-Born energy shared by GBSAOBCForce and the CustomGBForce OBC models.
+
+    Born radii: I_i = sum_{j != i} the HCT integral of atom j's scaled sphere (radius sr_j) over
+    r > rho_i (offset radius rho = R - 0.009 nm), optionally with Tinker's correction when i lies
+    inside j's sphere; psi_i = rho_i I_i / 2,
+    B_i = 1 / (1/rho_i - tanh(alpha psi - beta psi^2 + gamma psi^3) / R_i).
+    Polar energy: -k [sum_{i<j} q_i q_j g(f_ij) / f_ij + sum_i q_i^2 g(B_i) / (2 B_i)],
+    g(x) = 1/eps_solute - exp(-kappa x)/eps_solvent, f_ij = sqrt(r^2 + B_i B_j exp(-r^2 / (4 B_i B_j))).
+    Nonpolar (ACE) energy: sum_i surface_i (R_i / B_i)^6.
+
+    Args (all per atom, (n_atoms,)): charge (e), offset_radius rho (nm), scaled_radius sr (nm),
+    radius R (nm), surface (the ACE prefactor of (R/B)^6 in kJ/mol; zeros for no surface term).
+    Keywords: alpha, beta, gamma (the OBC tanh coefficients), coulomb (k in kJ/mol nm e^-2),
+    inner = 1/eps_solute and outer = 1/eps_solvent (both 0 switch the polar energy off), kappa
+    (Debye screening in 1/nm; 0 for no salt), buried_correction (Tinker's correction term of
+    OpenMM's GBSAOBCForce, absent from the CustomGBForce models).
+    """
+
+    def __init__(self, charge, offset_radius, scaled_radius, radius, surface, *, alpha: float, beta: float,
+                 gamma: float, coulomb: float, inner: float, outer: float, kappa: float = 0.0,
+                 buried_correction: bool):
+        super().__init__()
+        charge, rho, scaled, radius = (torch.as_tensor(v, dtype=torch.float64).reshape(-1)
+                                       for v in (charge, offset_radius, scaled_radius, radius))
+        n_atoms = charge.numel()
+        i, j = torch.triu_indices(n_atoms, n_atoms, offset=1)
+        self.register_buffer("i", i.contiguous())
+        self.register_buffer("j", j.contiguous())
+        self.register_buffer("rho", rho.reshape(-1, 1))
+        self.register_buffer("radius", radius.reshape(-1, 1))
+        # Both directions of each pair's Born integral: atom i inside j's field, then j inside i's.
+        self.register_buffer("rho_pair", torch.stack((rho[i], rho[j])).unsqueeze(-1))  # (2, n_pairs, 1)
+        self.register_buffer("scaled_pair", torch.stack((scaled[j], scaled[i])).unsqueeze(-1))
+        self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
+        self.kappa = float(kappa)
+        self.buried_correction = bool(buried_correction)
+        # Without salt g is the constant inner - outer, folded into the charge products.
+        self.inner, self.outer = float(inner), float(outer)
+        prefactor = -coulomb * ((self.inner - self.outer) if self.kappa == 0.0 else 1.0)
+        self.register_buffer("charge_product", _column(prefactor * charge[i] * charge[j]))
+        self.register_buffer("half_self_charge", _column(0.5 * prefactor * charge**2))
+        self.register_buffer("surface", _column(surface))
+
+    def _born_integral(self, r: torch.Tensor, gradient: bool):
+        """HCT integrals (N, n) and their pair derivatives d term/d r (2, n_pairs, n) or None."""
+        rho, s = self.rho_pair, self.scaled_pair
+        inv_r = 1.0 / r
+        big = torch.maximum(rho, (r - s).abs())
+        lower, upper = 1.0 / big, 1.0 / (r + s)
+        l2_minus_u2 = lower * lower - upper * upper
+        log_ratio = torch.log(upper * big)  # log(upper / lower)
+        term = (lower - upper - 0.25 * r * l2_minus_u2 + 0.5 * inv_r * log_ratio
+                + 0.25 * s * s * inv_r * l2_minus_u2)
+        buried = rho < s - r  # atom i inside j's scaled sphere
+        if self.buried_correction:
+            term = term + torch.where(buried, 2.0 * (1.0 / rho - lower), 0.0)
+        reaches = rho < r + s  # j's sphere overlaps the region beyond rho_i
+        term = torch.where(reaches, term, 0.0)
+        integral = torch.zeros((self.rho.shape[0], r.shape[-1]), dtype=r.dtype, device=r.device)
+        integral = integral.index_add(0, self.i, term[0]).index_add(0, self.j, term[1])
+        if not gradient:
+            return integral, None
+        # The derivative through upper = 1/(r + s) vanishes at the value it takes, as does the one
+        # through lower = 1/max(rho, |r - s|) except for a buried atom (lower = 1/(s - r)), where
+        # it is 2 d lower/dr = 2 lower^2 and Tinker's correction cancels it (as noted in OpenMM's
+        # ReferenceObc.cpp). Otherwise only the explicit r dependence remains.
+        inv_r2 = inv_r * inv_r
+        slope = -0.25 * l2_minus_u2 * (1.0 + s * s * inv_r2) - 0.5 * log_ratio * inv_r2
+        if not self.buried_correction:
+            slope = slope + torch.where(buried, 2.0 * lower * lower, 0.0)
+        return integral, torch.where(reaches, slope, 0.0)
+
+    def forward(self, X: torch.Tensor, gradient: bool = False):
+        d = X[:, self.i] - X[:, self.j]
+        r2 = _dot(d, d)
+        inv_r = r2.rsqrt()
+        integral, integral_slope = self._born_integral((r2 * inv_r).unsqueeze(0), gradient)
+        psi = 0.5 * self.rho * integral
+        tanh = torch.tanh(psi * (self.alpha + psi * (-self.beta + psi * self.gamma)))
+        born = 1.0 / (1.0 / self.rho - tanh / self.radius)
+        bb = born[self.i] * born[self.j]
+        screen = torch.exp(-0.25 * r2 / bb)
+        f2 = r2 + bb * screen
+        inv_f = f2.rsqrt()
+        inv_born = 1.0 / born
+        ratio2 = (self.radius * inv_born) ** 2
+        ace = self.surface * ratio2 * ratio2 * ratio2
+        if self.kappa == 0.0:
+            pair = self.charge_product * inv_f
+            single = self.half_self_charge * inv_born
+        else:  # Debye screening: g(x) = inner - outer exp(-kappa x)
+            salt_pair = torch.exp(-self.kappa * (f2 * inv_f))
+            g_pair = self.inner - self.outer * salt_pair
+            pair = self.charge_product * g_pair * inv_f
+            salt_self = torch.exp(-self.kappa * born)
+            g_self = self.inner - self.outer * salt_self
+            single = self.half_self_charge * g_self * inv_born
+        energy = pair.sum(0) + (single + ace).sum(0)
+        if not gradient:
+            return energy, None
+        # Pair terms: dE/df^2, then dE/dr2 and dE/d(B_i B_j) at fixed Born radii; self terms dE/dB.
+        if self.kappa == 0.0:
+            dE_df2 = -0.5 * self.charge_product * inv_f * inv_f * inv_f
+            dE_dborn = -self.half_self_charge * inv_born * inv_born
+        else:
+            dE_df2 = 0.5 * self.charge_product * inv_f * inv_f * (self.outer * self.kappa * salt_pair - g_pair * inv_f)
+            dE_dborn = self.half_self_charge * inv_born * (self.outer * self.kappa * salt_self - g_self * inv_born)
+        dE_dr2 = dE_df2 * (1.0 - 0.25 * screen)
+        dE_dbb = dE_df2 * screen * (1.0 + 0.25 * r2 / bb)
+        dE_dborn = dE_dborn - 6.0 * ace * inv_born
+        dE_dborn = dE_dborn.index_add(0, self.i, dE_dbb * born[self.j]).index_add(0, self.j, dE_dbb * born[self.i])
+        # Chain through B(psi(I)): dB/dI = B^2 (1 - tanh^2) (alpha - 2 beta psi + 3 gamma psi^2) rho / (2 R).
+        dtanh = (1.0 - tanh * tanh) * (self.alpha + psi * (-2.0 * self.beta + 3.0 * self.gamma * psi))
+        dE_dintegral = dE_dborn * born * born * dtanh * 0.5 * self.rho / self.radius
+        dE_dr = dE_dintegral[self.i] * integral_slope[0] + dE_dintegral[self.j] * integral_slope[1]
+        g = (2.0 * dE_dr2 + dE_dr * inv_r) * d
+        return energy, [(self.i, g), (self.j, -g)]
+
+
+class GBSAOBC(_OBCGeneralizedBorn):
     """OpenMM GBSAOBCForce (OBC type II, no cutoff), following OpenMM's reference platform.
 
     Born radii: I_i = sum_{j != i} the HCT integral of atom j's scaled sphere (radius s_j rho_j)
@@ -235,74 +355,60 @@ class GBSAOBC(nn.Module):
     ALPHA, BETA, GAMMA = 1.0, 0.8, 4.85
 
     def __init__(self, charge, radius, scale, solute_dielectric, solvent_dielectric, surface_area_energy):
-        super().__init__()
-        charge, radius, scale = (torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in (charge, radius, scale))
-        n_atoms = charge.numel()
-        i, j = torch.triu_indices(n_atoms, n_atoms, offset=1)
-        self.register_buffer("i", i.contiguous())
-        self.register_buffer("j", j.contiguous())
+        radius, scale = (torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in (radius, scale))
         rho = radius - self.DIELECTRIC_OFFSET
-        self.register_buffer("rho", rho.reshape(-1, 1))
-        self.register_buffer("radius", radius.reshape(-1, 1))
-        # Both directions of each pair's Born integral: atom i inside j's field, then j inside i's.
-        self.register_buffer("rho_pair", torch.stack((rho[i], rho[j])).unsqueeze(-1))  # (2, n_pairs, 1)
-        self.register_buffer("scaled_pair", torch.stack((rho[j] * scale[j], rho[i] * scale[i])).unsqueeze(-1))
-        screening = (1.0 / solute_dielectric - 1.0 / solvent_dielectric) if solute_dielectric and solvent_dielectric else 0.0
-        prefactor = -ONE_4PI_EPS0 * screening
-        self.register_buffer("charge_product", _column(prefactor * charge[i] * charge[j]))
-        self.register_buffer("half_self_charge", _column(0.5 * prefactor * charge**2))
+        both = bool(solute_dielectric and solvent_dielectric)  # OpenMM: no polar energy if either is 0
         surface = 4.0 * math.pi * surface_area_energy * (radius + self.PROBE_RADIUS) ** 2
-        self.register_buffer("surface", _column(surface))
+        super().__init__(charge, rho, rho * scale, radius, surface, alpha=self.ALPHA, beta=self.BETA,
+                         gamma=self.GAMMA, coulomb=ONE_4PI_EPS0,
+                         inner=1.0 / solute_dielectric if both else 0.0,
+                         outer=1.0 / solvent_dielectric if both else 0.0, buried_correction=True)
 
-    def _born_integral(self, r: torch.Tensor, gradient: bool):
-        """HCT integrals (N, n) and their pair derivatives d term/d r (2, n_pairs, n) or None."""
-        rho, s = self.rho_pair, self.scaled_pair
-        inv_r = 1.0 / r
-        big = torch.maximum(rho, (r - s).abs())
-        lower, upper = 1.0 / big, 1.0 / (r + s)
-        l2_minus_u2 = lower * lower - upper * upper
-        log_ratio = torch.log(upper * big)  # log(upper / lower)
-        term = (lower - upper - 0.25 * r * l2_minus_u2 + 0.5 * inv_r * log_ratio
-                + 0.25 * s * s * inv_r * l2_minus_u2)
-        term = term + torch.where(rho < s - r, 2.0 * (1.0 / rho - lower), 0.0)  # atom i buried inside j
-        reaches = rho < r + s  # j's sphere overlaps the region beyond rho_i
-        term = torch.where(reaches, term, 0.0)
-        integral = torch.zeros((self.rho.shape[0], r.shape[-1]), dtype=r.dtype, device=r.device)
-        integral = integral.index_add(0, self.i, term[0]).index_add(0, self.j, term[1])
-        if not gradient:
-            return integral, None
-        # Only the explicit r dependence survives: the derivatives through lower and upper
-        # vanish at the values they take (as noted in OpenMM's ReferenceObc.cpp).
-        inv_r2 = inv_r * inv_r
-        slope = -0.25 * l2_minus_u2 * (1.0 + s * s * inv_r2) - 0.5 * log_ratio * inv_r2
-        return integral, torch.where(reaches, slope, 0.0)
 
-    def forward(self, X: torch.Tensor, gradient: bool = False):
-        d = X[:, self.i] - X[:, self.j]
-        r2 = _dot(d, d)
-        inv_r = r2.rsqrt()
-        integral, integral_slope = self._born_integral((r2 * inv_r).unsqueeze(0), gradient)
-        psi = 0.5 * self.rho * integral
-        tanh = torch.tanh(psi * (self.ALPHA + psi * (-self.BETA + psi * self.GAMMA)))
-        born = 1.0 / (1.0 / self.rho - tanh / self.radius)
-        bb = born[self.i] * born[self.j]
-        screen = torch.exp(-0.25 * r2 / bb)
-        inv_f = (r2 + bb * screen).rsqrt()
-        inv_born = 1.0 / born
-        ratio2 = (self.radius * inv_born) ** 2
-        ace = self.surface * ratio2 * ratio2 * ratio2
-        energy = (self.charge_product * inv_f).sum(0) + (self.half_self_charge * inv_born + ace).sum(0)
-        if not gradient:
-            return energy, None
-        # Pair terms C/f: dE/dr2 and dE/d(B_i B_j) at fixed Born radii.
-        half_c_f3 = -0.5 * self.charge_product * inv_f * inv_f * inv_f
-        dE_dr2 = half_c_f3 * (1.0 - 0.25 * screen)
-        dE_dbb = half_c_f3 * screen * (1.0 + 0.25 * r2 / bb)
-        dE_dborn = (-self.half_self_charge * inv_born - 6.0 * ace) * inv_born
-        dE_dborn = dE_dborn.index_add(0, self.i, dE_dbb * born[self.j]).index_add(0, self.j, dE_dbb * born[self.i])
-        # Chain through B(psi(I)): dB/dI = B^2 (1 - tanh^2) (alpha - 2 beta psi + 3 gamma psi^2) rho / (2 R).
-        dtanh = (1.0 - tanh * tanh) * (self.ALPHA + psi * (-2.0 * self.BETA + 3.0 * self.GAMMA * psi))
-        dE_dintegral = dE_dborn * born * born * dtanh * 0.5 * self.rho / self.radius
-        dE_dr = dE_dintegral[self.i] * integral_slope[0] + dE_dintegral[self.j] * integral_slope[1]
-        g = (2.0 * dE_dr2 + dE_dr * inv_r) * d
-        return energy, [(self.i, g), (self.j, -g)]
+class CustomGBOBC(_OBCGeneralizedBorn):
+    """OpenMM's Amber OBC1 / OBC2 CustomGBForce (``openmm.app.internal.customgbforces.GBSAOBC1Force``,
+    ``GBSAOBC2Force``; Amber igb=2 / igb=5), as ``AmberPrmtopFile.createSystem`` builds them, no cutoff.
+
+    The expressions of those classes, term by term: I_i = sum_{j != i} of
+    step(r + sr_j - or_i) (1/L - 1/U + (r - sr_j^2/r)(1/U^2 - 1/L^2)/4 + log(L/U)/(2r)) / 2,
+    U = r + sr_j, L = max(or_i, |r - sr_j|) (no Tinker correction, unlike GBSAOBCForce);
+    B_i = 1/(1/or_i - tanh(alpha psi - beta psi^2 + gamma psi^3)/R_i), psi = I_i or_i, R = or + 0.009 nm,
+    with (alpha, beta, gamma) = (0.8, 0, 2.909125) for OBC1 and (1, 0.8, 4.85) for OBC2;
+    energy -k/2 (1/eps_solute - exp(-kappa B_i)/eps_solvent) q_i^2/B_i per atom,
+    -k (1/eps_solute - exp(-kappa f)/eps_solvent) q_i q_j / f per pair (every pair, exclusions
+    included), f = sqrt(r^2 + B_i B_j exp(-r^2/(4 B_i B_j))), k = 138.935485 (the constant written
+    in those expressions), and with ACE 28.3919551 (R_i + 0.14)^2 (R_i/B_i)^6 per atom.
+
+    Args:
+        charge: (n_atoms,) charges in e.
+        offset_radius: (n_atoms,) offset radii or = R - 0.009 in nm (the force's ``or``).
+        scaled_radius: (n_atoms,) scaled offset radii sr = screen * or in nm (the force's ``sr``).
+        model: "OBC1" or "OBC2".
+        solute_dielectric, solvent_dielectric: relative permittivities (> 0).
+        kappa: Debye screening parameter in 1/nm (0: no salt).
+        surface_area: whether the ACE surface-area term is present.
+    """
+
+    OFFSET = 0.009  # nm
+    PROBE_RADIUS = 0.14  # nm
+    COULOMB = 138.935485  # kJ/mol nm e^-2, as written in customgbforces.py
+    ACE = 28.3919551  # kJ/mol/nm^2, 4 pi * 2.25936
+    MODELS = {"OBC1": (0.8, 0.0, 2.909125), "OBC2": (1.0, 0.8, 4.85)}  # alpha, beta, gamma
+
+    def __init__(self, charge, offset_radius, scaled_radius, model: str, solute_dielectric: float,
+                 solvent_dielectric: float, kappa: float = 0.0, surface_area: bool = True):
+        if model not in self.MODELS:
+            raise ValueError(f"model must be one of {sorted(self.MODELS)}, got {model!r}")
+        if not (solute_dielectric > 0 and solvent_dielectric > 0):
+            raise ValueError("solute_dielectric and solvent_dielectric must be positive, got "
+                             f"{solute_dielectric} and {solvent_dielectric}")
+        if not kappa >= 0:
+            raise ValueError(f"kappa must be >= 0 (1/nm), got {kappa}")
+        rho = torch.as_tensor(offset_radius, dtype=torch.float64).reshape(-1)
+        radius = rho + self.OFFSET
+        surface = self.ACE * (radius + self.PROBE_RADIUS) ** 2 if surface_area else torch.zeros_like(radius)
+        alpha, beta, gamma = self.MODELS[model]
+        super().__init__(charge, rho, scaled_radius, radius, surface, alpha=alpha, beta=beta, gamma=gamma,
+                         coulomb=self.COULOMB, inner=1.0 / solute_dielectric, outer=1.0 / solvent_dielectric,
+                         kappa=kappa, buried_correction=False)
+        self.model = model
