@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_command(sub)
     add_sample_command(sub)
     add_run_command(sub)
+    add_free_energy_command(sub)
     return parser
 
 
@@ -227,6 +228,10 @@ def _add_sampling_options(p, particles: int, runs: int) -> None:
     p.add_argument("--level-moves", type=int, default=d.level_moves, help=f"MALA moves per level (default {d.level_moves})")
     p.add_argument("--bridge-moves", type=int, default=d.bridge_moves,
                    help=f"MALA moves per bridge step (default {d.bridge_moves})")
+    p.add_argument("--mixing-moves", type=int, default=d.mixing_moves,
+                   help=f"MALA moves per particle at the force field after the bridge (default {d.mixing_moves}; 0: none)")
+    p.add_argument("--torsion-moves", type=int, default=d.torsion_moves,
+                   help=f"torsion moves after each mixing MALA move (default {d.torsion_moves}; 0: MALA only)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the runs (default 0)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -243,7 +248,8 @@ def _sample_settings(args):
     for name in ("particles", "runs"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    return replace(SampleSettings(), n_levels=args.levels, level_moves=args.level_moves, bridge_moves=args.bridge_moves)
+    return replace(SampleSettings(), n_levels=args.levels, level_moves=args.level_moves, bridge_moves=args.bridge_moves,
+                   mixing_moves=args.mixing_moves, torsion_moves=args.torsion_moves)
 
 
 def add_sample_command(sub) -> None:
@@ -256,7 +262,9 @@ def add_sample_command(sub) -> None:
                     "diagnostics.json) and DIR/summary.json. A model of the same molecule under another force "
                     "field works (recalibration) and says so.")
     p.add_argument("system", help="a named system (see `boltzgen systems`) or the path of a system YAML")
-    p.add_argument("--model", required=True, help="model file written by `boltzgen train`")
+    p.add_argument("--model", required=True,
+                   help="model file written by `boltzgen train`, or a named system whose shipped model to use "
+                        "(e.g. alanine-dipeptide)")
     p.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
     _add_sampling_options(p, particles=2500, runs=4)
     p.set_defaults(func=_sample)
@@ -267,9 +275,10 @@ def _sample(args) -> int:
     from .pipeline import sample_model
 
     settings = _sample_settings(args)
+    model = systems.resolve_model(args.model)
     target = systems.load(args.system)
     try:
-        report = sample_model(target, args.model, args.out, particles=args.particles, runs=args.runs,
+        report = sample_model(target, model, args.out, particles=args.particles, runs=args.runs,
                               settings=settings, seed=args.seed, device=args.device, progress=True)
     finally:
         target.close()
@@ -293,6 +302,8 @@ def format_sample_summary(summary: dict) -> str:
              f"  final ESS fraction      {summary['ess_fraction']:.3f}   one-step bridge ESS {summary['bridge_ess_fraction']:.4f}"
              f"   ESS at the model's last level {summary['levels_ess_fraction']:.3f}",
              f"  lineages from t = 1     {', '.join(str(n) for n in summary['lineages'])} (of {summary['n_particles_per_run']})",
+             f"  mixing at the force field  {summary['settings']['mixing_moves']} MALA moves per particle, "
+             f"torsion acceptance {summary['torsion_acceptance']:.3f}",
              f"  evaluations             target {summary['target_evaluations']:,}   model {summary['model_evaluations']:,}",
              f"  time                    {summary['seconds']:.0f} s"]
     return "\n".join(lines)
@@ -333,6 +344,75 @@ def _run(args) -> int:
     print(result.analysis_text)
     print(f"summary: {result.sample.out}/summary.json")
     return 0
+
+
+def add_free_energy_command(sub) -> None:
+    """``boltzgen free-energy --from A --to B --out DIR``: F_B - F_A between two states of a molecule."""
+    p = sub.add_parser(
+        "free-energy", help="free energy between two states of a molecule (vacuum -> solvent, force field A -> B)",
+        description="F_B - F_A in kT two ways, each with an error bar over independent runs: an SMC bridge "
+                    "from the Boltzmann generator's weighted samples of A to B, and the difference of the "
+                    "generator's log Z of each state. With --md-from/--md-to (boltzgen md folders) or "
+                    "--reference NS (made here: phi metadynamics of both states) BAR on MD is the check. Writes "
+                    "DIR/run-000 ... (the bridge's weighted samples of B; diagnostics.json with the ESS "
+                    "of every bridge step) and DIR/summary.json (delta_f_kT, delta_f_err_kT, ...).")
+    p.add_argument("--from", dest="system_from", required=True, metavar="A",
+                   help="state A: a named system or a system YAML")
+    p.add_argument("--to", dest="system_to", required=True, metavar="B", help="state B: a named system or a system YAML")
+    p.add_argument("--model", default=None,
+                   help="model file, or a named system whose shipped model to use (default: A's shipped model, else B's)")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
+    p.add_argument("--md-from", nargs="+", default=None, metavar="DIR", help="MD runs of A for the BAR reference")
+    p.add_argument("--md-to", nargs="+", default=None, metavar="DIR", help="MD runs of B (as many as of A)")
+    p.add_argument("--reference", type=float, default=None, metavar="NS",
+                   help="make the BAR reference: NS ns of phi metadynamics per run and state (after 1 ns of deposition)")
+    _add_sampling_options(p, particles=1000, runs=4)
+    p.set_defaults(func=_free_energy)
+
+
+def _free_energy(args) -> int:
+    from . import systems
+    from .pipeline import free_energy_between
+
+    settings = _sample_settings(args)
+    if args.reference is not None and not args.reference > 0:
+        raise ValueError(f"--reference must be a positive length in ns, got {args.reference}")
+    model = systems.resolve_model(args.model, (args.system_from, args.system_to))
+    target_a = systems.load(args.system_from)
+    try:
+        target_b = systems.load(args.system_to)
+        try:
+            report = free_energy_between(target_a, target_b, model, args.out, particles=args.particles,
+                                         runs=args.runs, settings=settings, seed=args.seed, device=args.device,
+                                         md_from=args.md_from, md_to=args.md_to, reference_ns=args.reference,
+                                         progress=True)
+        finally:
+            target_b.close()
+    finally:
+        target_a.close()
+    print(format_free_energy_summary(report.summary))
+    print(f"summary: {report.out}/summary.json")
+    return 0
+
+
+def format_free_energy_summary(summary: dict) -> str:
+    """The table printed at the end of ``boltzgen free-energy``."""
+    def pm(value, err):
+        if value is None:
+            return "n/a"
+        return f"{value:.3f}" + (f" +- {err:.3f}" if err is not None else " (one run: no error bar)")
+
+    lines = [f"F({summary['to']}) - F({summary['from']}): {summary['n_runs']} runs x "
+             f"{summary['n_particles_per_run']} particles, model {summary['model']}",
+             f"  SMC bridge A -> B       {pm(summary['delta_f_kT'], summary['delta_f_err_kT'])} kT",
+             f"  log Z_A - log Z_B       {pm(summary['delta_f_log_z_kT'], summary['delta_f_log_z_err_kT'])} kT",
+             f"  bridge ESS              final {summary['ess_fraction']:.3f}, lowest {summary['min_ess_fraction']:.3f}"]
+    ref = summary.get("reference")
+    if ref is not None:
+        lines.append(f"  reference               {pm(ref['delta_f_kT'], ref['delta_f_err_kT'])} kT ({ref['method']})")
+    lines += [f"  evaluations             target {summary['target_evaluations']:,}   model {summary['model_evaluations']:,}",
+              f"  time                    {summary['seconds']:.0f} s"]
+    return "\n".join(lines)
 
 
 def add_train_command(sub) -> None:

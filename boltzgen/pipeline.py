@@ -315,6 +315,7 @@ def _summary(runs: list, settings, figures, recalibration: bool, meta: dict) -> 
         "bridge_ess_fraction": float(np.mean([r.bridge_ess_fraction for r in runs])),
         "levels_ess_fraction": float(np.mean([r.levels.ess_fraction for r in runs])),
         "lineages": [r.n_lineages for r in runs],
+        "torsion_acceptance": float(np.mean([r.torsion_acceptance for r in runs])),
         "log_z": log_z, "log_z_err": log_z_err,
         "delta_f_phi_positive_kT": None if df is None else df.mean,
         "delta_f_phi_positive_err_kT": None if df is None or not np.isfinite(df.standard_error) else df.standard_error,
@@ -393,6 +394,8 @@ def _progress_bar(label: str, n_levels: int):
             if step.index > 0:
                 bar.update(1)
             bar.set_postfix(ess=f"{step.ess_fraction:.2f}", lineages=step.n_ancestors, refresh=False)
+        elif step.name == "mixing":
+            bar.set_postfix(stage="mixing", moves=int(step.value), torsions=f"{step.torsion_acceptance:.2f}")
         else:
             bar.set_postfix(stage="bridge", lam=f"{step.value:.3f}", ess=f"{step.ess_fraction:.2f}")
 
@@ -447,3 +450,143 @@ def run_named(name: str, out, *, particles: int = 1000, runs: int = 4, settings=
         write_json(report.out / "summary.json", summary)
         report = SampleReport(report.out, report.run_dirs, summary)
     return NamedRunResult(report, analysis, text, reference)
+
+
+@dataclass(frozen=True)
+class FreeEnergyReport:
+    """What :func:`free_energy_between` wrote and measured (``summary`` is what summary.json holds)."""
+
+    out: Path
+    run_dirs: tuple[Path, ...]
+    summary: dict
+
+
+def _md_reference(target_a, target_b, out: Path, runs: int, ns: float, seed: int):
+    """``runs`` biased (phi metadynamics) MD runs of each state, for the BAR reference."""
+    dirs_a, dirs_b = [], []
+    seeds = run_seeds(seed + 1, 2 * runs)  # every MD run its own seed
+    for k in range(runs):
+        for j, (target, dirs, label) in enumerate(((target_a, dirs_a, "from"), (target_b, dirs_b, "to"))):
+            folder = out / f"md-{label}-{k:03d}"
+            md.run_md(target, ns, folder, seeds[2 * k + j] % (2**31 - 2), bias=md.Metadynamics())
+            dirs.append(folder)
+    return dirs_a, dirs_b
+
+
+def free_energy_between(target_a, target_b, model_path, out, *, particles: int = 1000, runs: int = 4,
+                        settings=None, switch_settings=None, seed: int = 0, device: str | torch.device = "cpu",
+                        md_from=None, md_to=None, reference_ns: float | None = None, progress: bool = False,
+                        compile: bool = True) -> FreeEnergyReport:
+    """F_B - F_A (kT) between two states of one molecule, two ways, with error bars over runs.
+
+    Each of ``runs`` independent runs samples A with the Boltzmann generator, carries the weighted
+    samples to B along an SMC bridge (:func:`boltzgen.switching.switch`), and samples B with the
+    generator too (its log Z gives the second estimate, log Z_A - log Z_B). Writes ``out/run-000``
+    ... (the bridge's weighted samples of B as a sample-run folder, whose diagnostics.json holds
+    the bridge steps) and ``out/summary.json`` (``delta_f_kT``, ``delta_f_err_kT``, the log Z
+    estimate, ESS along the bridge, evaluations, seconds, and the BAR reference when MD runs of
+    both states are given (``md_from``/``md_to``) or made (``reference_ns`` ns each)).
+
+    Args:
+        target_a, target_b: OpenMM targets of the same molecule (A: ``--from``, B: ``--to``).
+        model_path: a model file of that molecule (for either state, or another force field).
+        out: a new (or empty) folder.
+        particles, runs: N per run and independent runs (error bars need >= 2).
+        settings: :class:`boltzgen.sampling.SampleSettings` of the generator runs.
+        switch_settings: :class:`boltzgen.switching.SwitchSettings` of the bridge.
+        seed: seeds everything (runs, bridges and MD are independent).
+        device, progress, compile: as for :func:`sample_model`.
+    """
+    import warnings
+
+    from . import samples, switching
+    from .coordinates import fold_to_l
+    from .models import check_compatible
+    from .sampling import SampleSettings, _torsions, sample_molecule
+    from .smc import evaluate
+    from .targets import fast_target
+
+    settings = SampleSettings() if settings is None else settings
+    switch_settings = switching.SwitchSettings() if switch_settings is None else switch_settings
+    if (md_from is None) != (md_to is None):
+        raise ValueError("give MD runs of both states (--md-from and --md-to) for the BAR reference, or neither")
+    if md_from is not None and reference_ns is not None:
+        raise ValueError("give either existing MD runs (--md-from/--md-to) or --reference NS to make them, not both")
+    if reference_ns is not None and not reference_ns > 0:
+        raise ValueError(f"reference_ns must be a positive MD length in ns, got {reference_ns!r}")
+    if target_a.n_atoms != target_b.n_atoms or ([a.name for a in target_a.topology.atoms()]
+                                                != [a.name for a in target_b.topology.atoms()]):
+        raise ValueError(f"--from {target_a.name} and --to {target_b.name} are not the same molecule "
+                         "(atom counts or names differ)")
+    if md_from is not None:  # read them now: a bad folder must not cost the sampling first
+        if len(md_from) != len(md_to) or not md_from:
+            raise ValueError(f"give as many MD runs of B (--md-to) as of A (--md-from), got {len(md_to)} and {len(md_from)}")
+        for d in (*md_from, *md_to):
+            md.load_log_weights(d)
+    model_file = load_model_file(model_path, device=device)
+    for target in (target_a, target_b):
+        check_compatible(model_file, target)
+    out = _prepare_sample_out(out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast_a, fast_b = fast_target(target_a, compile=compile), fast_target(target_b, compile=compile)
+    torsions = _torsions(target_a.topology)
+    start = time.perf_counter()
+    per_run, dirs = [], []
+    seeds = run_seeds(seed, 3 * runs)
+    for k in range(runs):
+        bar = _progress_bar(f"run {k + 1}/{runs}: {target_a.name}", settings.n_levels) if progress else None
+        run_a = sample_molecule(model_file, target_a, particles, settings, seed=seeds[3 * k],
+                                target_energy=fast_a.reduced_energy, progress=bar)
+        kernel = (run_a.mixing or run_a.bridge).kernel
+        sw = switching.switch(model_file.space, run_a.positions, run_a.log_weights, fast_a.reduced_energy,
+                              fast_b.reduced_energy, switch_settings, torsions=torsions,
+                              kernel=getattr(kernel, "kernel", kernel), seed=seeds[3 * k + 1], device=device,
+                              progress=bar)
+        if bar is not None:
+            bar.close()
+        bar = _progress_bar(f"run {k + 1}/{runs}: {target_b.name}", settings.n_levels) if progress else None
+        run_b = sample_molecule(model_file, target_b, particles, settings, seed=seeds[3 * k + 2],
+                                target_energy=fast_b.reduced_energy, progress=bar)
+        if bar is not None:
+            bar.close()
+        positions = model_file.space.to_positions(sw.result.particles).detach().cpu().to(torch.float64).numpy()
+        folded = np.asarray(fold_to_l(positions, target_b.topology).positions, dtype=np.float64)
+        energies = evaluate(fast_b.reduced_energy, torch.from_numpy(folded), settings.chunk_size).numpy()
+        record = {"delta_f_kT": sw.delta_f, "delta_f_log_z_kT": run_a.log_z - run_b.log_z,
+                  "log_z_from": run_a.log_z, "log_z_to": run_b.log_z, "ess_fraction": sw.result.ess_fraction,
+                  "min_ess_fraction": sw.min_ess_fraction, "bridge_steps": len(sw.result.diagnostics),
+                  "lineages": sw.result.n_lineages, "target_evaluations": sw.target_evaluations
+                  + run_a.target_evaluations + run_b.target_evaluations + particles,
+                  "model_evaluations": run_a.model_evaluations + run_b.model_evaluations,
+                  "seconds": sw.seconds + run_a.seconds + run_b.seconds}
+        diagnostics = {"run": "free-energy bridge", "from": target_a.name, "to": target_b.name,
+                       "steps": [{"stage": "switch", **asdict(s)} for s in sw.result.diagnostics],
+                       "totals": record, "from_run": run_a.diagnostics()["totals"],
+                       "to_run": run_b.diagnostics()["totals"], "model": str(model_path)}
+        dirs.append(samples.write_sample_run(out / f"run-{k:03d}", folded, sw.result.log_weights.detach().cpu().numpy(),
+                                             energies, target_b.topology, diagnostics))
+        per_run.append(record)
+    reference = None
+    if reference_ns is not None:
+        md_from, md_to = _md_reference(target_a, target_b, out, runs, reference_ns, seed)
+    if md_from is not None:
+        ref = switching.bar_reference(md_from, md_to, fast_a.reduced_energy, fast_b.reduced_energy, seed=seed)
+        reference = {"method": f"BAR (pymbar) on MD of both states, {len(md_from)} pair(s) of runs",
+                     "delta_f_kT": ref.mean, "delta_f_err_kT": ref.standard_error if np.isfinite(ref.standard_error) else None,
+                     "md_from": [str(d) for d in md_from], "md_to": [str(d) for d in md_to]}
+    delta_f, delta_f_err = switching.pairs_error([r["delta_f_kT"] for r in per_run])
+    log_z_df, log_z_df_err = switching.pairs_error([r["delta_f_log_z_kT"] for r in per_run])
+    summary = {"from": target_a.name, "to": target_b.name, "model": str(model_path),
+               "model_system": model_file.metadata.get("system"), "n_runs": runs, "n_particles_per_run": particles,
+               "delta_f_kT": delta_f, "delta_f_err_kT": delta_f_err,
+               "delta_f_log_z_kT": log_z_df, "delta_f_log_z_err_kT": log_z_df_err,
+               "ess_fraction": float(np.mean([r["ess_fraction"] for r in per_run])),
+               "min_ess_fraction": float(min(r["min_ess_fraction"] for r in per_run)),
+               "target_evaluations": int(sum(r["target_evaluations"] for r in per_run)),
+               "model_evaluations": int(sum(r["model_evaluations"] for r in per_run)),
+               "seconds": time.perf_counter() - start, "reference": reference, "per_run": per_run,
+               "settings": asdict(settings), "switch_settings": asdict(switch_settings), "seed": seed,
+               "device": str(device)}
+    samples.write_json(out / "summary.json", summary)
+    return FreeEnergyReport(out, tuple(dirs), summary)

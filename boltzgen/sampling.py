@@ -11,11 +11,17 @@ One run, in model units y (centre-free, :class:`~boltzgen.space.MolecularSpace`)
 3. :func:`~boltzgen.smc.smc` from those weighted particles along the geometric bridge
    exp(-(1 - lam) E_theta(t_min) - lam u), lam: 0 -> 1, adaptive on the conditional ESS, with MALA
    moves at every step;
-4. mirror images folded onto L (the model is mirror invariant and so is the force field, which is
+4. :func:`~boltzgen.smc.mixing.mix`: the particles are resampled and equilibrated at u by MALA
+   moves, each followed by a torsion move (:mod:`boltzgen.smc.torsion`: rigid turns of rotatable
+   bonds, which cross between backbone basins where MALA cannot). The levels bring a basin's
+   mass through a few lineages; without these moves, independent runs disagree on it by more than
+   their weights say. They cost only force-field evaluations;
+5. mirror images folded onto L (the model is mirror invariant and so is the force field, which is
    checked on the particles).
 
 The weighted particles are exact for exp(-u) whatever the model's errors (the errors cost ESS,
-never bias); log Z is that of exp(-u) over centre-free positions in nm.
+never bias, and the mixing moves leave exp(-u) invariant); log Z is that of exp(-u) over
+centre-free positions in nm.
 """
 from __future__ import annotations
 
@@ -31,6 +37,8 @@ from .coordinates import fold_to_l
 from .models import ModelFile
 from .smc import MALA, SMCResult, SMCStep, denoising_smc, evaluate, geometric_path, smc
 from .smc import weights as W
+from .smc.mixing import mix
+from .smc.torsion import TorsionMove, rotatable_torsions
 
 # A fold onto L is exact only if the force field is mirror symmetric: the largest energy change
 # (kT) a reflection may cause before the run is refused.
@@ -49,6 +57,8 @@ class SampleSettings:
         resample_threshold: resample when ESS / N falls below this.
         bridge_step_size: initial MALA step size of the bridge (model units squared; adapted after
             every move).
+        mixing_moves: MALA moves per particle at u after the bridge (0: no mixing stage).
+        torsion_moves: torsion moves after each mixing MALA move (0: MALA only).
         chunk_size: particles per energy evaluation (bounds memory).
     """
 
@@ -58,12 +68,16 @@ class SampleSettings:
     bridge_cess: float = 0.9
     resample_threshold: float = 0.1
     bridge_step_size: float = 1e-4
+    mixing_moves: int = 500
+    torsion_moves: int = 4
     chunk_size: int = 1000
 
     def __post_init__(self):
         check_count(self.n_levels, "n_levels")
         check_count(self.level_moves, "level_moves", minimum=0)
         check_count(self.bridge_moves, "bridge_moves", minimum=0)
+        check_count(self.mixing_moves, "mixing_moves", minimum=0)
+        check_count(self.torsion_moves, "torsion_moves", minimum=0)
         check_count(self.chunk_size, "chunk_size")
         if not 0.0 < self.bridge_cess < 1.0:
             raise ValueError(f"bridge_cess must lie in (0, 1), got {self.bridge_cess!r}")
@@ -91,6 +105,14 @@ def _on_device(energy, device: torch.device):
     return wrapped
 
 
+def _torsions(topology):
+    """The molecule's rotatable bonds, or None if it has none (then MALA mixes alone)."""
+    try:
+        return rotatable_torsions(topology)
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class MolecularRun:
     """One run's weighted samples and diagnostics.
@@ -102,6 +124,8 @@ class MolecularRun:
         log_z: log of the integral of exp(-u) over centre-free positions (nm^(3 n_atoms - 3)).
         bridge_ess_fraction: one-step bridge ESS / N (see the module docstring).
         levels, bridge: the two SMC stages' results (per-step diagnostics, lineages).
+        mixing: the mixing stage's result (None when ``mixing_moves`` is 0); after it the
+            weights are equal.
         mirror_fraction: fraction of particles that were mirror images (D) and were folded.
         target_evaluations, model_evaluations: configurations on which u and E_theta were
             evaluated (an energy+gradient counts once).
@@ -115,6 +139,7 @@ class MolecularRun:
     bridge_ess_fraction: float
     levels: SMCResult
     bridge: SMCResult
+    mixing: SMCResult | None
     mirror_fraction: float
     target_evaluations: int
     model_evaluations: int
@@ -122,25 +147,33 @@ class MolecularRun:
 
     @property
     def ess_fraction(self) -> float:
-        """Final Kish ESS / N."""
-        return W.ess_fraction(torch.from_numpy(self.log_weights))
+        """Kish ESS / N at the end of the bridge (the mixing stage resamples to equal weights)."""
+        return self.bridge.ess_fraction
 
     @property
     def n_lineages(self) -> int:
         """Particles of t = 1 with descendants of positive weight at the end of the bridge."""
         return self.bridge.n_lineages
 
-    def diagnostics(self) -> dict:
-        """Per-step diagnostics of both stages and the run's totals, JSON-ready."""
-        def steps(result, stage):
-            return [{"stage": stage, **asdict(s)} for s in result.diagnostics]
+    @property
+    def torsion_acceptance(self) -> float:
+        """Mean acceptance of the mixing stage's torsion moves (nan without them)."""
+        rates = [s.torsion_acceptance for s in self.mixing.diagnostics] if self.mixing is not None else []
+        return float(np.mean(rates)) if rates else float("nan")
 
-        return {"steps": steps(self.levels, "levels") + steps(self.bridge, "bridge"),
+    def diagnostics(self) -> dict:
+        """Per-step diagnostics of every stage and the run's totals, JSON-ready."""
+        def steps(result, stage):
+            return [] if result is None else [{"stage": stage, **asdict(s)} for s in result.diagnostics]
+
+        return {"steps": steps(self.levels, "levels") + steps(self.bridge, "bridge") + steps(self.mixing, "mixing"),
                 "totals": {"n_particles": int(len(self.log_weights)), "ess_fraction": self.ess_fraction,
                            "bridge_ess_fraction": self.bridge_ess_fraction, "log_z": self.log_z,
                            "levels_ess_fraction": self.levels.ess_fraction, "n_lineages": self.n_lineages,
                            "levels_lineages": self.levels.n_lineages, "n_levels": len(self.levels.diagnostics) - 1,
                            "n_bridge_steps": len(self.bridge.diagnostics), "mirror_fraction": self.mirror_fraction,
+                           "mixing_lineages": self.mixing.n_lineages if self.mixing is not None else None,
+                           "torsion_acceptance": self.torsion_acceptance,
                            "target_evaluations": self.target_evaluations,
                            "model_evaluations": self.model_evaluations, "seconds": self.seconds}}
 
@@ -182,7 +215,16 @@ def sample_molecule(model_file: ModelFile, target, n_particles: int, settings: S
                  kernel=MALA(step_size=settings.bridge_step_size), n_moves=settings.bridge_moves,
                  resample_threshold=settings.resample_threshold, seed=generator, chunk_size=settings.chunk_size,
                  progress=progress)
-    positions = space.to_positions(bridge.particles).detach().cpu().to(torch.float64)
+    mixing = None
+    if settings.mixing_moves:
+        kernel = bridge.kernel
+        torsions = _torsions(target.topology) if settings.torsion_moves else None
+        if torsions is not None:
+            kernel = TorsionMove(kernel, torsions, settings.torsion_moves)
+        mixing = mix(bridge, u, kernel, settings.mixing_moves, project=space.project, seed=generator,
+                     chunk_size=settings.chunk_size, progress=progress)
+    final = bridge if mixing is None else mixing
+    positions = space.to_positions(final.particles).detach().cpu().to(torch.float64)
     folded = fold_to_l(positions.numpy(), target.topology)
     energies = evaluate(reduced, torch.as_tensor(folded.positions), settings.chunk_size).numpy()
     shift = np.abs(energies - evaluate(reduced, positions, settings.chunk_size).numpy())
@@ -191,7 +233,7 @@ def sample_molecule(model_file: ModelFile, target, n_particles: int, settings: S
         raise ValueError(f"the force field is not mirror symmetric (a reflection changes u by up to {worst:.3g} kT): "
                          "D samples of a mirror-invariant model cannot be folded onto L; train a chirality-aware model")
     return MolecularRun(positions=np.asarray(folded.positions, dtype=np.float64),
-                        log_weights=bridge.log_weights.detach().cpu().numpy(), energies=energies,
-                        log_z=bridge.log_z, bridge_ess_fraction=bridge_ess, levels=levels, bridge=bridge,
+                        log_weights=final.log_weights.detach().cpu().numpy(), energies=energies,
+                        log_z=final.log_z, bridge_ess_fraction=bridge_ess, levels=levels, bridge=bridge, mixing=mixing,
                         mirror_fraction=float(folded.mirror_fraction), target_evaluations=u.count + 2 * n_particles,
                         model_evaluations=level_evaluations + model_energy.count, seconds=time.perf_counter() - start)

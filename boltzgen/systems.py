@@ -121,6 +121,34 @@ def shipped_model(name: str, systems_dir: str | Path | None = None) -> Path:
     return spec.model
 
 
+def resolve_model(model, fallbacks=(), systems_dir: str | Path | None = None) -> Path:
+    """A model file from a ``--model`` value: a file path, or a named system whose shipped model to use.
+
+    Args:
+        model: a path to a model file, a system name, or None (then the shipped model of the first
+            of ``fallbacks`` that has one).
+        fallbacks: system names (or YAML paths) to take a shipped model from when ``model`` is None.
+    Raises:
+        ValueError: naming --model, if it is neither a file nor a system that ships a model.
+    """
+    known = specs(systems_dir)
+    if model is None:
+        for name in fallbacks:
+            if name in known and known[name].model is not None:
+                return shipped_model(name, systems_dir)
+        raise ValueError(f"--model: none of {', '.join(map(str, fallbacks))} ships a model; pass a model file "
+                         "written by `boltzgen train`")
+    path = Path(str(model))
+    if path.is_file():
+        return path
+    if str(model) in known:
+        return shipped_model(str(model), systems_dir)
+    if path.suffix or len(path.parts) > 1:  # meant as a file
+        raise FileNotFoundError(f"model file not found: {path}")
+    raise ValueError(f"--model {model}: neither a model file nor a named system (named systems with a model: "
+                     f"{', '.join(sorted(n for n, s in known.items() if s.model is not None)) or 'none'})")
+
+
 def names(systems_dir: str | Path | None = None) -> list[str]:
     """Names of the named systems, sorted."""
     return sorted(specs(systems_dir))

@@ -6,6 +6,7 @@ commands in the README.
 """
 import json
 import math
+from dataclasses import replace
 
 import mdtraj
 import numpy as np
@@ -23,7 +24,7 @@ from boltzgen.sampling import SampleSettings, sample_molecule
 from boltzgen.smc import weights as W
 from boltzgen.targets import torch_target
 
-TINY = SampleSettings(n_levels=12, level_moves=1, bridge_moves=2)
+TINY = SampleSettings(n_levels=12, level_moves=1, bridge_moves=2, mixing_moves=20)
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,25 @@ def test_a_run_counts_its_evaluations_and_steps(run):
     assert 1 <= run.n_lineages <= run.levels.n_lineages <= 40
     totals = json.loads(json.dumps(run.diagnostics()["totals"]))
     assert totals["n_levels"] == TINY.n_levels and totals["n_lineages"] == run.n_lineages
+
+
+def test_the_mixing_stage_equalises_weights_turns_torsions_and_keeps_log_z(run):
+    assert run.mixing is not None and [s.name for s in run.mixing.diagnostics] == ["mixing"]
+    assert run.mixing.diagnostics[-1].value == TINY.mixing_moves
+    assert np.allclose(run.log_weights, run.log_z)  # resampled, then moves only
+    assert run.log_z == pytest.approx(run.bridge.log_z) and run.ess_fraction == pytest.approx(run.bridge.ess_fraction)
+    assert 0 < run.torsion_acceptance < 1
+    totals = run.diagnostics()["totals"]
+    assert totals["torsion_acceptance"] == run.torsion_acceptance and 1 <= totals["mixing_lineages"] <= run.n_lineages
+    assert [s["stage"] for s in run.diagnostics()["steps"]][-1] == "mixing"
+
+
+def test_without_mixing_the_bridge_weights_are_the_result(vacuum, model_file):
+    target, fast = vacuum
+    plain = sample_molecule(model_file, target, 24, replace(TINY, mixing_moves=0), seed=5,
+                            target_energy=fast.reduced_energy)
+    assert plain.mixing is None and math.isnan(plain.torsion_acceptance)
+    assert np.allclose(plain.log_weights, plain.bridge.log_weights.numpy())
 
 
 def test_same_seed_same_run_other_seed_other_run(vacuum, model_file, run):
@@ -134,7 +154,7 @@ def test_a_vacuum_model_recalibrates_to_implicit_solvent(tmp_path):
 def test_cli_run_prints_the_summary_and_writes_plots(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["run", "alanine-dipeptide", "--out", str(out), "--particles", "16", "--runs", "2", "--levels", "8",
-                 "--level-moves", "1", "--bridge-moves", "1", "--threads", "1"])
+                 "--level-moves", "1", "--bridge-moves", "1", "--mixing-moves", "10", "--threads", "1"])
     text = capsys.readouterr().out
     assert code == 0
     assert "dF(phi>0 vs phi<0)" in text and "one-step bridge ESS" in text and "reference (" in text

@@ -27,14 +27,16 @@ def direct_system_from_xmls(*xmls, residue_templates=None):
                                               rigidWater=False, residueTemplates=residue_templates or {})
 
 
-def direct_system_from_prmtop():
+def direct_system_from_prmtop(implicit_solvent=app.OBC1):
     return app.AmberPrmtopFile(str(PRMTOP)).createSystem(nonbondedMethod=app.NoCutoff, constraints=None,
-                                                         implicitSolvent=app.OBC1)
+                                                         implicitSolvent=implicit_solvent)
 
 
 DIRECT = {
     "alanine-dipeptide": lambda: direct_system_from_xmls("amber99sbildn.xml"),
     "alanine-dipeptide-implicit": lambda: direct_system_from_xmls("amber99sbildn.xml", "amber99_obc.xml"),
+    "alanine-dipeptide-amber14": lambda: direct_system_from_xmls("amber14-all.xml"),
+    "alanine-dipeptide-ff96": lambda: direct_system_from_prmtop(None),
     "alanine-dipeptide-ff96-implicit": direct_system_from_prmtop,
 }
 
@@ -86,8 +88,8 @@ def assert_matches_direct(target, direct_system, temperature=300.0):
 
 
 # ---- named systems --------------------------------------------------------------------------------
-def test_names_lists_the_three_alanine_dipeptide_setups():
-    assert {"alanine-dipeptide", "alanine-dipeptide-implicit", "alanine-dipeptide-ff96-implicit"} <= set(systems.names())
+def test_names_lists_the_alanine_dipeptide_setups():
+    assert set(DIRECT) <= set(systems.names())
 
 
 @pytest.mark.parametrize("name", sorted(DIRECT))
@@ -101,7 +103,8 @@ def test_named_systems_have_the_expected_forces_and_no_constraints():
     kinds = {n: {type(f).__name__ for f in systems.load(n, platform="Reference").system.getForces()} for n in DIRECT}
     assert "GBSAOBCForce" in kinds["alanine-dipeptide-implicit"]
     assert "CustomGBForce" in kinds["alanine-dipeptide-ff96-implicit"]  # OpenMM's prmtop OBC1
-    assert not {"GBSAOBCForce", "CustomGBForce"} & kinds["alanine-dipeptide"]
+    for vacuum in ("alanine-dipeptide", "alanine-dipeptide-amber14", "alanine-dipeptide-ff96"):
+        assert not {"GBSAOBCForce", "CustomGBForce"} & kinds[vacuum]
     for n, k in kinds.items():
         assert "CMMotionRemover" not in k, n
         assert systems.load(n, platform="Reference").system.getNumConstraints() == 0

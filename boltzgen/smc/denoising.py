@@ -157,7 +157,7 @@ def denoising_smc(model, n_particles: int, *, project: Projection | None = None,
         resampled = ess < cfg.resample_threshold * n_particles
         if resampled:
             pop = _resampled(pop, cfg)
-        pop, kernel, acceptance, step_size = _moved(pop, level(t_next), kernel, cfg)
+        pop, kernel, (acceptance, _), step_size = _moved(pop, level(t_next), kernel, cfg)
         records.append(_record(i, t_next, pop, log_w, dlogz, cess, resampled, acceptance,
                                step_size if n_moves else float("nan"), lost))
         if progress is not None:

@@ -58,11 +58,14 @@ class Move:
         state: particles after the move.
         accepted: (n,) bool, True where the proposal was accepted.
         movable: (n,) bool, particles that could be moved at all (finite energy and gradient).
+        torsion_acceptance: acceptance rate of the torsion moves that followed the gradient move
+            (nan without; see :class:`boltzgen.smc.torsion.TorsionMove`).
     """
 
     state: ParticleState
     accepted: torch.Tensor
     movable: torch.Tensor
+    torsion_acceptance: float = float("nan")
 
     @property
     def acceptance_rate(self) -> float:

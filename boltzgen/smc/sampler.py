@@ -50,6 +50,7 @@ class SMCStep:
             a high ESS with few ancestors means the population collapsed onto a few lineages.
         max_weight_share: the largest normalised weight before resampling.
         n_nonfinite: particles that got zero weight at this step because the energy was not finite.
+        torsion_acceptance: mean acceptance of this step's torsion moves (nan without).
     """
 
     index: int
@@ -67,6 +68,7 @@ class SMCStep:
     n_ancestors: int
     max_weight_share: float
     n_nonfinite: int
+    torsion_acceptance: float = float("nan")
 
     @property
     def conditional_ess_fraction(self) -> float:
@@ -227,18 +229,22 @@ def _moved(pop: _Population, target: EnergyFn, kernel, cfg: _Settings):
 
     The step size is adapted after every move (each move is still an exact MH move for this
     target), so it follows the path's levels instead of lagging one step behind per level.
-    Returns the population, the adapted kernel, the mean acceptance rate and the step size used
-    by the first move.
+    Returns the population, the adapted kernel, the mean acceptance rates (gradient moves,
+    torsion moves) and the step size used by the first move.
     """
-    state, rates, first_step = pop.state, [], float(kernel.step_size)
+    state, rates, torsion_rates, first_step = pop.state, [], [], float(kernel.step_size)
     for _ in range(cfg.n_moves):
         move = kernel.move(target, state, cfg.generator, cfg.project, cfg.chunk_size)
         state = move.state
         rates.append(move.acceptance_rate)
+        torsion_rates.append(move.torsion_acceptance)
         if cfg.adapt_step_size:
             kernel = kernel.adapted(move.acceptance_rate)
-    acceptance = math.fsum(rates) / len(rates) if rates else float("nan")
-    return _Population(state, pop.log_w, pop.origin), kernel, acceptance, first_step
+
+    def mean(values):
+        return math.fsum(values) / len(values) if values else float("nan")
+
+    return _Population(state, pop.log_w, pop.origin), kernel, (mean(rates), mean(torsion_rates)), first_step
 
 
 def _step(pop: _Population, new: ParticleState, log_increment: torch.Tensor, target: EnergyFn, kernel,
@@ -261,12 +267,12 @@ def _step(pop: _Population, new: ParticleState, log_increment: torch.Tensor, tar
     resampled = ess < cfg.resample_threshold * n
     if resampled:
         pop = _resampled(pop, cfg)
-    pop, kernel, acceptance, step_size = _moved(pop, target, kernel, cfg)
+    pop, kernel, (acceptance, torsion_acceptance), step_size = _moved(pop, target, kernel, cfg)
     record = SMCStep(
         index=index, name=name, value=float(value), n_particles=n, ess=ess, ess_fraction=ess / n,
         conditional_ess=cess, acceptance=acceptance, step_size=step_size, resampled=resampled,
         log_z_increment=dlogz, log_z=W.log_mean_exp(log_w), n_ancestors=pop.n_ancestors,
-        max_weight_share=share, n_nonfinite=lost,
+        max_weight_share=share, n_nonfinite=lost, torsion_acceptance=torsion_acceptance,
     )
     return pop, kernel, record
 
