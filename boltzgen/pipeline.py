@@ -299,15 +299,9 @@ def _prepare_sample_out(out) -> Path:
 
 def _summary(runs: list, settings, figures, recalibration: bool, meta: dict) -> dict:
     """summary.json: per-run totals, means over runs and their standard errors (None with one run)."""
-    from .analysis.free_energy import with_error
+    from .analysis.free_energy import mean_and_error
 
-    def over_runs(values):
-        if len(values) < 2:
-            return float(np.mean(values)), None
-        e = with_error(values)
-        return e.mean, e.standard_error
-
-    log_z, log_z_err = over_runs([r.log_z for r in runs])
+    log_z, log_z_err = mean_and_error([r.log_z for r in runs])
     df = figures.delta_f_phi_positive
     return {
         "n_runs": len(runs), "n_particles_per_run": int(len(runs[0].log_weights)),
@@ -502,8 +496,10 @@ def free_energy_between(target_a, target_b, model_path, out, *, particles: int =
     from . import samples, switching
     from .coordinates import fold_to_l
     from .models import check_compatible
-    from .sampling import SampleSettings, _torsions, sample_molecule
+    from .analysis.free_energy import mean_and_error
+    from .sampling import SampleSettings, sample_molecule
     from .smc import evaluate
+    from .smc.torsion import rotatable_torsions_or_none
     from .targets import fast_target
 
     settings = SampleSettings() if settings is None else settings
@@ -530,7 +526,7 @@ def free_energy_between(target_a, target_b, model_path, out, *, particles: int =
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fast_a, fast_b = fast_target(target_a, compile=compile), fast_target(target_b, compile=compile)
-    torsions = _torsions(target_a.topology)
+    torsions = rotatable_torsions_or_none(target_a.topology)
     start = time.perf_counter()
     per_run, dirs = [], []
     seeds = run_seeds(seed, 3 * runs)
@@ -575,8 +571,8 @@ def free_energy_between(target_a, target_b, model_path, out, *, particles: int =
         reference = {"method": f"BAR (pymbar) on MD of both states, {len(md_from)} pair(s) of runs",
                      "delta_f_kT": ref.mean, "delta_f_err_kT": ref.standard_error if np.isfinite(ref.standard_error) else None,
                      "md_from": [str(d) for d in md_from], "md_to": [str(d) for d in md_to]}
-    delta_f, delta_f_err = switching.pairs_error([r["delta_f_kT"] for r in per_run])
-    log_z_df, log_z_df_err = switching.pairs_error([r["delta_f_log_z_kT"] for r in per_run])
+    delta_f, delta_f_err = mean_and_error([r["delta_f_kT"] for r in per_run])
+    log_z_df, log_z_df_err = mean_and_error([r["delta_f_log_z_kT"] for r in per_run])
     summary = {"from": target_a.name, "to": target_b.name, "model": str(model_path),
                "model_system": model_file.metadata.get("system"), "n_runs": runs, "n_particles_per_run": particles,
                "delta_f_kT": delta_f, "delta_f_err_kT": delta_f_err,

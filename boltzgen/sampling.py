@@ -38,7 +38,8 @@ from .models import ModelFile
 from .smc import MALA, SMCResult, SMCStep, denoising_smc, evaluate, geometric_path, smc
 from .smc import weights as W
 from .smc.mixing import mix
-from .smc.torsion import TorsionMove, rotatable_torsions
+from .smc.energy import CountedEnergy, on_device
+from .smc.torsion import TorsionMove, rotatable_torsions_or_none
 
 # A fold onto L is exact only if the force field is mirror symmetric: the largest energy change
 # (kT) a reflection may cause before the run is refused.
@@ -85,32 +86,6 @@ class SampleSettings:
             raise ValueError(f"resample_threshold must lie in [0, 1], got {self.resample_threshold!r}")
         if not self.bridge_step_size > 0:
             raise ValueError(f"bridge_step_size must be positive, got {self.bridge_step_size!r}")
-
-
-class _Counted:
-    """An energy function that counts the configurations it was evaluated on."""
-
-    def __init__(self, energy: Callable[[torch.Tensor], torch.Tensor]):
-        self.energy, self.count = energy, 0
-
-    def __call__(self, y: torch.Tensor) -> torch.Tensor:
-        self.count += int(y.shape[0])
-        return self.energy(y)
-
-
-def _on_device(energy, device: torch.device):
-    """Evaluate ``energy`` (a target on ``device``) for particles that live anywhere (autograd-safe)."""
-    def wrapped(y: torch.Tensor) -> torch.Tensor:
-        return energy(y.to(device)).to(y.device)
-    return wrapped
-
-
-def _torsions(topology):
-    """The molecule's rotatable bonds, or None if it has none (then MALA mixes alone)."""
-    try:
-        return rotatable_torsions(topology)
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -199,9 +174,9 @@ def sample_molecule(model_file: ModelFile, target, n_particles: int, settings: S
     model, space = model_file.model, model_file.space
     device = model.data_mean.device
     reduced = target.reduced_energy if target_energy is None else target_energy
-    u = _Counted(space.flat_energy(_on_device(reduced, torch.device("cpu")) if device.type != "cpu" else reduced))
+    u = CountedEnergy(space.flat_energy(on_device(reduced, "cpu") if device.type != "cpu" else reduced))
     t_min = float(model.schedule.t_min)
-    model_energy = _Counted(lambda y: model.energy(t_min, y))
+    model_energy = CountedEnergy(lambda y: model.energy(t_min, y))
     generator = torch.Generator(device=device).manual_seed(seed)
     levels = denoising_smc(model, n_particles, project=space.project, n_levels=settings.n_levels,
                            n_moves=settings.level_moves, resample_threshold=settings.resample_threshold,
@@ -218,7 +193,7 @@ def sample_molecule(model_file: ModelFile, target, n_particles: int, settings: S
     mixing = None
     if settings.mixing_moves:
         kernel = bridge.kernel
-        torsions = _torsions(target.topology) if settings.torsion_moves else None
+        torsions = rotatable_torsions_or_none(target.topology) if settings.torsion_moves else None
         if torsions is not None:
             kernel = TorsionMove(kernel, torsions, settings.torsion_moves)
         mixing = mix(bridge, u, kernel, settings.mixing_moves, project=space.project, seed=generator,

@@ -16,7 +16,6 @@ All log Z are of exp(-u) over centre-free positions in nm, so both states' figur
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -28,6 +27,7 @@ from ._checks import check_count
 from .analysis.free_energy import Estimate, delta_f_bar, with_error
 from .smc import MALA, SMCResult, SMCStep, evaluate, geometric_path, smc
 from .smc import weights as W
+from .smc.energy import CountedEnergy, on_device
 from .smc.resampling import resample
 from .smc.torsion import TorsionMove
 from .space import MolecularSpace
@@ -88,22 +88,6 @@ class Switch:
         return min(s.ess_fraction for s in self.result.diagnostics)
 
 
-class _Counted:
-    def __init__(self, energy):
-        self.energy, self.count = energy, 0
-
-    def __call__(self, y):
-        self.count += int(y.shape[0])
-        return self.energy(y)
-
-
-def _on_cpu(energy):
-    """``energy`` (evaluated on the CPU) for positions on any device, autograd-safe."""
-    def wrapped(x: torch.Tensor) -> torch.Tensor:
-        return energy(x.cpu()).to(x.device)
-    return wrapped
-
-
 def switch(space: MolecularSpace, positions, log_weights, energy_a: Callable, energy_b: Callable,
            settings: SwitchSettings = SwitchSettings(), *, torsions=None, kernel=None,
            seed: int | torch.Generator = 0, device: str | torch.device = "cpu",
@@ -132,10 +116,10 @@ def switch(space: MolecularSpace, positions, log_weights, energy_a: Callable, en
     if not torch.isfinite(log_w).any():
         raise ValueError("log_weights are all -inf or NaN: no sample of A carries weight")
     if y.device.type != "cpu":  # force fields evaluate on the CPU; particles (and moves) stay on the device
-        energy_a, energy_b = _on_cpu(energy_a), _on_cpu(energy_b)
+        energy_a, energy_b = on_device(energy_a, "cpu"), on_device(energy_b, "cpu")
     if not isinstance(seed, torch.Generator):  # the moves draw on the particles' device
         seed = torch.Generator(device=y.device).manual_seed(check_count(seed, "seed", minimum=0))
-    ua, ub = _Counted(space.flat_energy(energy_a)), _Counted(space.flat_energy(energy_b))
+    ua, ub = CountedEnergy(space.flat_energy(energy_a)), CountedEnergy(space.flat_energy(energy_b))
     mala = kernel if kernel is not None else MALA(step_size=settings.step_size)
     if torsions is not None and settings.torsion_moves:
         mala = TorsionMove(mala, torsions, settings.torsion_moves)
@@ -188,11 +172,3 @@ def bar_reference(dirs_a: Sequence, dirs_b: Sequence, energy_a: Callable, energy
         return estimates[0]
     return with_error([e.mean for e in estimates])
 
-
-def pairs_error(values: Sequence[float]) -> tuple[float, float | None]:
-    """Mean and standard error over independent runs (None with one run)."""
-    values = [float(v) for v in values]
-    if len(values) < 2:
-        return values[0], None
-    e = with_error(values)
-    return e.mean, e.standard_error if math.isfinite(e.standard_error) else None

@@ -10,7 +10,8 @@ from boltzgen import md, systems
 from boltzgen.analysis.free_energy import delta_f_bar
 from boltzgen.cli import main
 from boltzgen.space import MolecularSpace
-from boltzgen.switching import SwitchSettings, bar_reference, pairs_error, switch
+from boltzgen.analysis.free_energy import mean_and_error
+from boltzgen.switching import SwitchSettings, bar_reference, switch
 from boltzgen.targets import torch_target
 
 
@@ -37,7 +38,7 @@ def test_switch_between_two_gaussians_gives_the_exact_free_energy_within_its_err
         assert sw.result.diagnostics[-1].value == 1.0 and 0 < sw.min_ess_fraction <= 1
         assert sw.target_evaluations > 0 and sw.seconds > 0
         estimates.append(sw.delta_f)
-    mean, err = pairs_error(estimates)
+    mean, err = mean_and_error(estimates)
     assert err is not None and err < 0.2
     assert abs(mean - exact) < 4 * err + 0.02, (estimates, exact)
 
@@ -53,10 +54,12 @@ def test_switch_refuses_bad_weights():
         SwitchSettings(cess=1.5)
 
 
-def test_pairs_error():
-    assert pairs_error([1.0]) == (1.0, None)
-    mean, err = pairs_error([1.0, 2.0, 3.0])
+def test_mean_and_error_over_runs():
+    assert mean_and_error([1.0]) == (1.0, None)
+    mean, err = mean_and_error([1.0, 2.0, 3.0])
     assert mean == 2.0 and err == pytest.approx(1.0 / math.sqrt(3))
+    with pytest.raises(ValueError, match="at least one"):
+        mean_and_error([])
 
 
 @pytest.fixture(scope="module")

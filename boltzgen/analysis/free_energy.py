@@ -379,6 +379,20 @@ def with_error(estimates) -> Estimate:
     return Estimate(mean=float(values.mean()), standard_error=float(values.std(ddof=1) / math.sqrt(n)), n=n)
 
 
+def mean_and_error(values) -> tuple[float, float | None]:
+    """Mean of per-run values and its standard error over the runs (None with one run or a NaN error).
+
+    The form summary.json uses: with a single run there is no honest error bar.
+    """
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("values must hold at least one per-run value")
+    if len(values) < 2:
+        return values[0], None
+    e = with_error(values)
+    return e.mean, e.standard_error if math.isfinite(e.standard_error) else None
+
+
 def basin_free_energy_runs(runs: Iterable, basin_a: Basin, basin_b: Basin) -> Estimate:
     """dF = F_B - F_A in kT over independent runs, with the standard error from their spread.
 

@@ -107,3 +107,21 @@ def subspace_dimension(project: Projection | None, dim: int, dtype=torch.float64
         return dim
     eye = torch.eye(dim, dtype=dtype, device=device)
     return int(round(float(torch.diagonal(project(eye)).sum())))
+
+
+class CountedEnergy:
+    """An energy function that counts the configurations it was evaluated on (``count``)."""
+
+    def __init__(self, energy: EnergyFn):
+        self.energy, self.count = energy, 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.count += int(x.shape[0])
+        return self.energy(x)
+
+
+def on_device(energy: EnergyFn, device: torch.device | str) -> EnergyFn:
+    """``energy`` evaluated on ``device`` (e.g. a CPU force field) for inputs anywhere; autograd-safe."""
+    def wrapped(x: torch.Tensor) -> torch.Tensor:
+        return energy(x.to(device)).to(x.device)
+    return wrapped

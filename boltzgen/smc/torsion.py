@@ -134,6 +134,14 @@ def rotatable_torsions(topology) -> Torsions:
     return Torsions(n, np.array(axes), np.array(moving), tuple(names), tuple((i,) for i in range(k)) + tuple(pairs))
 
 
+def rotatable_torsions_or_none(topology) -> Torsions | None:
+    """:func:`rotatable_torsions`, or None for a molecule without rotatable bonds (or bonds)."""
+    try:
+        return rotatable_torsions(topology)
+    except ValueError:
+        return None
+
+
 def rotate(x: torch.Tensor, torsions: Torsions, which: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     """Rotate each particle's atoms about one of its rotatable bonds, then remove the centroid.
 
