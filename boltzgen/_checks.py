@@ -87,6 +87,13 @@ def check_positive(value: float, name: str) -> float:
     return float(value)
 
 
+def check_probability(value, name: str) -> float:
+    """``value`` as a float in [0, 1], or a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
 def check_count(value, name: str, minimum: int = 1, allow_none: bool = False) -> int | None:
     """Check an integer count (a Python or numpy integer, not a bool) >= ``minimum``; return it as int.
 

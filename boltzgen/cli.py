@@ -232,6 +232,9 @@ def _add_sampling_options(p, particles: int, runs: int) -> None:
                    help=f"MALA moves per particle at the force field after the bridge (default {d.mixing_moves}; 0: none)")
     p.add_argument("--torsion-moves", type=int, default=d.torsion_moves,
                    help=f"torsion moves after each mixing MALA move (default {d.torsion_moves}; 0: MALA only)")
+    p.add_argument("--torsion-reflect", type=float, default=d.torsion_reflect,
+                   help="probability that a torsion move reflects the dihedrals (theta -> -theta) instead of "
+                        f"turning them by uniform angles (default {d.torsion_reflect})")
     p.add_argument("--seed", type=int, default=0, help="random seed of the runs (default 0)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -249,7 +252,8 @@ def _sample_settings(args):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
     return replace(SampleSettings(), n_levels=args.levels, level_moves=args.level_moves, bridge_moves=args.bridge_moves,
-                   mixing_moves=args.mixing_moves, torsion_moves=args.torsion_moves)
+                   mixing_moves=args.mixing_moves, torsion_moves=args.torsion_moves,
+                   torsion_reflect=args.torsion_reflect)
 
 
 def add_sample_command(sub) -> None:

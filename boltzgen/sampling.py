@@ -32,7 +32,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ._checks import check_count
+from ._checks import check_count, check_probability
 from .coordinates import fold_to_l
 from .models import ModelFile
 from .smc import MALA, SMCResult, SMCStep, denoising_smc, evaluate, geometric_path, smc
@@ -60,6 +60,8 @@ class SampleSettings:
             every move).
         mixing_moves: MALA moves per particle at u after the bridge (0: no mixing stage).
         torsion_moves: torsion moves after each mixing MALA move (0: MALA only).
+        torsion_reflect: probability that a torsion move reflects its dihedrals instead of turning
+            them by uniform angles (:mod:`boltzgen.smc.torsion`).
         chunk_size: particles per energy evaluation (bounds memory).
     """
 
@@ -71,6 +73,7 @@ class SampleSettings:
     bridge_step_size: float = 1e-4
     mixing_moves: int = 500
     torsion_moves: int = 4
+    torsion_reflect: float = 0.5
     chunk_size: int = 1000
 
     def __post_init__(self):
@@ -80,6 +83,7 @@ class SampleSettings:
         check_count(self.mixing_moves, "mixing_moves", minimum=0)
         check_count(self.torsion_moves, "torsion_moves", minimum=0)
         check_count(self.chunk_size, "chunk_size")
+        check_probability(self.torsion_reflect, "torsion_reflect")
         if not 0.0 < self.bridge_cess < 1.0:
             raise ValueError(f"bridge_cess must lie in (0, 1), got {self.bridge_cess!r}")
         if not 0.0 <= self.resample_threshold <= 1.0:
@@ -195,7 +199,7 @@ def sample_molecule(model_file: ModelFile, target, n_particles: int, settings: S
         kernel = bridge.kernel
         torsions = rotatable_torsions_or_none(target.topology) if settings.torsion_moves else None
         if torsions is not None:
-            kernel = TorsionMove(kernel, torsions, settings.torsion_moves)
+            kernel = TorsionMove(kernel, torsions, settings.torsion_moves, settings.torsion_reflect)
         mixing = mix(bridge, u, kernel, settings.mixing_moves, project=space.project, seed=generator,
                      chunk_size=settings.chunk_size, progress=progress)
     final = bridge if mixing is None else mixing

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ._checks import check_count
+from ._checks import check_count, check_probability
 from .analysis.free_energy import Estimate, delta_f_bar, with_error
 from .smc import MALA, SMCResult, SMCStep, evaluate, geometric_path, smc
 from .smc import weights as W
@@ -41,6 +41,8 @@ class SwitchSettings:
         cess: conditional ESS fraction each adaptive step aims at.
         moves: MCMC moves per step (MALA, each followed by ``torsion_moves`` torsion moves).
         torsion_moves: torsion moves after each MALA move (0: MALA only).
+        torsion_reflect: probability that a torsion move reflects its dihedrals instead of turning
+            them by uniform angles.
         resample_threshold: resample when ESS / N falls below this.
         step_size: initial MALA step size (model units squared) when no adapted kernel is given.
         chunk_size: particles per energy evaluation.
@@ -49,6 +51,7 @@ class SwitchSettings:
     cess: float = 0.9
     moves: int = 10
     torsion_moves: int = 4
+    torsion_reflect: float = 0.5
     resample_threshold: float = 0.3
     step_size: float = 1e-4
     chunk_size: int = 1000
@@ -57,6 +60,7 @@ class SwitchSettings:
         check_count(self.moves, "moves", minimum=0)
         check_count(self.torsion_moves, "torsion_moves", minimum=0)
         check_count(self.chunk_size, "chunk_size")
+        check_probability(self.torsion_reflect, "torsion_reflect")
         if not 0.0 < self.cess < 1.0:
             raise ValueError(f"cess must lie in (0, 1), got {self.cess!r}")
         if not 0.0 <= self.resample_threshold <= 1.0:
@@ -122,7 +126,7 @@ def switch(space: MolecularSpace, positions, log_weights, energy_a: Callable, en
     ua, ub = CountedEnergy(space.flat_energy(energy_a)), CountedEnergy(space.flat_energy(energy_b))
     mala = kernel if kernel is not None else MALA(step_size=settings.step_size)
     if torsions is not None and settings.torsion_moves:
-        mala = TorsionMove(mala, torsions, settings.torsion_moves)
+        mala = TorsionMove(mala, torsions, settings.torsion_moves, settings.torsion_reflect)
     initial = SMCResult(y, log_w, W.log_mean_exp(log_w), (), mala, torch.arange(y.shape[0], device=y.device))
     result = smc(geometric_path(ua, ub, cess_target=settings.cess), initial=initial, kernel=mala,
                  n_moves=settings.moves, resample_threshold=settings.resample_threshold, project=space.project,

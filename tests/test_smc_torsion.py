@@ -9,7 +9,7 @@ import torch
 from boltzgen import systems
 from boltzgen.smc import MALA, ParticleState, SMCResult, particle_state
 from boltzgen.smc.mixing import mix, resampled
-from boltzgen.smc.torsion import TorsionMove, Torsions, rotatable_torsions, rotate, torsion_step
+from boltzgen.smc.torsion import TorsionMove, Torsions, dihedral, rotatable_torsions, rotate, torsion_step
 
 
 def _topology(bonds, elements):
@@ -87,7 +87,51 @@ def test_rotate_turns_the_dihedral_by_the_angle_and_keeps_the_sides_rigid():
     assert torch.allclose(rotate(y, torsions, which, -angle), x, atol=1e-12)  # the reverse move undoes it
 
 
-def test_torsion_moves_sample_the_exact_joint_distribution_of_two_coupled_dihedrals():
+def _reflect(x, torsions, bonds):
+    for b in bonds:
+        which = torch.full((x.shape[0],), b, dtype=torch.int64)
+        x = rotate(x, torsions, which, -2 * dihedral(x, torsions, which))
+    return x
+
+
+def test_reflection_negates_the_main_chain_dihedral_is_an_involution_and_keeps_volume():
+    with systems.load("alanine-dipeptide") as target:
+        torsions = rotatable_torsions(target.topology)
+        top = mdtraj.Topology.from_openmm(target.topology)
+        x = torch.as_tensor(np.asarray(target.positions), dtype=torch.float64).reshape(1, -1)
+    names = [tuple(str(top.atom(int(i))) for i in (c, a, b, d))
+             for (a, b), (c, d) in zip(torsions.axes, torsions.references)]
+    assert ("ALA2-C", "ALA2-CA", "ALA2-N", "ACE1-C") in names  # phi, measured along the backbone
+    assert ("ALA2-N", "ALA2-CA", "ALA2-C", "NME3-N") in names  # psi
+    for bond, angle in [(1, 1.7), (2, -2.2), (0, 0.3)]:  # leave the extended start structure
+        x = rotate(x, torsions, torch.tensor([bond]), torch.tensor([angle], dtype=torch.float64))
+    md_phi = mdtraj.compute_phi(mdtraj.Trajectory(x.reshape(1, -1, 3).numpy(), top))[1][0, 0]
+    phi = int(np.flatnonzero([n[0] == "ALA2-C" and n[3] == "ACE1-C" for n in names])[0])
+    assert float(dihedral(x, torsions, torch.tensor([phi]))) == pytest.approx(md_phi, abs=1e-6)
+    before = torch.stack([dihedral(x, torsions, torch.tensor([i])) for i in range(len(torsions))])
+    n = x.shape[1] // 3
+    translations = torch.zeros(3 * n, 3, dtype=torch.float64)
+    for k in range(3):
+        translations[k::3, k] = 1 / math.sqrt(n)
+    q, _ = torch.linalg.qr(torch.cat([translations, torch.randn(3 * n, 3 * n - 3, generator=torch.Generator().manual_seed(0),
+                                                                 dtype=torch.float64)], 1))
+    basis = q[:, 3:]  # the centre-free subspace
+    for bonds in [(1,), (1, 2), (2, 1), (0, 1)]:
+        y = _reflect(x, torsions, bonds)
+        after = torch.stack([dihedral(y, torsions, torch.tensor([i])) for i in range(len(torsions))])
+        flipped = [i in bonds for i in range(len(torsions))]
+        expected = torch.where(torch.tensor(flipped)[:, None], -before, before)
+        assert torch.allclose(torch.remainder(after - expected + math.pi, 2 * math.pi) - math.pi,
+                              torch.zeros_like(after), atol=1e-9)
+        assert torch.allclose(_reflect(y, torsions, bonds), x, atol=1e-12)  # an involution, in either order
+        assert torch.allclose(_reflect(y, torsions, bonds[::-1]), x, atol=1e-12)
+        jacobian = torch.autograd.functional.jacobian(lambda v: _reflect(v.reshape(1, -1), torsions, bonds).reshape(-1),
+                                                      x.reshape(-1))
+        assert abs(torch.linalg.det(basis.T @ jacobian @ basis)).item() == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("reflect", [0.0, 0.5])
+def test_torsion_moves_sample_the_exact_joint_distribution_of_two_coupled_dihedrals(reflect):
     """Singles and pairs in random order: the stationary law of (phi1, phi2) is exp(-V) on the torus."""
     torsions = rotatable_torsions(CHAIN)
     n = 4000
@@ -96,7 +140,7 @@ def test_torsion_moves_sample_the_exact_joint_distribution_of_two_coupled_dihedr
     generator = torch.Generator().manual_seed(0)
     rates = []
     for _ in range(60):
-        move = torsion_step(_chain_energy, state, torsions, generator)
+        move = torsion_step(_chain_energy, state, torsions, generator, reflect=reflect)
         state = move.state
         rates.append(move.acceptance_rate)
     a, b = _angles(state.x)
@@ -137,6 +181,14 @@ def test_torsion_move_follows_each_gradient_move_and_reports_both_rates():
         torsion_step(energy, ParticleState(bad, torch.zeros(64, dtype=torch.float64), torch.zeros_like(bad)), torsions)
     with pytest.raises(ValueError, match="groups"):
         Torsions(6, torsions.axes, torsions.moving, torsions.names, groups=((0, 0),))
+    with pytest.raises(ValueError, match="reflect must be a probability"):
+        TorsionMove(MALA(step_size=1e-3), torsions, reflect=1.5)
+    bare = Torsions(6, torsions.axes, torsions.moving, torsions.names)
+    with pytest.raises(ValueError, match="needs Torsions.references"):
+        TorsionMove(MALA(step_size=1e-3), bare)
+    assert TorsionMove(MALA(step_size=1e-3), bare, reflect=0).reflect == 0.0
+    with pytest.raises(ValueError, match="references must be"):
+        Torsions(6, torsions.axes, torsions.moving, torsions.names, references=torsions.references[:, ::-1])
 
 
 def _weighted(x, log_w):

@@ -21,6 +21,19 @@ a clash, the pair reaches the other basins). Each bond of a group turns by its o
 in a random order; the reverse move (negated angles, reversed order) has the same probability,
 so the proposal stays symmetric. Bonds with a high barrier (amide bonds) are kept: their moves
 are simply rejected; nothing is tuned to a particular molecule.
+
+A uniform angle mostly lands on a clash. With probability ``reflect`` a move instead *reflects*
+its group's dihedrals, theta -> -theta, each measured along the bond's main chain (the neighbour
+with the largest branch on each side: for a peptide backbone, the usual phi and psi). Rotamers
+and backbone basins often come in such mirror pairs (gauche+ / gauche-; a peptide's C7eq / C7ax
+and alpha_R / alpha_L, which glycine's achiral backbone makes exact mirror images), so a
+reflection lands on a basin far more often than a uniform angle does. It is exact too: the turn
+by -2 theta is an involution (the reflected dihedral is -theta, whose reflection turns it back;
+a turn about one bond of a pair does not change the other's dihedral, so the order does not
+matter), and it is volume preserving (in internal coordinates it is theta -> -theta with
+everything else fixed, |det| = 1, and the Cartesian-to-internal Jacobian depends only on bond
+lengths and angles, which do not change). A state-independent choice between two exact moves
+is exact, so the Metropolis ratio is still exp(E(x) - E(x')).
 """
 from __future__ import annotations
 
@@ -30,7 +43,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .._checks import check_count
+from .._checks import check_count, check_probability
 from .energy import EnergyFn, Projection
 from .kernels import Move, ParticleState, _mh_accept, _select, particle_state
 
@@ -46,6 +59,8 @@ class Torsions:
         names: k labels "atom_a:atom_b" (for diagnostics).
         groups: tuples of bond indices; a move turns one group, drawn uniformly (default: every
             bond alone).
+        references: (k, 2) int64 atoms (c, d) that define each bond's dihedral c-a-b-d, c bonded
+            to a on the fixed side and d bonded to b on the moving side; None: no reflection moves.
     """
 
     n_atoms: int
@@ -53,6 +68,7 @@ class Torsions:
     moving: np.ndarray
     names: tuple[str, ...]
     groups: tuple[tuple[int, ...], ...] = ()
+    references: np.ndarray | None = None
 
     def __post_init__(self):
         axes, moving = np.asarray(self.axes, dtype=np.int64), np.asarray(self.moving, dtype=bool)
@@ -70,6 +86,14 @@ class Torsions:
         object.__setattr__(self, "moving", moving)
         object.__setattr__(self, "names", tuple(self.names))
         object.__setattr__(self, "groups", groups)
+        if self.references is not None:
+            refs = np.asarray(self.references, dtype=np.int64)
+            if refs.shape != (k, 2) or refs.min() < 0 or refs.max() >= self.n_atoms:
+                raise ValueError(f"references must have shape ({k}, 2) with atoms 0..{self.n_atoms - 1}")
+            rows = np.arange(k)
+            if moving[rows, refs[:, 0]].any() or not moving[rows, refs[:, 1]].all() or (refs == axes).any():
+                raise ValueError("references must be (c, d): c on each bond's fixed side, d on its moving side")
+            object.__setattr__(self, "references", refs)
 
     def __len__(self) -> int:
         return int(self.axes.shape[0])
@@ -86,6 +110,14 @@ def _component(neighbours: list[set[int]], start: int, blocked: int) -> set[int]
             seen.add(j)
             stack.append(j)
     return seen
+
+
+def _main_neighbour(neighbours: list[set[int]], heavy: np.ndarray, atom: int, other: int) -> int:
+    """The neighbour of ``atom`` (besides ``other``) whose branch has most heavy atoms, then most atoms."""
+    def size(j):
+        branch = sorted(_component(neighbours, j, atom))
+        return int(heavy[branch].sum()), len(branch), -j
+    return max(sorted(neighbours[atom] - {other}), key=size)
 
 
 def rotatable_torsions(topology) -> Torsions:
@@ -110,7 +142,7 @@ def rotatable_torsions(topology) -> Torsions:
         neighbours[j].add(i)
     if not any(neighbours):
         raise ValueError("topology has no bonds: torsion moves need the molecule's bond graph")
-    axes, moving, names = [], [], []
+    axes, moving, names, references = [], [], [], []
     for i in range(n):
         for j in sorted(neighbours[i]):
             if j < i:
@@ -125,13 +157,15 @@ def rotatable_torsions(topology) -> Torsions:
             mask = np.zeros(n, dtype=bool)
             mask[sorted(side - {b})] = True
             axes.append((a, b))
+            references.append((_main_neighbour(neighbours, heavy, a, b), _main_neighbour(neighbours, heavy, b, a)))
             moving.append(mask)
             names.append(f"{atoms[a]}:{atoms[b]}")
     if not axes:
         raise ValueError("topology has no rotatable bond (every bond is terminal, in a ring or turns only hydrogens)")
     k = len(axes)
     pairs = [(p, q) for p in range(k) for q in range(p + 1, k) if set(axes[p]) & set(axes[q])]
-    return Torsions(n, np.array(axes), np.array(moving), tuple(names), tuple((i,) for i in range(k)) + tuple(pairs))
+    groups = tuple((i,) for i in range(k)) + tuple(pairs)
+    return Torsions(n, np.array(axes), np.array(moving), tuple(names), groups, np.array(references))
 
 
 def rotatable_torsions_or_none(topology) -> Torsions | None:
@@ -169,12 +203,40 @@ def rotate(x: torch.Tensor, torsions: Torsions, which: torch.Tensor, angle: torc
     return (out - out.mean(dim=1, keepdim=True)).reshape(n, -1)
 
 
+def dihedral(x: torch.Tensor, torsions: Torsions, which: torch.Tensor) -> torch.Tensor:
+    """Each particle's dihedral c-a-b-d about one rotatable bond, signed so that ``rotate`` adds to it.
+
+    Args:
+        x: (n, 3 n_atoms) flat positions.
+        torsions: the molecule's :class:`Torsions`, with ``references``.
+        which: (n,) int64 index of the bond of each particle.
+    Returns:
+        (n,) angles in radians in (-pi, pi]: the right-handed angle about a -> b from c's
+        projection to d's.
+    """
+    if torsions.references is None:
+        raise ValueError("dihedral needs Torsions.references (the atoms c, d of each dihedral c-a-b-d)")
+    n = x.shape[0]
+    r = x.reshape(n, torsions.n_atoms, 3)
+    rows = torch.arange(n, device=x.device)
+    axes = torch.as_tensor(torsions.axes, device=x.device)[which]
+    refs = torch.as_tensor(torsions.references, device=x.device)[which]
+    a, b, c, d = r[rows, axes[:, 0]], r[rows, axes[:, 1]], r[rows, refs[:, 0]], r[rows, refs[:, 1]]
+    u = (b - a) / torch.linalg.norm(b - a, dim=1, keepdim=True)
+    p, q = c - a, d - b
+    p = p - (p * u).sum(1, keepdim=True) * u
+    q = q - (q * u).sum(1, keepdim=True) * u
+    return torch.atan2((u * torch.cross(p, q, dim=1)).sum(1), (p * q).sum(1))
+
+
 @dataclass(frozen=True)
 class TorsionMove:
     """``n_moves`` torsion moves after every move of a gradient ``kernel`` (MALA or HMC).
 
-    Each torsion move rotates one rotatable bond per particle, drawn uniformly, by an angle drawn
-    uniformly from (-pi, pi], and accepts with probability min(1, exp(E(x) - E(x'))). The step
+    Each torsion move turns one group of rotatable bonds per particle, drawn uniformly, each bond
+    by an angle drawn uniformly from (-pi, pi] or, with probability ``reflect``, by the angle that
+    reflects its dihedral (see the module docstring), and accepts with probability
+    min(1, exp(E(x) - E(x'))). The step
     size, its adaptation and the reported acceptance rate are those of ``kernel``; the torsion
     moves' mean acceptance is reported as ``Move.torsion_acceptance``.
 
@@ -183,14 +245,18 @@ class TorsionMove:
         torsions: the molecule's :class:`Torsions` (flat coordinates of the particles must be
             (n, 3 torsions.n_atoms)).
         n_moves: torsion moves per gradient move (each costs one energy+gradient evaluation).
+        reflect: probability in [0, 1] that a torsion move reflects its dihedrals instead of
+            turning them by uniform angles (needs ``torsions.references`` when > 0).
     """
 
     kernel: object
     torsions: Torsions
     n_moves: int = 1
+    reflect: float = 0.5
 
     def __post_init__(self):
         object.__setattr__(self, "n_moves", check_count(self.n_moves, "n_moves"))
+        object.__setattr__(self, "reflect", check_reflect(self.reflect, self.torsions))
         if not hasattr(self.kernel, "move") or not hasattr(self.kernel, "adapted"):
             raise TypeError(f"kernel must be an MCMC kernel (MALA or HMC), got {type(self.kernel).__name__}")
 
@@ -217,20 +283,31 @@ class TorsionMove:
         first = self.kernel.move(energy, state, generator, project, chunk_size)
         current, rates = first.state, []
         for _ in range(self.n_moves):
-            turn = torsion_step(energy, current, self.torsions, generator, chunk_size)
+            turn = torsion_step(energy, current, self.torsions, generator, chunk_size, self.reflect)
             current = turn.state
             rates.append(turn.acceptance_rate)
         return Move(current, first.accepted, first.movable, torsion_acceptance=math.fsum(rates) / len(rates))
 
 
+def check_reflect(reflect: float, torsions: Torsions) -> float:
+    """``reflect`` as a float, or a ValueError naming it (a probability; > 0 needs references)."""
+    reflect = check_probability(reflect, "reflect")
+    if reflect > 0 and torsions.references is None:
+        raise ValueError("reflect > 0 needs Torsions.references (the atoms c, d of each dihedral); "
+                         "use rotatable_torsions(topology) or pass reflect=0")
+    return reflect
+
+
 def torsion_step(energy: EnergyFn, state: ParticleState, torsions: Torsions, generator: torch.Generator | None = None,
-                 chunk_size: int | None = None) -> Move:
+                 chunk_size: int | None = None, reflect: float = 0.0) -> Move:
     """One torsion move of every particle (see :class:`TorsionMove`); exp(-energy) is invariant.
 
     Args:
         energy: callable on (n, 3 n_atoms) -> (n,) kT.
         state: the particles (n, 3 n_atoms) with energies and gradients under ``energy``.
         torsions: the molecule's :class:`Torsions`.
+        reflect: probability that a particle's move reflects its group's dihedrals instead of
+            turning them by uniform angles.
     Returns:
         :class:`~boltzgen.smc.Move` (its acceptance rate is the torsion acceptance).
     """
@@ -243,11 +320,16 @@ def torsion_step(energy: EnergyFn, state: ParticleState, torsions: Torsions, gen
     bonds = table[torch.randint(len(torsions.groups), (n,), generator=generator, device=x.device)]
     order = torch.argsort(torch.rand(n, size, generator=generator, device=x.device), dim=1)
     bonds = torch.gather(bonds, 1, order)
+    if check_reflect(reflect, torsions) > 0:
+        reflects = torch.rand(n, generator=generator, device=x.device) < reflect
     y = x
     for slot in range(size):
+        which = bonds[:, slot].clamp(min=0)
         angle = (2 * torch.rand(n, generator=generator, dtype=torch.float64, device=x.device) - 1) * math.pi
+        if reflect > 0:
+            angle = torch.where(reflects, -2 * dihedral(y, torsions, which).to(angle.dtype), angle)
         angle = torch.where(bonds[:, slot] >= 0, angle, torch.zeros_like(angle))
-        y = rotate(y, torsions, bonds[:, slot].clamp(min=0), angle)
+        y = rotate(y, torsions, which, angle)
     movable = state.movable
     proposed = particle_state(energy, torch.where(movable[:, None], y, x), chunk_size)
     accepted = _mh_accept(state.energy - proposed.energy, movable & proposed.movable, generator)
