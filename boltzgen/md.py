@@ -344,16 +344,22 @@ def run_md(target: OpenMMTarget, ns: float, out_dir, seed: int, *, timestep_fs: 
                     biased=frozen is not None)
 
 
-def load_trajectory(out_dir) -> mdtraj.Trajectory:
-    """The production frames of a :func:`run_md` folder as an mdtraj Trajectory (nm, time in ps)."""
-    out, record = _complete_record(out_dir)
+def load_topology(out_dir) -> mdtraj.Topology:
+    """The molecule of a complete :func:`run_md` folder (read without its frames)."""
+    out, _ = _complete_record(out_dir)
     topology_path = out / _TOPOLOGY
     if not topology_path.is_file():
         raise ValueError(f"{topology_path} is missing (the topology of the run in {out})")
     try:
-        top = mdtraj.load_topology(str(topology_path))
+        return mdtraj.load_topology(str(topology_path))
     except Exception as exc:  # mdtraj raises many kinds for a damaged file
         raise ValueError(f"{topology_path} cannot be read ({type(exc).__name__}: {exc})") from exc
+
+
+def load_trajectory(out_dir) -> mdtraj.Trajectory:
+    """The production frames of a :func:`run_md` folder as an mdtraj Trajectory (nm, time in ps)."""
+    out, record = _complete_record(out_dir)
+    top = load_topology(out)
     parts = []
     for chunk in record["chunks"]:
         path = _chunk_file(out, chunk, "trr")

@@ -517,8 +517,12 @@ def free_energy_between(target_a, target_b, model_path, out, *, particles: int =
     if md_from is not None:  # read them now: a bad folder must not cost the sampling first
         if len(md_from) != len(md_to) or not md_from:
             raise ValueError(f"give as many MD runs of B (--md-to) as of A (--md-from), got {len(md_to)} and {len(md_from)}")
-        for d in (*md_from, *md_to):
+        for d, target in [(d, target_a) for d in md_from] + [(d, target_b) for d in md_to]:
             md.load_log_weights(d)
+            n_atoms = md.load_topology(d).n_atoms
+            if n_atoms != target.n_atoms:
+                raise ValueError(f"MD run {d} has {n_atoms} atoms, {target.name} has {target.n_atoms}: "
+                                 "not a run of this molecule")
     model_file = load_model_file(model_path, device=device)
     for target in (target_a, target_b):
         check_compatible(model_file, target)

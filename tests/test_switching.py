@@ -1,6 +1,7 @@
 """Free energies between two states: the SMC bridge (switch), BAR on MD, the free-energy command."""
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -120,6 +121,18 @@ def test_cli_free_energy_refusals(tmp_path, argv, message, capsys):
                  "--out", str(tmp_path / "x"), "--particles", "4", "--runs", "1", *argv])
     assert code != 0 and message in capsys.readouterr().err
     assert not (tmp_path / "x" / "summary.json").exists()
+
+
+def test_cli_free_energy_refuses_an_md_run_of_another_molecule_before_sampling(tmp_path, md_pairs, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(md_pairs["vacuum"][0], other)
+    md.load_trajectory(other).atom_slice(range(10))[0].save_pdb(str(other / "topology.pdb"))
+    assert md.load_topology(other).n_atoms == 10
+    code = main(["free-energy", "--from", "alanine-dipeptide", "--to", "alanine-dipeptide-implicit", "--out",
+                 str(tmp_path / "x"), "--particles", "4", "--runs", "1", "--md-from", str(other), str(md_pairs["vacuum"][1]),
+                 "--md-to", *map(str, md_pairs["implicit"])])
+    assert code != 0 and f"MD run {other} has 10 atoms, alanine-dipeptide has 22" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_resolve_model_takes_a_path_or_a_shipped_name(tmp_path):
