@@ -71,7 +71,7 @@ class SampleSettings:
     bridge_cess: float = 0.9
     resample_threshold: float = 0.1
     bridge_step_size: float = 1e-4
-    mixing_moves: int = 500
+    mixing_moves: int = 1500
     torsion_moves: int = 4
     torsion_reflect: float = 0.5
     chunk_size: int = 1000
