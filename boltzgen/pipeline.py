@@ -571,8 +571,9 @@ def free_energy_between(target_a, target_b, model_path, out, *, particles: int =
     if reference_ns is not None:
         md_from, md_to = _md_reference(target_a, target_b, out, runs, reference_ns, seed)
     if md_from is not None:
-        ref = switching.bar_reference(md_from, md_to, fast_a.reduced_energy, fast_b.reduced_energy, seed=seed)
-        reference = {"method": f"BAR (pymbar) on MD of both states, {len(md_from)} pair(s) of runs",
+        ref = switching.bar_reference(md_from, md_to, fast_a.reduced_energy, fast_b.reduced_energy)
+        reference = {"method": f"MBAR (pymbar; BAR for plain MD) on all frames of MD of both states, "
+                                f"{len(md_from)} pair(s) of runs",
                      "delta_f_kT": ref.mean, "delta_f_err_kT": ref.standard_error if np.isfinite(ref.standard_error) else None,
                      "md_from": [str(d) for d in md_from], "md_to": [str(d) for d in md_to]}
     delta_f, delta_f_err = mean_and_error([r["delta_f_kT"] for r in per_run])

@@ -10,8 +10,8 @@ Boltzmann generator:
 * **log Z difference**: one generator run for each state; Delta F = log Z_A - log Z_B
   (:func:`boltzgen.analysis.free_energy.delta_f_from_log_z`).
 
-:func:`bar_reference` is the check: BAR (pymbar) on MD frames of both states (plain or biased runs;
-biased frames are first resampled by their weights), one estimate per pair of independent runs.
+:func:`bar_reference` is the check: MBAR (pymbar; BAR for plain runs) on all MD frames of both states
+(a biased run enters as the biased state it sampled), one estimate per pair of independent runs.
 All log Z are of exp(-u) over centre-free positions in nm, so both states' figures are comparable.
 """
 from __future__ import annotations
@@ -24,11 +24,10 @@ import numpy as np
 import torch
 
 from ._checks import check_count, check_probability
-from .analysis.free_energy import Estimate, delta_f_bar, with_error
+from .analysis.free_energy import Estimate, delta_f_mbar, with_error
 from .smc import MALA, SMCResult, SMCStep, evaluate, geometric_path, smc
 from .smc import weights as W
 from .smc.energy import CountedEnergy, on_device
-from .smc.resampling import resample
 from .smc.torsion import TorsionMove
 from .space import MolecularSpace
 
@@ -135,43 +134,44 @@ def switch(space: MolecularSpace, positions, log_weights, energy_a: Callable, en
                   seconds=time.perf_counter() - start_time)
 
 
-def _equilibrium_frames(positions: np.ndarray, log_weights: np.ndarray, n: int, generator) -> np.ndarray:
-    """``n`` frames drawn by systematic resampling on the weights (all frames, in order, if unweighted)."""
-    if np.all(log_weights == log_weights[0]) and len(positions) <= n:
-        return positions
-    idx = resample(torch.from_numpy(np.asarray(log_weights, dtype=np.float64)), "systematic", generator, n).numpy()
-    return positions[idx]
+def _bias_energy(run_dir, x: np.ndarray) -> np.ndarray:
+    """V(x)/kT of a biased MD run's frozen bias on positions ``x`` (n, n_atoms, 3) nm; zeros for plain MD."""
+    from . import md
+
+    if not np.any(md.load_log_weights(run_dir)):
+        return np.zeros(len(x))
+    return md.load_bias(run_dir).reduced_energy(x)
 
 
 def bar_reference(dirs_a: Sequence, dirs_b: Sequence, energy_a: Callable, energy_b: Callable, *,
-                  frames: int = 2000, seed: int = 0, chunk_size: int = 1000) -> Estimate:
-    """F_B - F_A in kT by BAR on MD runs of both states, with an error bar over pairs of runs.
+                  chunk_size: int = 1000) -> Estimate:
+    """F_B - F_A in kT from MD runs of both states (every frame at its weight), with an error over pairs of runs.
 
-    Run k of A is paired with run k of B; each pair gives one BAR estimate (pymbar) on ``frames``
-    frames of each run (biased runs are resampled by their weights). With two or more pairs the
-    estimate is their mean with the standard error over pairs; with one pair, pymbar's own error
-    (which assumes independent frames, so it is optimistic for MD).
+    Run k of A is paired with run k of B; each pair gives one MBAR estimate (pymbar) on all frames
+    of both runs. A metadynamics run's production sampled exp(-(u + V/kT)) with its frozen bias V,
+    so it enters as that biased state, and A and B themselves as unsampled states: no frame is
+    dropped or duplicated. For two plain runs this is BAR. With two or more pairs the estimate is
+    their mean with the standard error over pairs; with one pair, pymbar's own error (which assumes
+    independent frames, so it is optimistic for MD).
 
     Args:
         dirs_a, dirs_b: ``boltzgen md`` folders of A and of B (the same number of each).
         energy_a, energy_b: reduced energies on (n, n_atoms, 3) nm -> (n,) kT.
-        frames: frames per run used (at most).
-        seed: seeds the resampling of biased runs.
+        chunk_size: frames per energy evaluation.
     """
     from . import md
 
     if len(dirs_a) != len(dirs_b) or not dirs_a:
         raise ValueError(f"give the same number (>= 1) of MD runs of each state, got {len(dirs_a)} and {len(dirs_b)}")
-    frames = check_count(frames, "frames", minimum=2)
-    generator = torch.Generator().manual_seed(seed)
+    chunk_size = check_count(chunk_size, "chunk_size")
     estimates = []
     for da, db in zip(dirs_a, dirs_b):
-        xa = _equilibrium_frames(md.load_trajectory(da).xyz.astype(np.float64), md.load_log_weights(da), frames, generator)
-        xb = _equilibrium_frames(md.load_trajectory(db).xyz.astype(np.float64), md.load_log_weights(db), frames, generator)
-        ta, tb = torch.from_numpy(xa), torch.from_numpy(xb)
-        forward = (evaluate(energy_b, ta, chunk_size) - evaluate(energy_a, ta, chunk_size)).numpy()
-        reverse = (evaluate(energy_a, tb, chunk_size) - evaluate(energy_b, tb, chunk_size)).numpy()
-        estimates.append(delta_f_bar(forward, reverse))
+        xa, xb = (md.load_trajectory(d).xyz.astype(np.float64) for d in (da, db))
+        x = np.concatenate([xa, xb])
+        ua, ub = (evaluate(energy, torch.from_numpy(x), chunk_size).numpy() for energy in (energy_a, energy_b))
+        # states: A, B (unsampled), then the states the two runs sampled
+        u_kn = np.stack([ua, ub, ua + _bias_energy(da, x), ub + _bias_energy(db, x)])
+        estimates.append(delta_f_mbar(u_kn, np.array([0, 0, len(xa), len(xb)]), 0, 1))
     if len(estimates) == 1:
         return estimates[0]
     return with_error([e.mean for e in estimates])

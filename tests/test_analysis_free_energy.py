@@ -27,6 +27,7 @@ from boltzgen.analysis import (
     delta_f_bar,
     delta_f_exp,
     delta_f_from_log_z,
+    delta_f_mbar,
     delta_f_phi_positive,
     free_energy_surface,
     with_error,
@@ -405,6 +406,42 @@ def test_delta_f_bar_errors(monkeypatch):
     monkeypatch.setattr(other, "bar", lambda w_f, w_r: {"Delta_f": 0.0, "dDelta_f": 0.0})
     with pytest.raises(ValueError, match="no overlap"):
         delta_f_bar([1.0, 2.0], [-1.0, -2.0])
+
+
+def test_delta_f_mbar_with_two_sampled_states_is_bar():
+    rng = np.random.default_rng(15)
+    xa, xb = rng.normal(0.0, SIGMA_A, size=3000), rng.normal(0.0, SIGMA_B, size=2000)
+    x = np.concatenate([xa, xb])
+    est = delta_f_mbar(np.stack([u(x, SIGMA_A), u(x, SIGMA_B)]), np.array([3000, 2000]), 0, 1)
+    ref = delta_f_bar(u(xa, SIGMA_B) - u(xa, SIGMA_A), u(xb, SIGMA_A) - u(xb, SIGMA_B))
+    assert est.mean == pytest.approx(ref.mean, abs=1e-6) and est.n == 5000
+    assert est.standard_error == pytest.approx(ref.standard_error, rel=1e-3)
+
+
+def test_delta_f_mbar_between_unsampled_states_from_biased_samples():
+    """A and B are sampled only through biased states (broader Gaussians): every sample counts at its weight."""
+    rng = np.random.default_rng(16)
+    wide_a, wide_b = 1.6 * SIGMA_A, 1.6 * SIGMA_B  # the "biased" states u + V with V = -(1 - 1/1.6^2) u
+    xa, xb = rng.normal(0.0, wide_a, size=4000), rng.normal(0.0, wide_b, size=4000)
+    x = np.concatenate([xa, xb])
+    u_kn = np.stack([u(x, SIGMA_A), u(x, SIGMA_B), u(x, wide_a), u(x, wide_b)])
+    est = delta_f_mbar(u_kn, np.array([0, 0, 4000, 4000]), 0, 1)
+    assert est.n == 8000 and 0 < est.standard_error < 0.05
+    assert abs(est.mean - TRUE_DF) < 4 * est.standard_error  # independent samples: pymbar's error holds
+
+
+def test_delta_f_mbar_errors():
+    u_kn, n_k = np.zeros((2, 4)), np.array([2, 2])
+    with pytest.raises(ValueError, match=r"u_kn must be \(K, N\)"):
+        delta_f_mbar(np.zeros(4), n_k, 0, 1)
+    with pytest.raises(ValueError, match="summing to N = 4"):
+        delta_f_mbar(u_kn, np.array([2, 1]), 0, 1)
+    with pytest.raises(ValueError, match="non-negative integers"):
+        delta_f_mbar(u_kn, np.array([2.0, 2.0]), 0, 1)
+    with pytest.raises(ValueError, match="must be finite"):
+        delta_f_mbar(np.array([[0.0, np.nan, 0.0, 0.0], [0.0] * 4]), n_k, 0, 1)
+    with pytest.raises(ValueError, match=r"j must be a state index in \[0, 2\)"):
+        delta_f_mbar(u_kn, n_k, 0, 2)
 
 
 def test_delta_f_from_log_z():

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from boltzgen import md, systems
-from boltzgen.analysis.free_energy import delta_f_bar
+from boltzgen.analysis.free_energy import delta_f_bar, delta_f_exp
 from boltzgen.cli import main
 from boltzgen.space import MolecularSpace
 from boltzgen.analysis.free_energy import mean_and_error
-from boltzgen.switching import SwitchSettings, bar_reference, switch
+from boltzgen.switching import SwitchSettings, _bias_energy, bar_reference, switch
 from boltzgen.targets import torch_target
 
 
@@ -77,7 +77,7 @@ def md_pairs(tmp_path_factory):
     return dirs
 
 
-def test_bar_reference_is_pymbar_bar_on_the_frames_with_an_error_over_pairs(md_pairs):
+def test_bar_reference_of_plain_runs_is_pymbar_bar_with_an_error_over_pairs(md_pairs):
     with systems.load("alanine-dipeptide") as a, systems.load("alanine-dipeptide-implicit") as b:
         ua, ub = torch_target(a, compile=False).reduced_energy, torch_target(b, compile=False).reduced_energy
         both = bar_reference(md_pairs["vacuum"], md_pairs["implicit"], ua, ub)
@@ -86,11 +86,41 @@ def test_bar_reference_is_pymbar_bar_on_the_frames_with_an_error_over_pairs(md_p
         xa = torch.from_numpy(md.load_trajectory(md_pairs["vacuum"][0]).xyz.astype(np.float64))
         xb = torch.from_numpy(md.load_trajectory(md_pairs["implicit"][0]).xyz.astype(np.float64))
         direct = delta_f_bar((ub(xa) - ua(xa)).numpy(), (ua(xb) - ub(xb)).numpy())
-    assert single.mean == pytest.approx(direct.mean, abs=1e-9)
+    assert single.mean == pytest.approx(direct.mean, abs=1e-6)  # MBAR of two plain runs is BAR
     assert both.n == 2 and math.isfinite(both.standard_error)
     assert -25 < both.mean < -12  # the solvation free energy of alanine dipeptide, kT
     with pytest.raises(ValueError, match="same number"):
         bar_reference(md_pairs["vacuum"], md_pairs["implicit"][:1], ua, ub)
+
+
+@pytest.fixture(scope="module")
+def biased_pair(tmp_path_factory):
+    """Tiny phi-metadynamics runs of vacuum and implicit-solvent alanine dipeptide."""
+    root, bias = tmp_path_factory.mktemp("meta"), md.Metadynamics(("phi",), height_kj_per_mol=3.0, frequency_steps=50,
+                                                                   deposition_ps=2.0)
+    dirs = []
+    for name, label in (("alanine-dipeptide", "vacuum"), ("alanine-dipeptide-implicit", "implicit")):
+        with systems.load(name) as target:
+            md.run_md(target, 0.04, root / label, seed=3, save_every_ps=0.25, chunk_frames=80, equilibration_ps=2.0,
+                      bias=bias)
+        dirs.append(root / label)
+    return dirs
+
+
+def test_bar_reference_counts_every_biased_frame_at_its_weight(biased_pair):
+    vacuum, implicit = biased_pair
+    xa = md.load_trajectory(vacuum).xyz.astype(np.float64)
+    # the frozen bias re-evaluated on the saved (float32) frames is the production's own, up to rounding
+    assert np.abs(_bias_energy(vacuum, xa) - md.load_log_weights(vacuum)).max() < 1e-3
+    assert np.ptp(md.load_log_weights(vacuum)) > 0.5  # the bias does vary: the weights matter
+    with systems.load("alanine-dipeptide") as a, systems.load("alanine-dipeptide-implicit") as b:
+        ua, ub = torch_target(a, compile=False).reduced_energy, torch_target(b, compile=False).reduced_energy
+        mbar = bar_reference([vacuum], [implicit], ua, ub)
+        # an independent route from A's weighted frames alone: EXP (Zwanzig) with the metadynamics weights
+        ta = torch.from_numpy(xa)
+        exp = delta_f_exp(ua(ta), ub(ta), md.load_log_weights(vacuum))
+    assert mbar.n == 2 * len(xa)
+    assert abs(mbar.mean - exp.mean) < 4 * math.hypot(mbar.standard_error, exp.standard_error)
 
 
 def test_cli_free_energy_writes_runs_summary_and_the_bar_reference(tmp_path, md_pairs, capsys):

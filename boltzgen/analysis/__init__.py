@@ -26,6 +26,7 @@ from .free_energy import (
     delta_f_bar,
     delta_f_exp,
     delta_f_from_log_z,
+    delta_f_mbar,
     delta_f_phi_positive,
     free_energy_surface,
     with_error,
@@ -34,7 +35,7 @@ from .free_energy import (
 __all__ = [
     "ALANINE_DIPEPTIDE_BASINS", "Basin", "Estimate", "FreeEnergySurface", "PHI_0_TO_2", "PHI_NEGATIVE",
     "PHI_OUTSIDE_0_TO_2", "PHI_POSITIVE", "backbone_atoms", "basin_free_energy", "basin_free_energy_runs",
-    "basin_probabilities", "delta_f_bar", "delta_f_exp", "delta_f_from_log_z", "delta_f_phi_positive",
+    "basin_probabilities", "delta_f_bar", "delta_f_exp", "delta_f_from_log_z", "delta_f_mbar", "delta_f_phi_positive",
     "dihedrals", "free_energy_surface", "phi_psi", "with_error",
 ]
 

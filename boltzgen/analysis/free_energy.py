@@ -499,6 +499,56 @@ def delta_f_bar(w_forward, w_reverse) -> Estimate:
     return Estimate(mean=mean, standard_error=se, n=len(wf) + len(wr))
 
 
+def _import_mbar():
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        from pymbar import MBAR
+        from pymbar.utils import ParameterError
+    return MBAR, ParameterError
+
+
+def delta_f_mbar(u_kn, n_k, i: int, j: int) -> Estimate:
+    """F_j - F_i in kT between two of K states by MBAR (pymbar), from the samples of all of them.
+
+    States with no samples (``n_k[k] = 0``) are allowed: biased MD runs are sampled states
+    (u + V/kT) and the unbiased states they stand for are unsampled ones, so every frame counts
+    at its weight with no resampling. With two sampled states and no others this is BAR.
+
+    Args:
+        u_kn: (K, N) reduced energies in kT of all N samples in each of the K states; the samples
+            of state 0 come first, then those of state 1, and so on.
+        n_k: (K,) number of samples drawn from each state (summing to N).
+        i, j: the two states compared.
+
+    Returns:
+        Estimate(mean = F_j - F_i, standard_error = pymbar's dDelta_f (it assumes independent
+        samples, so it is optimistic for MD frames), n = N).
+
+    Raises:
+        ValueError: for a malformed ``u_kn`` / ``n_k``, non-finite energies, or a state index out
+            of range.
+    """
+    u = np.asarray(u_kn, dtype=np.float64)
+    counts = np.asarray(n_k)
+    if u.ndim != 2 or counts.shape != (u.shape[0],):
+        raise ValueError(f"u_kn must be (K, N) and n_k (K,), got {u.shape} and {counts.shape}")
+    if not np.issubdtype(counts.dtype, np.integer) or (counts < 0).any() or counts.sum() != u.shape[1]:
+        raise ValueError(f"n_k must be non-negative integers summing to N = {u.shape[1]}, got {counts.tolist()}")
+    if not np.isfinite(u).all():
+        raise ValueError(f"u_kn must be finite reduced energies in kT; {int((~np.isfinite(u)).sum())} are not")
+    for name, k in (("i", i), ("j", j)):
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 0 <= k < u.shape[0]:
+            raise ValueError(f"{name} must be a state index in [0, {u.shape[0]}), got {k!r}")
+    mbar_class, errors = _import_mbar()
+    try:
+        with np.errstate():  # pymbar changes numpy's global error settings; restore them afterwards
+            # BAR initialisation: faster here, and it spares the fallback warning of the default solver
+            result = mbar_class(u, counts, initialize="BAR").compute_free_energy_differences()
+    except errors as exc:
+        raise ValueError(f"MBAR failed (pymbar: {exc}); the states may not overlap") from exc
+    return Estimate(mean=float(result["Delta_f"][i, j]), standard_error=float(result["dDelta_f"][i, j]),
+                    n=int(u.shape[1]))
+
+
 def _as_estimate(value, name: str) -> Estimate:
     if isinstance(value, Estimate):
         return value
@@ -527,6 +577,6 @@ def delta_f_from_log_z(log_z_a, log_z_b) -> Estimate:
 __all__ = [
     "ALANINE_DIPEPTIDE_BASINS", "Basin", "Estimate", "FreeEnergySurface", "PHI_0_TO_2", "PHI_NEGATIVE",
     "PHI_OUTSIDE_0_TO_2", "PHI_POSITIVE", "basin_free_energy", "basin_free_energy_runs", "basin_probabilities",
-    "delta_f_bar", "delta_f_exp", "delta_f_from_log_z", "delta_f_phi_positive", "free_energy_surface",
+    "delta_f_bar", "delta_f_exp", "delta_f_from_log_z", "delta_f_mbar", "delta_f_phi_positive", "free_energy_surface",
     "with_error",
 ]
