@@ -25,6 +25,7 @@ from boltzgen.targets.torchff import (
     torch_target,
     unsupported_forces,
 )
+from openmm_reference import openmm_reference
 
 DATA = Path("/work/shared/data/alanine-dipeptide")
 REPO_DATA = Path(__file__).resolve().parents[1] / "systems" / "alanine-dipeptide"
@@ -60,20 +61,6 @@ def _positions(pdb) -> np.ndarray:
     return np.array(pdb.positions.value_in_unit(unit.nanometer))
 
 
-def _openmm(system, xs):
-    """Reference energies (n,) kJ/mol, forces (n, N, 3) kJ/mol/nm and per-group energies."""
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-    energies, forces, groups = [], [], []
-    for x in xs:
-        context.setPositions(x)
-        state = context.getState(getEnergy=True, getForces=True)
-        energies.append(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
-        forces.append(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
-        groups.append([context.getState(getEnergy=True, groups={g}).getPotentialEnergy().value_in_unit(
-            unit.kilojoule_per_mole) for g in range(system.getNumForces())])
-    return np.array(energies), np.array(forces), np.array(groups)
-
-
 def _langevin_frames(system, x0, n_frames=4, steps=200, seed=1):
     """Frames of a short Langevin run at 300 K (1 fs steps, unconstrained), after minimisation."""
     integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 5 / unit.picosecond, 0.001 * unit.picoseconds)
@@ -103,7 +90,7 @@ def case(request, pdb):
     x0 = _positions(pdb)
     rng = np.random.default_rng(0)
     xs = np.concatenate([x0 + 0.015 * rng.standard_normal((6, *x0.shape)), _langevin_frames(system, x0)])
-    return (request.param, system, xs, *_openmm(system, xs))
+    return (request.param, system, xs, *openmm_reference(system, xs))
 
 
 def test_fast_path_matches_openmm(case):
@@ -149,7 +136,7 @@ def test_torsion_phases_and_multiplicities_follow_openmm_sign_convention(pdb):
     system.addForce(extra)
     x0 = _positions(pdb)
     xs = x0 + 0.02 * rng.standard_normal((5, *x0.shape))
-    energies, forces, _ = _openmm(system, xs)
+    energies, forces, _ = openmm_reference(system, xs)
     energy, grad = TorchForceField(system).energy_and_gradient(torch.from_numpy(xs))
     _assert_close(energy.numpy(), energies, "energies with arbitrary phases")
     _assert_close(-grad.numpy(), forces, "forces with arbitrary phases")
@@ -180,7 +167,7 @@ def test_gbsa_obc_on_compressed_stretched_and_overlapping_atoms(pdb):
         x[hydrogen] = x[carbon] + distance * np.array([0.6, 0.0, 0.8])
         xs.append(x)
     xs = np.array(xs)
-    energies, forces, _ = _openmm(system, xs)
+    energies, forces, _ = openmm_reference(system, xs)
     ff = TorchForceField(system)
     term = ff.terms[0]
     r = torch.from_numpy(np.linalg.norm(xs[:, term.i] - xs[:, term.j], axis=-1))  # (n, n_pairs)

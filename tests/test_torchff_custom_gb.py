@@ -23,6 +23,7 @@ from boltzgen.targets import fast_target
 from boltzgen.targets.torchff import TorchForceField, TorchForceFieldTarget, UnsupportedForceError, unsupported_forces
 from boltzgen.targets.torchff.reader import recognise_custom_gb
 from boltzgen.targets.torchff.terms import CustomGBOBC
+from openmm_reference import openmm_reference
 
 FOLDER = Path(__file__).resolve().parents[1] / "systems" / "alanine-dipeptide"
 PRMTOP = FOLDER / "alanine-dipeptide-ff96.prmtop"
@@ -61,23 +62,6 @@ def _configurations(x0: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.array(xs)
 
 
-def _openmm(system, xs):
-    """Reference energies (n,) kJ/mol, forces (n, N, 3) kJ/mol/nm, per-group energies (n, n_forces)."""
-    system = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system))
-    for index, force in enumerate(system.getForces()):
-        force.setForceGroup(index)
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-    energies, forces, groups = [], [], []
-    for x in xs:
-        context.setPositions(x)
-        state = context.getState(getEnergy=True, getForces=True)
-        energies.append(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
-        forces.append(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
-        groups.append([context.getState(getEnergy=True, groups={g}).getPotentialEnergy().value_in_unit(
-            unit.kilojoule_per_mole) for g in range(system.getNumForces())])
-    return np.array(energies), np.array(forces), np.array(groups)
-
-
 def _assert_energies(actual, expected, what: str):
     actual, expected = np.asarray(actual), np.asarray(expected)
     worst = np.max(np.abs(actual - expected) / np.abs(expected))
@@ -101,7 +85,7 @@ def _gb_only(system) -> openmm.System:
 
 
 def _check_against_openmm(system, xs, what: str):
-    energies, forces, groups = _openmm(system, xs)
+    energies, forces, groups = openmm_reference(system, xs)
     ff = TorchForceField(system)
     x = torch.from_numpy(xs)
     energy, grad = ff.energy_and_gradient(x)
