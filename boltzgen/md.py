@@ -399,15 +399,21 @@ def load_log_weights(out_dir) -> np.ndarray:
     return kj / kT_kj_per_mol(record["temperature_K"])
 
 
-def load_bias(out_dir) -> FrozenBias:
-    """The frozen metadynamics bias of a biased :func:`run_md` folder (raises ValueError for plain MD)."""
+def is_biased(out_dir) -> bool:
+    """Whether a :func:`run_md` folder holds a metadynamics run (True) or plain MD (False)."""
     out = _existing_dir(out_dir)
     record = _read_progress(out)
     if record is None:
         raise ValueError(f"{out} holds no MD run yet (no {_PROGRESS})")
-    if not record.get("bias"):
-        raise ValueError(f"{out} holds a plain MD run (no metadynamics bias)")
-    return _load_frozen_bias(out, record)
+    return bool(record.get("bias"))
+
+
+def load_bias(out_dir) -> FrozenBias:
+    """The frozen metadynamics bias of a biased :func:`run_md` folder (raises ValueError for plain MD)."""
+    if not is_biased(out_dir):
+        raise ValueError(f"{out_dir} holds a plain MD run (no metadynamics bias)")
+    out = _existing_dir(out_dir)
+    return _load_frozen_bias(out, _read_progress(out))
 
 
 # ---- pieces ------------------------------------------------------------------------------------

@@ -138,7 +138,7 @@ def _bias_energy(run_dir, x: np.ndarray) -> np.ndarray:
     """V(x)/kT of a biased MD run's frozen bias on positions ``x`` (n, n_atoms, 3) nm; zeros for plain MD."""
     from . import md
 
-    if not np.any(md.load_log_weights(run_dir)):
+    if not md.is_biased(run_dir):
         return np.zeros(len(x))
     return md.load_bias(run_dir).reduced_energy(x)
 

@@ -47,6 +47,7 @@ def test_biased_run_writes_frames_energies_and_log_weights(biased):
     assert record["platform"] == "Reference"
     assert sorted(p.name for p in out.glob("chunk_*_bias.npy")) == [f"chunk_{k:05d}_bias.npy" for k in range(5)]
     assert md.load_trajectory(out).n_frames == len(md.load_energies(out)) == len(md.load_log_weights(out)) == 24
+    assert md.is_biased(out)
     bias = md.load_bias(out)
     assert bias.grid.shape == (90,) and bias.grid.max() > 5.0  # kJ/mol: 40 Gaussians were deposited
     assert np.isclose(bias.grid[0], bias.grid[-1])  # the periodic grid repeats its first point
@@ -134,6 +135,7 @@ def test_phi_psi_bias(target, tmp_path):
 def test_plain_runs_have_zero_log_weights(target, tmp_path):
     md.run_md(target, 0.001, tmp_path, seed=1, save_every_ps=0.5, equilibration_ps=1.0)
     assert np.array_equal(md.load_log_weights(tmp_path), np.zeros(2))
+    assert not md.is_biased(tmp_path)
     with pytest.raises(ValueError, match="plain MD run"):
         md.load_bias(tmp_path)
 
@@ -174,3 +176,8 @@ def test_cli_bias_options_need_bias(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--bias-factor, --deposition only apply with --bias" in err and err.count("\n") == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_is_biased_refuses_a_folder_without_a_run(tmp_path):
+    with pytest.raises(ValueError, match="no MD run yet"):
+        md.is_biased(tmp_path)
