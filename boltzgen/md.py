@@ -401,19 +401,15 @@ def load_log_weights(out_dir) -> np.ndarray:
 
 def is_biased(out_dir) -> bool:
     """Whether a :func:`run_md` folder holds a metadynamics run (True) or plain MD (False)."""
-    out = _existing_dir(out_dir)
-    record = _read_progress(out)
-    if record is None:
-        raise ValueError(f"{out} holds no MD run yet (no {_PROGRESS})")
-    return bool(record.get("bias"))
+    return bool(_started_record(out_dir)[1].get("bias"))
 
 
 def load_bias(out_dir) -> FrozenBias:
     """The frozen metadynamics bias of a biased :func:`run_md` folder (raises ValueError for plain MD)."""
-    if not is_biased(out_dir):
-        raise ValueError(f"{out_dir} holds a plain MD run (no metadynamics bias)")
-    out = _existing_dir(out_dir)
-    return _load_frozen_bias(out, _read_progress(out))
+    out, record = _started_record(out_dir)
+    if not record.get("bias"):
+        raise ValueError(f"{out} holds a plain MD run (no metadynamics bias)")
+    return _load_frozen_bias(out, record)
 
 
 # ---- pieces ------------------------------------------------------------------------------------
@@ -717,6 +713,14 @@ def _existing_dir(out_dir) -> Path:
     if not out.is_dir():
         raise ValueError(f"{out} is not a folder (expected a folder written by boltzgen md / run_md)")
     return out
+
+
+def _started_record(out_dir) -> tuple[Path, dict]:
+    out = _existing_dir(out_dir)
+    record = _read_progress(out)
+    if record is None:
+        raise ValueError(f"{out} holds no MD run yet (no {_PROGRESS})")
+    return out, record
 
 
 def _complete_record(out_dir) -> tuple[Path, dict]:
