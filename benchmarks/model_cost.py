@@ -22,7 +22,7 @@ from boltzgen.diffusion.networks import MolecularEnergy
 from boltzgen.diffusion.schedule import LogSNRSchedule
 from boltzgen.models import load_model_file
 from boltzgen.pipeline import TrainSettings
-from boltzgen.space import MolecularSpace
+from boltzgen.coordinates.cartesian import MolecularSpace
 from boltzgen.targets import fast_target
 
 

@@ -1,7 +1,7 @@
 """Model files: a trained energy model, its molecular space and where it came from, in one small file.
 
 A model file is separate from the training checkpoint (no optimiser, no RNG, no history): the
-config of the network (with its ``kind``), the EMA weights, the :class:`~boltzgen.space.MolecularSpace`
+config of the network (with its ``kind``), the EMA weights, the :class:`~boltzgen.coordinates.cartesian.MolecularSpace`
 and metadata (system name, a fingerprint of the serialized OpenMM System, temperature, atom count
 and names, chirality handling, package version). It holds only plain types and tensors, so it
 loads with ``torch.load(weights_only=True)``: opening a model file never runs code from it.
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .diffusion.networks import EnergyModel, model_from_config
-from .space import MolecularSpace
+from .coordinates.cartesian import MolecularSpace
 from .targets.openmm import system_fingerprint
 
 _FORMAT = 1

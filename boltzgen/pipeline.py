@@ -20,7 +20,7 @@ from .diffusion.networks import MolecularEnergy
 from .diffusion.schedule import LogSNRSchedule
 from .diffusion.training import TrainingConfig, train
 from .models import CHIRALITY_FOLD, load_model_file, model_metadata, save_model_file
-from .space import MolecularSpace
+from .coordinates.cartesian import MolecularSpace
 
 WEIGHTINGS = ("boltzmann", "biased")
 

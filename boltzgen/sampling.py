@@ -1,6 +1,6 @@
 """The Boltzmann generator for a molecule: a trained model's levels, then a bridge to the force field.
 
-One run, in model units y (centre-free, :class:`~boltzgen.space.MolecularSpace`):
+One run, in model units y (centre-free, :class:`~boltzgen.coordinates.cartesian.MolecularSpace`):
 
 1. :func:`~boltzgen.smc.denoising_smc`: N particles from the model's Gaussian at t = 1 down to
    t_min by reverse-diffusion proposals with exact weights, resampling on the ESS, a few MALA

@@ -29,7 +29,7 @@ from .smc import MALA, SMCResult, SMCStep, evaluate, geometric_path, smc
 from .smc import weights as W
 from .smc.energy import CountedEnergy, on_device
 from .smc.torsion import TorsionMove
-from .space import MolecularSpace
+from .coordinates.cartesian import MolecularSpace
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def switch(space: MolecularSpace, positions, log_weights, energy_a: Callable, en
     """Carry weighted samples of A to B by SMC and estimate F_B - F_A (see the module docstring).
 
     Args:
-        space: the molecule's :class:`~boltzgen.space.MolecularSpace` (model units of the moves).
+        space: the molecule's :class:`~boltzgen.coordinates.cartesian.MolecularSpace` (model units of the moves).
         positions: (N, n_atoms, 3) nm, samples of A (e.g. a :class:`boltzgen.sampling.MolecularRun`'s).
         log_weights: (N,) their log-weights toward exp(-u_A).
         energy_a, energy_b: reduced energies u_A, u_B on (n, n_atoms, 3) nm -> (n,) kT.

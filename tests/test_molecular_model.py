@@ -12,7 +12,7 @@ from boltzgen.diffusion.sampling import prior_sample, sample_sde
 from boltzgen.diffusion.schedule import LogSNRSchedule, VPSchedule
 from boltzgen.diffusion.training import TrainingConfig, train
 from boltzgen.models import check_compatible, load_model_file, model_metadata, save_model_file
-from boltzgen.space import MolecularSpace, random_rotations
+from boltzgen.coordinates.cartesian import MolecularSpace, random_rotations
 from boltzgen.smc import diffusion_path, smc
 from boltzgen.targets import GaussianMixture
 

@@ -13,7 +13,7 @@ from boltzgen.diffusion.networks import EnergyMLP
 from boltzgen.diffusion.schedule import LogSNRSchedule
 from boltzgen.smc import GaussianProposal, denoising_smc, geometric_path, initial_gaussian, level_grid, smc
 from boltzgen.smc import weights as W
-from boltzgen.space import MolecularSpace
+from boltzgen.coordinates.cartesian import MolecularSpace
 
 DIM = 6
 S2 = 0.3  # data variance

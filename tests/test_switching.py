@@ -10,7 +10,7 @@ import torch
 from boltzgen import md, systems
 from boltzgen.analysis.free_energy import delta_f_bar, delta_f_exp
 from boltzgen.cli import main
-from boltzgen.space import MolecularSpace
+from boltzgen.coordinates.cartesian import MolecularSpace
 from boltzgen.analysis.free_energy import mean_and_error
 from boltzgen.switching import SwitchSettings, _bias_energy, bar_reference, switch
 from boltzgen.targets import torch_target

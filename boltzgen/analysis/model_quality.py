@@ -61,7 +61,7 @@ def model_quality(model, space, reduced_energies, positions, topology, log_weigh
 
     Args:
         model: an EnergyModel on the flat coordinates of ``space``.
-        space: the boltzgen.space.MolecularSpace of the model.
+        space: the boltzgen.coordinates.cartesian.MolecularSpace of the model.
         reduced_energies: (n,) u(x) of the frames in kT (e.g. a target's ``reduced_energy(positions)``;
             computed once by the caller, who may score several models on the same frames).
         positions: (n, n_atoms, 3) frames in nm, e.g. held-out MD.

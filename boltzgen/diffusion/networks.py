@@ -22,7 +22,7 @@ the shape learned at slightly higher noise instead of extrapolating in t.
 
 * :class:`EnergyMLP`: a residual MLP on the standardised input (x - alpha_t mu) / sqrt(v_t), for
   generic flat data (Gaussian mixtures, toy targets).
-* :class:`MolecularEnergy`: for centre-free molecular coordinates (see boltzgen.space). The
+* :class:`MolecularEnergy`: for centre-free molecular coordinates (see boltzgen.coordinates.cartesian). The
   correction sees only interatomic distances, standardised per pair with their data mean and
   spread noised to level t, so it is invariant to rotations, translations and reflections (mirror
   images get the same energy, as under a force field; see the chirality note there). The Gaussian
@@ -303,7 +303,7 @@ class MolecularEnergy(EnergyModel):
         n_atoms: atoms of the molecule.
         schedule: noise schedule (boltzgen.diffusion.schedule.LogSNRSchedule is the molecular default).
         data_variance: per-coordinate variance of the (centre-free, scaled) data, about 1 after
-            boltzgen.space.MolecularSpace.fit.
+            boltzgen.coordinates.cartesian.MolecularSpace.fit.
         pairs: atom pairs the correction sees (default: all pairs); e.g. pairs within a few bonds
             for larger molecules.
         hidden, n_blocks, n_time_features: network size.

@@ -4,7 +4,7 @@ These samplers use only the score s(t, x) = -grad_x E(t, x), so they are biased 
 errors and by discretisation; the SMC sampler (boltzgen.smc) corrects both using the energies.
 Both start from the model's Gaussian at t = 1, N(alpha_1 mu, v_1 I), and integrate from t = 1
 down to t_min on a grid uniform in t. ``project`` (e.g. ``space.project`` of a
-boltzgen.space.MolecularSpace) keeps noise and scores, hence samples, in the data's subspace.
+boltzgen.coordinates.cartesian.MolecularSpace) keeps noise and scores, hence samples, in the data's subspace.
 """
 from __future__ import annotations
 

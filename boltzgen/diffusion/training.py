@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .._checks import check_count, check_flat
 from .losses import LossParts, combined_loss
-from ..space import random_rotations
+from ..coordinates.cartesian import random_rotations
 from .networks import EnergyModel, model_from_config
 
 
@@ -308,7 +308,7 @@ def train(model: EnergyModel, data, config: TrainingConfig = TrainingConfig(), c
             model learns the reweighted (Boltzmann) distribution.
         scores: optional (N, d) scores grad log p_0 of the samples (for molecules in model units:
             scale * forces / kT), needed by target score matching (config.tsm_weight > 0).
-        space: optional boltzgen.space.MolecularSpace: its projection is used for the noise and
+        space: optional boltzgen.coordinates.cartesian.MolecularSpace: its projection is used for the noise and
             every batch is randomly rotated (the Boltzmann density is rotation invariant).
         on_dsm_end: optional ``on_dsm_end(ema_model)`` called once when the DSM phase completes
             (before the checkpoint at that step), e.g. to save a DSM-only snapshot.

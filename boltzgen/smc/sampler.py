@@ -369,7 +369,7 @@ def smc(path: Path, proposal=None, n_particles: int | None = None, *, initial: S
         adapt_step_size: move the step size toward the kernel's target acceptance between steps.
         project: optional orthogonal projection (n, d) -> (n, d) of noise, momenta and gradients,
             keeping particles in a linear subspace (e.g. ``space.project`` of a
-            boltzgen.space.MolecularSpace). Default: the proposal's ``project`` if it has one (as
+            boltzgen.coordinates.cartesian.MolecularSpace). Default: the proposal's ``project`` if it has one (as
             ``space.proposal()`` does). Proposal samples outside the subspace are refused.
         seed: an int, or a torch.Generator that supplies all randomness.
         chunk_size: energies are evaluated on at most this many particles at a time (None: all).

@@ -278,7 +278,7 @@ class TorsionMove:
         """One gradient move, then ``n_moves`` torsion moves; exp(-energy) is invariant.
 
         ``project`` is used by the gradient move; the torsion moves always remove the unweighted
-        centroid, i.e. they assume the centre-free subspace of :class:`boltzgen.space.MolecularSpace`.
+        centroid, i.e. they assume the centre-free subspace of :class:`boltzgen.coordinates.cartesian.MolecularSpace`.
         """
         first = self.kernel.move(energy, state, generator, project, chunk_size)
         current, rates = first.state, []

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import as_tensor, check_count, check_flat, check_positions
+from .._checks import as_tensor, check_count, check_flat, check_positions
 
 # A sample counts as in the subspace when its centroid is below this, relative to its size.
 _SUBSPACE_TOLERANCE = 1e-5
@@ -146,7 +146,7 @@ class MolecularSpace:
 
     def proposal(self, variance: float = 1.0, dtype: torch.dtype = torch.float64, device=None):
         """The isotropic Gaussian N(0, variance I) on the subspace, normalised there (model units)."""
-        from .smc.proposal import GaussianProposal
+        from ..smc.proposal import GaussianProposal
 
         return GaussianProposal(self.dim, 0.0, variance, project=self.project, subspace_dim=self.subspace_dim,
                                 dtype=dtype, device=device)

@@ -27,7 +27,7 @@ import openmm.app
 import openmm.unit as unit
 import torch
 
-from ._checks import as_tensor, check_atom_indices, check_positions
+from .._checks import as_tensor, check_atom_indices, check_positions
 
 
 # ---- topology and validation --------------------------------------------------------------------

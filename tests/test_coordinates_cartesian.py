@@ -6,7 +6,7 @@ import torch
 
 from boltzgen.smc import GaussianProposal, diffusion_path, geometric_path, smc
 from boltzgen.smc.weights import ess
-from boltzgen.space import MolecularSpace, random_rotations
+from boltzgen.coordinates.cartesian import MolecularSpace, random_rotations
 
 
 def positions(n=16, n_atoms=5, seed=0):
