@@ -215,15 +215,15 @@ def _farthest(dist: dict[int, int]) -> int:
     return min(dist, key=lambda a: (-dist[a], a))
 
 
-def zmatrix(topology, root: int | None = None) -> ZMatrix:
+def zmatrix(topology, ends: tuple[int, int] | None = None) -> ZMatrix:
     """A Z-matrix of the molecule from its bond graph: heavy-atom backbone first, then hydrogens.
 
     The construction is deterministic (a function of the bond graph, elements and atom indices):
 
-    1. Heavy atoms (not hydrogen; all atoms if there is none). ``root`` (default: the end with the
-       lower index of a longest shortest heavy-atom path, found by two breadth-first sweeps, exact
-       for acyclic graphs; ties to the lower index) and ``far``, the other end (the heavy atom
-       farthest from ``root``).
+    1. Heavy atoms (not hydrogen; all atoms if there is none). The main chain runs from ``root``
+       to ``far``: by default the two ends of a longest shortest heavy-atom path (two
+       breadth-first sweeps, exact for acyclic graphs; ties to the lower index), ``root`` the one
+       with the lower index.
     2. A depth-first spanning tree of the heavy atoms from ``root``, heading for ``far`` first.
        Its preorder is the heavy-atom order, with the children of each atom taken main chain
        first (the tree path root -> far), then the taller subtrees, then by index. For a peptide
@@ -244,11 +244,12 @@ def zmatrix(topology, root: int | None = None) -> ZMatrix:
     Args:
         topology: an openmm.app.Topology or mdtraj.Topology with bonds (or an object with a
             ``.topology``, e.g. a target).
-        root: optional heavy atom to start from (e.g. a protein's N-terminal nitrogen when its
-            longest path ends in a side chain).
+        ends: optional heavy atoms (root, far) to use as the main chain's ends instead. For a
+            protein whose longest path ends in side chains, (N of the first residue, C of the
+            last) makes every backbone phi and psi a coordinate.
 
     Raises:
-        ValueError: fewer than 3 atoms, a bond graph that is not connected, or a bad ``root``.
+        ValueError: fewer than 3 atoms, a bond graph that is not connected, or bad ``ends``.
     """
     top = mdtraj_topology(topology)
     n = top.n_atoms
@@ -265,16 +266,20 @@ def zmatrix(topology, root: int | None = None) -> ZMatrix:
     heavy = np.array([a.element is None or a.element.atomic_number != 1 for a in top.atoms])
     if not heavy.any():
         heavy[:] = True
-    if root is None:
+    if ends is None:
         u = _farthest(_distances(neighbours, int(np.argmax(heavy)), heavy))
         v = _farthest(_distances(neighbours, u, heavy))
         root, far = min(u, v), max(u, v)
     else:
-        if isinstance(root, bool) or not isinstance(root, numbers.Integral) or not 0 <= root < n or not heavy[root]:
-            raise ValueError(f"root must be the index of a heavy (non-hydrogen) atom in [0, {n}), got {root!r}")
-        root = int(root)
-        far = _farthest(_distances(neighbours, root, heavy))
+        ok = isinstance(ends, (tuple, list)) and len(ends) == 2 and all(
+            not isinstance(e, bool) and isinstance(e, numbers.Integral) and 0 <= e < n and heavy[e] for e in ends)
+        if not ok or ends[0] == ends[1]:
+            raise ValueError(f"ends must be two different heavy (non-hydrogen) atoms (root, far) in [0, {n}), "
+                             f"got {ends!r}")
+        root, far = int(ends[0]), int(ends[1])
     to_far = _distances(neighbours, far, heavy)
+    if root not in to_far:
+        raise ValueError(f"ends {ends!r}: no path of heavy-atom bonds joins them")
 
     # Depth-first spanning tree of root's heavy component, heading for `far` first.
     parent, children = {root: -1}, {root: []}
