@@ -1,5 +1,8 @@
 """Cartesian coordinates of molecules: centre of mass, alignment, chirality, invariant features.
 
+Internal coordinates (a Z-matrix from the bond graph, and the coordinate space
+:class:`~boltzgen.coordinates.internal.InternalSpace`) live in :mod:`boltzgen.coordinates.internal`.
+
 All functions take batched positions ``x`` of shape (n, n_atoms, 3) in nm as a torch tensor (or an
 array), work in torch and, where it makes sense, are differentiable with respect to ``x``.
 
