@@ -23,7 +23,7 @@ import torch
 
 from boltzgen import systems
 from boltzgen.pipeline import free_energy_between
-from boltzgen.sampling import SampleSettings
+from boltzgen.sampling import BridgeSettings, MixingSettings, SampleSettings
 
 
 def parse(argv):
@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
     settings = SampleSettings()
     particles, runs, reference_ns = args.particles, args.runs, args.reference_ns
     if args.quick:
-        settings = SampleSettings(n_levels=6, level_moves=1, bridge_moves=1, mixing_moves=2)
+        settings = SampleSettings(n_levels=6, level_moves=1, bridge=BridgeSettings(moves=1), mixing=MixingSettings(moves=2))
         particles, runs = 12, 2
         reference_ns = None if args.md_from else 0.002
     model = systems.resolve_model(args.model, (args.system_from, args.system_to))

@@ -226,15 +226,15 @@ def _add_sampling_options(p, particles: int, runs: int) -> None:
     p.add_argument("--levels", type=int, default=d.n_levels,
                    help=f"reverse-diffusion levels of the model (default {d.n_levels})")
     p.add_argument("--level-moves", type=int, default=d.level_moves, help=f"MALA moves per level (default {d.level_moves})")
-    p.add_argument("--bridge-moves", type=int, default=d.bridge_moves,
-                   help=f"MALA moves per bridge step (default {d.bridge_moves})")
-    p.add_argument("--mixing-moves", type=int, default=d.mixing_moves,
-                   help=f"MALA moves per particle at the force field after the bridge (default {d.mixing_moves}; 0: none)")
-    p.add_argument("--torsion-moves", type=int, default=d.torsion_moves,
-                   help=f"torsion moves after each mixing MALA move (default {d.torsion_moves}; 0: MALA only)")
-    p.add_argument("--torsion-reflect", type=float, default=d.torsion_reflect,
+    p.add_argument("--bridge-moves", type=int, default=d.bridge.moves,
+                   help=f"MALA moves per bridge step (default {d.bridge.moves})")
+    p.add_argument("--mixing-moves", type=int, default=d.mixing.moves,
+                   help=f"MALA moves per particle at the force field after the bridge (default {d.mixing.moves}; 0: none)")
+    p.add_argument("--torsion-moves", type=int, default=d.mixing.torsions.moves,
+                   help=f"torsion moves after each mixing MALA move (default {d.mixing.torsions.moves}; 0: MALA only)")
+    p.add_argument("--torsion-reflect", type=float, default=d.mixing.torsions.reflect,
                    help="probability that a torsion move reflects the dihedrals (theta -> -theta) instead of "
-                        f"turning them by uniform angles (default {d.torsion_reflect})")
+                        f"turning them by uniform angles (default {d.mixing.torsions.reflect})")
     p.add_argument("--seed", type=int, default=0, help="random seed of the runs (default 0)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -244,16 +244,24 @@ def _sample_settings(args):
     """Threads, device and SampleSettings of `sample` and `run`, all checked before any work."""
     from dataclasses import replace
 
-    from .sampling import SampleSettings
+    from ._checks import check_count, check_probability
+    from .sampling import SampleSettings, TorsionSettings
 
     _set_threads(args.threads)
     _check_device(args.device)
     for name in ("particles", "runs"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    return replace(SampleSettings(), n_levels=args.levels, level_moves=args.level_moves, bridge_moves=args.bridge_moves,
-                   mixing_moves=args.mixing_moves, torsion_moves=args.torsion_moves,
-                   torsion_reflect=args.torsion_reflect)
+    for flag in ("levels",):
+        check_count(getattr(args, flag), f"--{flag}")
+    for flag in ("level_moves", "bridge_moves", "mixing_moves", "torsion_moves"):
+        check_count(getattr(args, flag), "--" + flag.replace("_", "-"), minimum=0)
+    check_probability(args.torsion_reflect, "--torsion-reflect")
+    d = SampleSettings()
+    mixing = replace(d.mixing, moves=args.mixing_moves,
+                     torsions=TorsionSettings(args.torsion_moves, args.torsion_reflect))
+    return replace(d, n_levels=args.levels, level_moves=args.level_moves,
+                   bridge=replace(d.bridge, moves=args.bridge_moves), mixing=mixing)
 
 
 def add_sample_command(sub) -> None:
@@ -306,7 +314,7 @@ def format_sample_summary(summary: dict) -> str:
              f"  final ESS fraction      {summary['ess_fraction']:.3f}   one-step bridge ESS {summary['bridge_ess_fraction']:.4f}"
              f"   ESS at the model's last level {summary['levels_ess_fraction']:.3f}",
              f"  lineages from t = 1     {', '.join(str(n) for n in summary['lineages'])} (of {summary['n_particles_per_run']})",
-             f"  mixing at the force field  {summary['settings']['mixing_moves']} MALA moves per particle, "
+             f"  mixing at the force field  {summary['settings']['mixing']['moves']} MALA moves per particle, "
              f"torsion acceptance {summary['torsion_acceptance']:.3f}",
              f"  evaluations             target {summary['target_evaluations']:,}   model {summary['model_evaluations']:,}",
              f"  time                    {summary['seconds']:.0f} s"]

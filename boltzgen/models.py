@@ -1,7 +1,8 @@
 """Model files: a trained energy model, its molecular space and where it came from, in one small file.
 
 A model file is separate from the training checkpoint (no optimiser, no RNG, no history): the
-config of the network (with its ``kind``), the EMA weights, the :class:`~boltzgen.coordinates.cartesian.MolecularSpace`
+config of the network (with its ``kind``), the EMA weights, the coordinate space (Cartesian
+:class:`~boltzgen.coordinates.cartesian.MolecularSpace` or :class:`~boltzgen.coordinates.internal.InternalSpace`)
 and metadata (system name, a fingerprint of the serialized OpenMM System, temperature, atom count
 and names, chirality handling, package version). It holds only plain types and tensors, so it
 loads with ``torch.load(weights_only=True)``: opening a model file never runs code from it.
@@ -18,12 +19,25 @@ from pathlib import Path
 
 import torch
 
-from .diffusion.networks import EnergyModel, model_from_config
 from .coordinates.cartesian import MolecularSpace
+from .coordinates.internal import InternalSpace
+from .diffusion.networks import EnergyModel, model_from_config
 from .targets.openmm import system_fingerprint
+
+# The coordinate spaces a model file may hold: the ``kind`` of a space's config -> its class.
+SPACE_KINDS = {"molecular": MolecularSpace, "internal": InternalSpace}
+
+
+def space_from_config(config: dict):
+    """Rebuild a coordinate space from its stored ``config``."""
+    kind = config.get("kind", "molecular")
+    if kind not in SPACE_KINDS:
+        raise ValueError(f"unknown coordinate space kind {kind!r}; known kinds: {sorted(SPACE_KINDS)}")
+    return SPACE_KINDS[kind].from_config(config)
 
 _FORMAT = 1
 CHIRALITY_FOLD = "fold"  # mirror-invariant model; D samples are reflected onto L (x -> -x)
+CHIRALITY_KEPT = "kept"  # signed dihedrals carry chirality: nothing is folded
 
 
 def model_metadata(target, chirality: str = CHIRALITY_FOLD, **extra) -> dict:
@@ -41,16 +55,17 @@ class ModelFile:
     """What a model file holds: the model (eval mode), its space and its metadata."""
 
     model: EnergyModel
-    space: MolecularSpace
+    space: object
     metadata: dict
 
 
-def save_model_file(path, model: EnergyModel, space: MolecularSpace, metadata: dict) -> Path:
+def save_model_file(path, model: EnergyModel, space, metadata: dict) -> Path:
     """Write ``model`` (its current weights; pass the EMA model), ``space`` and ``metadata`` atomically."""
     if not isinstance(model, EnergyModel):
         raise TypeError(f"model must be a boltzgen EnergyModel, got {type(model).__name__}")
-    if not isinstance(space, MolecularSpace):
-        raise TypeError(f"space must be a MolecularSpace, got {type(space).__name__}")
+    if not isinstance(space, tuple(SPACE_KINDS.values())):
+        raise TypeError(f"space must be a coordinate space ({', '.join(c.__name__ for c in SPACE_KINDS.values())}), "
+                        f"got {type(space).__name__}")
     if space.dim != model.dim:
         raise ValueError(f"space has dimension {space.dim} but the model takes {model.dim}")
     path = Path(path)
@@ -77,8 +92,7 @@ def load_model_file(path, device=None) -> ModelFile:
     model = model_from_config(payload["config"])
     model.load_state_dict(payload["state_dict"])
     model = model.to(device) if device is not None else model
-    return ModelFile(model.eval().requires_grad_(False), MolecularSpace.from_config(payload["space"]),
-                     payload["metadata"])
+    return ModelFile(model.eval().requires_grad_(False), space_from_config(payload["space"]), payload["metadata"])
 
 
 def check_compatible(model_file: ModelFile, target) -> bool:

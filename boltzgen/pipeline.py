@@ -19,10 +19,11 @@ from .analysis.model_quality import ModelQuality, model_quality
 from .diffusion.networks import MolecularEnergy
 from .diffusion.schedule import LogSNRSchedule
 from .diffusion.training import TrainingConfig, train
-from .models import CHIRALITY_FOLD, load_model_file, model_metadata, save_model_file
+from .models import CHIRALITY_FOLD, CHIRALITY_KEPT, load_model_file, model_metadata, save_model_file
 from .coordinates.cartesian import MolecularSpace
 
 WEIGHTINGS = ("boltzmann", "biased")
+COORDINATES = ("internal", "cartesian")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ class TrainSettings:
         holdout_fraction: when no held-out runs are given, the last fraction of every run's
             frames is held out for the quality report.
         seed: initialisation, batches and noise.
+        coordinates: "internal" (bonds, angles and dihedrals from the bond graph; the model keeps
+            chirality) or "cartesian" (centre-free positions, pair-distance network; mirror images
+            are folded onto L).
     """
 
     hidden: int = 256
@@ -67,8 +71,11 @@ class TrainSettings:
     weighting: str = "boltzmann"
     holdout_fraction: float = 0.1
     seed: int = 0
+    coordinates: str = "cartesian"
 
     def __post_init__(self):
+        if self.coordinates not in COORDINATES:
+            raise ValueError(f"coordinates must be one of {COORDINATES}, got {self.coordinates!r}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         if not 0.0 <= self.holdout_fraction < 1.0:
@@ -160,16 +167,45 @@ def output_paths(out) -> dict:
             "baseline_checkpoint": out.with_name(f"{stem}-dsm-baseline.ckpt"), "report": out.with_suffix(".json")}
 
 
-def _scores(target, space: MolecularSpace, positions: np.ndarray, chunk: int = 4096) -> torch.Tensor:
-    """grad_y log p(y) of frames in model units: scale * forces / kT, projected, float32 (n, 3 n_atoms)."""
+def _scores(target, space, positions: np.ndarray, chunk: int = 4096) -> torch.Tensor:
+    """grad_y log p(y) of frames in the space's coordinates: -grad of the target in model units, float32 (n, d)."""
+    from .smc import evaluate_with_grad
+
+    energy = space.flat_energy(target.reduced_energy)
     parts = []
     for start in range(0, len(positions), chunk):
-        _, forces = target.energy_and_forces(positions[start:start + chunk])
-        parts.append(space.project(space.scale * forces.reshape(forces.shape[0], -1)))
+        y = space.to_flat(torch.as_tensor(positions[start:start + chunk], dtype=torch.float64))
+        _, grad = evaluate_with_grad(energy, y)
+        parts.append(-grad if space.projection is None else space.projection(-grad))
     scores = torch.cat(parts).to(torch.float32)
     if not torch.isfinite(scores).all():
         raise ValueError("the force field gives non-finite forces on some training frames (overlapping atoms?)")
     return scores
+
+
+def _space_and_model(settings: "TrainSettings", target, frames: "Frames", schedule):
+    """The coordinate space fitted to the training frames, the flat data and an untrained model of that kind."""
+    from .coordinates.internal import InternalSpace, zmatrix
+    from .diffusion.internal import InternalEnergy
+
+    positions = torch.from_numpy(frames.positions)
+    weights = None
+    if settings.weighting == "boltzmann":
+        weights = torch.exp(torch.as_tensor(frames.log_weights) - float(np.max(frames.log_weights)))
+    torch.manual_seed(settings.seed)  # the network's initialisation
+    if settings.coordinates == "cartesian":
+        space = MolecularSpace.fit(positions)
+        y = space.to_flat(positions).to(torch.float32)
+        data_variance = float((y.double() ** 2).sum(1).mean()) / space.subspace_dim
+        model = MolecularEnergy(space.n_atoms, schedule, data_variance, hidden=settings.hidden,
+                                n_blocks=settings.n_blocks).fit(y)
+        return space, y, model
+    space = InternalSpace.fit(zmatrix(target.topology), positions, weights)
+    y = space.to_flat(positions).to(torch.float32)
+    n_periodic = int(space.periodic.sum())
+    model = InternalEnergy(space.dim - n_periodic, n_periodic, schedule, hidden=settings.hidden,
+                           n_blocks=settings.n_blocks).fit(y, weights)
+    return space, y, model
 
 
 def _energy_ms_per_1000(model, space, positions) -> float:
@@ -214,18 +250,14 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
         holdout = f"last {settings.holdout_fraction:.0%} of each data run"
     if len(held.positions) == 0:
         raise ValueError("no held-out frames: give --holdout runs or a holdout_fraction > 0")
-    # the space's scale and the model's statistics come from the Boltzmann-weighted training frames
-    space = MolecularSpace.fit(torch.from_numpy(train_frames.positions))
-    y = space.to_flat(torch.from_numpy(train_frames.positions)).to(torch.float32)
-    data_variance = float((y.double() ** 2).sum(1).mean()) / space.subspace_dim
+    # the space's statistics and the model's base come from the training frames
     schedule = LogSNRSchedule(settings.log_snr_max, settings.log_snr_min)
-    torch.manual_seed(settings.seed)  # the network's initialisation
-    model = MolecularEnergy(space.n_atoms, schedule, data_variance, hidden=settings.hidden,
-                            n_blocks=settings.n_blocks).fit(y).to(device)
+    space, y, model = _space_and_model(settings, target, train_frames, schedule)
+    model = model.to(device)
     log_weights = train_frames.log_weights if settings.weighting == "boltzmann" else None
     scores = _scores(target, space, train_frames.positions) if settings.tsm_weight > 0 else None
-    meta = model_metadata(target, CHIRALITY_FOLD, training_data=[str(d) for d in data_dirs],
-                          settings=asdict(settings))
+    chirality = CHIRALITY_FOLD if settings.coordinates == "cartesian" else CHIRALITY_KEPT
+    meta = model_metadata(target, chirality, training_data=[str(d) for d in data_dirs], settings=asdict(settings))
 
     held_u = target.reduced_energy(held.positions)  # once: every model is scored on the same frames
 
@@ -236,8 +268,9 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
         save_model_file(paths["dsm_model"], ema, space, {**meta, "phase": "dsm", "steps": settings.dsm_steps})
 
     config = settings.training_config()
+    augment = space if isinstance(space, MolecularSpace) else None  # Cartesian batches are randomly rotated
     result = train(model, y, config, paths["checkpoint"], progress=progress, log_weights=log_weights,
-                   scores=scores, space=space, on_dsm_end=save_dsm)
+                   scores=scores, space=augment, on_dsm_end=save_dsm)
     save_model_file(paths["model"], result.model, space, {**meta, "phase": "dsm+diffclf", "steps": result.step})
     if not paths["dsm_model"].exists():  # clf_steps = 0: the final model is the DSM model
         save_dsm(result.model)
@@ -245,12 +278,11 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
     dsm_quality = evaluate(load_model_file(paths["dsm_model"], device=device).model)
     baseline_quality = None
     if baseline:
-        torch.manual_seed(settings.seed)
-        base = MolecularEnergy(space.n_atoms, schedule, data_variance, hidden=settings.hidden,
-                               n_blocks=settings.n_blocks).fit(y).to(device)
+        _, _, base = _space_and_model(settings, target, train_frames, schedule)
+        base = base.to(device)
         base_config = replace(config, dsm_steps=config.total_steps, clf_steps=0)
         base_result = train(base, y, base_config, paths["baseline_checkpoint"], progress=progress,
-                            log_weights=log_weights, scores=scores, space=space)
+                            log_weights=log_weights, scores=scores, space=augment)
         save_model_file(paths["baseline_model"], base_result.model, space,
                         {**meta, "phase": "dsm-baseline", "steps": base_result.step})
         baseline_quality = evaluate(base_result.model)
@@ -307,7 +339,7 @@ def _summary(runs: list, settings, figures, recalibration: bool, meta: dict) -> 
         "n_runs": len(runs), "n_particles_per_run": int(len(runs[0].log_weights)),
         "ess_fraction": float(np.mean([r.ess_fraction for r in runs])),
         "bridge_ess_fraction": float(np.mean([r.bridge_ess_fraction for r in runs])),
-        "levels_ess_fraction": float(np.mean([r.levels.ess_fraction for r in runs])),
+        "levels_ess_fraction": float(np.mean([r.result.stage_end("levels").ess_fraction for r in runs])),
         "lineages": [r.n_lineages for r in runs],
         "torsion_acceptance": float(np.mean([r.torsion_acceptance for r in runs])),
         "log_z": log_z, "log_z_err": log_z_err,
@@ -343,24 +375,18 @@ def sample_model(target, model_path, out, *, particles: int = 2500, runs: int = 
         compile: compile the torch force field (faster on large batches; False skips the
             20-80 s compilation, e.g. for small tests).
     """
-    import warnings
-
     from . import samples
     from .analysis.runs import run_figures
     from .models import check_compatible
     from .sampling import SampleSettings, sample_molecule
-    from .targets import fast_target
-
     settings = SampleSettings() if settings is None else settings
     model_file = load_model_file(model_path, device=device)
     same_system = check_compatible(model_file, target)
     out = _prepare_sample_out(out)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the OpenMM fallback and compile notices are not the user's concern here
-        fast = fast_target(target, compile=compile)
+    fast = _fast_target(target, compile)
     results, dirs = [], []
     for k, run_seed in enumerate(run_seeds(seed, runs)):
-        bar = _progress_bar(f"run {k + 1}/{runs}", settings.n_levels) if progress else None
+        bar = RunProgress(f"run {k + 1}/{runs}", settings) if progress else None
         result = sample_molecule(model_file, target, particles, settings, seed=run_seed,
                                  target_energy=fast.reduced_energy, progress=bar)
         if bar is not None:
@@ -377,24 +403,56 @@ def sample_model(target, model_path, out, *, particles: int = 2500, runs: int = 
     return SampleReport(out, tuple(dirs), summary)
 
 
-def _progress_bar(label: str, n_levels: int):
-    """A tqdm callback for SMC steps: levels advance the bar, bridge steps show lambda."""
-    from tqdm.auto import tqdm
+def _fast_target(target, compile: bool):
+    """The torch force field of ``target`` where it applies, chosen once; a fallback to OpenMM warns (never hidden)."""
+    import warnings
 
-    bar = tqdm(total=n_levels, desc=label, unit="level", leave=False)
+    from .targets import fast_target
+    from .targets.torchff.forcefield import CompileNotice
 
-    def update(step) -> None:
-        if step.name == "t":
-            if step.index > 0:
-                bar.update(1)
-            bar.set_postfix(ess=f"{step.ess_fraction:.2f}", lineages=step.n_ancestors, refresh=False)
-        elif step.name == "mixing":
-            bar.set_postfix(stage="mixing", moves=int(step.value), torsions=f"{step.torsion_acceptance:.2f}")
-        else:
-            bar.set_postfix(stage="bridge", lam=f"{step.value:.3f}", ess=f"{step.ess_fraction:.2f}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CompileNotice)  # compile notices only; the OpenMM fallback warning shows
+        return fast_target(target, compile=compile)
 
-    update.close = bar.close
-    return update
+
+class RunProgress:
+    """One tqdm bar over a whole run (levels, bridge, mixing), in estimated energy evaluations, with an ETA.
+
+    Levels cost 1 + level_moves evaluations per step, mixing 1 + torsion moves per move; the bridge's
+    length is not known in advance, so it is budgeted as 40 steps and advanced by its lambda.
+    """
+
+    _BRIDGE_STEPS = 40
+
+    def __init__(self, label: str, settings):
+        from tqdm.auto import tqdm
+
+        m = settings.mixing
+        self.level_cost = 1 + settings.level_moves
+        self.bridge_cost = self._BRIDGE_STEPS * (2 + settings.bridge.moves)
+        self.mixing_cost = 1 + m.torsions.moves
+        total = settings.n_levels * self.level_cost + self.bridge_cost + m.moves * self.mixing_cost
+        self.bar = tqdm(total=total, desc=label, unit="eval", leave=False, unit_scale=True,
+                        bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}")
+        self.bridge_done = 0.0
+
+    def __call__(self, stage, position: float, step) -> None:
+        if step.stage == "levels":
+            self.bar.update(self.level_cost)
+            self.bar.set_postfix_str(f"levels t={step.value:.3f} ESS={step.ess_fraction:.2f} "
+                                     f"lineages={step.n_ancestors}", refresh=False)
+        elif step.stage == "bridge":
+            self.bar.update(self.bridge_cost * (position - self.bridge_done))
+            self.bridge_done = position
+            self.bar.set_postfix_str(f"bridge lambda={step.value:.3f} ESS={step.ess_fraction:.2f}", refresh=False)
+        elif step.stage == "mixing":
+            block = getattr(stage, "block", 0)
+            self.bar.update(block * self.mixing_cost)
+            self.bar.set_postfix_str(f"mixing {int(step.value)} moves, torsion acceptance "
+                                     f"{step.moves.get('torsion.acceptance', float('nan')):.2f}", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 @dataclass(frozen=True)
@@ -491,16 +549,13 @@ def free_energy_between(target_a, target_b, model_path, out, *, particles: int =
         seed: seeds everything (runs, bridges and MD are independent).
         device, progress, compile: as for :func:`sample_model`.
     """
-    import warnings
+    from dataclasses import replace as replaced
 
     from . import samples, switching
-    from .coordinates import fold_to_l
     from .models import check_compatible
     from .analysis.free_energy import mean_and_error
     from .sampling import SampleSettings, sample_molecule
     from .smc import evaluate
-    from .smc.torsion import rotatable_torsions_or_none
-    from .targets import fast_target
 
     settings = SampleSettings() if settings is None else settings
     switch_settings = switching.SwitchSettings() if switch_settings is None else switch_settings
@@ -527,32 +582,30 @@ def free_energy_between(target_a, target_b, model_path, out, *, particles: int =
     for target in (target_a, target_b):
         check_compatible(model_file, target)
     out = _prepare_sample_out(out)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fast_a, fast_b = fast_target(target_a, compile=compile), fast_target(target_b, compile=compile)
-    torsions = rotatable_torsions_or_none(target_a.topology)
+    fast_a, fast_b = _fast_target(target_a, compile), _fast_target(target_b, compile)
     start = time.perf_counter()
     per_run, dirs = [], []
     seeds = run_seeds(seed, 3 * runs)
     for k in range(runs):
-        bar = _progress_bar(f"run {k + 1}/{runs}: {target_a.name}", settings.n_levels) if progress else None
+        bar = RunProgress(f"run {k + 1}/{runs}: {target_a.name}", settings) if progress else None
         run_a = sample_molecule(model_file, target_a, particles, settings, seed=seeds[3 * k],
                                 target_energy=fast_a.reduced_energy, progress=bar)
-        kernel = (run_a.mixing or run_a.bridge).kernel
+        # the bridge to B starts with the generator run's adapted step size
+        adapted = replaced(switch_settings, bridge=replaced(switch_settings.bridge, step_size=run_a.step_size))
         sw = switching.switch(model_file.space, run_a.positions, run_a.log_weights, fast_a.reduced_energy,
-                              fast_b.reduced_energy, switch_settings, torsions=torsions,
-                              kernel=getattr(kernel, "kernel", kernel), seed=seeds[3 * k + 1], device=device,
-                              progress=bar)
+                              fast_b.reduced_energy, adapted, topology=target_a.topology, seed=seeds[3 * k + 1],
+                              device=device, progress=bar)
         if bar is not None:
             bar.close()
-        bar = _progress_bar(f"run {k + 1}/{runs}: {target_b.name}", settings.n_levels) if progress else None
+        bar = RunProgress(f"run {k + 1}/{runs}: {target_b.name}", settings) if progress else None
         run_b = sample_molecule(model_file, target_b, particles, settings, seed=seeds[3 * k + 2],
                                 target_energy=fast_b.reduced_energy, progress=bar)
         if bar is not None:
             bar.close()
-        positions = model_file.space.to_positions(sw.result.particles).detach().cpu().to(torch.float64).numpy()
-        folded = np.asarray(fold_to_l(positions, target_b.topology).positions, dtype=np.float64)
-        energies = evaluate(fast_b.reduced_energy, torch.from_numpy(folded), settings.chunk_size).numpy()
+        positions, _ = model_file.space.finish(model_file.space.to_positions(sw.result.particles).detach()
+                                               .to(torch.float64), target_b.topology)
+        energies = evaluate(fast_b.reduced_energy, positions, settings.chunk_size).cpu().numpy()
+        folded = positions.cpu().numpy()
         record = {"delta_f_kT": sw.delta_f, "delta_f_log_z_kT": run_a.log_z - run_b.log_z,
                   "log_z_from": run_a.log_z, "log_z_to": run_b.log_z, "ess_fraction": sw.result.ess_fraction,
                   "min_ess_fraction": sw.min_ess_fraction, "bridge_steps": len(sw.result.diagnostics),
@@ -561,7 +614,7 @@ def free_energy_between(target_a, target_b, model_path, out, *, particles: int =
                   "model_evaluations": run_a.model_evaluations + run_b.model_evaluations,
                   "seconds": sw.seconds + run_a.seconds + run_b.seconds}
         diagnostics = {"run": "free-energy bridge", "from": target_a.name, "to": target_b.name,
-                       "steps": [{"stage": "switch", **asdict(s)} for s in sw.result.diagnostics],
+                       "steps": [asdict(s) for s in sw.result.diagnostics],
                        "totals": record, "from_run": run_a.diagnostics()["totals"],
                        "to_run": run_b.diagnostics()["totals"], "model": str(model_path)}
         dirs.append(samples.write_sample_run(out / f"run-{k:03d}", folded, sw.result.log_weights.detach().cpu().numpy(),

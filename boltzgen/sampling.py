@@ -1,95 +1,140 @@
-"""The Boltzmann generator for a molecule: a trained model's levels, then a bridge to the force field.
+"""The Boltzmann generator for a molecule: the model's levels, a bridge to the force field, mixing.
 
-One run, in model units y (centre-free, :class:`~boltzgen.coordinates.cartesian.MolecularSpace`):
+One run is one run of the SMC engine (:mod:`boltzgen.smc.engine`) through four stages, in the
+model's coordinates (its coordinate space: Cartesian centre-free or internal):
 
-1. :func:`~boltzgen.smc.denoising_smc`: N particles from the model's Gaussian at t = 1 down to
-   t_min by reverse-diffusion proposals with exact weights, resampling on the ESS, a few MALA
-   moves per level;
-2. the *one-step bridge ESS*: the ESS of those weights times exp(E_theta(t_min, y) - u(y)), i.e.
-   of importance sampling the force field from the model's last level (the figure comparable
-   with the importance-sampling ESS published Boltzmann generators report);
-3. :func:`~boltzgen.smc.smc` from those weighted particles along the geometric bridge
-   exp(-(1 - lam) E_theta(t_min) - lam u), lam: 0 -> 1, adaptive on the conditional ESS, with MALA
-   moves at every step;
-4. :func:`~boltzgen.smc.mixing.mix`: the particles are resampled and equilibrated at u by MALA
-   moves, each followed by a torsion move (:mod:`boltzgen.smc.torsion`: rigid turns of rotatable
-   bonds, which cross between backbone basins where MALA cannot). The levels bring a basin's
-   mass through a few lineages; without these moves, independent runs disagree on it by more than
-   their weights say. They cost only force-field evaluations;
-5. mirror images folded onto L (the model is mirror invariant and so is the force field, which is
-   checked on the particles).
+1. ``initial`` and ``levels`` (:mod:`boltzgen.smc.denoising`): N particles from the model's
+   Gaussian at t = 1 down to t_min by reverse-diffusion proposals with exact weights, resampling on
+   the ESS, a few MALA moves per level;
+2. ``bridge``: the geometric bridge exp(-(1 - lam) E_theta(t_min) - lam u), lam: 0 -> 1, adaptive
+   on the conditional ESS, with MALA moves at every step. Its first step also records the
+   *one-step bridge ESS*: the ESS of importance sampling u straight from the model's last level
+   (the figure comparable with the importance-sampling ESS published Boltzmann generators report);
+3. ``mixing`` (:class:`~boltzgen.smc.stages.Mixing`): the particles are resampled and equilibrated
+   at u by MALA moves, each followed by torsion moves (turns of rotatable bonds, which cross between
+   backbone basins where MALA cannot). Without them, independent runs disagree on a basin's mass by
+   more than their weights say when the levels bring it through a few lineages;
+4. the coordinate space *finishes* the samples (a Cartesian model cannot tell mirror images apart,
+   so its samples are folded onto L; this is checked to be exact before the run starts).
 
 The weighted particles are exact for exp(-u) whatever the model's errors (the errors cost ESS,
 never bias, and the mixing moves leave exp(-u) invariant); log Z is that of exp(-u) over
-centre-free positions in nm.
+centre-free positions in nm. A run can write checkpoints between steps and resume from them with
+exactly the result of an uninterrupted run.
 """
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
 from ._checks import check_count, check_probability
-from .coordinates import fold_to_l
 from .models import ModelFile
-from .smc import MALA, SMCResult, SMCStep, denoising_smc, evaluate, geometric_path, smc
-from .smc import weights as W
-from .smc.mixing import mix
-from .smc.energy import CountedEnergy, on_device
-from .smc.torsion import TorsionMove, rotatable_torsions_or_none
+from .smc import MALA, SMCResult, StepOptions, evaluate, geometric_path
+from .smc.denoising import levels_stages
+from .smc.energy import CountedEnergy
+from .smc.engine import Checkpoint, as_generator, empty_state, run
+from .smc.kernels import Sequence
+from .smc.stages import Mixing, PathStage
 
-# A fold onto L is exact only if the force field is mirror symmetric: the largest energy change
-# (kT) a reflection may cause before the run is refused.
-_MIRROR_TOLERANCE_KT = 1e-3
+
+def _fraction(value, name: str, low_open: bool = True) -> float:
+    if not (0.0 < value < 1.0 if low_open else 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must lie in {'(0, 1)' if low_open else '[0, 1]'}, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class TorsionSettings:
+    """Torsion moves after each gradient move.
+
+    Attributes:
+        moves: torsion moves after each MALA move (0: MALA only).
+        reflect: probability that a torsion move reflects the dihedrals (theta -> -theta) instead
+            of turning them by uniform angles (:mod:`boltzgen.smc.torsion`).
+    """
+
+    moves: int = 4
+    reflect: float = 0.5
+
+    def __post_init__(self):
+        check_count(self.moves, "torsion moves", minimum=0)
+        check_probability(self.reflect, "torsion reflect")
+
+
+@dataclass(frozen=True)
+class BridgeSettings:
+    """An adaptive geometric bridge between two targets (the model's last level and u, or u_A and u_B).
+
+    Attributes:
+        cess: conditional ESS fraction each adaptive step aims at.
+        moves: MALA moves per step.
+        step_size: initial MALA step size (model units squared; adapted after every move).
+        resample_threshold: resample when ESS / N falls below this.
+    """
+
+    cess: float = 0.9
+    moves: int = 10
+    step_size: float = 1e-4
+    resample_threshold: float = 0.1
+
+    def __post_init__(self):
+        _fraction(self.cess, "bridge cess")
+        check_count(self.moves, "bridge moves", minimum=0)
+        _fraction(self.resample_threshold, "bridge resample_threshold", low_open=False)
+        if not self.step_size > 0:
+            raise ValueError(f"bridge step_size must be positive, got {self.step_size!r}")
+
+
+@dataclass(frozen=True)
+class MixingSettings:
+    """The mixing stage at u after the bridge.
+
+    Attributes:
+        moves: MALA moves per particle (0: no mixing stage).
+        torsions: torsion moves after each MALA move.
+        block: moves per recorded step.
+    """
+
+    moves: int = 1500
+    torsions: TorsionSettings = TorsionSettings()
+    block: int = 50
+
+    def __post_init__(self):
+        check_count(self.moves, "mixing moves", minimum=0)
+        check_count(self.block, "mixing block")
 
 
 @dataclass(frozen=True)
 class SampleSettings:
-    """Choices of one SMC run (defaults: measured on alanine dipeptide, see the README).
+    """Choices of one SMC run (defaults: measured on alanine dipeptide, see docs/benchmarks.md).
 
     Attributes:
         n_levels: reverse-diffusion levels from t = 1 to t_min (uniform in log SNR).
         level_moves: MALA moves per level.
-        bridge_moves: MALA moves per bridge step.
-        bridge_cess: conditional ESS fraction each adaptive bridge step aims at.
-        resample_threshold: resample when ESS / N falls below this.
-        bridge_step_size: initial MALA step size of the bridge (model units squared; adapted after
-            every move).
-        mixing_moves: MALA moves per particle at u after the bridge (0: no mixing stage).
-        torsion_moves: torsion moves after each mixing MALA move (0: MALA only).
-        torsion_reflect: probability that a torsion move reflects its dihedrals instead of turning
-            them by uniform angles (:mod:`boltzgen.smc.torsion`).
+        resample_threshold: resample the levels when ESS / N falls below this.
+        bridge: :class:`BridgeSettings` of the bridge to u.
+        mixing: :class:`MixingSettings` of the mixing stage.
         chunk_size: particles per energy evaluation (bounds memory).
     """
 
     n_levels: int = 1000
     level_moves: int = 2
-    bridge_moves: int = 10
-    bridge_cess: float = 0.9
     resample_threshold: float = 0.1
-    bridge_step_size: float = 1e-4
-    mixing_moves: int = 1500
-    torsion_moves: int = 4
-    torsion_reflect: float = 0.5
+    bridge: BridgeSettings = BridgeSettings()
+    mixing: MixingSettings = MixingSettings()
     chunk_size: int = 1000
 
     def __post_init__(self):
         check_count(self.n_levels, "n_levels")
         check_count(self.level_moves, "level_moves", minimum=0)
-        check_count(self.bridge_moves, "bridge_moves", minimum=0)
-        check_count(self.mixing_moves, "mixing_moves", minimum=0)
-        check_count(self.torsion_moves, "torsion_moves", minimum=0)
         check_count(self.chunk_size, "chunk_size")
-        check_probability(self.torsion_reflect, "torsion_reflect")
-        if not 0.0 < self.bridge_cess < 1.0:
-            raise ValueError(f"bridge_cess must lie in (0, 1), got {self.bridge_cess!r}")
-        if not 0.0 <= self.resample_threshold <= 1.0:
-            raise ValueError(f"resample_threshold must lie in [0, 1], got {self.resample_threshold!r}")
-        if not self.bridge_step_size > 0:
-            raise ValueError(f"bridge_step_size must be positive, got {self.bridge_step_size!r}")
+        _fraction(self.resample_threshold, "resample_threshold", low_open=False)
 
 
 @dataclass(frozen=True)
@@ -97,122 +142,179 @@ class MolecularRun:
     """One run's weighted samples and diagnostics.
 
     Attributes:
-        positions: (N, n_atoms, 3) float64 nm, L-folded.
+        positions: (N, n_atoms, 3) float64 nm (finished by the coordinate space, e.g. L-folded).
         log_weights: (N,) float64 log-weights toward exp(-u) (log_mean_exp = log_z).
         energies: (N,) float64 reduced energies u (kT) of ``positions``.
-        log_z: log of the integral of exp(-u) over centre-free positions (nm^(3 n_atoms - 3)).
-        bridge_ess_fraction: one-step bridge ESS / N (see the module docstring).
-        levels, bridge: the two SMC stages' results (per-step diagnostics, lineages).
-        mixing: the mixing stage's result (None when ``mixing_moves`` is 0); after it the
-            weights are equal.
-        mirror_fraction: fraction of particles that were mirror images (D) and were folded.
+        result: the whole SMC run: its final state, every step's record and where each stage
+            (``levels``, ``bridge``, ``mixing``) left the particles.
+        mirror_fraction: fraction of particles that were mirror images (D) and were folded (nan
+            where nothing is folded).
         target_evaluations, model_evaluations: configurations on which u and E_theta were
             evaluated (an energy+gradient counts once).
-        seconds: wall time.
+        seconds: wall time (summed over interrupted and resumed parts).
     """
 
     positions: np.ndarray
     log_weights: np.ndarray
     energies: np.ndarray
-    log_z: float
-    bridge_ess_fraction: float
-    levels: SMCResult
-    bridge: SMCResult
-    mixing: SMCResult | None
+    result: SMCResult
     mirror_fraction: float
     target_evaluations: int
     model_evaluations: int
     seconds: float
 
     @property
+    def log_z(self) -> float:
+        """log of the integral of exp(-u) over centre-free positions (nm^(3 n_atoms - 3))."""
+        return self.result.log_z
+
+    @property
+    def bridge_ess_fraction(self) -> float:
+        """One-step bridge ESS / N (see the module docstring)."""
+        return float(self.result.steps("bridge")[0].extra["one_step_ess_fraction"])
+
+    @property
     def ess_fraction(self) -> float:
-        """Kish ESS / N at the end of the bridge (the mixing stage resamples to equal weights)."""
-        return self.bridge.ess_fraction
+        """Kish ESS / N at the end of the bridge, before mixing (mixing resamples to equal weights)."""
+        return self.result.stage_end("bridge").ess_fraction
 
     @property
     def n_lineages(self) -> int:
         """Particles of t = 1 with descendants of positive weight at the end of the bridge."""
-        return self.bridge.n_lineages
+        return self.result.stage_end("bridge").n_lineages
+
+    @property
+    def step_size(self) -> float:
+        """The gradient kernel's final adapted step size (model units squared)."""
+        return float(self.result.kernel.step_size)
 
     @property
     def torsion_acceptance(self) -> float:
         """Mean acceptance of the mixing stage's torsion moves (nan without them)."""
-        rates = [s.torsion_acceptance for s in self.mixing.diagnostics] if self.mixing is not None else []
-        return float(np.mean(rates)) if rates else float("nan")
+        rates = [s.moves.get("torsion.acceptance", float("nan")) for s in self.result.steps("mixing")]
+        return float(np.nanmean(rates)) if rates and not np.isnan(rates).all() else float("nan")
 
     def diagnostics(self) -> dict:
         """Per-step diagnostics of every stage and the run's totals, JSON-ready."""
-        def steps(result, stage):
-            return [] if result is None else [{"stage": stage, **asdict(s)} for s in result.diagnostics]
-
-        return {"steps": steps(self.levels, "levels") + steps(self.bridge, "bridge") + steps(self.mixing, "mixing"),
+        levels, mixing = self.result.stage_end("levels"), self.result.stage_end("mixing")
+        return {"steps": [asdict(s) for s in self.result.diagnostics],
                 "totals": {"n_particles": int(len(self.log_weights)), "ess_fraction": self.ess_fraction,
                            "bridge_ess_fraction": self.bridge_ess_fraction, "log_z": self.log_z,
-                           "levels_ess_fraction": self.levels.ess_fraction, "n_lineages": self.n_lineages,
-                           "levels_lineages": self.levels.n_lineages, "n_levels": len(self.levels.diagnostics) - 1,
-                           "n_bridge_steps": len(self.bridge.diagnostics), "mirror_fraction": self.mirror_fraction,
-                           "mixing_lineages": self.mixing.n_lineages if self.mixing is not None else None,
+                           "levels_ess_fraction": levels.ess_fraction, "n_lineages": self.n_lineages,
+                           "levels_lineages": levels.n_lineages, "n_levels": levels.n_steps,
+                           "n_bridge_steps": self.result.stage_end("bridge").n_steps,
+                           "mirror_fraction": self.mirror_fraction,
+                           "mixing_lineages": None if mixing is None else mixing.n_lineages,
                            "torsion_acceptance": self.torsion_acceptance,
                            "target_evaluations": self.target_evaluations,
                            "model_evaluations": self.model_evaluations, "seconds": self.seconds}}
 
 
+def run_stages(model_file: ModelFile, u, model_energy, topology, settings: SampleSettings) -> list:
+    """The stages of one run (see the module docstring) in the model's coordinates.
+
+    Args:
+        model_file: the model and its coordinate space.
+        u: the target in model units, flat (n, d) -> (n,) kT.
+        model_energy: the model's family E(t, y) (e.g. counted).
+        topology: the molecule's topology (for torsion moves).
+        settings: :class:`SampleSettings`.
+    """
+    model, space = model_file.model, model_file.space
+    project = space.projection
+    t_min = float(model.schedule.t_min)
+    levels = levels_stages(model, n_levels=settings.n_levels, n_moves=settings.level_moves,
+                           options=StepOptions(settings.resample_threshold, "systematic", True, project,
+                                               settings.chunk_size), energy=model_energy)
+    b = settings.bridge
+    bridge_path = geometric_path(lambda y: model_energy(t_min, y), u, cess_target=b.cess)
+    bridge = PathStage(bridge_path.segments[0], StepOptions(b.resample_threshold, "systematic", True, project,
+                                                            settings.chunk_size),
+                       n_moves=b.moves, kernel=MALA(step_size=b.step_size), name="bridge")
+    stages = levels + [bridge]
+    m = settings.mixing
+    if m.moves:
+        turn = space.torsion_kernel(topology, m.torsions.reflect) if m.torsions.moves else None
+        add_turns = None if turn is None else (lambda kernel: Sequence((kernel,) + (turn,) * m.torsions.moves))
+        stages.append(Mixing(u, m.moves, m.block, StepOptions(0.0, "systematic", True, project, settings.chunk_size),
+                             kernel=add_turns))
+    return stages
+
+
+@dataclass(frozen=True)
+class _Saved:
+    """What a run's checkpoint file holds: the engine's checkpoint and the run's own counters."""
+
+    checkpoint: Checkpoint
+    target_evaluations: int
+    model_evaluations: int
+    seconds: float
+    settings: dict = field(default_factory=dict)
+
+
+def _saver(path: Path | None, every: float, counters: tuple, started: float, done_before: float, settings: dict):
+    """on_step callback writing the checkpoint atomically at most every ``every`` seconds."""
+    if path is None:
+        return None
+    last = [time.perf_counter()]
+
+    def save(checkpoint: Checkpoint) -> None:
+        now = time.perf_counter()
+        if now - last[0] < every:
+            return
+        last[0] = now
+        saved = _Saved(checkpoint, counters[0].count, counters[1].count, done_before + now - started, settings)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(saved, tmp)
+        os.replace(tmp, path)
+
+    return save
+
+
 def sample_molecule(model_file: ModelFile, target, n_particles: int, settings: SampleSettings = SampleSettings(),
-                    *, seed: int = 0, target_energy=None, progress: Callable[[SMCStep], None] | None = None
-                    ) -> MolecularRun:
+                    *, seed: int = 0, target_energy=None, progress: Callable | None = None,
+                    checkpoint: str | os.PathLike | None = None, checkpoint_every: float = 30.0) -> MolecularRun:
     """One SMC run of the Boltzmann generator (see the module docstring).
 
     Args:
         model_file: a loaded model file (:func:`boltzgen.models.load_model_file`); its model's
-            device is where the particles live.
-        target: the OpenMM target (topology, reduced_energy on (n, n_atoms, 3) nm).
+            device is where the particles and the force field live.
+        target: the target (topology, positions, reduced_energy on (n, n_atoms, 3) nm).
         n_particles: N.
         settings: :class:`SampleSettings`.
         seed: seeds the run (two runs with different seeds are independent).
         target_energy: the reduced energy to sample, callable on (n, n_atoms, 3) nm -> (n,) kT
             (default ``target.reduced_energy``; pass the torch force field's for speed).
-        progress: called with every SMC step of both stages.
+        progress: called after every step with (stage, position, record) (see
+            :func:`boltzgen.smc.engine.run`).
+        checkpoint: a file to write the run's state to between steps (at most every
+            ``checkpoint_every`` seconds); if it exists, the run resumes from it and ends exactly as an
+            uninterrupted run would. It is deleted when the run completes.
     """
     n_particles = check_count(n_particles, "n_particles")
     start = time.perf_counter()
     model, space = model_file.model, model_file.space
     device = model.data_mean.device
     reduced = target.reduced_energy if target_energy is None else target_energy
-    u = CountedEnergy(space.flat_energy(on_device(reduced, "cpu") if device.type != "cpu" else reduced))
-    t_min = float(model.schedule.t_min)
-    model_energy = CountedEnergy(lambda y: model.energy(t_min, y))
-    generator = torch.Generator(device=device).manual_seed(seed)
-    levels = denoising_smc(model, n_particles, project=space.project, n_levels=settings.n_levels,
-                           n_moves=settings.level_moves, resample_threshold=settings.resample_threshold,
-                           seed=generator, chunk_size=settings.chunk_size, progress=progress)
-    # every level costs one energy+gradient per particle for the proposal and one per move
-    level_evaluations = n_particles * (1 + settings.n_levels * (1 + settings.level_moves))
-    e_model = evaluate(model_energy, levels.particles, settings.chunk_size)
-    e_target = evaluate(u, levels.particles, settings.chunk_size)
-    bridge_ess = W.ess_fraction(levels.log_weights + e_model - e_target)
-    bridge = smc(geometric_path(model_energy, u, cess_target=settings.bridge_cess), initial=levels,
-                 kernel=MALA(step_size=settings.bridge_step_size), n_moves=settings.bridge_moves,
-                 resample_threshold=settings.resample_threshold, seed=generator, chunk_size=settings.chunk_size,
-                 progress=progress)
-    mixing = None
-    if settings.mixing_moves:
-        kernel = bridge.kernel
-        torsions = rotatable_torsions_or_none(target.topology) if settings.torsion_moves else None
-        if torsions is not None:
-            kernel = TorsionMove(kernel, torsions, settings.torsion_moves, settings.torsion_reflect)
-        mixing = mix(bridge, u, kernel, settings.mixing_moves, project=space.project, seed=generator,
-                     chunk_size=settings.chunk_size, progress=progress)
-    final = bridge if mixing is None else mixing
-    positions = space.to_positions(final.particles).detach().cpu().to(torch.float64)
-    folded = fold_to_l(positions.numpy(), target.topology)
-    energies = evaluate(reduced, torch.as_tensor(folded.positions), settings.chunk_size).numpy()
-    shift = np.abs(energies - evaluate(reduced, positions, settings.chunk_size).numpy())
-    worst = float(shift[np.isfinite(shift)].max(initial=0.0))
-    if worst > _MIRROR_TOLERANCE_KT:
-        raise ValueError(f"the force field is not mirror symmetric (a reflection changes u by up to {worst:.3g} kT): "
-                         "D samples of a mirror-invariant model cannot be folded onto L; train a chirality-aware model")
-    return MolecularRun(positions=np.asarray(folded.positions, dtype=np.float64),
-                        log_weights=final.log_weights.detach().cpu().numpy(), energies=energies,
-                        log_z=final.log_z, bridge_ess_fraction=bridge_ess, levels=levels, bridge=bridge, mixing=mixing,
-                        mirror_fraction=float(folded.mirror_fraction), target_evaluations=u.count + 2 * n_particles,
-                        model_evaluations=level_evaluations + model_energy.count, seconds=time.perf_counter() - start)
+    space.check_target(reduced, torch.as_tensor(np.asarray(target.positions), dtype=torch.float64, device=device))
+    path = None if checkpoint is None else Path(checkpoint)
+    saved = torch.load(path, weights_only=False) if path is not None and path.is_file() else None
+    if saved is not None and saved.settings != asdict(settings):
+        raise ValueError(f"checkpoint {path} was written with other settings: delete it or use the same settings")
+    u = CountedEnergy(space.flat_energy(reduced), saved.target_evaluations if saved else 0)
+    model_energy = CountedEnergy(model.energy, saved.model_evaluations if saved else 0)
+    generator = as_generator(seed, device)
+    done_before = saved.seconds if saved else 0.0
+    result = run(empty_state(n_particles, device), run_stages(model_file, u, model_energy, target.topology, settings),
+                 generator, resume=saved.checkpoint if saved else None, progress=progress,
+                 on_step=_saver(path, checkpoint_every, (u, model_energy), start, done_before, asdict(settings)))
+    positions, mirror_fraction = space.finish(space.to_positions(result.particles).detach().to(torch.float64),
+                                              target.topology)
+    energies = evaluate(reduced, positions, settings.chunk_size).cpu().numpy()
+    run_result = MolecularRun(positions=positions.cpu().numpy(), log_weights=result.log_weights.detach().cpu().numpy(),
+                              energies=energies, result=result, mirror_fraction=mirror_fraction,
+                              target_evaluations=u.count + n_particles, model_evaluations=model_energy.count,
+                              seconds=done_before + time.perf_counter() - start)
+    if path is not None and path.exists():
+        path.unlink()
+    return run_result

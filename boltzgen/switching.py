@@ -23,13 +23,15 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ._checks import check_count, check_probability
+from ._checks import check_count
 from .analysis.free_energy import Estimate, delta_f_mbar, with_error
-from .smc import MALA, SMCResult, SMCStep, evaluate, geometric_path, smc
+from .sampling import BridgeSettings, TorsionSettings
+from .smc import MALA, SMCResult, StepOptions, evaluate, geometric_path
 from .smc import weights as W
-from .smc.energy import CountedEnergy, on_device
-from .smc.torsion import TorsionMove
-from .coordinates.cartesian import MolecularSpace
+from .smc.energy import CountedEnergy
+from .smc.engine import as_generator, run, weighted_state
+from .smc.kernels import Sequence as KernelSequence
+from .smc.stages import PathStage
 
 
 @dataclass(frozen=True)
@@ -37,35 +39,20 @@ class SwitchSettings:
     """Choices of the SMC bridge from state A to state B.
 
     Attributes:
-        cess: conditional ESS fraction each adaptive step aims at.
-        moves: MCMC moves per step (MALA, each followed by ``torsion_moves`` torsion moves).
-        torsion_moves: torsion moves after each MALA move (0: MALA only).
-        torsion_reflect: probability that a torsion move reflects its dihedrals instead of turning
-            them by uniform angles.
-        resample_threshold: resample when ESS / N falls below this.
-        step_size: initial MALA step size (model units squared) when no adapted kernel is given.
+        bridge: :class:`~boltzgen.sampling.BridgeSettings` (cess, MALA moves per step, initial step
+            size, resample threshold; the step size is replaced by an adapted one when the caller
+            has it).
+        torsions: :class:`~boltzgen.sampling.TorsionSettings`: torsion moves after each MALA move
+            of every bridge step.
         chunk_size: particles per energy evaluation.
     """
 
-    cess: float = 0.9
-    moves: int = 10
-    torsion_moves: int = 4
-    torsion_reflect: float = 0.5
-    resample_threshold: float = 0.3
-    step_size: float = 1e-4
+    bridge: BridgeSettings = BridgeSettings(resample_threshold=0.3)
+    torsions: TorsionSettings = TorsionSettings()
     chunk_size: int = 1000
 
     def __post_init__(self):
-        check_count(self.moves, "moves", minimum=0)
-        check_count(self.torsion_moves, "torsion_moves", minimum=0)
         check_count(self.chunk_size, "chunk_size")
-        check_probability(self.torsion_reflect, "torsion_reflect")
-        if not 0.0 < self.cess < 1.0:
-            raise ValueError(f"cess must lie in (0, 1), got {self.cess!r}")
-        if not 0.0 <= self.resample_threshold <= 1.0:
-            raise ValueError(f"resample_threshold must lie in [0, 1], got {self.resample_threshold!r}")
-        if not self.step_size > 0:
-            raise ValueError(f"step_size must be positive, got {self.step_size!r}")
 
 
 @dataclass(frozen=True)
@@ -74,7 +61,7 @@ class Switch:
 
     Attributes:
         delta_f: F_B - F_A in kT (minus the log of the estimated Z_B / Z_A).
-        result: the bridge's SMCResult: particles (N, 3 n_atoms) in model units weighted toward
+        result: the bridge's SMCResult: particles (N, d) in model units weighted toward
             exp(-u_B), per-step diagnostics (ESS, conditional ESS, acceptances, lineages).
         target_evaluations: configurations on which u_A or u_B was evaluated (both count).
         seconds: wall time.
@@ -91,25 +78,21 @@ class Switch:
         return min(s.ess_fraction for s in self.result.diagnostics)
 
 
-def switch(space: MolecularSpace, positions, log_weights, energy_a: Callable, energy_b: Callable,
-           settings: SwitchSettings = SwitchSettings(), *, torsions=None, kernel=None,
-           seed: int | torch.Generator = 0, device: str | torch.device = "cpu",
-           progress: Callable[[SMCStep], None] | None = None) -> Switch:
+def switch(space, positions, log_weights, energy_a: Callable, energy_b: Callable,
+           settings: SwitchSettings = SwitchSettings(), *, topology=None, seed: int | torch.Generator = 0,
+           device: str | torch.device = "cpu", progress: Callable | None = None) -> Switch:
     """Carry weighted samples of A to B by SMC and estimate F_B - F_A (see the module docstring).
 
     Args:
-        space: the molecule's :class:`~boltzgen.coordinates.cartesian.MolecularSpace` (model units of the moves).
+        space: the molecule's coordinate space (model units of the moves), e.g. a model file's.
         positions: (N, n_atoms, 3) nm, samples of A (e.g. a :class:`boltzgen.sampling.MolecularRun`'s).
         log_weights: (N,) their log-weights toward exp(-u_A).
         energy_a, energy_b: reduced energies u_A, u_B on (n, n_atoms, 3) nm -> (n,) kT.
         settings: :class:`SwitchSettings`.
-        torsions: the molecule's :class:`~boltzgen.smc.torsion.Torsions` for torsion moves (None:
-            MALA only).
-        kernel: an adapted MALA kernel to start from (e.g. the generator run's), else
-            ``MALA(settings.step_size)``.
+        topology: the molecule's topology, for torsion moves (None: MALA only).
         seed: an int or a torch.Generator.
         device: where the particles live.
-        progress: called with every SMC step.
+        progress: called after every step with (stage, position, record).
     """
     start_time = time.perf_counter()
     y = space.to_flat(torch.as_tensor(np.asarray(positions), dtype=torch.float64)).to(device)
@@ -118,19 +101,21 @@ def switch(space: MolecularSpace, positions, log_weights, energy_a: Callable, en
         raise ValueError(f"log_weights must have shape ({y.shape[0]},) (one per configuration), got {tuple(log_w.shape)}")
     if not torch.isfinite(log_w).any():
         raise ValueError("log_weights are all -inf or NaN: no sample of A carries weight")
-    if y.device.type != "cpu":  # force fields evaluate on the CPU; particles (and moves) stay on the device
-        energy_a, energy_b = on_device(energy_a, "cpu"), on_device(energy_b, "cpu")
-    if not isinstance(seed, torch.Generator):  # the moves draw on the particles' device
-        seed = torch.Generator(device=y.device).manual_seed(check_count(seed, "seed", minimum=0))
+    generator = as_generator(check_count(seed, "seed", minimum=0) if not isinstance(seed, torch.Generator) else seed,
+                             y.device)
     ua, ub = CountedEnergy(space.flat_energy(energy_a)), CountedEnergy(space.flat_energy(energy_b))
-    mala = kernel if kernel is not None else MALA(step_size=settings.step_size)
-    if torsions is not None and settings.torsion_moves:
-        mala = TorsionMove(mala, torsions, settings.torsion_moves, settings.torsion_reflect)
-    initial = SMCResult(y, log_w, W.log_mean_exp(log_w), (), mala, torch.arange(y.shape[0], device=y.device))
-    result = smc(geometric_path(ua, ub, cess_target=settings.cess), initial=initial, kernel=mala,
-                 n_moves=settings.moves, resample_threshold=settings.resample_threshold, project=space.project,
-                 seed=seed, chunk_size=settings.chunk_size, progress=progress)
-    return Switch(delta_f=-(result.log_z - initial.log_z), result=result, target_evaluations=ua.count + ub.count,
+    b, t = settings.bridge, settings.torsions
+    kernel = MALA(step_size=b.step_size)
+    turn = space.torsion_kernel(topology, t.reflect) if topology is not None and t.moves else None
+    if turn is not None:
+        kernel = KernelSequence((kernel,) + (turn,) * t.moves)
+    options = StepOptions(b.resample_threshold, "systematic", True, space.projection, settings.chunk_size)
+    state = weighted_state(y, log_w, ua, kernel=kernel, gradients=b.moves > 0, chunk_size=settings.chunk_size)
+    initial_log_z = state.log_z
+    path = geometric_path(ua, ub, cess_target=b.cess)
+    result = run(state, [PathStage(path.segments[0], options, b.moves, name="switch", gradients=b.moves > 0)],
+                 generator, progress=progress)
+    return Switch(delta_f=-(result.log_z - initial_log_z), result=result, target_evaluations=ua.count + ub.count,
                   seconds=time.perf_counter() - start_time)
 
 

@@ -20,11 +20,15 @@ from boltzgen.coordinates import is_l_amino_acid
 from boltzgen.models import load_model_file
 from boltzgen.pipeline import run_seeds, sample_model
 from boltzgen.samples import is_sample_run, load_sample_run, write_sample_run
-from boltzgen.sampling import SampleSettings, sample_molecule
+from boltzgen.sampling import BridgeSettings, MixingSettings, SampleSettings, run_stages, sample_molecule
+from boltzgen.smc import evaluate
 from boltzgen.smc import weights as W
+from boltzgen.smc.energy import CountedEnergy
+from boltzgen.smc.engine import as_generator, empty_state
+from boltzgen.smc.engine import run as run_engine
 from boltzgen.targets import torch_target
 
-TINY = SampleSettings(n_levels=12, level_moves=1, bridge_moves=2, mixing_moves=20)
+TINY = SampleSettings(n_levels=12, level_moves=1, bridge=BridgeSettings(moves=2), mixing=MixingSettings(moves=20))
 
 
 @pytest.fixture(scope="module")
@@ -52,26 +56,48 @@ def test_a_run_gives_weighted_l_samples_with_their_energies(run, vacuum):
     # the stored energies are the force field's at the stored (folded) positions: OpenMM agrees
     assert np.allclose(run.energies, target.reduced_energy(run.positions).numpy(), atol=1e-4)
     assert run.log_z == pytest.approx(W.log_mean_exp(torch.from_numpy(run.log_weights)))
-    assert 0 < run.ess_fraction <= 1 and 0 <= run.bridge_ess_fraction <= 1
-    assert 0.0 <= run.mirror_fraction <= 1.0
+
+
+def test_the_one_step_bridge_ess_is_importance_sampling_u_from_the_last_level(run, vacuum, model_file):
+    """Recomputed by hand: the same seed's levels alone, then ESS(log w + E(t_min) - u)."""
+    target, fast = vacuum
+    space, model = model_file.space, model_file.model
+    u = space.flat_energy(fast.reduced_energy)
+    stages = run_stages(model_file, u, model.energy, target.topology, TINY)[:2]  # initial draw and levels
+    levels = run_engine(empty_state(40), stages, as_generator(3))
+    t_min = float(model.schedule.t_min)
+    e_model = evaluate(lambda y: model.energy(t_min, y), levels.particles)
+    by_hand = W.ess_fraction(levels.log_weights + e_model - evaluate(u, levels.particles))
+    assert run.bridge_ess_fraction == pytest.approx(by_hand, rel=1e-9)
+    assert run.result.stage_end("levels").ess_fraction == pytest.approx(levels.ess_fraction, rel=1e-12)
 
 
 def test_a_run_counts_its_evaluations_and_steps(run):
-    assert len(run.levels.diagnostics) == TINY.n_levels + 1
-    assert run.bridge.diagnostics[-1].name == "lambda" and run.bridge.diagnostics[-1].value == 1.0
+    assert run.result.stage_end("levels").n_steps == TINY.n_levels
+    bridge = run.result.steps("bridge")
+    assert bridge[-1].name == "lambda" and bridge[-1].value == 1.0
+    # levels: one draw, then per level one proposal evaluation and one per move; bridge: its endpoints and
+    # moves (the last step, at lambda = 1, is u alone)
     per_particle_levels = 1 + TINY.n_levels * (1 + TINY.level_moves)
-    assert run.model_evaluations > 40 * per_particle_levels  # plus the bridge's evaluations of E(t_min)
-    assert run.target_evaluations >= 40 * (1 + len(run.bridge.diagnostics) * TINY.bridge_moves)
-    assert 1 <= run.n_lineages <= run.levels.n_lineages <= 40
+    assert run.model_evaluations == 40 * (per_particle_levels + (len(bridge) - 1) * (1 + TINY.bridge.moves) + 1)
+    assert run.target_evaluations >= 40 * (len(bridge) * (1 + TINY.bridge.moves))
+    assert 1 <= run.n_lineages <= run.result.stage_end("levels").n_lineages <= 40
     totals = json.loads(json.dumps(run.diagnostics()["totals"]))
     assert totals["n_levels"] == TINY.n_levels and totals["n_lineages"] == run.n_lineages
 
 
+def test_counted_energy_counts_every_configuration():
+    counted = CountedEnergy(lambda t, x: x.sum(1))
+    counted(0.5, torch.zeros(7, 2))
+    counted(0.1, torch.zeros(3, 2))
+    assert counted.count == 10
+
+
 def test_the_mixing_stage_equalises_weights_turns_torsions_and_keeps_log_z(run):
-    assert run.mixing is not None and [s.name for s in run.mixing.diagnostics] == ["mixing"]
-    assert run.mixing.diagnostics[-1].value == TINY.mixing_moves
+    mixing = run.result.steps("mixing")
+    assert [s.value for s in mixing] == [TINY.mixing.moves] and mixing[0].resampled
     assert np.allclose(run.log_weights, run.log_z)  # resampled, then moves only
-    assert run.log_z == pytest.approx(run.bridge.log_z) and run.ess_fraction == pytest.approx(run.bridge.ess_fraction)
+    assert run.log_z == pytest.approx(run.result.stage_end("bridge").log_z)
     assert 0 < run.torsion_acceptance < 1
     totals = run.diagnostics()["totals"]
     assert totals["torsion_acceptance"] == run.torsion_acceptance and 1 <= totals["mixing_lineages"] <= run.n_lineages
@@ -80,10 +106,10 @@ def test_the_mixing_stage_equalises_weights_turns_torsions_and_keeps_log_z(run):
 
 def test_without_mixing_the_bridge_weights_are_the_result(vacuum, model_file):
     target, fast = vacuum
-    plain = sample_molecule(model_file, target, 24, replace(TINY, mixing_moves=0), seed=5,
+    plain = sample_molecule(model_file, target, 24, replace(TINY, mixing=MixingSettings(moves=0)), seed=5,
                             target_energy=fast.reduced_energy)
-    assert plain.mixing is None and math.isnan(plain.torsion_acceptance)
-    assert np.allclose(plain.log_weights, plain.bridge.log_weights.numpy())
+    assert plain.result.stage_end("mixing") is None and math.isnan(plain.torsion_acceptance)
+    assert plain.ess_fraction == pytest.approx(W.ess_fraction(torch.from_numpy(plain.log_weights)))
 
 
 def test_same_seed_same_run_other_seed_other_run(vacuum, model_file, run):

@@ -15,7 +15,7 @@ from boltzgen.smc import (
     particle_state,
     subspace_dimension,
 )
-from boltzgen.smc.kernels import Move, _select
+from boltzgen.smc.kernels import Mixture, Sequence, _select, acceptance_rate
 
 VARIANCES = torch.tensor([0.25, 1.0, 2.0, 4.0], dtype=torch.float64)
 MEAN = torch.tensor([1.0, -2.0, 0.0, 0.5], dtype=torch.float64)
@@ -47,9 +47,9 @@ def run_moves(kernel, x, n_moves, seed, energy=gaussian_energy, project=None, ad
     for _ in range(n_moves):
         move = kernel.move(energy, state, g, project)
         state = move.state
-        rates.append(move.acceptance_rate)
+        rates.append(move.info["acceptance"])
         if adapt:
-            kernel = kernel.adapted(move.acceptance_rate)
+            kernel = kernel.adapted(move.info)
     return state, sum(rates) / len(rates), kernel, start
 
 
@@ -92,7 +92,7 @@ def test_kernel_converges_from_a_point_with_autocorrelation_accounted_for(kernel
     for _ in range(keep):
         move = kernel.move(gaussian_energy, state, g)
         state = move.state
-        rates.append(move.acceptance_rate)
+        rates.append(move.info["acceptance"])
         sums += state.x
         squares += (state.x - MEAN) ** 2
     assert 0.2 < sum(rates) / keep < 0.99  # the chains really move
@@ -117,9 +117,9 @@ def test_adaptation_reaches_the_target_acceptance(kernel):
 
 def test_step_size_adaptation():
     k = MALA(step_size=0.1, target_acceptance=0.5)
-    assert k.adapted(0.9).step_size > 0.1 > k.adapted(0.1).step_size
-    assert k.adapted(float("nan")) == k
-    assert MALA(step_size=9.0).adapted(1.0).step_size == 10.0  # clamped to max_step_size
+    assert k.adapted({"acceptance": 0.9}).step_size > 0.1 > k.adapted({"acceptance": 0.1}).step_size
+    assert k.adapted({"acceptance": float("nan")}) == k and k.adapted({}) == k
+    assert MALA(step_size=9.0).adapted({"acceptance": 1.0}).step_size == 10.0  # clamped to max_step_size
     with pytest.raises(ValueError, match="target_acceptance"):
         MALA(target_acceptance=1.5)
     with pytest.raises(ValueError, match="step_size"):
@@ -168,7 +168,49 @@ def test_select_keeps_rejected_particles():
     new = particle_state(gaussian_energy, exact_samples(3, 1))
     chosen = _select(torch.tensor([True, False, True]), new, old)
     assert torch.equal(chosen.x[1], old.x[1]) and torch.equal(chosen.x[2], new.x[2])
-    assert Move(chosen, torch.tensor([True, False, True]), torch.tensor([True, True, False])).acceptance_rate == 0.5
+    assert acceptance_rate(torch.tensor([True, False, True]), torch.tensor([True, True, False])) == 0.5
+    assert math.isnan(acceptance_rate(torch.tensor([True]), torch.tensor([False])))
+
+
+def test_sequence_applies_parts_in_order_and_keeps_their_figures_apart():
+    """A Sequence's info holds each part's figures under its name; adapted() tunes each part by its own."""
+    x = exact_samples(400, seed=21) - MEAN
+    fast, slow = MALA(step_size=0.5), HMC(step_size=0.05, n_leapfrog=3)
+    seq = Sequence((fast, slow, slow))
+    assert seq.evaluations == 1 + 3 + 3 and seq.step_size == 0.5
+    move = seq.move(gaussian_energy, particle_state(gaussian_energy, x), torch.Generator().manual_seed(3))
+    assert set(move.info) == {"mala.acceptance", "hmc.acceptance"}
+    assert all(0 <= v <= 1 for v in move.info.values())
+    tuned = seq.adapted({"mala.acceptance": 1.0, "hmc.acceptance": 0.0})
+    assert tuned.kernels[0].step_size > 0.5  # MALA by its own acceptance
+    assert tuned.kernels[1].step_size < 0.05 and tuned.kernels[2].step_size == tuned.kernels[1].step_size  # both HMC parts
+    # invariance: many sequence moves keep the Gaussian's moments
+    start = exact_samples(4000, seed=22)
+    state, g = particle_state(gaussian_energy, start), torch.Generator().manual_seed(23)
+    for _ in range(10):
+        move = seq.move(gaussian_energy, state, g)
+        state = move.state
+        assert min(move.info.values()) > 0.2  # real moves, not all rejected
+    assert (state.x != start).any(1).float().mean() > 0.9
+    assert_gaussian_moments(state.x, MEAN, VARIANCES)
+
+
+def test_mixture_moves_with_one_part_per_move_and_is_invariant():
+    mixture = Mixture((MALA(step_size=0.5), HMC(step_size=0.3, n_leapfrog=4)), probabilities=(3, 1))
+    assert mixture.probabilities == pytest.approx((0.75, 0.25)) and mixture.evaluations == pytest.approx(1.75)
+    state = particle_state(gaussian_energy, exact_samples(4000, seed=24))
+    g, seen = torch.Generator().manual_seed(25), set()
+    for _ in range(12):
+        move = mixture.move(gaussian_energy, state, g)
+        state = move.state
+        assert len(move.info) == 1 and min(move.info.values()) > 0.2
+        seen |= set(move.info)
+    assert seen == {"mala.acceptance", "hmc.acceptance"}
+    assert_gaussian_moments(state.x, MEAN, VARIANCES)
+    with pytest.raises(ValueError, match="probabilities"):
+        Mixture((MALA(),), probabilities=(0.0,))
+    with pytest.raises(TypeError, match="kernels"):
+        Sequence(("mala",))
 
 
 def test_chunked_evaluation_matches_unchunked():

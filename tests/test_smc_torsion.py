@@ -7,9 +7,12 @@ import pytest
 import torch
 
 from boltzgen import systems
-from boltzgen.smc import MALA, ParticleState, SMCResult, particle_state
-from boltzgen.smc.mixing import mix, resampled
-from boltzgen.smc.torsion import TorsionMove, Torsions, dihedral, rotatable_torsions, rotate, torsion_step
+from boltzgen.smc import MALA, ParticleState, SMCResult, SMCState, particle_state
+from boltzgen.smc.engine import resampled
+from boltzgen.smc.kernels import Sequence
+from boltzgen.smc.mixing import mix
+from boltzgen.smc.torsion import (TorsionKernel, Torsions, dihedral, rotatable_torsions, rotate, torsion_step,
+                                  with_torsion_moves)
 
 
 def _topology(bonds, elements):
@@ -142,7 +145,7 @@ def test_torsion_moves_sample_the_exact_joint_distribution_of_two_coupled_dihedr
     for _ in range(60):
         move = torsion_step(_chain_energy, state, torsions, generator, reflect=reflect)
         state = move.state
-        rates.append(move.acceptance_rate)
+        rates.append(move.info["acceptance"])
     a, b = _angles(state.x)
     edges = torch.linspace(-math.pi, math.pi, 5, dtype=torch.float64)
     counts = torch.zeros(4, 4, dtype=torch.float64)
@@ -169,31 +172,34 @@ def test_torsion_move_follows_each_gradient_move_and_reports_both_rates():
         bonds = sum((torch.linalg.norm(r[:, i] - r[:, j], dim=1) - 1.5) ** 2 for i, j in [(0, 1), (1, 2), (2, 3), (3, 4)])
         return 50 * bonds + _chain_energy(y)
 
-    kernel = TorsionMove(MALA(step_size=1e-3), torsions, n_moves=2)
-    assert kernel.gradient_evaluations == 3 and kernel.step_size == 1e-3
+    kernel = with_torsion_moves(MALA(step_size=1e-3), torsions, n_moves=2)
+    assert isinstance(kernel, Sequence) and kernel.evaluations == 3 and kernel.step_size == 1e-3
     move = kernel.move(energy, particle_state(energy, x), torch.Generator().manual_seed(1))
-    assert 0 < move.torsion_acceptance <= 1 and 0 <= move.acceptance_rate <= 1
-    assert kernel.adapted(1.0).step_size > kernel.step_size and isinstance(kernel.adapted(1.0), TorsionMove)
+    assert set(move.info) == {"mala.acceptance", "torsion.acceptance"}
+    assert 0 < move.info["torsion.acceptance"] <= 1 and 0 < move.info["mala.acceptance"] <= 1
+    tuned = kernel.adapted({"mala.acceptance": 1.0, "torsion.acceptance": 0.0})
+    assert tuned.step_size > kernel.step_size and tuned.kernels[1:] == kernel.kernels[1:]
     with pytest.raises(TypeError, match="MCMC kernel"):
-        TorsionMove("mala", torsions)
+        with_torsion_moves("mala", torsions)
     with pytest.raises(ValueError, match="particles must have shape"):
         bad = x[:, :9]
         torsion_step(energy, ParticleState(bad, torch.zeros(64, dtype=torch.float64), torch.zeros_like(bad)), torsions)
     with pytest.raises(ValueError, match="groups"):
         Torsions(6, torsions.axes, torsions.moving, torsions.names, groups=((0, 0),))
     with pytest.raises(ValueError, match="reflect must be a probability"):
-        TorsionMove(MALA(step_size=1e-3), torsions, reflect=1.5)
+        TorsionKernel(torsions, reflect=1.5)
     bare = Torsions(6, torsions.axes, torsions.moving, torsions.names)
     with pytest.raises(ValueError, match="needs Torsions.references"):
-        TorsionMove(MALA(step_size=1e-3), bare)
-    assert TorsionMove(MALA(step_size=1e-3), bare, reflect=0).reflect == 0.0
+        with_torsion_moves(MALA(step_size=1e-3), bare)
+    assert TorsionKernel(bare, reflect=0).reflect == 0.0
     with pytest.raises(ValueError, match="references must be"):
         Torsions(6, torsions.axes, torsions.moving, torsions.names, references=torsions.references[:, ::-1])
 
 
 def _weighted(x, log_w):
-    return SMCResult(x, log_w, float(torch.logsumexp(log_w, 0) - math.log(len(log_w))), (), MALA(step_size=0.1),
-                     torch.arange(len(log_w)))
+    zeros = torch.zeros(len(log_w), dtype=torch.float64)
+    state = SMCState(ParticleState(x, zeros, torch.zeros_like(x)), log_w, torch.arange(len(log_w)), MALA(step_size=0.1))
+    return SMCResult(state, ())
 
 
 def test_mixing_restores_a_mode_the_weights_missed_and_keeps_log_z():
@@ -208,7 +214,8 @@ def test_mixing_restores_a_mode_the_weights_missed_and_keeps_log_z():
     mixed = mix(start, energy, MALA(step_size=0.3), 400, block=100, seed=4)
     assert mixed.log_z == pytest.approx(start.log_z) and mixed.ess_fraction == pytest.approx(1.0)
     assert [s.value for s in mixed.diagnostics] == [100.0, 200.0, 300.0, 400.0]
-    assert all(s.name == "mixing" and not s.resampled for s in mixed.diagnostics)
+    assert all(s.stage == "mixing" and s.name == "moves" for s in mixed.diagnostics)
+    assert [s.resampled for s in mixed.diagnostics] == [True, False, False, False]  # once, before the moves
     # by symmetry half the mass sits at x < 0; particles nearly independent after 400 moves
     left = float((mixed.particles[:, 0] < 0).double().mean())
     assert abs(left - 0.5) < 5 * math.sqrt(0.25 / n) * 2  # x2: the chains are not fully independent
@@ -218,10 +225,10 @@ def test_resampled_keeps_log_z_and_lineages_and_equalises_weights():
     x = torch.arange(6, dtype=torch.float64)[:, None]
     log_w = torch.tensor([0.0, -math.inf, 1.0, 2.0, -math.inf, 0.5], dtype=torch.float64)
     start = _weighted(x, log_w)
-    out = resampled(start, seed=0)
+    out = resampled(start.state, "systematic", torch.Generator().manual_seed(0))
     assert out.log_z == start.log_z and torch.allclose(out.log_weights, torch.full((6,), start.log_z, dtype=torch.float64))
-    assert set(out.origin.tolist()) <= {0, 2, 3, 5} and torch.equal(out.particles[:, 0].long(), out.origin)
+    assert set(out.origin.tolist()) <= {0, 2, 3, 5} and torch.equal(out.particles.x[:, 0].long(), out.origin)
     with pytest.raises(ValueError, match="resampler"):
-        resampled(start, "bogus")
+        mix(start, lambda y: y[:, 0] ** 2, MALA(), 10, resampler="bogus")
     with pytest.raises(ValueError, match="n_moves"):
         mix(start, lambda y: y[:, 0] ** 2, MALA(), 0)

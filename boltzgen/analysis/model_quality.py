@@ -61,7 +61,7 @@ def model_quality(model, space, reduced_energies, positions, topology, log_weigh
 
     Args:
         model: an EnergyModel on the flat coordinates of ``space``.
-        space: the boltzgen.coordinates.cartesian.MolecularSpace of the model.
+        space: the model's coordinate space (Cartesian or internal).
         reduced_energies: (n,) u(x) of the frames in kT (e.g. a target's ``reduced_energy(positions)``;
             computed once by the caller, who may score several models on the same frames).
         positions: (n, n_atoms, 3) frames in nm, e.g. held-out MD.
@@ -80,8 +80,9 @@ def model_quality(model, space, reduced_energies, positions, topology, log_weigh
     t_min = model.schedule.t_min
     y = space.to_flat(x)
     device = model.data_mean.device
+    # E(t_min, y) models u(x(y)) - ln|det dx/dy| (+ a constant): add the log-Jacobian back per frame
     e = torch.cat([model.energy(t_min, y[s:s + chunk_size].to(device)).double().cpu()
-                   for s in range(0, n, chunk_size)]) + space.log_jacobian
+                   for s in range(0, n, chunk_size)]) + space.log_det_jacobian(y).cpu()
     delta = u - e
     keep = torch.isfinite(delta) & torch.isfinite(lw)
     w = normalized_weights(torch.where(keep, lw, torch.full_like(lw, -math.inf)))

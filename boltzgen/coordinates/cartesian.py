@@ -31,6 +31,9 @@ from .._checks import as_tensor, check_count, check_flat, check_positions
 
 # A sample counts as in the subspace when its centroid is below this, relative to its size.
 _SUBSPACE_TOLERANCE = 1e-5
+# A fold onto L is exact only if the force field is mirror symmetric: the largest energy change
+# (kT) a reflection may cause before a run is refused.
+MIRROR_TOLERANCE_KT = 1e-3
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,59 @@ class MolecularSpace:
             return reduced_energy(self.to_positions(y)) - log_jacobian
 
         return energy
+
+    # --- the coordinate-space protocol ------------------------------------------------------
+    @property
+    def projection(self):
+        """The orthogonal projection onto the centre-free subspace (noise, moves and gradients stay there)."""
+        return self.project
+
+    @property
+    def periodic(self) -> torch.Tensor:
+        """(dim,) bool: no coordinate is periodic."""
+        return torch.zeros(self.dim, dtype=torch.bool)
+
+    def log_det_jacobian(self, y) -> torch.Tensor:
+        """(n,) float64 ln |det dx/dy|: the constant :attr:`log_jacobian` for every sample."""
+        y = check_flat(y, "y", self.dim)
+        return torch.full((y.shape[0],), self.log_jacobian, dtype=torch.float64, device=y.device)
+
+    def check_target(self, reduced_energy, positions) -> None:
+        """Refuse a target that folding could not serve, before any sampling.
+
+        The model sees only distances, so it cannot tell mirror images apart; its samples are folded
+        onto L afterwards (:meth:`finish`), which is exact only if u is mirror symmetric. Checked on
+        ``positions`` (n, n_atoms, 3) nm, e.g. the structure: a reflection may change u by at most
+        1e-3 kT.
+        """
+        x = torch.as_tensor(positions, dtype=torch.float64)
+        x = x[None] if x.ndim == 2 else x
+        with torch.no_grad():
+            shift = (reduced_energy(-x) - reduced_energy(x)).abs()
+        worst = float(shift[torch.isfinite(shift)].max()) if torch.isfinite(shift).any() else 0.0
+        if worst > MIRROR_TOLERANCE_KT:
+            raise ValueError(f"the force field is not mirror symmetric (a reflection changes u by {worst:.3g} kT): "
+                             "mirror images of a Cartesian model cannot be folded onto L; use internal coordinates")
+
+    def finish(self, positions: torch.Tensor, topology) -> tuple[torch.Tensor, float]:
+        """Samples (n, n_atoms, 3) nm folded onto L, and the fraction that were mirror images (D).
+
+        Exact because the force field is mirror symmetric (:meth:`check_target`). A molecule with no
+        amino-acid stereocentre is returned as it is (fraction nan).
+        """
+        from . import alpha_carbon_centers, fold_to_l
+
+        if len(alpha_carbon_centers(topology)) == 0:
+            return positions, float("nan")
+        folded = fold_to_l(positions, topology)
+        return folded.positions, float(folded.mirror_fraction)
+
+    def torsion_kernel(self, topology, reflect: float = 0.5):
+        """Rigid turns of the molecule's rotatable bonds (:class:`~boltzgen.smc.torsion.TorsionKernel`), or None without any."""
+        from ..smc.torsion import TorsionKernel, rotatable_torsions_or_none
+
+        torsions = rotatable_torsions_or_none(topology)
+        return None if torsions is None else TorsionKernel(torsions, reflect)
 
     # --- checks and helpers ----------------------------------------------------------------
     def contains(self, y) -> bool:

@@ -687,6 +687,35 @@ class InternalSpace:
         """Index into z of the dihedral a-b-c-d (either direction); ValueError if it is not a coordinate."""
         return 2 * self.n_atoms - 3 + self.zmatrix.dihedral_index(a, b, c, d)
 
+    def check_target(self, reduced_energy, positions) -> None:
+        """Nothing to check: signed dihedrals keep chirality, so no sample is ever folded."""
+
+    def finish(self, positions: torch.Tensor, topology) -> tuple[torch.Tensor, float]:
+        """Samples (n, N, 3) nm as they are, and the fraction that are mirror images (D), measured, not folded.
+
+        nan for a molecule without an amino-acid stereocentre.
+        """
+        from . import alpha_carbon_centers, chirality
+
+        centres = alpha_carbon_centers(topology)
+        if len(centres) == 0 or positions.shape[0] == 0:
+            return positions, float("nan")
+        return positions, float((chirality(positions, centres) < 0).all(dim=1).double().mean())
+
+    def torsion_kernel(self, topology, reflect: float = 0.5):
+        """Turns of the rotatable bonds as changes of their dihedral coordinates, or None without any.
+
+        See :class:`~boltzgen.smc.torsion.DihedralKernel`: one coordinate per bond, single bonds and
+        pairs sharing an atom.
+        """
+        from ..smc.torsion import DihedralKernel, rotatable_dihedral_groups
+
+        offset = 2 * self.n_atoms - 3
+        groups = rotatable_dihedral_groups(topology, self.zmatrix)
+        if not groups:
+            return None
+        return DihedralKernel(tuple(tuple(offset + i for i in g) for g in groups), reflect)
+
     # --- model files -----------------------------------------------------------------------
     def config(self) -> dict:
         """Plain-type (JSON-able) description, with the Z-matrix itself; :meth:`from_config` inverts it."""

@@ -64,9 +64,11 @@ import torch
 
 from .._checks import as_tensor, check_count, check_flat
 from ..smc import weights as W
+from ..smc.denoising import gaussian_level, level_grid
 from ..smc.path import Path, diffusion_path, geometric_path
 from ..smc.proposal import GaussianProposal
-from ..smc.sampler import SMCResult, smc
+from ..smc.engine import SMCResult
+from ..smc.sampler import smc
 from ..targets.analytic import GaussianMixture
 
 __all__ = [
@@ -430,15 +432,12 @@ def level_times(n_levels: int, t_min: float, power: float = 2.0) -> torch.Tensor
     """``n_levels`` levels from 1 down to t_min, t = t_min + (1 - t_min) s^power on a uniform s grid.
 
     power = 2 (default) puts more levels at low noise, where p_t changes fastest. float64 (n_levels,),
-    decreasing.
+    decreasing. The same grid as :func:`boltzgen.smc.level_grid` (which counts steps, not levels).
     """
     n_levels = check_count(n_levels, "n_levels", minimum=2)
     if isinstance(t_min, bool) or not isinstance(t_min, (int, float)) or not 0.0 <= t_min < 1.0:
         raise ValueError(f"t_min must lie in [0, 1), got {t_min!r}")
-    if not (isinstance(power, (int, float)) and power > 0):
-        raise ValueError(f"power must be positive, got {power!r}")
-    s = torch.linspace(1.0, 0.0, n_levels, dtype=torch.float64)
-    return t_min + (1.0 - t_min) * s**power
+    return torch.tensor(level_grid(float(t_min), n_levels - 1, power=power), dtype=torch.float64)
 
 
 def _times(energy, times) -> tuple[float, ...]:
@@ -514,17 +513,10 @@ def _model_gaussian(component, t: float):
         return mean, var
     if isinstance(component, Tilted):
         return _model_gaussian(component.model, t)
-    schedule = getattr(component, "schedule", None)
-    mean = getattr(component, "data_mean", None)
-    variance = getattr(component, "data_variance", None)
-    if schedule is None or mean is None or variance is None:
+    if any(getattr(component, a, None) is None for a in ("schedule", "data_mean", "data_variance")):
         raise TypeError(f"cannot read a Gaussian top level off a {type(component).__name__} (needs schedule, data_mean "
                         "and data_variance): give proposal=")
-    tt = torch.tensor(float(t), dtype=torch.float64)
-    alpha = float(schedule.alpha(tt))
-    var = float(schedule.marginal_variance(tt, float(variance)))
-    m = torch.as_tensor(mean).detach().to(torch.float64).reshape(-1)
-    return alpha * m, var
+    return gaussian_level(component, t)
 
 
 def top_level_gaussian(energy, t: float = 1.0, dtype: torch.dtype = torch.float64, device=None,

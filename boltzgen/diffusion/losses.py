@@ -51,6 +51,12 @@ def _noise(shape, x0, generator, project):
     return project(eps.reshape(-1, shape[-1])).reshape(shape)  # projections take (n, d)
 
 
+def _noised(model, x0, t, eps):
+    """x_t by the model's own noising (``model.noise``, e.g. wrapped dihedrals), else its schedule's."""
+    noise = getattr(model, "noise", None)
+    return noise(x0, t, eps) if noise is not None else model.schedule.noise(x0, t, eps)
+
+
 def dsm_loss(model, x0, generator: torch.Generator | None = None, project=None) -> torch.Tensor:
     """Denoising score matching loss (scalar), t ~ U[t_min, 1].
 
@@ -65,12 +71,14 @@ def dsm_loss(model, x0, generator: torch.Generator | None = None, project=None) 
     schedule = model.schedule
     t = schedule.sample_times(x0.shape[0], generator=generator, dtype=x0.dtype).to(x0.device)
     eps = _noise(x0.shape, x0, generator, project)
-    xt = schedule.noise(x0, t, eps)
+    xt = _noised(model, x0, t, eps)
     score = model.score(t, xt, create_graph=True)
     if project is not None:
         score = project(score)
-    residual = schedule.sigma(t)[:, None] * score + eps
-    return (residual**2).mean()
+    residual = getattr(model, "dsm_residual", None)
+    if residual is not None:  # the model's own noising kernels (e.g. wrapped normals on dihedrals)
+        return (residual(score, xt, x0, eps, t) ** 2).mean()
+    return ((schedule.sigma(t)[:, None] * score + eps) ** 2).mean()
 
 
 def low_noise_time(schedule, max_sigma: float) -> float:
@@ -109,9 +117,10 @@ def target_score_loss(model, x0, score0, generator: torch.Generator | None = Non
     u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=_device(generator, x0)).to(x0.device)
     t = schedule.t_min + (t_cut - schedule.t_min) * u
     eps = _noise(x0.shape, x0, generator, project)
-    xt = schedule.noise(x0, t, eps)
+    xt = _noised(model, x0, t, eps)
     score = model.score(t, xt, create_graph=True)
-    target = score0 / schedule.alpha(t)[:, None]
+    tsm_target = getattr(model, "tsm_target", None)
+    target = tsm_target(score0, t) if tsm_target is not None else score0 / schedule.alpha(t)[:, None]
     if project is not None:
         score, target = project(score), project(target)
     return ((score - target) ** 2).sum(1).mean() / (target**2).sum(1).mean().detach()
@@ -161,7 +170,11 @@ def diffclf_loss(model, x0, generator: torch.Generator | None = None, n_levels: 
     schedule = model.schedule
     t = sample_levels(n, k, schedule, generator, x0.dtype, window).to(x0.device)  # (n, k)
     eps = _noise((n, k, d), x0, generator, project)
-    xt = schedule.alpha(t)[..., None] * x0[:, None, :] + schedule.sigma(t)[..., None] * eps  # (n, k, d)
+    if getattr(model, "noise", None) is not None:
+        xt = _noised(model, x0[:, None, :].expand(n, k, d).reshape(-1, d), t.reshape(-1),
+                     eps.reshape(-1, d)).reshape(n, k, d)
+    else:
+        xt = schedule.alpha(t)[..., None] * x0[:, None, :] + schedule.sigma(t)[..., None] * eps  # (n, k, d)
     levels = t[:, :, None].expand(n, k, k).reshape(-1)  # level i
     samples = xt[:, None, :, :].expand(n, k, k, d).reshape(-1, d)  # sample j
     log_p = -model.energy(levels, samples) - model.log_normaliser(levels)

@@ -333,15 +333,20 @@ class MolecularEnergy(EnergyModel):
                    c["n_blocks"], c["n_time_features"])
 
 
-_KINDS = {"mlp": EnergyMLP, "molecular": MolecularEnergy}
+def model_kinds() -> dict:
+    """The registry of model kinds: the ``kind`` stored in a model's config -> its class."""
+    from .internal import InternalEnergy  # imported here: it builds on this module
+
+    return {"mlp": EnergyMLP, "molecular": MolecularEnergy, "internal": InternalEnergy}
 
 
 def model_from_config(config: dict) -> EnergyModel:
     """Rebuild an untrained model of the right kind from a stored ``config`` (load weights after)."""
     kind = config.get("kind", "mlp")  # configs from before kinds existed are MLPs
-    if kind not in _KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; known kinds: {sorted(_KINDS)}")
-    return _KINDS[kind].from_config(config)
+    kinds = model_kinds()
+    if kind not in kinds:
+        raise ValueError(f"unknown model kind {kind!r}; known kinds: {sorted(kinds)}")
+    return kinds[kind].from_config(config)
 
 
 def energy_score(energy_fn, t, x: torch.Tensor, create_graph: bool = False) -> torch.Tensor:

@@ -17,24 +17,25 @@ bias the result. All Gaussians live on the subspace of ``project`` (centre-free 
 with their normalisation on that subspace, so log Z stays exact. MCMC moves at a level are
 optional (``n_moves``); resampling is on the ESS as in :func:`boltzgen.smc.smc`.
 
-The result is an :class:`~boltzgen.smc.SMCResult` at the model's last level (t_min), ready to be
-continued toward a physical target with ``smc(geometric_path(...), initial=result)``.
+The proposal is a :class:`ReverseDiffusion` (a :class:`~boltzgen.smc.engine.Proposal` with its
+backward kernel) and the levels are a stage (:class:`Levels`) of the one SMC engine. The result of
+:func:`denoising_smc` is an :class:`~boltzgen.smc.SMCResult` at the model's last level (t_min),
+ready to be continued toward a physical target with ``smc_from(result, geometric_path(...))``.
 """
 from __future__ import annotations
 
 import math
-import warnings
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from .._checks import check_count
-from . import weights as W
 from .energy import Projection, subspace_dimension
-from .kernels import MALA, ParticleState, particle_state
+from .engine import Draw, SMCResult, SMCStep, StepOptions, Transition, as_generator, empty_state, run
+from .kernels import MALA, ParticleState
 from .proposal import GaussianProposal
-from .resampling import RESAMPLERS
-from .sampler import SMCResult, SMCStep, _generator, _moved, _Population, _resampled, _Settings
+from .stages import Initial
 
 
 def _scalar(fn, t: float, like: torch.Tensor) -> float:
@@ -47,56 +48,157 @@ def _log_gaussian(residual: torch.Tensor, variance: float, k: int) -> torch.Tens
     return -0.5 * (r**2).sum(1) / variance - 0.5 * k * math.log(2.0 * math.pi * variance)
 
 
-def initial_gaussian(model, project: Projection | None = None) -> GaussianProposal:
-    """The model's top level as a proposal: N(alpha_1 data_mean, v_1) on the subspace.
+def gaussian_level(model, t: float = 1.0) -> tuple[torch.Tensor, float]:
+    """The Gaussian base of a diffusion model at level t: mean alpha_t mu (d,) float64 and variance v_t.
 
-    At t = 1 the energy of an :class:`~boltzgen.diffusion.EnergyModel` is exactly this Gaussian
-    (its correction is gated by 1 - t), so the first importance weights are all equal.
+    v_t = alpha_t^2 v_data + sigma_t^2 per coordinate. At t = 1 the energy of an
+    :class:`~boltzgen.diffusion.EnergyModel` is exactly this Gaussian (its correction is gated by
+    1 - t). Needs ``schedule``, ``data_mean`` (d,) and ``data_variance``.
     """
     mean = model.data_mean.detach().to(torch.float64)
-    alpha = _scalar(model.schedule.alpha, 1.0, mean)
-    sigma = _scalar(model.schedule.sigma, 1.0, mean)
-    variance = alpha**2 * float(model.data_variance) + sigma**2
-    m = alpha * mean
+    alpha = _scalar(model.schedule.alpha, t, mean)
+    sigma = _scalar(model.schedule.sigma, t, mean)
+    return alpha * mean, alpha**2 * float(model.data_variance) + sigma**2
+
+
+def initial_gaussian(model, project: Projection | None = None) -> GaussianProposal:
+    """The model's top level as a proposal: N(alpha_1 data_mean, v_1) on the subspace of ``project``."""
+    m, variance = gaussian_level(model, 1.0)
     if project is not None:
         m = project(m[None])[0]
-    return GaussianProposal(model.dim, mean=m, variance=variance, project=project, device=mean.device)
+    return GaussianProposal(model.dim, mean=m, variance=variance, project=project, device=m.device)
 
 
-def level_grid(t_min: float, n_levels: int, t_max: float = 1.0) -> tuple[float, ...]:
-    """n_levels + 1 times from t_max down to t_min, uniform in t (uniform in log SNR for LogSNRSchedule)."""
+def level_grid(t_min: float, n_levels: int, t_max: float = 1.0, power: float = 1.0) -> tuple[float, ...]:
+    """n_levels + 1 times from t_max down to t_min: t = t_min + (t_max - t_min) s^power, s uniform from 1 to 0.
+
+    power = 1 is uniform in t (uniform in log SNR for LogSNRSchedule); power = 2 puts more levels at
+    low noise, where p_t changes fastest.
+    """
     n_levels = check_count(n_levels, "n_levels")
     if not 0.0 <= t_min < t_max <= 1.0:
         raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
-    step = (t_max - t_min) / n_levels
-    return tuple([t_max - i * step for i in range(n_levels)] + [t_min])
+    if not (isinstance(power, (int, float)) and power > 0):
+        raise ValueError(f"power must be positive, got {power!r}")
+    if power == 1:
+        step = (t_max - t_min) / n_levels
+        return tuple([t_max - i * step for i in range(n_levels)] + [t_min])
+    s = torch.linspace(1.0, 0.0, n_levels + 1, dtype=torch.float64)
+    return tuple((t_min + (t_max - t_min) * s**power).tolist())
 
 
-def _denoised(model, state: ParticleState, t: float, t_next: float, project, k: int, generator,
-              x0_variance: bool = True) -> tuple:
-    """Propose x' at t_next from x at t; return x' and log q(x | x') - log r(x' | x), (n,) float64."""
-    P = project or (lambda v: v)
-    like = state.x
-    data_variance = float(model.data_variance)
-    alpha_t, sigma_t = _scalar(model.schedule.alpha, t, like), _scalar(model.schedule.sigma, t, like)
-    alpha_n, sigma_n = _scalar(model.schedule.alpha, t_next, like), _scalar(model.schedule.sigma, t_next, like)
-    a = alpha_t / alpha_n
-    s2 = sigma_t**2 - a**2 * sigma_n**2  # variance of the forward kernel t_next -> t
-    x0 = (state.x - sigma_t**2 * P(state.grad.to(like.dtype))) / alpha_t  # Tweedie: score = -grad E
-    mean = (a * sigma_n**2 / sigma_t**2) * state.x + (alpha_n * s2 / sigma_t**2) * x0
-    tau2 = s2 * sigma_n**2 / sigma_t**2
-    if x0_variance:  # Var[x0 | x] of Gaussian data with the model's variance: the exact kernel for such data
-        v_t = alpha_t**2 * data_variance + sigma_t**2
-        tau2 = tau2 + (alpha_n * s2 / sigma_t**2) ** 2 * sigma_t**2 * data_variance / v_t
-    noise = P(torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device))
-    x_next = mean + math.sqrt(tau2) * noise
-    log_ratio = _log_gaussian(state.x - a * x_next, s2, k) - _log_gaussian(x_next - mean, tau2, k)
-    return x_next, log_ratio
+@dataclass(frozen=True)
+class ReverseDiffusion:
+    """The model's reverse-diffusion step from level t to t_next < t, with the forward kernel as backward kernel.
+
+    x' ~ N(mu(x), tau^2) (the DDPM posterior step with x0 from the model's score by Tweedie's
+    formula); returns x' and log q(x | x') - log r(x' | x), q(x | x') = N(a x', s^2),
+    a = alpha_t / alpha_t', s^2 = sigma_t^2 - a^2 sigma_t'^2. Needs the particles' gradients of
+    E(t, .).
+
+    Attributes:
+        model: a diffusion EBM (schedule, data_variance).
+        t, t_next: the levels.
+        project: orthogonal projection of the noise (the sampling subspace), or None.
+        k: the dimension of that subspace (Gaussians are normalised there).
+        x0_variance: widen the step by Var[x0 | x] of Gaussian data with the model's data variance.
+    """
+
+    model: object
+    t: float
+    t_next: float
+    project: Projection | None
+    k: int
+    x0_variance: bool = True
+
+    def __call__(self, particles: ParticleState, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        P = self.project or (lambda v: v)
+        like, model, t, t_next = particles.x, self.model, self.t, self.t_next
+        data_variance = float(model.data_variance)
+        alpha_t, sigma_t = _scalar(model.schedule.alpha, t, like), _scalar(model.schedule.sigma, t, like)
+        alpha_n, sigma_n = _scalar(model.schedule.alpha, t_next, like), _scalar(model.schedule.sigma, t_next, like)
+        a = alpha_t / alpha_n
+        s2 = sigma_t**2 - a**2 * sigma_n**2  # variance of the forward kernel t_next -> t
+        x0 = (particles.x - sigma_t**2 * P(particles.grad.to(like.dtype))) / alpha_t  # Tweedie: score = -grad E
+        mean = (a * sigma_n**2 / sigma_t**2) * particles.x + (alpha_n * s2 / sigma_t**2) * x0
+        tau2 = s2 * sigma_n**2 / sigma_t**2
+        if self.x0_variance:  # Var[x0 | x] of Gaussian data with the model's variance: exact for such data
+            v_t = alpha_t**2 * data_variance + sigma_t**2
+            tau2 = tau2 + (alpha_n * s2 / sigma_t**2) ** 2 * sigma_t**2 * data_variance / v_t
+        noise = P(torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device))
+        x_next = mean + math.sqrt(tau2) * noise
+        log_ratio = _log_gaussian(particles.x - a * x_next, s2, self.k) - _log_gaussian(x_next - mean, tau2, self.k)
+        return x_next, log_ratio
+
+
+@dataclass(frozen=True)
+class Levels:
+    """The model's levels from ``times[0]`` down to ``times[-1]``, one reverse-diffusion step each.
+
+    Position: the index of the current level. Start it from particles at level times[0] (e.g.
+    an :class:`~boltzgen.smc.stages.Initial` draw from :func:`initial_gaussian`).
+
+    Attributes:
+        model: the diffusion EBM.
+        times: the levels, decreasing.
+        options: step options (``options.project`` is the sampling subspace).
+        n_moves: MCMC moves per level.
+        kernel: the kernel switched to at the first level (default MALA()).
+        x0_variance: see :class:`ReverseDiffusion`.
+        energy: the family E(t, x) to evaluate (default ``model.energy``; e.g. a counting wrapper).
+    """
+
+    model: object
+    times: tuple
+    options: StepOptions = StepOptions()
+    n_moves: int = 0
+    kernel: object = None
+    x0_variance: bool = True
+    energy: Callable | None = None
+    name: str = "levels"
+    start: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "times", tuple(float(t) for t in self.times))
+        object.__setattr__(self, "kernel", MALA() if self.kernel is None else self.kernel)
+        k = subspace_dimension(self.options.project, self.model.dim, device=self.model.data_mean.device)
+        object.__setattr__(self, "_k", k)
+
+    @property
+    def total(self) -> float:
+        """The position at the last level."""
+        return float(len(self.times) - 1)
+
+    def level(self, t: float):
+        """The energy x -> E(t, x) of one level."""
+        energy = self.model.energy if self.energy is None else self.energy
+        return lambda x: energy(t, x)
+
+    def next(self, state, position: float):
+        i = int(position)
+        if i + 1 >= len(self.times):
+            return None
+        t, t_next = self.times[i], self.times[i + 1]
+        own = getattr(self.model, "reverse_proposal", None)  # a model with its own kernels (e.g. wrapped dihedrals)
+        proposal = own(t, t_next, self.options.project, self._k, self.x0_variance) if own is not None else \
+            ReverseDiffusion(self.model, t, t_next, self.options.project, self._k, self.x0_variance)
+        return Transition(self.level(t_next), "t", t_next, proposal=proposal, n_moves=self.n_moves,
+                          kernel=self.kernel if i == 0 else None), float(i + 1)
+
+
+def levels_stages(model, *, n_levels: int = 1000, n_moves: int = 0, x0_variance: bool = True,
+                  kernel=None, options: StepOptions = StepOptions(), energy: Callable | None = None) -> list:
+    """The two stages of a model's levels: the draw from its Gaussian at t = 1, then :class:`Levels`."""
+    times = level_grid(float(model.schedule.t_min), n_levels)
+    levels = Levels(model, times, options, n_moves, kernel, x0_variance, energy)
+    top = getattr(model, "top_level", None)  # a model with its own top level (e.g. uniform dihedrals)
+    draw = Draw(top(options.project) if top is not None else initial_gaussian(model, options.project))
+    return [Initial(draw, levels.level(times[0]), options, "t", times[0], resample=False), levels]
 
 
 def denoising_smc(model, n_particles: int, *, project: Projection | None = None, n_levels: int = 1000,
-                  n_moves: int = 0, x0_variance: bool = True, kernel=None, resample_threshold: float = 0.5, resampler: str = "systematic",
-                  seed: int | torch.Generator = 0, chunk_size: int | None = 4096,
+                  n_moves: int = 0, x0_variance: bool = True, kernel=None, resample_threshold: float = 0.5,
+                  resampler: str = "systematic", seed: int | torch.Generator = 0, chunk_size: int | None = 4096,
                   progress: Callable[[SMCStep], None] | None = None) -> SMCResult:
     """SMC from the model's Gaussian at t = 1 down to t_min with reverse-diffusion proposals.
 
@@ -123,56 +225,9 @@ def denoising_smc(model, n_particles: int, *, project: Projection | None = None,
     """
     n_particles = check_count(n_particles, "n_particles")
     n_moves = check_count(n_moves, "n_moves", minimum=0)
-    if not 0.0 <= resample_threshold <= 1.0:
-        raise ValueError(f"resample_threshold must be an ESS fraction in [0, 1], got {resample_threshold!r}")
-    if resampler not in RESAMPLERS:
-        raise ValueError(f"resampler must be one of {sorted(RESAMPLERS)}, got {resampler!r}")
-    generator = _generator(seed)
-    kernel = MALA() if kernel is None else kernel
-    cfg = _Settings(n_moves, float(resample_threshold), resampler, True, project, chunk_size, generator)
-    times = level_grid(float(model.schedule.t_min), n_levels)
-    k = subspace_dimension(project, model.dim, device=model.data_mean.device)
-
-    def level(t: float):
-        return lambda x: model.energy(t, x)
-
-    proposal = initial_gaussian(model, project)
-    x = proposal.sample(n_particles, generator)
-    state = particle_state(level(times[0]), x, chunk_size)
-    log_w = W.clean_log_weights(-state.energy - proposal.log_prob(x))
-    pop = _Population(state, log_w, torch.arange(n_particles, device=x.device))
-    records = [_record(0, times[0], pop, log_w, W.log_mean_exp(log_w), float(n_particles), False, float("nan"),
-                       float("nan"), 0)]
-    for i, (t, t_next) in enumerate(zip(times, times[1:]), start=1):
-        x_next, log_ratio = _denoised(model, pop.state, t, t_next, project, k, generator, x0_variance)
-        new = particle_state(level(t_next), x_next, chunk_size)
-        increment = pop.state.energy - new.energy + log_ratio
-        cess = W.conditional_ess(pop.log_w, increment)
-        log_w, dlogz = W.reweight(pop.log_w, increment)
-        if not torch.isfinite(log_w).any():
-            raise RuntimeError(f"all particles have zero weight at level t={t_next:g}: the model's energy is not finite")
-        lost = int((torch.isfinite(pop.log_w) & ~torch.isfinite(log_w)).sum())
-        pop = _Population(new, log_w, pop.origin)
-        ess = W.ess(log_w)
-        resampled = ess < cfg.resample_threshold * n_particles
-        if resampled:
-            pop = _resampled(pop, cfg)
-        pop, kernel, (acceptance, _), step_size = _moved(pop, level(t_next), kernel, cfg)
-        records.append(_record(i, t_next, pop, log_w, dlogz, cess, resampled, acceptance,
-                               step_size if n_moves else float("nan"), lost))
-        if progress is not None:
-            progress(records[-1])
-    n_lost = sum(r.n_nonfinite for r in records)
-    if n_lost:
-        warnings.warn(f"{n_lost} particle(s) got zero weight because the model energy was not finite",
-                      RuntimeWarning, stacklevel=2)
-    return SMCResult(pop.state.x, pop.log_w, W.log_mean_exp(pop.log_w), tuple(records), kernel, pop.origin)
-
-
-def _record(index, t, pop, log_w, dlogz, cess, resampled, acceptance, step_size, lost) -> SMCStep:
-    n = log_w.numel()
-    ess = W.ess(log_w)
-    return SMCStep(index=index, name="t", value=float(t), n_particles=n, ess=ess, ess_fraction=ess / n,
-                   conditional_ess=cess, acceptance=acceptance, step_size=step_size, resampled=resampled,
-                   log_z_increment=dlogz, log_z=W.log_mean_exp(log_w), n_ancestors=pop.n_ancestors,
-                   max_weight_share=W.max_weight_share(log_w), n_nonfinite=lost)
+    options = StepOptions(resample_threshold, resampler, True, project, chunk_size)
+    stages = levels_stages(model, n_levels=n_levels, n_moves=n_moves, x0_variance=x0_variance, kernel=kernel,
+                           options=options)
+    callback = None if progress is None else (lambda stage, position, record: progress(record))
+    device = model.data_mean.device
+    return run(empty_state(n_particles, device), stages, as_generator(seed, device), progress=callback)

@@ -110,14 +110,17 @@ def subspace_dimension(project: Projection | None, dim: int, dtype=torch.float64
 
 
 class CountedEnergy:
-    """An energy function that counts the configurations it was evaluated on (``count``)."""
+    """An energy function that counts the configurations it was evaluated on (``count``).
 
-    def __init__(self, energy: EnergyFn):
-        self.energy, self.count = energy, 0
+    Works for energies ``energy(x)`` and families ``energy(t, x)``: the last argument is the batch.
+    """
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.count += int(x.shape[0])
-        return self.energy(x)
+    def __init__(self, energy: Callable, count: int = 0):
+        self.energy, self.count = energy, count
+
+    def __call__(self, *args) -> torch.Tensor:
+        self.count += int(args[-1].shape[0])
+        return self.energy(*args)
 
 
 def on_device(energy: EnergyFn, device: torch.device | str) -> EnergyFn:

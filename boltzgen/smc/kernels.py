@@ -2,8 +2,10 @@
 
 Both act on a batch of independent particles x (n, d) at once, each with its own accept/reject
 decision. The step size is shared by the batch and adapted toward a target acceptance rate
-*between* calls (``kernel.adapted(rate)`` returns a new kernel), so every single move is an exact
-MH move for the current target.
+*between* calls (``kernel.adapted(move.info)`` returns a new kernel), so every single move is an
+exact MH move for the current target. Every move reports its own figures (``Move.info``), and the
+combinators :class:`Sequence` and :class:`Mixture` build compound kernels (e.g. MALA followed by
+torsion moves) whose figures stay with the part that measured them.
 
 ``project`` (optional) is an orthogonal projection applied to noise, momenta and gradients, so
 that particles never leave a linear subspace (e.g. centre-of-mass-free coordinates). Densities
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Mapping, Protocol, Sequence as _Seq
 
 import torch
 
@@ -52,26 +55,24 @@ def particle_state(energy: EnergyFn, x: torch.Tensor, chunk_size: int | None = N
 
 @dataclass(frozen=True)
 class Move:
-    """Outcome of one MCMC move of a batch.
+    """Outcome of one MCMC move of a batch: the particles and what the kernel measured.
 
     Attributes:
         state: particles after the move.
-        accepted: (n,) bool, True where the proposal was accepted.
-        movable: (n,) bool, particles that could be moved at all (finite energy and gradient).
-        torsion_acceptance: acceptance rate of the torsion moves that followed the gradient move
-            (nan without; see :class:`boltzgen.smc.torsion.TorsionMove`).
+        info: the kernel's own figures for this move, e.g. ``{"acceptance": 0.57}`` (fraction of
+            movable particles whose proposal was accepted; nan if none could move). Combinators
+            prefix their parts' keys with the parts' names (``"mala.acceptance"``,
+            ``"torsion.acceptance"``), so every kernel's diagnostics travel with it.
     """
 
     state: ParticleState
-    accepted: torch.Tensor
-    movable: torch.Tensor
-    torsion_acceptance: float = float("nan")
+    info: Mapping[str, float]
 
-    @property
-    def acceptance_rate(self) -> float:
-        """Fraction of movable particles whose proposal was accepted (nan if none could move)."""
-        m = int(self.movable.sum())
-        return float(self.accepted[self.movable].sum()) / m if m else float("nan")
+
+def acceptance_rate(accepted: torch.Tensor, movable: torch.Tensor) -> float:
+    """Fraction of movable particles (n,) bool whose proposal was accepted (n,) bool; nan if none could move."""
+    m = int(movable.sum())
+    return float(accepted[movable].sum()) / m if m else float("nan")
 
 
 def _identity(v: torch.Tensor) -> torch.Tensor:
@@ -95,8 +96,12 @@ def _select(accepted: torch.Tensor, new: ParticleState, old: ParticleState) -> P
     )
 
 
-def _adapted(kernel, acceptance_rate: float):
-    """Robbins-Monro step on log(step size) toward the kernel's target acceptance rate."""
+def _adapted(kernel, info: Mapping[str, float]):
+    """Robbins-Monro step on log(step size) toward the kernel's target acceptance rate.
+
+    ``info`` is the kernel's own :attr:`Move.info` (its "acceptance" entry is used).
+    """
+    acceptance_rate = info.get("acceptance", float("nan"))
     if not math.isfinite(acceptance_rate):
         return kernel
     log_step = math.log(kernel.step_size) + kernel.adaptation_rate * (acceptance_rate - kernel.target_acceptance)
@@ -137,14 +142,16 @@ class MALA:
     def __post_init__(self):
         _check_kernel(self)
 
+    name = "mala"
+
     @property
-    def gradient_evaluations(self) -> int:
+    def evaluations(self) -> int:
         """Energy+gradient evaluations per move."""
         return 1
 
-    def adapted(self, acceptance_rate: float) -> "MALA":
-        """The same kernel with the step size moved toward ``target_acceptance``."""
-        return _adapted(self, acceptance_rate)
+    def adapted(self, info: Mapping[str, float]) -> "MALA":
+        """The same kernel with the step size moved toward ``target_acceptance`` (``info``: a move's info)."""
+        return _adapted(self, info)
 
     def move(self, energy: EnergyFn, state: ParticleState, generator: torch.Generator | None = None,
              project: Projection | None = None, chunk_size: int | None = None) -> Move:
@@ -163,7 +170,7 @@ class MALA:
         log_q_reverse = -_sq_norm(state.x - y + h * grad_y) / (4 * h)
         log_alpha = (state.energy - proposed.energy) + log_q_reverse - log_q_forward
         accepted = _mh_accept(log_alpha, movable & proposed.movable, generator)
-        return Move(_select(accepted, proposed, state), accepted, movable)
+        return Move(_select(accepted, proposed, state), {"acceptance": acceptance_rate(accepted, movable)})
 
 
 @dataclass(frozen=True)
@@ -189,14 +196,16 @@ class HMC:
         _check_kernel(self)
         object.__setattr__(self, "n_leapfrog", check_count(self.n_leapfrog, "n_leapfrog"))  # a plain int
 
+    name = "hmc"
+
     @property
-    def gradient_evaluations(self) -> int:
+    def evaluations(self) -> int:
         """Energy+gradient evaluations per move."""
         return self.n_leapfrog
 
-    def adapted(self, acceptance_rate: float) -> "HMC":
-        """The same kernel with the step size moved toward ``target_acceptance``."""
-        return _adapted(self, acceptance_rate)
+    def adapted(self, info: Mapping[str, float]) -> "HMC":
+        """The same kernel with the step size moved toward ``target_acceptance`` (``info``: a move's info)."""
+        return _adapted(self, info)
 
     def move(self, energy: EnergyFn, state: ParticleState, generator: torch.Generator | None = None,
              project: Projection | None = None, chunk_size: int | None = None) -> Move:
@@ -218,4 +227,147 @@ class HMC:
             p = p - (eps if k < self.n_leapfrog - 1 else 0.5 * eps) * grad
         h_end = current.energy + 0.5 * _sq_norm(p)
         accepted = _mh_accept(h_start - h_end, alive, generator)
-        return Move(_select(accepted, current, state), accepted, movable)
+        return Move(_select(accepted, current, state), {"acceptance": acceptance_rate(accepted, movable)})
+
+
+class Kernel(Protocol):
+    """What the SMC engine needs of an MCMC kernel that leaves exp(-energy) invariant.
+
+    ``name`` prefixes its figures inside combinators; ``move`` returns a :class:`Move`;
+    ``adapted(info)`` returns the kernel tuned by a move's ``info`` (or itself); ``evaluations``
+    is the energy+gradient evaluations per particle and move.
+    """
+
+    name: str
+
+    @property
+    def evaluations(self) -> int: ...
+
+    def move(self, energy: EnergyFn, state: ParticleState, generator: torch.Generator | None = None,
+             project: Projection | None = None, chunk_size: int | None = None) -> Move: ...
+
+    def adapted(self, info: Mapping[str, float]) -> "Kernel": ...
+
+
+def _check_parts(kernels) -> tuple:
+    kernels = tuple(kernels)
+    if not kernels:
+        raise ValueError("kernels: give at least one MCMC kernel")
+    for k in kernels:
+        if not (hasattr(k, "move") and hasattr(k, "adapted") and hasattr(k, "name")):
+            raise TypeError(f"kernels must be MCMC kernels (move, adapted, name), got {type(k).__name__}")
+    return kernels
+
+
+def _prefixed(name: str, info: Mapping[str, float]) -> dict:
+    return {f"{name}.{key}": value for key, value in info.items()}
+
+
+def _own(name: str, info: Mapping[str, float]) -> dict:
+    """The entries of a combinator's ``info`` that belong to its parts called ``name``, unprefixed."""
+    head = name + "."
+    return {key[len(head):]: value for key, value in info.items() if key.startswith(head)}
+
+
+def _step_size(kernels) -> float:
+    return next((float(k.step_size) for k in kernels if hasattr(k, "step_size")), float("nan"))
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """Apply several kernels one after another (each leaves exp(-energy) invariant, so the sequence does).
+
+    ``info`` holds every part's figures under its name (``"mala.acceptance"``), averaged over the
+    parts that share a name (e.g. four torsion moves after one MALA move). ``adapted`` hands each
+    part its own figures, so a gradient kernel's step size follows its own acceptance.
+
+    Attributes:
+        kernels: the parts, in order.
+    """
+
+    kernels: _Seq
+
+    name = "sequence"
+
+    def __post_init__(self):
+        object.__setattr__(self, "kernels", _check_parts(self.kernels))
+
+    @property
+    def evaluations(self) -> int:
+        """Energy+gradient evaluations per move: the sum over the parts."""
+        return sum(k.evaluations for k in self.kernels)
+
+    @property
+    def step_size(self) -> float:
+        """The first part's step size (for diagnostics; nan if no part has one)."""
+        return _step_size(self.kernels)
+
+    def move(self, energy: EnergyFn, state: ParticleState, generator: torch.Generator | None = None,
+             project: Projection | None = None, chunk_size: int | None = None) -> Move:
+        """Every part's move in turn; exp(-energy) is invariant."""
+        values: dict[str, list[float]] = {}
+        for kernel in self.kernels:
+            move = kernel.move(energy, state, generator, project, chunk_size)
+            state = move.state
+            for key, value in _prefixed(kernel.name, move.info).items():
+                values.setdefault(key, []).append(value)
+        return Move(state, {key: math.fsum(v) / len(v) for key, v in values.items()})
+
+    def adapted(self, info: Mapping[str, float]) -> "Sequence":
+        """Each part adapted by its own entries of ``info``."""
+        return replace(self, kernels=tuple(k.adapted(_own(k.name, info)) for k in self.kernels))
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Apply one of several kernels per move, chosen at random with fixed probabilities.
+
+    A choice that does not depend on the particles keeps exp(-energy) invariant. One choice per
+    move is shared by the batch; ``info`` holds the chosen part's figures under its name.
+
+    Attributes:
+        kernels: the parts.
+        probabilities: one positive probability per part (normalised here); default equal.
+    """
+
+    kernels: _Seq
+    probabilities: _Seq | None = None
+
+    name = "mixture"
+
+    def __post_init__(self):
+        kernels = _check_parts(self.kernels)
+        p = [1.0] * len(kernels) if self.probabilities is None else [float(v) for v in self.probabilities]
+        if len(p) != len(kernels) or not all(v > 0 and math.isfinite(v) for v in p):
+            raise ValueError(f"probabilities must be {len(kernels)} positive numbers, one per kernel, got {self.probabilities!r}")
+        total = math.fsum(p)
+        object.__setattr__(self, "kernels", kernels)
+        object.__setattr__(self, "probabilities", tuple(v / total for v in p))
+
+    @property
+    def evaluations(self) -> float:
+        """Expected energy+gradient evaluations per move."""
+        return sum(p * k.evaluations for p, k in zip(self.probabilities, self.kernels))
+
+    @property
+    def step_size(self) -> float:
+        """The first part's step size (for diagnostics; nan if no part has one)."""
+        return _step_size(self.kernels)
+
+    def move(self, energy: EnergyFn, state: ParticleState, generator: torch.Generator | None = None,
+             project: Projection | None = None, chunk_size: int | None = None) -> Move:
+        """One move of a part drawn with ``probabilities``; exp(-energy) is invariant."""
+        device = state.x.device if generator is None else generator.device
+        u = float(torch.rand(1, generator=generator, dtype=torch.float64, device=device))
+        cumulative = 0.0
+        for kernel, p in zip(self.kernels, self.probabilities):
+            cumulative += p
+            if u < cumulative:
+                break
+        move = kernel.move(energy, state, generator, project, chunk_size)
+        return Move(move.state, _prefixed(kernel.name, move.info))
+
+    def adapted(self, info: Mapping[str, float]) -> "Mixture":
+        """Each part adapted by its own entries of ``info`` (parts that did not move keep theirs)."""
+        return replace(self, kernels=tuple(k.adapted(_own(k.name, info)) if _own(k.name, info) else k
+                                           for k in self.kernels))

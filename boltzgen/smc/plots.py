@@ -9,7 +9,7 @@ import math
 import torch
 from matplotlib.figure import Figure
 
-from .sampler import SMCResult
+from .engine import SMCResult
 from .weights import normalized_log_weights
 
 
@@ -41,8 +41,11 @@ def plot_smc_diagnostics(result: SMCResult, figure: Figure | None = None) -> Fig
     ax_ess.set(xlabel="step", ylabel="fraction of N", ylim=(0, 1.05), title="effective sample size")
     ax_ess.legend(fontsize="small")
 
-    ax_acc.plot(idx, [s.acceptance for s in steps], color="C0")
+    for key in sorted({k for s in steps for k in s.moves if k.endswith("acceptance")}):
+        ax_acc.plot(idx, [s.moves.get(key, math.nan) for s in steps], label=key)
     ax_acc.set(xlabel="step", ylabel="acceptance rate", ylim=(0, 1.05), title="MCMC moves")
+    if ax_acc.lines:
+        ax_acc.legend(fontsize="small")
     ax_step = ax_acc.twinx()
     ax_step.plot(idx, [s.step_size for s in steps], color="C1")
     ax_step.set_yscale("log")

@@ -38,14 +38,14 @@ is exact, so the Metropolis ratio is still exp(E(x) - E(x')).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .._checks import check_count, check_probability
 from .energy import EnergyFn, Projection
-from .kernels import Move, ParticleState, _mh_accept, _select, particle_state
+from .kernels import Move, ParticleState, Sequence, _mh_accept, _select, acceptance_rate, particle_state
 
 
 @dataclass(frozen=True)
@@ -230,63 +230,52 @@ def dihedral(x: torch.Tensor, torsions: Torsions, which: torch.Tensor) -> torch.
 
 
 @dataclass(frozen=True)
-class TorsionMove:
-    """``n_moves`` torsion moves after every move of a gradient ``kernel`` (MALA or HMC).
+class TorsionKernel:
+    """Torsion moves as an MCMC kernel: each move turns one group of rotatable bonds per particle.
 
-    Each torsion move turns one group of rotatable bonds per particle, drawn uniformly, each bond
-    by an angle drawn uniformly from (-pi, pi] or, with probability ``reflect``, by the angle that
-    reflects its dihedral (see the module docstring), and accepts with probability
-    min(1, exp(E(x) - E(x'))). The step
-    size, its adaptation and the reported acceptance rate are those of ``kernel``; the torsion
-    moves' mean acceptance is reported as ``Move.torsion_acceptance``.
+    The group is drawn uniformly; each of its bonds turns by an angle drawn uniformly from
+    (-pi, pi] or, with probability ``reflect``, by the angle that reflects its dihedral (see the
+    module docstring); the move is accepted with probability min(1, exp(E(x) - E(x'))). It has
+    no step size: ``adapted`` returns it unchanged. Combine it with a gradient kernel through
+    :func:`with_torsion_moves` (a :class:`~boltzgen.smc.kernels.Sequence`).
 
     Attributes:
-        kernel: the gradient kernel (its step size is adapted as usual).
         torsions: the molecule's :class:`Torsions` (flat coordinates of the particles must be
-            (n, 3 torsions.n_atoms)).
-        n_moves: torsion moves per gradient move (each costs one energy+gradient evaluation).
-        reflect: probability in [0, 1] that a torsion move reflects its dihedrals instead of
-            turning them by uniform angles (needs ``torsions.references`` when > 0).
+            (n, 3 torsions.n_atoms), centre-free).
+        reflect: probability in [0, 1] that a move reflects its dihedrals instead of turning them
+            by uniform angles (needs ``torsions.references`` when > 0).
     """
 
-    kernel: object
     torsions: Torsions
-    n_moves: int = 1
     reflect: float = 0.5
 
+    name = "torsion"
+    evaluations = 1
+
     def __post_init__(self):
-        object.__setattr__(self, "n_moves", check_count(self.n_moves, "n_moves"))
         object.__setattr__(self, "reflect", check_reflect(self.reflect, self.torsions))
-        if not hasattr(self.kernel, "move") or not hasattr(self.kernel, "adapted"):
-            raise TypeError(f"kernel must be an MCMC kernel (MALA or HMC), got {type(self.kernel).__name__}")
 
-    @property
-    def step_size(self) -> float:
-        return self.kernel.step_size
-
-    @property
-    def gradient_evaluations(self) -> int:
-        """Energy+gradient evaluations per move."""
-        return self.kernel.gradient_evaluations + self.n_moves
-
-    def adapted(self, acceptance_rate: float) -> "TorsionMove":
-        """The same move with the gradient kernel's step size adapted."""
-        return replace(self, kernel=self.kernel.adapted(acceptance_rate))
+    def adapted(self, info) -> "TorsionKernel":
+        """Nothing to adapt: the same kernel."""
+        return self
 
     def move(self, energy: EnergyFn, state: ParticleState, generator: torch.Generator | None = None,
              project: Projection | None = None, chunk_size: int | None = None) -> Move:
-        """One gradient move, then ``n_moves`` torsion moves; exp(-energy) is invariant.
+        """One torsion move of every particle; ``project`` is not used (the move removes the centroid itself)."""
+        return torsion_step(energy, state, self.torsions, generator, chunk_size, self.reflect)
 
-        ``project`` is used by the gradient move; the torsion moves always remove the unweighted
-        centroid, i.e. they assume the centre-free subspace of :class:`boltzgen.coordinates.cartesian.MolecularSpace`.
-        """
-        first = self.kernel.move(energy, state, generator, project, chunk_size)
-        current, rates = first.state, []
-        for _ in range(self.n_moves):
-            turn = torsion_step(energy, current, self.torsions, generator, chunk_size, self.reflect)
-            current = turn.state
-            rates.append(turn.acceptance_rate)
-        return Move(current, first.accepted, first.movable, torsion_acceptance=math.fsum(rates) / len(rates))
+
+def with_torsion_moves(kernel, torsions: Torsions, n_moves: int = 1, reflect: float = 0.5) -> Sequence:
+    """``kernel`` (MALA or HMC) followed by ``n_moves`` torsion moves, as one compound kernel.
+
+    The gradient kernel's step size is adapted by its own acceptance; the torsion moves report
+    theirs as ``"torsion.acceptance"``.
+    """
+    n_moves = check_count(n_moves, "n_moves")
+    if not hasattr(kernel, "move") or not hasattr(kernel, "adapted"):
+        raise TypeError(f"kernel must be an MCMC kernel (MALA or HMC), got {type(kernel).__name__}")
+    turn = TorsionKernel(torsions, reflect)
+    return Sequence((kernel,) + (turn,) * n_moves)
 
 
 def check_reflect(reflect: float, torsions: Torsions) -> float:
@@ -300,7 +289,7 @@ def check_reflect(reflect: float, torsions: Torsions) -> float:
 
 def torsion_step(energy: EnergyFn, state: ParticleState, torsions: Torsions, generator: torch.Generator | None = None,
                  chunk_size: int | None = None, reflect: float = 0.0) -> Move:
-    """One torsion move of every particle (see :class:`TorsionMove`); exp(-energy) is invariant.
+    """One torsion move of every particle (see :class:`TorsionKernel`); exp(-energy) is invariant.
 
     Args:
         energy: callable on (n, 3 n_atoms) -> (n,) kT.
@@ -309,7 +298,7 @@ def torsion_step(energy: EnergyFn, state: ParticleState, torsions: Torsions, gen
         reflect: probability that a particle's move reflects its group's dihedrals instead of
             turning them by uniform angles.
     Returns:
-        :class:`~boltzgen.smc.Move` (its acceptance rate is the torsion acceptance).
+        :class:`~boltzgen.smc.Move` whose info holds the torsion moves' "acceptance".
     """
     x = state.x
     if x.ndim != 2 or x.shape[1] != 3 * torsions.n_atoms:
@@ -333,4 +322,83 @@ def torsion_step(energy: EnergyFn, state: ParticleState, torsions: Torsions, gen
     movable = state.movable
     proposed = particle_state(energy, torch.where(movable[:, None], y, x), chunk_size)
     accepted = _mh_accept(state.energy - proposed.energy, movable & proposed.movable, generator)
-    return Move(_select(accepted, proposed, state), accepted, movable)
+    return Move(_select(accepted, proposed, state), {"acceptance": acceptance_rate(accepted, movable)})
+
+
+@dataclass(frozen=True)
+class DihedralKernel:
+    """Torsion moves in internal coordinates: a turn of a rotatable bond is a change of one coordinate.
+
+    Each move draws one group of dihedral coordinates per particle (uniformly) and either shifts
+    each of them by an angle drawn uniformly from (-pi, pi] or, with probability ``reflect``,
+    negates them (theta -> -theta); accepted with probability min(1, exp(E(z) - E(z'))). Both are
+    exact: the shift is a symmetric random walk on the circle, the reflection an involution, each
+    with unit Jacobian (a mixture of exact moves chosen independently of the state is exact).
+
+    Attributes:
+        groups: tuples of coordinate indices (into flat z) turned together.
+        reflect: probability in [0, 1] of a reflection instead of uniform shifts.
+    """
+
+    groups: tuple
+    reflect: float = 0.5
+
+    name = "torsion"
+    evaluations = 1
+
+    def __post_init__(self):
+        groups = tuple(tuple(int(i) for i in g) for g in self.groups)
+        if not groups or any(not g or len(set(g)) != len(g) or min(g) < 0 for g in groups):
+            raise ValueError("groups must be non-empty tuples of distinct coordinate indices")
+        object.__setattr__(self, "groups", groups)
+        object.__setattr__(self, "reflect", check_probability(self.reflect, "reflect"))
+
+    def adapted(self, info) -> "DihedralKernel":
+        """Nothing to adapt: the same kernel."""
+        return self
+
+    def move(self, energy: EnergyFn, state: ParticleState, generator: torch.Generator | None = None,
+             project: Projection | None = None, chunk_size: int | None = None) -> Move:
+        """One move of every particle; exp(-energy) is invariant."""
+        z = state.x
+        n, size = z.shape[0], max(len(g) for g in self.groups)
+        table = torch.tensor([g + (-1,) * (size - len(g)) for g in self.groups], device=z.device)
+        chosen = table[torch.randint(len(self.groups), (n,), generator=generator, device=z.device)]  # (n, size)
+        shift = (2 * torch.rand(n, size, generator=generator, dtype=z.dtype, device=z.device) - 1) * math.pi
+        reflects = torch.rand(n, generator=generator, device=z.device) < self.reflect
+        rows = torch.arange(n, device=z.device)[:, None].expand(n, size)
+        valid = chosen >= 0
+        cols = chosen.clamp(min=0)
+        current = z[rows, cols]
+        new = torch.where(reflects[:, None], -current, current + shift)
+        y = z.clone()
+        y[rows[valid], cols[valid]] = new[valid]
+        movable = state.movable
+        proposed = particle_state(energy, torch.where(movable[:, None], y, z), chunk_size)
+        accepted = _mh_accept(state.energy - proposed.energy, movable & proposed.movable, generator)
+        return Move(_select(accepted, proposed, state), {"acceptance": acceptance_rate(accepted, movable)})
+
+
+def rotatable_dihedral_groups(topology, zmatrix) -> tuple:
+    """Groups of internal dihedral coordinates that turn the rotatable bonds of ``topology`` (see :func:`rotatable_torsions`).
+
+    Each rotatable bond is turned by the *primary* dihedral of the Z-matrix about it (the first atom
+    placed across it; the other atoms placed there are defined relative to it and follow). Groups:
+    every bond alone and every pair of bonds that share an atom, as for Cartesian torsion moves.
+    Indices count dihedrals only (0 .. N - 4); add the offset of the dihedrals in z.
+    Returns () when the molecule has no rotatable bond.
+    """
+    torsions = rotatable_torsions_or_none(topology)
+    if torsions is None:
+        return ()
+    primary = {}
+    for index, (i, j, k, l) in enumerate(zmatrix.dihedral_atoms.tolist()):
+        key = frozenset((j, k))
+        primary.setdefault(key, index)  # the first atom placed across j-k is the primary one
+    which = [primary.get(frozenset(map(int, axis))) for axis in torsions.axes]
+    groups = []
+    for g in torsions.groups:
+        indices = tuple(which[b] for b in g)
+        if all(i is not None for i in indices):
+            groups.append(indices)
+    return tuple(groups)
