@@ -167,7 +167,9 @@ def add_analyze_command(sub) -> None:
                     "one MD DIR: over contiguous blocks; one sample DIR: none (particles of one run are "
                     "correlated). With --reference: the same figures for the reference runs, the Ramachandran "
                     "KL divergence, the energy and torus W2 and the bond lengths against them.")
-    p.add_argument("run", metavar="DIR", nargs="+", help="run folders (independent runs)")
+    p.add_argument("run", metavar="DIR", nargs="+",
+                   help="run folders (independent runs); a folder written by `boltzgen sample`/`run` stands for "
+                        "its run-000, run-001, ... folders")
     p.add_argument("--reference", nargs="+", default=None, metavar="DIR",
                    help="reference run folders (e.g. biased MD) to compare with")
     p.add_argument("--blocks", type=int, default=5,
@@ -188,7 +190,9 @@ def _analyze(args) -> int:
     if args.blocks < 2:
         raise ValueError(f"--blocks must be at least 2 (error bars need two blocks), got {args.blocks}")
     basins = load_basins(args.basins) if args.basins else None
-    report = analyze_runs(args.run, args.reference, basins=basins, blocks=args.blocks, plot_dir=args.plots)
+    runs = _expand_job_folders(args.run)
+    reference = _expand_job_folders(args.reference) if args.reference else None
+    report = analyze_runs(runs, reference, basins=basins, blocks=args.blocks, plot_dir=args.plots)
     if args.json:
         try:
             report.write_json(args.json)
@@ -200,6 +204,27 @@ def _analyze(args) -> int:
     return 0
 
 
+def _expand_job_folders(folders: list[str]) -> list[str]:
+    """Each folder that ``sample``/``run``/``free-energy`` wrote (run-000, run-001, ... beside summary.json) is
+    replaced by its run folders, saying so in one line on stderr; other folders are kept as they are."""
+    from pathlib import Path
+
+    from . import md, samples
+
+    expanded = []
+    for folder in folders:
+        path = Path(folder)
+        inner = [] if samples.looks_like_sample_run(path) or md.is_md_folder(path) else samples.run_folders(path)
+        if not inner:
+            expanded.append(folder)
+            continue
+        names = ", ".join(d.name for d in inner) if len(inner) <= 4 else f"{inner[0].name} ... {inner[-1].name}"
+        print(f"boltzgen analyze: {folder} holds the runs of one job; analysing its {len(inner)} run folder"
+              f"{'s' if len(inner) > 1 else ''} ({names})", file=sys.stderr)
+        expanded += [str(d) for d in inner]
+    return expanded
+
+
 def _set_threads(threads) -> None:
     import torch
 
@@ -209,11 +234,39 @@ def _set_threads(threads) -> None:
         torch.set_num_threads(threads)
 
 
-def _check_device(device: str) -> None:
+def available_devices() -> list[str]:
+    """The torch devices this machine can compute on: cpu, then cuda:0 ... and mps / xpu:0 ... where present."""
     import torch
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device is available here")
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{k}" for k in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        found += [f"xpu:{k}" for k in range(xpu.device_count())]
+    return found
+
+
+def _check_device(device: str) -> None:
+    """Refuse a --device that torch does not know or that this machine lacks, in one line naming the flag."""
+    import torch
+
+    available = available_devices()
+    listing = f"available: {', '.join(available)}"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"--device {device}: not a torch device here; {listing}") from None
+    kinds = {d.split(":")[0] for d in available}
+    if parsed.type == "cuda" and "cuda" not in kinds:
+        raise ValueError(f"--device {device}: no CUDA device here; {listing}")
+    if parsed.type not in kinds:
+        raise ValueError(f"--device {device}: not a device this machine can compute on; {listing}")
+    if parsed.index is not None and parsed.type != "cpu" and f"{parsed.type}:{parsed.index}" not in available:
+        raise ValueError(f"--device {device}: no such {parsed.type} device here; {listing}")
 
 
 def _add_sampling_options(p, particles: int, runs: int) -> None:

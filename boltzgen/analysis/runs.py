@@ -89,10 +89,10 @@ def load_run(out_dir) -> WeightedRun:
     as a :class:`WeightedRun` (ValueError naming a bad file)."""
     from ..coordinates import is_l_amino_acid
     from ..md import load_energies, load_log_weights, load_trajectory
-    from ..samples import is_sample_run, load_sample_run
+    from ..samples import load_sample_run, looks_like_sample_run
     from .dihedrals import phi_psi
 
-    if is_sample_run(out_dir):
+    if looks_like_sample_run(out_dir):  # a damaged one too: its error names the damaged file
         run = load_sample_run(out_dir)
         traj, log_weights, energies, kind = run.trajectory, run.log_weights, run.energies, "samples"
     else:
