@@ -161,12 +161,15 @@ def add_analyze_command(sub) -> None:
     p = sub.add_parser(
         "analyze", help="basin populations, free energies and plots of MD or sample runs (vs a reference)",
         description="Read MD runs (`boltzgen md`, plain or biased) or sample runs (`boltzgen sample`), always "
-                    "weighted, and print the population of each alanine-dipeptide basin, dF(phi>0 vs phi<0) = "
-                    "-ln(P(phi>0)/P(phi<0)) and dF(0<=phi<2 rad vs the rest) in kT, and the fraction of L "
+                    "weighted, and print what the molecule's system YAML declares (systems/README.md): the "
+                    "population of each basin and each free energy dF = -ln(P(state)/P(reference)) in kT (for "
+                    "alanine dipeptide: its backbone basins, dF(phi>0 vs phi<0) and dF(0<=phi<2 rad vs the "
+                    "rest)), then the weighted mean energy, ESS and, for amino acids, the fraction of L "
                     "configurations. Errors: with several DIRs (independent runs) the standard error over runs; "
                     "one MD DIR: over contiguous blocks; one sample DIR: none (particles of one run are "
-                    "correlated). With --reference: the same figures for the reference runs, the Ramachandran "
-                    "KL divergence, the energy and torus W2 and the bond lengths against them.")
+                    "correlated). With --reference: the same figures for the reference runs, the free energy "
+                    "differences, energy W2 and bond lengths against them (and, with phi and psi, the "
+                    "Ramachandran KL divergence and torus W2).")
     p.add_argument("run", metavar="DIR", nargs="+",
                    help="run folders (independent runs); a folder written by `boltzgen sample`/`run` stands for "
                         "its run-000, run-001, ... folders")
@@ -174,9 +177,12 @@ def add_analyze_command(sub) -> None:
                    help="reference run folders (e.g. biased MD) to compare with")
     p.add_argument("--blocks", type=int, default=5,
                    help="contiguous blocks for the error bars of a single MD DIR (default 5)")
+    p.add_argument("--system", default=None, metavar="SYSTEM",
+                   help="the named system or system YAML whose collective variables, basins and free energies to "
+                        "report (default: the system each run recorded, when it is a named system)")
     p.add_argument("--basins", default=None, metavar="FILE",
-                   help="YAML/JSON file of basins, name -> {phi: [low, high], psi: [low, high]} in radians "
-                        "(default: the alanine-dipeptide basins)")
+                   help="YAML/JSON file of basins, name -> {phi: [low, high], psi: [low, high]} in radians, "
+                        "replacing the basins the molecule declares (it must declare phi and psi)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the figures to this JSON file")
     p.add_argument("--plots", default=None, metavar="DIR",
                    help="write ramachandran.png, phi_profile.png and energy_histogram.png to this folder")
@@ -184,15 +190,20 @@ def add_analyze_command(sub) -> None:
 
 
 def _analyze(args) -> int:
+    from . import systems
     from .analysis import load_basins
     from .analysis.report import analyze_runs, format_analysis
 
     if args.blocks < 2:
         raise ValueError(f"--blocks must be at least 2 (error bars need two blocks), got {args.blocks}")
     basins = load_basins(args.basins) if args.basins else None
+    try:
+        cvs = systems.collective_variables(args.system) if args.system else None
+    except (ValueError, FileNotFoundError) as exc:
+        raise ValueError(f"--system {args.system}: {exc}") from exc
     runs = _expand_job_folders(args.run)
     reference = _expand_job_folders(args.reference) if args.reference else None
-    report = analyze_runs(runs, reference, basins=basins, blocks=args.blocks, plot_dir=args.plots)
+    report = analyze_runs(runs, reference, basins=basins, blocks=args.blocks, plot_dir=args.plots, cvs=cvs)
     if args.json:
         try:
             report.write_json(args.json)
@@ -331,12 +342,16 @@ def _sample(args) -> int:
     from . import systems
     from .pipeline import sample_model
 
+    from .cvs import atom_indices
+
     settings = _sample_settings(args)
     model = systems.resolve_model(args.model)
+    cvs = systems.collective_variables(args.system)
     target = systems.load(args.system)
     try:
+        atom_indices(cvs, target.topology)  # a CV naming an atom the molecule lacks fails now, not after sampling
         report = sample_model(target, model, args.out, particles=args.particles, runs=args.runs,
-                              settings=settings, seed=args.seed, device=args.device, progress=True)
+                              settings=settings, seed=args.seed, device=args.device, progress=True, cvs=cvs)
     finally:
         target.close()
     print(format_sample_summary(report.summary))
@@ -353,16 +368,18 @@ def format_sample_summary(summary: dict) -> str:
 
     lines = [f"{summary['system']}: {summary['n_runs']} runs x {summary['n_particles_per_run']} particles, "
              f"model {summary['model']}" + (" (recalibration: trained for "
-                                            f"{summary['model_system']})" if summary["recalibration"] else ""),
-             f"  dF(phi>0 vs phi<0)      {pm(summary['delta_f_phi_positive_kT'], summary['delta_f_phi_positive_err_kT'])} kT",
-             f"  log Z                   {pm(summary['log_z'], summary['log_z_err'])}",
-             f"  final ESS fraction      {summary['ess_fraction']:.3f}   one-step bridge ESS {summary['bridge_ess_fraction']:.4f}"
-             f"   ESS at the model's last level {summary['levels_ess_fraction']:.3f}",
-             f"  lineages from t = 1     {', '.join(str(n) for n in summary['lineages'])} (of {summary['n_particles_per_run']})",
-             f"  mixing at the force field  {summary['settings']['mixing_moves']} MALA moves per particle, "
-             f"torsion acceptance {summary['torsion_acceptance']:.3f}",
-             f"  evaluations             target {summary['target_evaluations']:,}   model {summary['model_evaluations']:,}",
-             f"  time                    {summary['seconds']:.0f} s"]
+                                            f"{summary['model_system']})" if summary["recalibration"] else "")]
+    for fe in summary.get("free_energies", []):  # those the molecule declares
+        key, label = fe["key"], f"dF({fe['state']} vs {fe['reference']})"
+        lines.append(f"  {label:<23} {pm(summary[f'delta_f_{key}_kT'], summary[f'delta_f_{key}_err_kT'])} kT")
+    lines += [f"  log Z                   {pm(summary['log_z'], summary['log_z_err'])}",
+              f"  final ESS fraction      {summary['ess_fraction']:.3f}   one-step bridge ESS {summary['bridge_ess_fraction']:.4f}"
+              f"   ESS at the model's last level {summary['levels_ess_fraction']:.3f}",
+              f"  lineages from t = 1     {', '.join(str(n) for n in summary['lineages'])} (of {summary['n_particles_per_run']})",
+              f"  mixing at the force field  {summary['settings']['mixing_moves']} MALA moves per particle, "
+              f"torsion acceptance {summary['torsion_acceptance']:.3f}",
+              f"  evaluations             target {summary['target_evaluations']:,}   model {summary['model_evaluations']:,}",
+              f"  time                    {summary['seconds']:.0f} s"]
     return "\n".join(lines)
 
 

@@ -9,10 +9,11 @@ import pytest
 
 from boltzgen import md, systems
 from boltzgen.analysis import ALANINE_DIPEPTIDE_BASINS, WeightedRun, basin_probabilities, load_run, run_figures
-from boltzgen.analysis.runs import phi_transitions
+from boltzgen.analysis.runs import transitions
 from boltzgen.cli import main
 
 BIAS = md.Metadynamics(("phi",), height_kj_per_mol=3.0, frequency_steps=50, deposition_ps=2.0)
+ALANINE = systems.collective_variables("alanine-dipeptide")
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def biased_runs(tmp_path_factory):
 
 def _synthetic(phi, log_w, path="synthetic"):
     phi = np.asarray(phi, dtype=np.float64)
-    return WeightedRun(path=path, angles=np.stack([phi, np.full_like(phi, 2.0)], 1),
+    return WeightedRun(path=path, cv_values={"phi": phi, "psi": np.full_like(phi, 2.0)}, cvs=ALANINE,
                        log_weights=np.asarray(log_w, dtype=np.float64), is_l=np.ones(len(phi), bool), biased=True)
 
 
@@ -61,15 +62,18 @@ def test_several_runs_give_mean_and_standard_error_over_runs():
 
 def test_missing_side_gives_no_delta_f_but_populations():
     figures = run_figures([_synthetic(np.full(10, -1.5), np.zeros(10))], blocks=2)
-    assert figures.delta_f_phi_positive is None and "phi > 0 or phi < 0" in figures.note
+    assert figures.delta_f_phi_positive is None and "(phi>0 or phi<0)" in figures.note
     assert figures.populations["beta/C7eq"].mean == 1.0
     assert figures.to_dict()["delta_f_phi_positive_kT"] is None
 
 
-def test_phi_transitions_count_core_to_core_changes():
-    # cores: phi <= -0.5 and 0.5 <= phi <= 2; frames between them (0, 2.5) keep the last core
-    assert phi_transitions([-1.0, 0.0, 1.0, 0.0, 1.2, -0.2, -2.0, 2.5, 1.0]) == 3
-    assert phi_transitions([-1.0, -2.0]) == 0
+def test_transitions_count_core_to_core_changes():
+    # alanine dipeptide's declared cores: phi <= -0.5 and 0.5 <= phi <= 2; frames between them (0, 2.5) keep
+    # the last core
+    cores = [(low, high) for _, low, high in ALANINE.transitions.cores]
+    assert cores == [(-math.pi, -0.5), (0.5, 2.0)]
+    assert transitions([-1.0, 0.0, 1.0, 0.0, 1.2, -0.2, -2.0, 2.5, 1.0], cores) == 3
+    assert transitions([-1.0, -2.0], cores) == 0
 
 
 def test_load_run_uses_the_log_weights(biased_runs):
