@@ -570,9 +570,9 @@ def delta_f_from_log_z(log_z_a, log_z_b) -> Estimate:
                     n=min(a.n, b.n))
 
 
+# (ALANINE_DIPEPTIDE_BASINS and PHI_* are served by __getattr__, read from the molecule file, so not listed)
 __all__ = [
-    "ALANINE_DIPEPTIDE_BASINS", "Basin", "Estimate", "FreeEnergySurface", "PHI_0_TO_2", "PHI_NEGATIVE",
-    "PHI_OUTSIDE_0_TO_2", "PHI_POSITIVE", "basin_free_energy", "basin_free_energy_runs", "basin_probabilities",
+    "Basin", "Estimate", "FreeEnergySurface", "basin_free_energy", "basin_free_energy_runs", "basin_probabilities",
     "delta_f_bar", "delta_f_exp", "delta_f_from_log_z", "delta_f_mbar", "delta_f_phi_positive", "free_energy_surface",
     "with_error",
 ]

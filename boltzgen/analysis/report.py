@@ -227,7 +227,7 @@ def format_analysis(report: AnalysisReport) -> str:
     if f.cvs.is_empty:
         lines.append("  no collective variables declared for this molecule: energies and ESS only")
     else:
-        lines.append(f"  collective variables: " + "; ".join(f"{d.name} = dihedral [{', '.join(map(str, d.atoms))}]"
+        lines.append("  collective variables: " + "; ".join(f"{d.name} = dihedral [{', '.join(map(str, d.atoms))}]"
                                                               for d in f.cvs.dihedrals))
     for name, e in f.populations.items():
         row(f"P({name})", _estimate(e), _estimate(r.populations.get(name)) if r is not None else None)
