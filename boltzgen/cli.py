@@ -161,20 +161,28 @@ def add_analyze_command(sub) -> None:
     p = sub.add_parser(
         "analyze", help="basin populations, free energies and plots of MD or sample runs (vs a reference)",
         description="Read MD runs (`boltzgen md`, plain or biased) or sample runs (`boltzgen sample`), always "
-                    "weighted, and print the population of each alanine-dipeptide basin, dF(phi>0 vs phi<0) = "
-                    "-ln(P(phi>0)/P(phi<0)) and dF(0<=phi<2 rad vs the rest) in kT, and the fraction of L "
+                    "weighted, and print what the molecule's system YAML declares (systems/README.md): the "
+                    "population of each basin and each free energy dF = -ln(P(state)/P(reference)) in kT (for "
+                    "alanine dipeptide: its backbone basins, dF(phi>0 vs phi<0) and dF(0<=phi<2 rad vs the "
+                    "rest)), then the weighted mean energy, ESS and, for amino acids, the fraction of L "
                     "configurations. Errors: with several DIRs (independent runs) the standard error over runs; "
                     "one MD DIR: over contiguous blocks; one sample DIR: none (particles of one run are "
-                    "correlated). With --reference: the same figures for the reference runs, the Ramachandran "
-                    "KL divergence, the energy and torus W2 and the bond lengths against them.")
-    p.add_argument("run", metavar="DIR", nargs="+", help="run folders (independent runs)")
+                    "correlated). With --reference: the same figures for the reference runs, the free energy "
+                    "differences, energy W2 and bond lengths against them (and, with phi and psi, the "
+                    "Ramachandran KL divergence and torus W2).")
+    p.add_argument("run", metavar="DIR", nargs="+",
+                   help="run folders (independent runs); a folder written by `boltzgen sample`/`run` stands for "
+                        "its run-000, run-001, ... folders")
     p.add_argument("--reference", nargs="+", default=None, metavar="DIR",
                    help="reference run folders (e.g. biased MD) to compare with")
     p.add_argument("--blocks", type=int, default=5,
                    help="contiguous blocks for the error bars of a single MD DIR (default 5)")
+    p.add_argument("--system", default=None, metavar="SYSTEM",
+                   help="the named system or system YAML whose collective variables, basins and free energies to "
+                        "report (default: the system each run recorded, when it is a named system)")
     p.add_argument("--basins", default=None, metavar="FILE",
-                   help="YAML/JSON file of basins, name -> {phi: [low, high], psi: [low, high]} in radians "
-                        "(default: the alanine-dipeptide basins)")
+                   help="YAML/JSON file of basins, name -> {phi: [low, high], psi: [low, high]} in radians, "
+                        "replacing the basins the molecule declares (it must declare phi and psi)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the figures to this JSON file")
     p.add_argument("--plots", default=None, metavar="DIR",
                    help="write ramachandran.png, phi_profile.png and energy_histogram.png to this folder")
@@ -182,13 +190,20 @@ def add_analyze_command(sub) -> None:
 
 
 def _analyze(args) -> int:
+    from . import systems
     from .analysis import load_basins
     from .analysis.report import analyze_runs, format_analysis
 
     if args.blocks < 2:
         raise ValueError(f"--blocks must be at least 2 (error bars need two blocks), got {args.blocks}")
     basins = load_basins(args.basins) if args.basins else None
-    report = analyze_runs(args.run, args.reference, basins=basins, blocks=args.blocks, plot_dir=args.plots)
+    try:
+        cvs = systems.collective_variables(args.system) if args.system else None
+    except (ValueError, FileNotFoundError) as exc:
+        raise ValueError(f"--system {args.system}: {exc}") from exc
+    runs = _expand_job_folders(args.run)
+    reference = _expand_job_folders(args.reference) if args.reference else None
+    report = analyze_runs(runs, reference, basins=basins, blocks=args.blocks, plot_dir=args.plots, cvs=cvs)
     if args.json:
         try:
             report.write_json(args.json)
@@ -200,6 +215,27 @@ def _analyze(args) -> int:
     return 0
 
 
+def _expand_job_folders(folders: list[str]) -> list[str]:
+    """Each folder that ``sample``/``run``/``free-energy`` wrote (run-000, run-001, ... beside summary.json) is
+    replaced by its run folders, saying so in one line on stderr; other folders are kept as they are."""
+    from pathlib import Path
+
+    from . import md, samples
+
+    expanded = []
+    for folder in folders:
+        path = Path(folder)
+        inner = [] if samples.looks_like_sample_run(path) or md.is_md_folder(path) else samples.run_folders(path)
+        if not inner:
+            expanded.append(folder)
+            continue
+        names = ", ".join(d.name for d in inner) if len(inner) <= 4 else f"{inner[0].name} ... {inner[-1].name}"
+        print(f"boltzgen analyze: {folder} holds the runs of one job; analysing its {len(inner)} run folder"
+              f"{'s' if len(inner) > 1 else ''} ({names})", file=sys.stderr)
+        expanded += [str(d) for d in inner]
+    return expanded
+
+
 def _set_threads(threads) -> None:
     import torch
 
@@ -209,11 +245,39 @@ def _set_threads(threads) -> None:
         torch.set_num_threads(threads)
 
 
-def _check_device(device: str) -> None:
+def available_devices() -> list[str]:
+    """The torch devices this machine can compute on: cpu, then cuda:0 ... and mps / xpu:0 ... where present."""
     import torch
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: no CUDA device is available here")
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{k}" for k in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        found += [f"xpu:{k}" for k in range(xpu.device_count())]
+    return found
+
+
+def _check_device(device: str) -> None:
+    """Refuse a --device that torch does not know or that this machine lacks, in one line naming the flag."""
+    import torch
+
+    available = available_devices()
+    listing = f"available: {', '.join(available)}"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"--device {device}: not a torch device here; {listing}") from None
+    kinds = {d.split(":")[0] for d in available}
+    if parsed.type == "cuda" and "cuda" not in kinds:
+        raise ValueError(f"--device {device}: no CUDA device here; {listing}")
+    if parsed.type not in kinds:
+        raise ValueError(f"--device {device}: not a device this machine can compute on; {listing}")
+    if parsed.index is not None and parsed.type != "cpu" and f"{parsed.type}:{parsed.index}" not in available:
+        raise ValueError(f"--device {device}: no such {parsed.type} device here; {listing}")
 
 
 def _add_sampling_options(p, particles: int, runs: int) -> None:
@@ -286,12 +350,16 @@ def _sample(args) -> int:
     from . import systems
     from .pipeline import sample_model
 
+    from .cvs import atom_indices
+
     settings = _sample_settings(args)
     model = systems.resolve_model(args.model)
+    cvs = systems.collective_variables(args.system)
     target = systems.load(args.system)
     try:
+        atom_indices(cvs, target.topology)  # a CV naming an atom the molecule lacks fails now, not after sampling
         report = sample_model(target, model, args.out, particles=args.particles, runs=args.runs,
-                              settings=settings, seed=args.seed, device=args.device, progress=True)
+                              settings=settings, seed=args.seed, device=args.device, progress=True, cvs=cvs)
     finally:
         target.close()
     print(format_sample_summary(report.summary))
@@ -308,16 +376,18 @@ def format_sample_summary(summary: dict) -> str:
 
     lines = [f"{summary['system']}: {summary['n_runs']} runs x {summary['n_particles_per_run']} particles, "
              f"model {summary['model']}" + (" (recalibration: trained for "
-                                            f"{summary['model_system']})" if summary["recalibration"] else ""),
-             f"  dF(phi>0 vs phi<0)      {pm(summary['delta_f_phi_positive_kT'], summary['delta_f_phi_positive_err_kT'])} kT",
-             f"  log Z                   {pm(summary['log_z'], summary['log_z_err'])}",
-             f"  final ESS fraction      {summary['ess_fraction']:.3f}   one-step bridge ESS {summary['bridge_ess_fraction']:.4f}"
-             f"   ESS at the model's last level {summary['levels_ess_fraction']:.3f}",
-             f"  lineages from t = 1     {', '.join(str(n) for n in summary['lineages'])} (of {summary['n_particles_per_run']})",
-             f"  mixing at the force field  {summary['settings']['mixing']['moves']} MALA moves per particle, "
-             f"torsion acceptance {summary['torsion_acceptance']:.3f}",
-             f"  evaluations             target {summary['target_evaluations']:,}   model {summary['model_evaluations']:,}",
-             f"  time                    {summary['seconds']:.0f} s"]
+                                            f"{summary['model_system']})" if summary["recalibration"] else "")]
+    for fe in summary.get("free_energies", []):  # those the molecule declares
+        key, label = fe["key"], f"dF({fe['state']} vs {fe['reference']})"
+        lines.append(f"  {label:<23} {pm(summary[f'delta_f_{key}_kT'], summary[f'delta_f_{key}_err_kT'])} kT")
+    lines += [f"  log Z                   {pm(summary['log_z'], summary['log_z_err'])}",
+              f"  final ESS fraction      {summary['ess_fraction']:.3f}   one-step bridge ESS {summary['bridge_ess_fraction']:.4f}"
+              f"   ESS at the model's last level {summary['levels_ess_fraction']:.3f}",
+              f"  lineages from t = 1     {', '.join(str(n) for n in summary['lineages'])} (of {summary['n_particles_per_run']})",
+              f"  mixing at the force field  {summary['settings']['mixing']['moves']} MALA moves per particle, "
+              f"torsion acceptance {summary['torsion_acceptance']:.3f}",
+              f"  evaluations             target {summary['target_evaluations']:,}   model {summary['model_evaluations']:,}",
+              f"  time                    {summary['seconds']:.0f} s"]
     return "\n".join(lines)
 
 

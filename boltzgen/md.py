@@ -399,6 +399,17 @@ def load_log_weights(out_dir) -> np.ndarray:
     return kj / kT_kj_per_mol(record["temperature_K"])
 
 
+def recorded_system(out_dir) -> str | None:
+    """The name of the system a :func:`run_md` folder was run with (the target's name), or None."""
+    name = _started_record(out_dir)[1].get("system")
+    return str(name) if name else None
+
+
+def is_md_folder(path) -> bool:
+    """Whether ``path`` is a folder in which :func:`run_md` has started a run (it holds progress.json)."""
+    return (Path(path) / _PROGRESS).is_file()
+
+
 def is_biased(out_dir) -> bool:
     """Whether a :func:`run_md` folder holds a metadynamics run (True) or plain MD (False)."""
     return bool(_started_record(out_dir)[1].get("bias"))

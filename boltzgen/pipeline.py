@@ -334,7 +334,6 @@ def _summary(runs: list, settings, figures, recalibration: bool, meta: dict) -> 
     from .analysis.free_energy import mean_and_error
 
     log_z, log_z_err = mean_and_error([r.log_z for r in runs])
-    df = figures.delta_f_phi_positive
     return {
         "n_runs": len(runs), "n_particles_per_run": int(len(runs[0].log_weights)),
         "ess_fraction": float(np.mean([r.ess_fraction for r in runs])),
@@ -343,8 +342,7 @@ def _summary(runs: list, settings, figures, recalibration: bool, meta: dict) -> 
         "lineages": [r.n_lineages for r in runs],
         "torsion_acceptance": float(np.mean([r.torsion_acceptance for r in runs])),
         "log_z": log_z, "log_z_err": log_z_err,
-        "delta_f_phi_positive_kT": None if df is None else df.mean,
-        "delta_f_phi_positive_err_kT": None if df is None or not np.isfinite(df.standard_error) else df.standard_error,
+        **figures.summary_figures(),  # the molecule's declared free energies (delta_f_<key>_kT) and basins
         "target_evaluations": int(sum(r.target_evaluations for r in runs)),
         "model_evaluations": int(sum(r.model_evaluations for r in runs)),
         "seconds": float(sum(r.seconds for r in runs)),
@@ -356,7 +354,7 @@ def _summary(runs: list, settings, figures, recalibration: bool, meta: dict) -> 
 
 def sample_model(target, model_path, out, *, particles: int = 2500, runs: int = 4, settings=None,
                  seed: int = 0, device: str | torch.device = "cpu", progress: bool = False,
-                 compile: bool = True) -> SampleReport:
+                 compile: bool = True, cvs=None) -> SampleReport:
     """``runs`` independent SMC runs of a trained model toward ``target``'s Boltzmann distribution.
 
     Writes ``out/run-000`` ... (see :mod:`boltzgen.samples`) and ``out/summary.json``. A model of
@@ -374,6 +372,8 @@ def sample_model(target, model_path, out, *, particles: int = 2500, runs: int = 
         progress: a tqdm bar per run (stderr).
         compile: compile the torch force field (faster on large batches; False skips the
             20-80 s compilation, e.g. for small tests).
+        cvs: the collective variables, basins and free energies the summary reports
+            (``systems.collective_variables(name)``); None: those of the named system ``target.name``.
     """
     from . import samples
     from .analysis.runs import run_figures
@@ -395,7 +395,7 @@ def sample_model(target, model_path, out, *, particles: int = 2500, runs: int = 
         dirs.append(samples.write_sample_run(out / f"run-{k:03d}", result.positions, result.log_weights,
                                              result.energies, target.topology, diagnostics))
         results.append(result)
-    figures = run_figures([str(d) for d in dirs])
+    figures = run_figures([str(d) for d in dirs], cvs=cvs)
     meta = {"system": target.name, "model": str(model_path), "seed": seed, "device": str(device),
             "model_system": model_file.metadata.get("system")}
     summary = _summary(results, settings, figures, not same_system, meta)

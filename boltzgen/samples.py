@@ -48,7 +48,7 @@ class SampleRun:
 
 
 def is_sample_run(path) -> bool:
-    """Whether ``path`` is a folder written by :func:`write_sample_run`."""
+    """Whether ``path`` is a folder written by :func:`write_sample_run` (with a readable diagnostics.json)."""
     p = Path(path) / "diagnostics.json"
     if not p.is_file():
         return False
@@ -56,6 +56,41 @@ def is_sample_run(path) -> bool:
         return json.loads(p.read_text()).get("kind") == SAMPLE_RUN_KIND
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def looks_like_sample_run(path) -> bool:
+    """Whether ``path`` holds any file that only :func:`write_sample_run` writes (samples.trr,
+    log_weights.npy, diagnostics.json): a sample run, possibly damaged, never an MD run."""
+    return Path(path).is_dir() and any((Path(path) / name).is_file()
+                                       for name in ("samples.trr", "log_weights.npy", "diagnostics.json"))
+
+
+def run_folders(path) -> list[Path]:
+    """The run folders ``run-000``, ``run-001``, ... inside a folder that ``boltzgen sample``, ``run`` or
+    ``free-energy`` wrote (beside its summary.json), sorted; [] when ``path`` holds none."""
+    p = Path(path)
+    if not p.is_dir():
+        return []
+    return sorted(d for d in p.glob("run-[0-9]*") if d.is_dir() and d.name[4:].isdigit())
+
+
+def _read_diagnostics(out: Path) -> dict:
+    """diagnostics.json of a sample run, with a ValueError naming the file and the run when it is
+    missing, damaged or of another kind."""
+    path = out / "diagnostics.json"
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: the sample run in {out} is incomplete")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        detail = " ".join(str(exc).split())
+        raise ValueError(f"{path} is damaged (not readable JSON: {detail}); the sample run in {out} cannot be "
+                         "read") from exc
+    if not isinstance(record, dict) or record.get("kind") != SAMPLE_RUN_KIND:
+        kind = record.get("kind") if isinstance(record, dict) else type(record).__name__
+        raise ValueError(f"{path} is damaged (kind {kind!r}, expected {SAMPLE_RUN_KIND!r}); the sample run in "
+                         f"{out} cannot be read")
+    return record
 
 
 def _json_ready(value):
@@ -122,8 +157,9 @@ def write_sample_run(out_dir, positions, log_weights, energies, topology, diagno
 def load_sample_run(path) -> SampleRun:
     """Read a folder written by :func:`write_sample_run` (ValueError naming a missing or damaged file)."""
     out = Path(path)
-    if not is_sample_run(out):
+    if not looks_like_sample_run(out):
         raise ValueError(f"{out} is not a boltzgen sample run (no diagnostics.json of kind {SAMPLE_RUN_KIND!r})")
+    diagnostics = _read_diagnostics(out)
     for name in _FILES:
         if not (out / name).is_file():
             raise ValueError(f"{out / name} is missing: the sample run is incomplete")
@@ -135,5 +171,4 @@ def load_sample_run(path) -> SampleRun:
         raise ValueError(f"{out} holds a damaged file ({type(exc).__name__}: {exc})") from exc
     if lw.shape != (traj.n_frames,) or u.shape != (traj.n_frames,):
         raise ValueError(f"{out}: {traj.n_frames} samples but log_weights {lw.shape} and energies {u.shape}")
-    return SampleRun(out, traj, lw.astype(np.float64), u.astype(np.float64),
-                     json.loads((out / "diagnostics.json").read_text()))
+    return SampleRun(out, traj, lw.astype(np.float64), u.astype(np.float64), diagnostics)

@@ -26,6 +26,7 @@ import openmm
 import openmm.app as app
 import yaml
 
+from .cvs import CV_KEYS, MoleculeCVs, read_cvs
 from .targets.openmm import OpenMMTarget
 
 
@@ -47,7 +48,10 @@ _PRMTOP_SUFFIXES = {".prmtop", ".parm7", ".top"}
 _FIXED_SYSTEM_ARGS = {"nonbondedMethod", "constraints", "rigidWater", "removeCMMotion", "implicitSolvent",
                       "residueTemplates"}
 _SPEC_KEYS = {"description", "structure", "forcefield", "coordinates", "system", "temperature",
-              "implicit_solvent", "residue_templates", "system_kwargs", "model"}
+              "implicit_solvent", "residue_templates", "system_kwargs", "model", "molecule", *CV_KEYS}
+#: A molecule file (``<molecule>.molecule.yaml``) holds what the set-ups of one molecule share: its
+#: collective variables, basins and free energies (boltzgen.cvs). It is no system of its own.
+MOLECULE_SUFFIX = ".molecule.yaml"
 
 
 # ---- named systems ------------------------------------------------------------------------------
@@ -55,7 +59,9 @@ _SPEC_KEYS = {"description", "structure", "forcefield", "coordinates", "system",
 class SystemSpec:
     """A named system: its YAML file, description and the :func:`from_files` arguments it holds.
 
-    ``model`` is the trained model file shipped with it (``boltzgen run``), or None.
+    ``model`` is the trained model file shipped with it (``boltzgen run``), or None; ``cvs`` the
+    collective variables, basins and free energies it declares (itself or through its ``molecule``
+    file; empty when none).
     """
 
     name: str
@@ -63,17 +69,35 @@ class SystemSpec:
     path: Path
     options: dict
     model: Path | None = None
+    cvs: MoleculeCVs = MoleculeCVs()
 
 
-def _read_spec(path: Path) -> SystemSpec:
+def _read_yaml(path: Path, what: str) -> dict:
     try:
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         problem = " ".join(str(exc).split())  # YAML errors span several lines
-        raise ValueError(f"{path}: not a readable system YAML ({type(exc).__name__}: {problem})") from exc
+        raise ValueError(f"{path}: not a readable {what} ({type(exc).__name__}: {problem})") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of from_files arguments, got {type(data).__name__}")
+        raise ValueError(f"{path}: expected a mapping of {what} keys, got {type(data).__name__}")
+    return data
+
+
+def _read_molecule(path: Path, named_by: Path) -> dict:
+    """The collective-variable keys of a molecule file (named by a system YAML's ``molecule`` key)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"molecule file not found: {path} (named by {named_by})")
+    data = _read_yaml(path, "molecule file")
+    unknown = set(data) - {"description", *CV_KEYS}
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; a molecule file holds {', '.join(CV_KEYS)} "
+                         "(and a description)")
+    return {k: v for k, v in data.items() if k in CV_KEYS}
+
+
+def _read_spec(path: Path) -> SystemSpec:
+    data = _read_yaml(path, "system YAML")
     unknown = set(data) - _SPEC_KEYS
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(_SPEC_KEYS)}")
@@ -84,6 +108,18 @@ def _read_spec(path: Path) -> SystemSpec:
     folder = path.parent
     model = options.pop("model", None)
     model = folder / model if model is not None else None
+    declared = {k: options.pop(k) for k in CV_KEYS if k in options}
+    cv_source = path
+    if options.get("molecule") is not None:
+        molecule = folder / options.pop("molecule")
+        shared = _read_molecule(molecule, path)
+        both = sorted(set(shared) & set(declared))
+        if both:
+            raise ValueError(f"{path}: {', '.join(both)} given both here and in its molecule file {molecule}; "
+                             "declare each in one place")
+        declared, cv_source = {**shared, **declared}, (molecule if not declared else path)
+    options.pop("molecule", None)
+    cvs = read_cvs(declared, str(cv_source))
     for key in ("structure", "coordinates", "system"):
         if options.get(key) is not None:
             options[key] = folder / options[key]
@@ -91,7 +127,7 @@ def _read_spec(path: Path) -> SystemSpec:
         ffs = [options["forcefield"]] if isinstance(options["forcefield"], str) else options["forcefield"]
         # A force field file next to the YAML wins over an OpenMM built-in of the same name.
         options["forcefield"] = [str(folder / f) if (folder / f).exists() else f for f in ffs]
-    return SystemSpec(name=path.stem, description=description, path=path, options=options, model=model)
+    return SystemSpec(name=path.stem, description=description, path=path, options=options, model=model, cvs=cvs)
 
 
 def specs(systems_dir: str | Path | None = None) -> dict[str, SystemSpec]:
@@ -99,6 +135,8 @@ def specs(systems_dir: str | Path | None = None) -> dict[str, SystemSpec]:
     root = Path(systems_dir) if systems_dir is not None else DEFAULT_SYSTEMS_DIR
     found = {}
     for path in sorted(root.glob("*/*.yaml")):
+        if path.name.endswith(MOLECULE_SUFFIX):  # shared by the set-ups of a molecule, not a system
+            continue
         spec = _read_spec(path)
         if spec.name in found:
             raise ValueError(f"two systems are named {spec.name!r}: {found[spec.name].path} and {path}")
@@ -149,6 +187,44 @@ def resolve_model(model, fallbacks=(), systems_dir: str | Path | None = None) ->
                      f"{', '.join(sorted(n for n, s in known.items() if s.model is not None)) or 'none'})")
 
 
+def spec(name: str, systems_dir: str | Path | None = None) -> SystemSpec:
+    """The :class:`SystemSpec` of a named system, or of a system YAML given by its path."""
+    if str(name).endswith((".yaml", ".yml")):
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"system file not found: {path}")
+        return _read_spec(path)
+    known = specs(systems_dir)
+    if name not in known:
+        close = difflib.get_close_matches(str(name), list(known), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown system {name!r}; named systems: {', '.join(sorted(known))}.{hint}")
+    return known[name]
+
+
+def collective_variables(name: str, systems_dir: str | Path | None = None) -> MoleculeCVs:
+    """The collective variables, basins and free energies a system declares (see :mod:`boltzgen.cvs`).
+
+    Args:
+        name: a named system or the path of a system YAML.
+    Returns:
+        its :class:`~boltzgen.cvs.MoleculeCVs` (empty when it declares none).
+    """
+    return spec(name, systems_dir).cvs
+
+
+def recorded_collective_variables(name, systems_dir: str | Path | None = None) -> MoleculeCVs | None:
+    """The declaration of the system a run folder recorded (``name``: a system name or YAML path), or None
+    when ``name`` is no named system and no existing YAML (then nothing is known about its CVs)."""
+    if not name:
+        return None
+    name = str(name)
+    if name.endswith((".yaml", ".yml")):
+        return collective_variables(name) if Path(name).is_file() else None
+    known = specs(systems_dir)
+    return known[name].cvs if name in known else None
+
+
 def names(systems_dir: str | Path | None = None) -> list[str]:
     """Names of the named systems, sorted."""
     return sorted(specs(systems_dir))
@@ -163,24 +239,13 @@ def load(name: str, *, systems_dir: str | Path | None = None, **overrides) -> Op
         **overrides: :func:`from_files` keyword arguments that replace the YAML's, e.g.
             ``temperature=350.0``, ``n_workers=2``, ``platform="CPU"``.
     """
-    if str(name).endswith((".yaml", ".yml")):
-        path = Path(name)
-        if not path.is_file():
-            raise FileNotFoundError(f"system file not found: {path}")
-        spec = _read_spec(path)
-    elif Path(str(name)).suffix.lower() in _PDB_SUFFIXES | _PDBX_SUFFIXES | _PRMTOP_SUFFIXES:
+    if Path(str(name)).suffix.lower() in _PDB_SUFFIXES | _PDBX_SUFFIXES | _PRMTOP_SUFFIXES:
         raise ValueError(
             f"{name} is a structure file, not a system: a system also names its force field. Write a system "
             f"YAML (e.g. 'structure: {Path(str(name)).name}' and 'forcefield: [amber14-all.xml]', see "
             "systems/README.md) and pass the YAML's path, or call boltzgen.systems.from_files from Python")
-    else:
-        known = specs(systems_dir)
-        if name not in known:
-            close = difflib.get_close_matches(str(name), list(known), n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"unknown system {name!r}; named systems: {', '.join(sorted(known))}.{hint}")
-        spec = known[name]
-    options = {**spec.options, "name": spec.name, **overrides}
+    found = spec(name, systems_dir)
+    options = {**found.options, "name": found.name, **overrides}
     return from_files(**options)
 
 

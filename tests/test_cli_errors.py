@@ -56,6 +56,24 @@ def truncated_run(folder: Path) -> str:
     return str(out)
 
 
+def damaged_sample_job(folder: Path) -> str:
+    """A `boltzgen sample` output folder (run-000, run-001, summary.json) whose run-001/diagnostics.json is cut short."""
+    import mdtraj
+    import numpy as np
+
+    from boltzgen.samples import write_json, write_sample_run
+
+    pdb = mdtraj.load(str(ALA))
+    job = folder / "job"
+    for k in range(2):
+        x = pdb.xyz.astype(np.float64) + 0.001 * np.random.default_rng(k).standard_normal((3, pdb.n_atoms, 3))
+        write_sample_run(job / f"run-{k:03d}", x, np.zeros(3), np.zeros(3), pdb.topology, {"system": "alanine-dipeptide"})
+    write_json(job / "summary.json", {"n_runs": 2})
+    damaged = job / "run-001" / "diagnostics.json"
+    damaged.write_text(damaged.read_text()[:40])
+    return str(job)
+
+
 # (id, argv from a tmp folder, pattern the single error line must match)
 ROWS = [
     ("no command", lambda t: [], r"^boltzgen: error: the following arguments are required: COMMAND"),
@@ -100,6 +118,9 @@ ROWS = [
     ("analyze a missing folder", lambda t: ["analyze", str(t / "no-such-run")], r"^boltzgen analyze: error: .*no-such-run"),
     ("analyze a truncated chunk", lambda t: ["analyze", truncated_run(t)],
      r"^boltzgen analyze: error: .*chunk_\d+\.trr is truncated"),
+    ("analyze a sample run with a damaged diagnostics.json", lambda t: ["analyze", damaged_sample_job(t) + "/run-001"],
+     r"^boltzgen analyze: error: .*job/run-001/diagnostics\.json is damaged \(not readable JSON: .*\); the sample run "
+     r"in .*job/run-001 cannot be read$"),
     ("analyze --blocks 1", lambda t: ["analyze", str(t), "--blocks", "1"],
      r"^boltzgen analyze: error: --blocks must be at least 2"),
     ("train without --data", lambda t: ["train", "alanine-dipeptide", "--out", str(t / "m.pt")],
@@ -132,6 +153,19 @@ ROWS = [
     ("run --runs 0", lambda t: ["run", "alanine-dipeptide", "--out", str(t / "r"), "--runs", "0"],
      r"^boltzgen run: error: --runs must be at least 1"),
 ]
+# --device: a string torch does not know, on every sub-command that takes it; the line lists what is here
+for command, more in (("train", lambda t: ["alanine-dipeptide", "--data", str(t), "--out", str(t / "m.pt")]),
+                      ("sample", lambda t: ["alanine-dipeptide", "--model", str(SHIPPED), "--out", str(t / "s")]),
+                      ("run", lambda t: ["alanine-dipeptide", "--out", str(t / "r")]),
+                      ("free-energy", lambda t: ["--from", "alanine-dipeptide", "--to", "alanine-dipeptide-implicit",
+                                                 "--out", str(t / "f")])):
+    ROWS.append((f"{command} --device tpu", lambda t, c=command, m=more: [c, *m(t), "--device", "tpu"],
+                 rf"^boltzgen {command}: error: --device tpu: not a torch device here; available: cpu(, |$)"))
+ROWS.append(("sample --device cuda:99", lambda t: ["sample", "alanine-dipeptide", "--model", str(SHIPPED), "--out",
+                                                   str(t / "s"), "--device", "cuda:99"],
+             r"^boltzgen sample: error: --device cuda:99: no (such cuda|CUDA) device here; available: cpu(, |$)"))
+ROWS.append(("run --device meta", lambda t: ["run", "alanine-dipeptide", "--out", str(t / "r"), "--device", "meta"],
+             r"^boltzgen run: error: --device meta: not a device this machine can compute on; available: cpu"))
 if not torch.cuda.is_available():  # the message only exists where there is no GPU
     ROWS.append(("train --device cuda without a GPU", lambda t: ["train", "alanine-dipeptide", "--data", str(t), "--out",
                                                                  str(t / "m.pt"), "--device", "cuda"],

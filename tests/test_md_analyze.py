@@ -9,10 +9,11 @@ import pytest
 
 from boltzgen import md, systems
 from boltzgen.analysis import ALANINE_DIPEPTIDE_BASINS, WeightedRun, basin_probabilities, load_run, run_figures
-from boltzgen.analysis.runs import phi_transitions
+from boltzgen.analysis.runs import transitions
 from boltzgen.cli import main
 
 BIAS = md.Metadynamics(("phi",), height_kj_per_mol=3.0, frequency_steps=50, deposition_ps=2.0)
+ALANINE = systems.collective_variables("alanine-dipeptide")
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def biased_runs(tmp_path_factory):
 
 def _synthetic(phi, log_w, path="synthetic"):
     phi = np.asarray(phi, dtype=np.float64)
-    return WeightedRun(path=path, angles=np.stack([phi, np.full_like(phi, 2.0)], 1),
+    return WeightedRun(path=path, cv_values={"phi": phi, "psi": np.full_like(phi, 2.0)}, cvs=ALANINE,
                        log_weights=np.asarray(log_w, dtype=np.float64), is_l=np.ones(len(phi), bool), biased=True)
 
 
@@ -61,15 +62,18 @@ def test_several_runs_give_mean_and_standard_error_over_runs():
 
 def test_missing_side_gives_no_delta_f_but_populations():
     figures = run_figures([_synthetic(np.full(10, -1.5), np.zeros(10))], blocks=2)
-    assert figures.delta_f_phi_positive is None and "phi > 0 or phi < 0" in figures.note
+    assert figures.delta_f_phi_positive is None and "(phi>0 or phi<0)" in figures.note
     assert figures.populations["beta/C7eq"].mean == 1.0
     assert figures.to_dict()["delta_f_phi_positive_kT"] is None
 
 
-def test_phi_transitions_count_core_to_core_changes():
-    # cores: phi <= -0.5 and 0.5 <= phi <= 2; frames between them (0, 2.5) keep the last core
-    assert phi_transitions([-1.0, 0.0, 1.0, 0.0, 1.2, -0.2, -2.0, 2.5, 1.0]) == 3
-    assert phi_transitions([-1.0, -2.0]) == 0
+def test_transitions_count_core_to_core_changes():
+    # alanine dipeptide's declared cores: phi <= -0.5 and 0.5 <= phi <= 2; frames between them (0, 2.5) keep
+    # the last core
+    cores = [(low, high) for _, low, high in ALANINE.transitions.cores]
+    assert cores == [(-math.pi, -0.5), (0.5, 2.0)]
+    assert transitions([-1.0, 0.0, 1.0, 0.0, 1.2, -0.2, -2.0, 2.5, 1.0], cores) == 3
+    assert transitions([-1.0, -2.0], cores) == 0
 
 
 def test_load_run_uses_the_log_weights(biased_runs):
@@ -114,3 +118,45 @@ def test_cli_analyze_own_basins(biased_runs, tmp_path, capsys):
     assert f"basins file {basins}: basin 'left'" in err and err.count("\n") == 1
     assert main(["analyze", str(biased_runs[0]), "--basins", str(tmp_path / "none.yaml")]) == 2
     assert f"basins file {tmp_path / 'none.yaml'} does not exist" in capsys.readouterr().err
+
+
+def _sample_job(folder, n_runs: int = 2, n: int = 6):
+    """A folder as `boltzgen sample` writes it: run-000 ... (sample runs of alanine dipeptide) and summary.json."""
+    from boltzgen.samples import write_json, write_sample_run
+
+    with systems.load("alanine-dipeptide", platform="Reference") as target:
+        x0 = np.asarray(target.positions, dtype=np.float64)
+        for k in range(n_runs):
+            x = x0 + 0.002 * np.random.default_rng(k).standard_normal((n, *x0.shape))
+            write_sample_run(folder / f"run-{k:03d}", x, np.zeros(n), target.reduced_energy(x).numpy(),
+                             target.topology, {"system": target.name})
+    write_json(folder / "summary.json", {"n_runs": n_runs})
+    return folder
+
+
+def test_cli_analyze_expands_a_sample_job_folder_and_says_so(tmp_path, capsys):
+    job = _sample_job(tmp_path / "job", n_runs=3)
+    assert main(["analyze", str(job)]) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"{job} holds the runs of one job; analysing its 3 run folders" in lines[0]
+    assert "run-000, run-001, run-002" in lines[0]
+    assert "18 SMC samples from 3 runs" in captured.out
+    # one run folder is analysed as itself, with no note
+    assert main(["analyze", str(job / "run-000")]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_a_damaged_diagnostics_json_is_named_not_taken_for_md(tmp_path, capsys):
+    job = _sample_job(tmp_path / "job", n_runs=2)
+    damaged = job / "run-001" / "diagnostics.json"
+    for text in ("{\"kind\": \"boltzgen-sam", "[1, 2]", ""):
+        damaged.write_text(text)
+        for argv in (["analyze", str(job / "run-001")], ["analyze", str(job)]):
+            assert main(argv) == 2
+            err = capsys.readouterr().err.strip().splitlines()[-1]
+            assert f"{damaged} is damaged" in err and f"the sample run in {job / 'run-001'} cannot be read" in err
+            assert "MD chunk" not in err
+    damaged.unlink()
+    assert main(["analyze", str(job / "run-001")]) == 2
+    assert f"{damaged} is missing: the sample run in {job / 'run-001'} is incomplete" in capsys.readouterr().err

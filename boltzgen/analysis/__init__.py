@@ -5,6 +5,11 @@
     p = basin_probabilities(angles, ALANINE_DIPEPTIDE_BASINS, log_weights)
     df = basin_free_energy_runs(runs, basins["beta/C7eq"], basins["alpha_L/C7ax"])  # Estimate in kT
 
+A molecule's collective variables, basins and free energies are declared in its system YAML
+(:mod:`boltzgen.cvs`); :func:`run_figures` and ``boltzgen analyze`` report what it declares.
+``ALANINE_DIPEPTIDE_BASINS`` and ``PHI_POSITIVE`` / ``PHI_NEGATIVE`` / ``PHI_0_TO_2`` /
+``PHI_OUTSIDE_0_TO_2`` are alanine dipeptide's, read from its molecule file when used.
+
 Positions are in nm, angles in radians, free energies in kT (float64). Error bars come from
 independent runs (:func:`with_error`), since resampling correlates particles within one run.
 Figures are in :mod:`boltzgen.analysis.plots` (imported on its own, so that matplotlib is only
@@ -12,14 +17,9 @@ loaded when plotting), e.g. ``plot_ramachandran(angles, log_weights, basins=ALAN
 """
 from .dihedrals import backbone_atoms, dihedrals, phi_psi
 from .free_energy import (
-    ALANINE_DIPEPTIDE_BASINS,
     Basin,
     Estimate,
     FreeEnergySurface,
-    PHI_0_TO_2,
-    PHI_NEGATIVE,
-    PHI_OUTSIDE_0_TO_2,
-    PHI_POSITIVE,
     basin_free_energy,
     basin_free_energy_runs,
     basin_probabilities,
@@ -39,10 +39,22 @@ __all__ = [
     "dihedrals", "free_energy_surface", "phi_psi", "with_error",
 ]
 
-# Weighted runs (MD, plain or metadynamics, and SMC sample runs) and their figures.
-from .runs import RunFigures, WeightedRun, load_basins, load_run, phi_transitions, run_figures  # noqa: E402
 
-__all__ += ["RunFigures", "WeightedRun", "load_basins", "load_run", "phi_transitions", "run_figures"]
+
+def __getattr__(name: str):
+    """Alanine dipeptide's basins (ALANINE_DIPEPTIDE_BASINS, PHI_POSITIVE, ...), read from its molecule file
+    when used (see boltzgen.analysis.free_energy)."""
+    from . import free_energy
+
+    if name == "ALANINE_DIPEPTIDE_BASINS" or name in free_energy._ALANINE_DIPEPTIDE_STATES:
+        return getattr(free_energy, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# Weighted runs (MD, plain or metadynamics, and SMC sample runs) and their figures.
+from .runs import RunFigures, WeightedRun, cv_values, load_basins, load_run, run_figures, transitions  # noqa: E402
+
+__all__ += ["RunFigures", "WeightedRun", "cv_values", "load_basins", "load_run", "run_figures", "transitions"]
 
 # Samples against a reference, and `boltzgen analyze` as a library call.
 from .compare import KL_BINS, energy_w2, ramachandran_kl, torus_w2, weighted_histogram  # noqa: E402

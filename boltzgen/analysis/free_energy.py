@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .._checks import as_tensor, check_count
+from ..cvs import in_arc
 from ..smc.weights import clean_log_weights, ess, normalized_log_weights
 
 _TWO_PI = 2.0 * math.pi
@@ -174,8 +175,7 @@ def free_energy_surface(angles, log_weights=None, bins: int = 60,
 # ---- basins -------------------------------------------------------------------------------------
 def _in_arc(a: np.ndarray, low: float, high: float) -> np.ndarray:
     """Mask of angles on the arc [low, high), which runs through +-pi when low > high."""
-    a = _wrap(a, -math.pi)
-    return (a >= low) & (a < high) if low < high else (a >= low) | (a < high)
+    return in_arc(a, low, high)
 
 
 @dataclass(frozen=True)
@@ -219,47 +219,41 @@ class Basin:
         return _in_arc(a[:, 0], *self.phi_range) & _in_arc(a[:, 1], *self.psi_range)
 
 
-_DEG = math.pi / 180.0
+# Alanine dipeptide's basins are facts about that molecule: they are declared in
+# systems/alanine-dipeptide/alanine-dipeptide.molecule.yaml (boltzgen.cvs). The names below are kept
+# for code written before that, and are read from that file whenever they are used (module
+# __getattr__, PEP 562), so there is one definition:
+#
+# * ALANINE_DIPEPTIDE_BASINS: {"beta/C7eq", "alpha_R", "alpha_L/C7ax"} -> Basin, the declared basins
+#   (they tile the (phi, psi) torus; the YAML gives their convention and sources);
+# * PHI_POSITIVE / PHI_NEGATIVE: phi in [0, pi) / [-pi, 0), every psi (the states of the declared
+#   free energy "phi_positive", see delta_f_phi_positive);
+# * PHI_0_TO_2 / PHI_OUTSIDE_0_TO_2: 0 <= phi < 2 rad / the rest (the states of "phi_0_to_2").
+_ALANINE_DIPEPTIDE_STATES = {"PHI_POSITIVE": "phi>0", "PHI_NEGATIVE": "phi<0", "PHI_0_TO_2": "0<=phi<2",
+                             "PHI_OUTSIDE_0_TO_2": "phi<0 or phi>=2"}
 
-#: Conformational basins of alanine dipeptide on the (phi, psi) torus, in radians.
-#:
-#: Convention: the states of the alanine-dipeptide transition path sampling example of
-#: OpenPathSampling (Swenson, Prinz, Noe, Chodera & Bolhuis, J. Chem. Theory Comput. 15, 813 and
-#: 837 (2019); examples/alanine_dipeptide_tps/AD_tps_1_trajectory.ipynb, a C7eq -> alpha_R study
-#: "similar to the work in" Bolhuis, Dellago & Chandler, PNAS 97, 5877 (2000)):
-#:
-#: * alpha_R: phi from -180 to 0 deg and psi from -100 to 0 deg,
-#: * C7eq:    phi from -180 to 0 deg and psi from 100 to 200 deg (i.e. through 180 to -160 deg).
-#:
-#: Those two TPS states leave gaps (transition regions); here they are widened so that the three
-#: basins cover the torus exactly once, with half-open arcs [low, high):
-#:
-#: * "alpha_R": phi in [-180, 0) deg, psi in [-100, 0) deg (that alpha_R state, exactly);
-#: * "beta/C7eq": phi in [-180, 0) deg, psi in [0, 180) and [-180, -100) deg: that C7eq state
-#:   plus the rest of phi < 0, which holds the C5 and polyproline-II (PII) conformations and, in
-#:   vacuum, the C7eq minimum itself (near psi = 70 deg) and its tail down to psi = 0;
-#: * "alpha_L/C7ax": phi in [0, 180) deg, every psi: the phi > 0 basin whose population
-#:   Boltzmann-generator benchmarks report (same as :data:`PHI_POSITIVE`).
-#:
-#: The alpha_R | C7eq edge at psi = 0 keeps the vacuum C7eq tail (psi 0-23 deg) out of alpha_R.
-#: A study that cares about a different split should define its own :class:`Basin`.
-ALANINE_DIPEPTIDE_BASINS: dict[str, Basin] = {
-    "beta/C7eq": Basin("beta/C7eq", phi_range=(-math.pi, 0.0), psi_range=(0.0, -100.0 * _DEG)),
-    "alpha_R": Basin("alpha_R", phi_range=(-math.pi, 0.0), psi_range=(-100.0 * _DEG, 0.0)),
-    "alpha_L/C7ax": Basin("alpha_L/C7ax", phi_range=(0.0, math.pi), psi_range=(-math.pi, math.pi)),
-}
 
-#: The unambiguous split of alanine dipeptide's Ramachandran plane by the sign of phi: phi in
-#: [0, pi) (alpha_L/C7ax, rare at 300 K) against phi in [-pi, 0) (beta/C7eq, PII and alpha_R).
-#: It needs no psi boundary; see :func:`delta_f_phi_positive`.
-PHI_POSITIVE = Basin("phi>0", phi_range=(0.0, math.pi), psi_range=(-math.pi, math.pi))
-PHI_NEGATIVE = Basin("phi<0", phi_range=(-math.pi, 0.0), psi_range=(-math.pi, math.pi))
+def _phi_psi_basin(region) -> Basin:
+    """A :class:`Basin` from a region on the CVs phi and psi (an unnamed one is the whole circle)."""
+    arcs = region.arcs_rad(("phi", "psi"))
+    if set(region.cvs) - {"phi", "psi"}:
+        raise ValueError(f"region {region.name!r} uses CVs other than phi and psi: {region.cvs}")
+    return Basin(region.name, phi_range=tuple(arcs["phi"]), psi_range=tuple(arcs["psi"]))
 
-#: A narrower split of the phi circle: 0 <= phi < 2 rad (114.6 deg), which holds the metastable
-#: phi > 0 state (alpha_L/C7ax), against the rest, [2, pi) and [-pi, 0). Compute it with
-#: ``basin_free_energy(angles, PHI_OUTSIDE_0_TO_2, PHI_0_TO_2, log_weights)``.
-PHI_0_TO_2 = Basin("0<phi<2", phi_range=(0.0, 2.0), psi_range=(-math.pi, math.pi))
-PHI_OUTSIDE_0_TO_2 = Basin("phi outside (0, 2)", phi_range=(2.0, 0.0), psi_range=(-math.pi, math.pi))
+
+def _alanine_dipeptide(name: str):
+    from ..systems import collective_variables
+
+    cvs = collective_variables("alanine-dipeptide")
+    if name == "ALANINE_DIPEPTIDE_BASINS":
+        return {b.name: _phi_psi_basin(b) for b in cvs.basins}
+    return _phi_psi_basin(cvs.region(_ALANINE_DIPEPTIDE_STATES[name]))
+
+
+def __getattr__(name: str):
+    if name == "ALANINE_DIPEPTIDE_BASINS" or name in _ALANINE_DIPEPTIDE_STATES:
+        return _alanine_dipeptide(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _basin_dict(basins) -> dict[str, Basin]:
@@ -327,7 +321,8 @@ def basin_free_energy(angles, basin_a: Basin, basin_b: Basin, log_weights=None) 
 def delta_f_phi_positive(angles, log_weights=None) -> float:
     """Free energy of phi > 0 relative to phi < 0: -ln(P(phi > 0) / P(phi < 0)) in kT.
 
-    The same as ``basin_free_energy(angles, PHI_NEGATIVE, PHI_POSITIVE, log_weights)``.
+    The same as ``basin_free_energy(angles, PHI_NEGATIVE, PHI_POSITIVE, log_weights)``: alanine
+    dipeptide's declared free energy ``phi_positive`` on (phi, psi) pairs.
 
     Args:
         angles: (n, 2) (phi, psi) in radians within [-pi, pi] (only phi is used).
@@ -339,7 +334,8 @@ def delta_f_phi_positive(angles, log_weights=None) -> float:
     Raises:
         ValueError: when one side holds no sample with non-zero weight (dF would be +-inf).
     """
-    return basin_free_energy(angles, PHI_NEGATIVE, PHI_POSITIVE, log_weights)
+    return basin_free_energy(angles, _alanine_dipeptide("PHI_NEGATIVE"), _alanine_dipeptide("PHI_POSITIVE"),
+                             log_weights)
 
 
 # ---- combining independent estimates ------------------------------------------------------------
@@ -574,9 +570,9 @@ def delta_f_from_log_z(log_z_a, log_z_b) -> Estimate:
                     n=min(a.n, b.n))
 
 
+# (ALANINE_DIPEPTIDE_BASINS and PHI_* are served by __getattr__, read from the molecule file, so not listed)
 __all__ = [
-    "ALANINE_DIPEPTIDE_BASINS", "Basin", "Estimate", "FreeEnergySurface", "PHI_0_TO_2", "PHI_NEGATIVE",
-    "PHI_OUTSIDE_0_TO_2", "PHI_POSITIVE", "basin_free_energy", "basin_free_energy_runs", "basin_probabilities",
+    "Basin", "Estimate", "FreeEnergySurface", "basin_free_energy", "basin_free_energy_runs", "basin_probabilities",
     "delta_f_bar", "delta_f_exp", "delta_f_from_log_z", "delta_f_mbar", "delta_f_phi_positive", "free_energy_surface",
     "with_error",
 ]

@@ -31,7 +31,8 @@ class ModelQuality:
         mean_kT, std_kT: weighted mean and standard deviation of u - E_theta(t_min) (position units).
         correlation: weighted Pearson correlation of u and E_theta(t_min).
         importance_ess_fraction: ESS / data_ess of the frames reweighted to the model, exp(Delta).
-        delta_f_phi_positive_data_kT: -ln(P(phi>0)/P(phi<0)) of the (weighted) frames.
+        delta_f_phi_positive_data_kT: -ln(P(phi>0)/P(phi<0)) of the (weighted) frames (backbone phi of
+            the first residue that has one; NaN for a molecule without a peptide backbone).
         delta_f_phi_positive_model_kT: the same under the model (frames reweighted by exp(Delta)).
     """
 
@@ -93,10 +94,15 @@ def model_quality(model, space, reduced_energies, positions, topology, log_weigh
     ce = torch.where(keep, e - float((w * torch.where(keep, e, 0.0)).sum()), 0.0)
     corr = float((w * cu * ce).sum() / math.sqrt(float((w * cu**2).sum()) * float((w * ce**2).sum())))
     model_lw = torch.where(keep, lw + delta, torch.full_like(lw, -math.inf))
-    phi = phi_psi(x, topology)[:, 0, 0].numpy()
+    try:
+        phi = phi_psi(x, topology)[:, 0, 0].numpy()
+    except ValueError:  # no peptide backbone: the phi > 0 figures do not apply (NaN)
+        phi = None
+    nan = float("nan")
     return ModelQuality(
         n_frames=int(n), data_ess=ess(lw), mean_kT=mean, std_kT=std, correlation=corr,
         importance_ess_fraction=ess(model_lw) / ess(lw),
-        delta_f_phi_positive_data_kT=_delta_f_phi_positive(phi, w.numpy()),
-        delta_f_phi_positive_model_kT=_delta_f_phi_positive(phi, normalized_weights(model_lw).numpy()),
+        delta_f_phi_positive_data_kT=nan if phi is None else _delta_f_phi_positive(phi, w.numpy()),
+        delta_f_phi_positive_model_kT=nan if phi is None else _delta_f_phi_positive(
+            phi, normalized_weights(model_lw).numpy()),
     )

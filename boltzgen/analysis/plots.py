@@ -90,9 +90,20 @@ def _arc_pieces(low: float, high: float) -> list[tuple[float, float]]:
     return [(a, b) for a, b in pieces if b > a]  # (pi, x) or (x, -pi) leave an empty piece
 
 
+def _torus_basins(basins) -> dict:
+    """Basins to outline on the (phi, psi) torus: :class:`Basin` objects, or regions of
+    :mod:`boltzgen.cvs` on the CVs phi and psi (as ``RunFigures.basins`` holds), as {name: Basin}."""
+    from ..cvs import Region
+    from .free_energy import _phi_psi_basin
+
+    if isinstance(basins, Mapping) and any(isinstance(b, Region) for b in basins.values()):
+        return {name: _phi_psi_basin(b) if isinstance(b, Region) else b for name, b in basins.items()}
+    return _basin_dict(basins)
+
+
 def _draw_basins(ax: Axes, basins, scale: float) -> None:
     """Outline every basin (a rectangle per piece of its wrapped arcs) and label it once."""
-    for k, (name, basin) in enumerate(_basin_dict(basins).items()):
+    for k, (name, basin) in enumerate(_torus_basins(basins).items()):
         rects = [(p0, p1, s0, s1) for p0, p1 in _arc_pieces(*basin.phi_range)
                  for s0, s1 in _arc_pieces(*basin.psi_range)]
         for p0, p1, s0, s1 in rects:
@@ -119,7 +130,8 @@ def plot_ramachandran(angles, log_weights=None, ax: Axes | None = None, bins: in
         ax: a matplotlib Axes to draw into, or None for a new figure.
         bins: number of bins along each angle.
         basins: None, or a dict name -> :class:`Basin` / list of Basins (e.g.
-            ``ALANINE_DIPEPTIDE_BASINS``) to outline; a basin wrapping around +-pi is drawn in pieces.
+            ``ALANINE_DIPEPTIDE_BASINS``), or the regions on phi and psi a molecule declares
+            (``RunFigures.basins``), to outline; a basin wrapping around +-pi is drawn in pieces.
         max_free_energy: top of the colour scale in kT.
         title: the axes title (the ESS line is added below it when weights are given).
         degrees: show angles in degrees (True) or radians (False).
@@ -133,7 +145,7 @@ def plot_ramachandran(angles, log_weights=None, ax: Axes | None = None, bins: in
     check_positive(max_free_energy, "max_free_energy")
     scale = 180.0 / math.pi if _check_bool(degrees, "degrees") else 1.0
     if basins is not None:
-        _basin_dict(basins)
+        _torus_basins(basins)
     if title is not None and not isinstance(title, str):
         raise TypeError(f"title must be a string or None, got {type(title).__name__}")
     fig = plot_free_energy_surface(fes, ax=ax, max_free_energy=max_free_energy, degrees=degrees)
@@ -230,8 +242,10 @@ def _bin_count(bins, sets, low: float, high: float) -> int:
 
 
 def plot_phi_profile(phi, log_weights=None, reference=None, bins: int | None = None,
-                     ax: Axes | None = None) -> Figure:
+                     ax: Axes | None = None, name: str = "φ") -> Figure:
     """Free energy profile F(phi) = -ln p(phi) in kT of (weighted) samples, and optionally of a reference.
+
+    Any dihedral-angle CV works the same way (``name`` labels the x axis).
 
     p is the weighted fraction of the samples in each of ``bins`` equal bins over [-pi, pi)
     (periodic: pi counts as -pi); each curve is shifted so that its minimum is 0 and drawn
@@ -246,6 +260,7 @@ def plot_phi_profile(phi, log_weights=None, reference=None, bins: int | None = N
         bins: number of bins; None picks :func:`~boltzgen.analysis.compare.histogram_bins` of the
             smaller Kish ESS of the two sets.
         ax: a matplotlib Axes to draw into, or None for a new figure.
+        name: the angle's name on the x axis ("φ"; a CV name such as "C1-C2-C3-C4" for others).
 
     Returns:
         The Figure; the curves are ``ax.lines`` (x in degrees, y in kT, NaN at empty bins).
@@ -268,7 +283,7 @@ def plot_phi_profile(phi, log_weights=None, reference=None, bins: int | None = N
         top = max(top, float(np.nanmax(f)))
         ax.plot(centres, f, color=f"C{k}", marker="." if n_bins <= 60 else None, label=_COMPARE_LABELS[k])
     margin = 0.05 * top if top > 0 else 0.5
-    ax.set(xlabel="φ (deg)", ylabel="F / kT", xlim=(-180.0, 180.0), ylim=(-margin, top + margin))
+    ax.set(xlabel=f"{'φ' if name == 'phi' else name} (deg)", ylabel="F / kT", xlim=(-180.0, 180.0), ylim=(-margin, top + margin))
     ax.xaxis.set_major_locator(MultipleLocator(90.0))
     ax.grid(alpha=0.3)
     if reference is not None:

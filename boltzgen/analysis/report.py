@@ -5,10 +5,12 @@
     report.to_dict()      # what --json writes
 
 Runs are MD folders (plain or biased) or SMC sample-run folders, always weighted. Every run counts
-equally when runs are pooled (its weights are normalised first). Comparison figures (reference
-given): the Ramachandran KL divergence KL(reference || samples) on :data:`KL_BINS` x KL_BINS bins,
-the energy W2 (kT), the torus (phi, psi) W2 (rad) and the differences of the free energies, each
-free energy with its error bar from independent runs.
+equally when runs are pooled (its weights are normalised first). The collective variables, basins
+and free energies reported are those the molecule declares (:mod:`boltzgen.cvs`). Comparison figures
+(reference given): the differences of the declared free energies, each with its error bar from
+independent runs, the energy W2 (kT), and, for a molecule with CVs named phi and psi, the
+Ramachandran KL divergence KL(reference || samples) on :data:`KL_BINS` x KL_BINS bins and the torus
+(phi, psi) W2 (rad).
 """
 from __future__ import annotations
 
@@ -43,22 +45,27 @@ class Comparison:
     """Samples against a reference.
 
     Attributes:
-        ramachandran_kl: KL(reference || samples) in nats on ``kl_bins`` x ``kl_bins`` bins of (phi, psi).
+        ramachandran_kl: KL(reference || samples) in nats on ``kl_bins`` x ``kl_bins`` bins of (phi, psi),
+            None unless the molecule declares CVs named phi and psi.
         kl_bins: bins per angle.
         energy_w2_kT: W2 between the weighted reduced-energy distributions (kT), None without energies.
-        torus_w2_rad: W2 on the (phi, psi) torus (rad), estimated from 1,000 resampled points.
+        torus_w2_rad: W2 on the (phi, psi) torus (rad), estimated from 1,000 resampled points (None
+            without phi and psi).
         delta_f_phi_positive_diff_kT: samples minus reference, dF(phi>0 vs phi<0), with its
             error (the two errors added in quadrature), None where either is missing.
         bond_length_max_diff_nm: the largest difference of weighted mean bond lengths, None without bonds.
+        delta_f_diff_kT: {key: {"diff": samples minus reference in kT, "err": the two errors in
+            quadrature}} for every declared free energy (values None where either is missing).
     """
 
-    ramachandran_kl: float
+    ramachandran_kl: float | None
     kl_bins: int
     energy_w2_kT: float | None
-    torus_w2_rad: float
+    torus_w2_rad: float | None
     delta_f_phi_positive_diff_kT: float | None
     delta_f_phi_positive_diff_err_kT: float | None
     bond_length_max_diff_nm: float | None
+    delta_f_diff_kT: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -101,35 +108,53 @@ def compare_runs(runs: Sequence[WeightedRun], reference: Sequence[WeightedRun], 
     a, ra = _pooled(runs, "angles"), _pooled(reference, "angles")
     lw, rlw = _pooled_log_weights(runs), _pooled_log_weights(reference)
     e, re_ = _pooled(runs, "energies"), _pooled(reference, "energies")
-    df, rdf = figures.delta_f_phi_positive, reference_figures.delta_f_phi_positive
-    diff = diff_err = None
-    if df is not None and rdf is not None:
-        diff = df.mean - rdf.mean
-        diff_err = math.hypot(df.standard_error, rdf.standard_error)
-        diff_err = diff_err if math.isfinite(diff_err) else None
+    diffs = {}
+    for key, df in figures.free_energies.items():
+        rdf = reference_figures.free_energies.get(key)
+        diff = diff_err = None
+        if df is not None and rdf is not None:
+            diff = df.mean - rdf.mean
+            diff_err = math.hypot(df.standard_error, rdf.standard_error)
+            diff_err = diff_err if math.isfinite(diff_err) else None
+        diffs[key] = {"diff": diff, "err": diff_err}
     bonds, ref_bonds = _weighted_bond_means(runs), _weighted_bond_means(reference)
     bond_diff = None
     if bonds is not None and ref_bonds is not None and bonds.shape == ref_bonds.shape:
         bond_diff = float(np.abs(bonds - ref_bonds).max())
+    torus = a is not None and ra is not None
+    phi_positive = diffs.get("phi_positive", {})
     return Comparison(
-        ramachandran_kl=ramachandran_kl(a, lw, ra, rlw, bins=KL_BINS), kl_bins=KL_BINS,
+        ramachandran_kl=ramachandran_kl(a, lw, ra, rlw, bins=KL_BINS) if torus else None, kl_bins=KL_BINS,
         energy_w2_kT=None if e is None or re_ is None else energy_w2(e, lw, re_, rlw),
-        torus_w2_rad=torus_w2(a, lw, ra, rlw, seed=seed),
-        delta_f_phi_positive_diff_kT=diff, delta_f_phi_positive_diff_err_kT=diff_err,
-        bond_length_max_diff_nm=bond_diff)
+        torus_w2_rad=torus_w2(a, lw, ra, rlw, seed=seed) if torus else None,
+        delta_f_phi_positive_diff_kT=phi_positive.get("diff"),
+        delta_f_phi_positive_diff_err_kT=phi_positive.get("err"),
+        bond_length_max_diff_nm=bond_diff, delta_f_diff_kT=diffs)
 
 
 def _plots(runs, reference, figures, plot_dir: Path, label: str) -> dict:
+    """ramachandran.png (CVs phi and psi), <cv>_profile.png for every dihedral CV, energy_histogram.png."""
     from .plots import plot_energy_histogram, plot_phi_profile, plot_ramachandran
 
     plot_dir.mkdir(parents=True, exist_ok=True)
     a, lw = _pooled(runs, "angles"), _pooled_log_weights(runs)
-    ref = None if reference is None else (_pooled(reference, "angles"), _pooled_log_weights(reference))
-    paths = {"ramachandran": plot_dir / "ramachandran.png", "phi_profile": plot_dir / "phi_profile.png"}
-    fig = plot_ramachandran(a, lw, basins=figures.basins, title=f"{label}: {figures.n_frames} weighted samples")
-    fig.savefig(paths["ramachandran"], dpi=120)
-    fig = plot_phi_profile(a[:, 0], lw, reference=None if ref is None else (ref[0][:, 0], ref[1]))
-    fig.savefig(paths["phi_profile"], dpi=120)
+    rlw = None if reference is None else _pooled_log_weights(reference)
+    paths = {}
+    if a is not None:
+        paths["ramachandran"] = plot_dir / "ramachandran.png"
+        torus_basins = {n: b for n, b in figures.basins.items() if set(b.cvs) <= {"phi", "psi"}}
+        fig = plot_ramachandran(a, lw, basins=torus_basins or None,
+                                title=f"{label}: {figures.n_frames} weighted samples")
+        fig.savefig(paths["ramachandran"], dpi=120)
+    for cv in figures.cvs.names:
+        values = np.concatenate([r.cv_values[cv] for r in runs])
+        ref = None
+        if reference is not None and all(cv in r.cv_values for r in reference):
+            ref = (np.concatenate([r.cv_values[cv] for r in reference]), rlw)
+        paths[f"{cv}_profile"] = plot_dir / f"{cv}_profile.png"
+        fig = plot_phi_profile(values, lw, reference=ref, name=cv)
+        fig.savefig(paths[f"{cv}_profile"], dpi=120)
+    ref = None if reference is None else (None, rlw)
     e = _pooled(runs, "energies")
     if e is not None:
         re_ = None if reference is None else _pooled(reference, "energies")
@@ -140,21 +165,23 @@ def _plots(runs, reference, figures, plot_dir: Path, label: str) -> dict:
 
 
 def analyze_runs(run_dirs: Sequence, reference: Sequence | None = None, *, basins=None, blocks: int = 5,
-                 plot_dir=None, label: str | None = None) -> AnalysisReport:
+                 plot_dir=None, label: str | None = None, cvs=None) -> AnalysisReport:
     """Figures of the runs in ``run_dirs`` (MD or sample runs), optionally against ``reference`` runs.
 
     Args:
         run_dirs: folders of independent runs (error bars over runs; one MD run: over blocks).
         reference: folders of reference runs (e.g. biased MD), or None.
-        basins: name -> Basin (default: the alanine-dipeptide basins).
+        basins: name -> Basin (on phi, psi) or Region, replacing the basins the molecule declares.
         blocks: blocks for a single MD run's error bars.
-        plot_dir: where to write ramachandran.png, phi_profile.png and energy_histogram.png
-            (None: no plots).
+        plot_dir: where to write the plots: ramachandran.png (CVs phi and psi), <cv>_profile.png for
+            every CV and energy_histogram.png (None: no plots).
         label: title of the plots (default: the number of runs).
+        cvs: the :class:`~boltzgen.cvs.MoleculeCVs` to report (e.g.
+            ``systems.collective_variables(name)``); None: those of the system each run recorded.
     """
-    runs = [load_run(d) for d in run_dirs]
+    runs = [load_run(d, cvs) for d in run_dirs]
     figures = run_figures(runs, basins=basins, blocks=blocks)
-    ref_runs = [load_run(d) for d in reference] if reference else None
+    ref_runs = [load_run(d, cvs) for d in reference] if reference else None
     ref_figures = run_figures(ref_runs, basins=basins, blocks=blocks) if ref_runs else None
     comparison = compare_runs(runs, ref_runs, figures, ref_figures) if ref_runs else None
     plots = {}
@@ -183,35 +210,54 @@ def format_analysis(report: AnalysisReport) -> str:
     where = f.runs[0] if len(f.runs) == 1 else f"{len(f.runs)} runs"
     kinds = "SMC samples" if set(report.kinds) == {"samples"} else "MD frames" if set(report.kinds) == {"md"} else "frames"
     lines = [f"{f.n_frames} {kinds} from {where} ({report.weighting}; Kish ESS {f.ess:.0f}); errors: {f.error_method}"]
-    header = f"  {'':<26} {'samples':>22}"
+    width = max([26] + [len(f"dF({x.state} vs {x.reference}) kT") for x in f.cvs.free_energies]
+                + [len(f"P({name})") for name in f.populations])
+    header = f"  {'':<{width}} {'samples':>22}"
     r = report.reference
     if r is not None:
         header += f" {'reference':>22}"
     lines.append(header)
 
     def row(name, mine, theirs=None):
-        line = f"  {name:<26} {mine:>22}"
+        line = f"  {name:<{width}} {mine:>22}"
         if r is not None:
             line += f" {theirs:>22}"
         lines.append(line)
 
+    if f.cvs.is_empty:
+        lines.append("  no collective variables declared for this molecule: energies and ESS only")
+    else:
+        lines.append("  collective variables: " + "; ".join(f"{d.name} = dihedral [{', '.join(map(str, d.atoms))}]"
+                                                              for d in f.cvs.dihedrals))
     for name, e in f.populations.items():
         row(f"P({name})", _estimate(e), _estimate(r.populations.get(name)) if r is not None else None)
-    row("dF(phi>0 vs phi<0) kT", _estimate(f.delta_f_phi_positive), _estimate(r.delta_f_phi_positive) if r else None)
-    row("dF(0<=phi<2 vs rest) kT", _estimate(f.delta_f_phi_0_to_2), _estimate(r.delta_f_phi_0_to_2) if r else None)
-    row("L configurations", f"{f.l_fraction:.3f}", f"{r.l_fraction:.3f}" if r else None)
-    if len(f.phi_transitions_per_run) and set(report.kinds) == {"md"}:
-        lines.append(f"  phi transitions per run: {', '.join(str(n) for n in f.phi_transitions_per_run)}")
+    for fe in f.cvs.free_energies:
+        row(f"dF({fe.state} vs {fe.reference}) kT", _estimate(f.free_energies[fe.key]),
+            _estimate(r.free_energies.get(fe.key)) if r else None)
+    if f.energy is not None:
+        row("<u> kT", _estimate(f.energy), _estimate(r.energy) if r else None)
+    if f.l_fraction is not None:
+        row("L configurations", f"{f.l_fraction:.3f}", f"{r.l_fraction:.3f}" if r and r.l_fraction is not None else "n/a")
+    t = f.cvs.transitions
+    if f.transitions_per_run and t is not None and set(report.kinds) == {"md"}:
+        lines.append(f"  {t.cv} transitions per run: {', '.join(str(n) for n in f.transitions_per_run)}")
     c = report.comparison
     if c is not None:
-        diff = "n/a" if c.delta_f_phi_positive_diff_kT is None else (
-            f"{c.delta_f_phi_positive_diff_kT:+.3f}" + (f" +- {c.delta_f_phi_positive_diff_err_kT:.3f}"
-                                                        if c.delta_f_phi_positive_diff_err_kT is not None else ""))
-        lines.append(f"  samples - reference: dF(phi>0) {diff} kT; Ramachandran KL {c.ramachandran_kl:.3f} "
-                     f"({c.kl_bins}x{c.kl_bins} bins); torus W2 {c.torus_w2_rad:.3f} rad"
-                     + (f"; energy W2 {c.energy_w2_kT:.3f} kT" if c.energy_w2_kT is not None else "")
-                     + (f"; bond lengths max |diff| {c.bond_length_max_diff_nm * 1000:.2f} pm"
-                        if c.bond_length_max_diff_nm is not None else ""))
+        def signed(d):
+            if d["diff"] is None:
+                return "n/a"
+            return f"{d['diff']:+.3f}" + (f" +- {d['err']:.3f}" if d["err"] is not None else "")
+
+        parts = [f"dF({fe.state} vs {fe.reference}) {signed(c.delta_f_diff_kT[fe.key])} kT" for fe in f.cvs.free_energies]
+        if c.ramachandran_kl is not None:
+            parts.append(f"Ramachandran KL {c.ramachandran_kl:.3f} ({c.kl_bins}x{c.kl_bins} bins)")
+        if c.torus_w2_rad is not None:
+            parts.append(f"torus W2 {c.torus_w2_rad:.3f} rad")
+        if c.energy_w2_kT is not None:
+            parts.append(f"energy W2 {c.energy_w2_kT:.3f} kT")
+        if c.bond_length_max_diff_nm is not None:
+            parts.append(f"bond lengths max |diff| {c.bond_length_max_diff_nm * 1000:.2f} pm")
+        lines.append("  samples - reference: " + "; ".join(parts))
     if f.note:
         lines.append(f"  note: {f.note}")
     for name, path in report.plots.items():

@@ -1,9 +1,14 @@
-"""Weighted MD runs (plain or metadynamics) and the reference figures computed from them.
+"""Weighted MD runs (plain or metadynamics) and sample runs, and the figures computed from them.
 
     runs = [load_run(d) for d in ("meta-phi-seed1", "meta-phi-seed2", "meta-phi-seed3")]
-    figures = run_figures(runs)                       # populations, dF(phi>0 vs phi<0), ESS, errors
-    print(figures.delta_f_phi_positive)               # Estimate in kT
-    json.dump(figures.to_dict(), fh)                  # what `boltzgen analyze --json` writes
+    figures = run_figures(runs)                 # populations, declared free energies, ESS, errors
+    print(figures.free_energies["phi_positive"])  # Estimate in kT
+    json.dump(figures.to_dict(), fh)            # what `boltzgen analyze --json` writes
+
+Which collective variables (CVs), basins and free energies are reported is a fact about the molecule,
+declared in its system YAML (:mod:`boltzgen.cvs`): :func:`load_run` takes the declaration of the
+system the run recorded (a named system), or the one it is given. A molecule that declares none gets
+the figures every run has: frames, ESS and the weighted mean energy.
 
 Every run is weighted: a metadynamics run's frames carry log-weights +V/kT
 (:func:`boltzgen.md.load_log_weights`), a plain MD run's are zero. Weights are self-normalised
@@ -18,63 +23,67 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .._checks import check_count
-from ..smc.weights import ess
-from .free_energy import (
-    ALANINE_DIPEPTIDE_BASINS,
-    PHI_0_TO_2,
-    PHI_NEGATIVE,
-    PHI_OUTSIDE_0_TO_2,
-    PHI_POSITIVE,
-    Basin,
-    Estimate,
-    basin_free_energy,
-    basin_probabilities,
-    with_error,
-)
-
-#: Cores for counting phi transitions (radians): phi <= -0.5 (beta/C7eq, PII, alpha_R) and
-#: 0.5 <= phi <= 2.0 (alpha_L/C7ax). A transition is a frame in one core after the last frame in
-#: a core was in the other; frames between the cores do not count (no recrossing noise).
-PHI_NEGATIVE_CORE = (-math.pi, -0.5)
-PHI_POSITIVE_CORE = (0.5, 2.0)
+from ..cvs import MoleculeCVs, Region, atom_indices
+from ..smc.weights import clean_log_weights, ess, normalized_log_weights
+from .free_energy import Basin, Estimate, with_error
 
 
 @dataclass(frozen=True, eq=False)
 class WeightedRun:
-    """The backbone angles and log-weights of one MD run folder.
+    """The weighted frames of one MD run folder or sample-run folder, reduced to what analysis needs.
 
     Attributes:
         path: the run folder.
-        angles: (n, 2) float64 (phi, psi) in radians of the first residue with both angles.
         log_weights: (n,) float64 log-weights toward the Boltzmann distribution (zeros for plain MD).
-        is_l: (n,) bool, whether every alpha carbon has the L configuration.
         biased: whether the run was biased (metadynamics).
+        cv_values: {CV name: (n,) float64 radians in (-pi, pi]} for every declared CV.
+        cvs: the declaration the CVs come from (empty: none declared or known).
+        is_l: (n,) bool, whether every alpha carbon has the L configuration, or None (no alpha carbon).
         energies: (n,) float64 reduced physical energies u (kT) of the frames, or None.
         kind: "md" (a :func:`boltzgen.md.run_md` folder) or "samples" (a
             :mod:`boltzgen.samples` folder of SMC particles: never split into blocks, its
             particles are correlated through resampling).
         bond_lengths: (n, n_bonds) float64 bond lengths in nm (topology order), or None.
+        system: the system the run recorded, or None.
+        note: why the run has no CVs (the system's declaration is unknown or does not fit), or None.
     """
 
     path: str
-    angles: np.ndarray
     log_weights: np.ndarray
-    is_l: np.ndarray
-    biased: bool
+    biased: bool = False
+    cv_values: Mapping[str, np.ndarray] = field(default_factory=dict)
+    cvs: MoleculeCVs = MoleculeCVs()
+    is_l: np.ndarray | None = None
     energies: np.ndarray | None = None
     kind: str = "md"
     bond_lengths: np.ndarray | None = None
+    system: str | None = None
+    note: str | None = None
 
     @property
     def n_frames(self) -> int:
-        return int(self.angles.shape[0])
+        return int(np.asarray(self.log_weights).shape[0])
+
+    @property
+    def angles(self) -> np.ndarray | None:
+        """(n, 2) float64 (phi, psi) in radians when the molecule declares CVs named phi and psi, else None."""
+        if "phi" in self.cv_values and "psi" in self.cv_values:
+            return np.stack([self.cv_values["phi"], self.cv_values["psi"]], axis=1)
+        return None
+
+    def __getitem__(self, index) -> "WeightedRun":
+        """The frames ``index`` (an index array or slice) of this run, as a run of their own."""
+        pick = (lambda a: None if a is None else np.asarray(a)[index])
+        return WeightedRun(self.path, np.asarray(self.log_weights)[index], self.biased,
+                           {k: v[index] for k, v in self.cv_values.items()}, self.cvs, pick(self.is_l),
+                           pick(self.energies), self.kind, pick(self.bond_lengths), self.system, self.note)
 
 
 def _bond_lengths(traj) -> np.ndarray | None:
@@ -84,40 +93,93 @@ def _bond_lengths(traj) -> np.ndarray | None:
     return mdtraj.compute_distances(traj, pairs).astype(np.float64) if len(pairs) else None
 
 
-def load_run(out_dir) -> WeightedRun:
-    """Read an MD run folder (:func:`boltzgen.md.run_md`) or a sample-run folder (:mod:`boltzgen.samples`)
-    as a :class:`WeightedRun` (ValueError naming a bad file)."""
-    from ..coordinates import is_l_amino_acid
-    from ..md import load_energies, load_log_weights, load_trajectory
-    from ..samples import is_sample_run, load_sample_run
-    from .dihedrals import phi_psi
+def cv_values(x, topology, cvs: MoleculeCVs) -> dict[str, np.ndarray]:
+    """Every CV of ``cvs`` on positions ``x`` (n, n_atoms, 3) nm: {name: (n,) float64 radians in (-pi, pi]}."""
+    from .dihedrals import dihedrals
 
-    if is_sample_run(out_dir):
-        run = load_sample_run(out_dir)
-        traj, log_weights, energies, kind = run.trajectory, run.log_weights, run.energies, "samples"
-    else:
-        traj, log_weights, kind = load_trajectory(out_dir), load_log_weights(out_dir), "md"
-        energies = load_energies(out_dir)
-    x = torch.from_numpy(traj.xyz.astype(np.float64))
-    angles = phi_psi(x, traj.topology)[:, 0].numpy()
-    is_l = is_l_amino_acid(x, traj.topology).numpy()
-    return WeightedRun(path=str(out_dir), angles=angles, log_weights=log_weights, is_l=is_l,
-                       biased=kind == "md" and bool(np.any(log_weights != 0)), energies=energies, kind=kind,
-                       bond_lengths=_bond_lengths(traj))
+    if cvs.is_empty:
+        return {}
+    idx = atom_indices(cvs, topology)
+    values = dihedrals(x, np.stack([idx[name] for name in cvs.names])).numpy()
+    return {name: values[:, k] for k, name in enumerate(cvs.names)}
 
 
-def phi_transitions(phi) -> int:
-    """Number of transitions between the phi cores :data:`PHI_NEGATIVE_CORE` and :data:`PHI_POSITIVE_CORE`.
+def _run_cvs(system: str | None, given: MoleculeCVs | None, topology, path) -> tuple[MoleculeCVs, str | None]:
+    """The declaration to use for a run: ``given``, else that of the recorded system; with a note when none."""
+    from .. import systems
+
+    if given is not None:
+        try:
+            atom_indices(given, topology)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc} (the collective variables{f' of {given.source}' if given.source else ''} "
+                             "do not fit this run's molecule)") from exc
+        return given, None
+    found = systems.recorded_collective_variables(system)
+    if found is None:
+        which = f"system {system!r} is no named system" if system else "the run records no system"
+        return MoleculeCVs(), (f"{path}: {which}, so its collective variables are unknown (name the system: "
+                               "`boltzgen analyze --system NAME_OR_YAML`)")
+    try:
+        atom_indices(found, topology)
+    except ValueError as exc:
+        return MoleculeCVs(), f"{path}: the collective variables of system {system!r} do not fit this run ({exc})"
+    return found, None
+
+
+def load_run(out_dir, cvs: MoleculeCVs | None = None) -> WeightedRun:
+    """Read an MD run folder (:func:`boltzgen.md.run_md`) or a sample-run folder (:mod:`boltzgen.samples`).
 
     Args:
-        phi: (n,) phi angles in radians, in time order.
+        out_dir: the folder.
+        cvs: the collective variables to evaluate (e.g. ``boltzgen.systems.collective_variables(name)``);
+            None takes those of the system the run recorded, when it is a named system (else the run
+            has no CVs and its ``note`` says why).
+    Returns:
+        a :class:`WeightedRun`.
+    Raises:
+        ValueError: naming a missing or damaged file, or (``cvs`` given) a CV atom the molecule lacks.
     """
-    phi = np.asarray(phi, dtype=np.float64)
-    if phi.ndim != 1:
-        raise ValueError(f"phi must have shape (n,) in radians, got {phi.shape}")
-    core = np.zeros(len(phi), dtype=np.int8)
-    core[(phi >= PHI_NEGATIVE_CORE[0]) & (phi <= PHI_NEGATIVE_CORE[1])] = -1
-    core[(phi >= PHI_POSITIVE_CORE[0]) & (phi <= PHI_POSITIVE_CORE[1])] = 1
+    from ..coordinates import is_l_amino_acid
+    from ..md import load_energies, load_log_weights, load_trajectory, recorded_system
+    from ..samples import load_sample_run, looks_like_sample_run
+
+    if looks_like_sample_run(out_dir):  # a damaged one too: its error names the damaged file
+        run = load_sample_run(out_dir)
+        traj, log_weights, energies, kind = run.trajectory, run.log_weights, run.energies, "samples"
+        system = run.diagnostics.get("system") or run.diagnostics.get("to")
+    else:
+        traj, log_weights, kind = load_trajectory(out_dir), load_log_weights(out_dir), "md"
+        energies, system = load_energies(out_dir), recorded_system(out_dir)
+    x = torch.from_numpy(traj.xyz.astype(np.float64))
+    declared, note = _run_cvs(system, cvs, traj.topology, out_dir)
+    try:
+        is_l = is_l_amino_acid(x, traj.topology).numpy()
+    except ValueError:  # no alpha carbon: chirality of amino acids does not apply
+        is_l = None
+    return WeightedRun(path=str(out_dir), log_weights=log_weights,
+                       biased=kind == "md" and bool(np.any(log_weights != 0)),
+                       cv_values=cv_values(x, traj.topology, declared), cvs=declared, is_l=is_l, energies=energies,
+                       kind=kind, bond_lengths=_bond_lengths(traj), system=system, note=note)
+
+
+def transitions(values, cores) -> int:
+    """Number of transitions between two cores of a CV along a trajectory.
+
+    A transition is a frame in one core after the last frame in a core was in the other; frames
+    outside both cores do not count (no recrossing noise).
+
+    Args:
+        values: (n,) CV values in radians, in time order.
+        cores: two (low, high) closed intervals in radians (e.g. ``TransitionCores.cores`` without names).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1:
+        raise ValueError(f"values must have shape (n,) in radians, got {values.shape}")
+    (low0, high0), (low1, high1) = cores
+    core = np.zeros(len(values), dtype=np.int8)
+    core[(values >= low0) & (values <= high0)] = -1
+    core[(values >= low1) & (values <= high1)] = 1
     visited = core[core != 0]
     return int(np.count_nonzero(visited[1:] != visited[:-1]))
 
@@ -126,7 +188,8 @@ def load_basins(path) -> dict[str, Basin]:
     """Basins from a YAML or JSON file mapping name -> {phi: [low, high], psi: [low, high]} in radians.
 
     Each [low, high) is an arc in [-pi, pi] that wraps through pi when low > high (see
-    :class:`boltzgen.analysis.Basin`); a missing ``psi`` (or ``phi``) is the whole circle. Example::
+    :class:`boltzgen.analysis.Basin`); a missing ``psi`` (or ``phi``) is the whole circle. They replace
+    the basins a molecule declares (its CVs must include phi and psi). Example::
 
         alpha_R: {phi: [-3.14159, 0.0], psi: [-1.745, 0.0]}
         phi>0:   {phi: [0.0, 3.14159]}
@@ -156,6 +219,15 @@ def load_basins(path) -> dict[str, Basin]:
     return basins
 
 
+def _as_region(name: str, basin) -> Region:
+    """A :class:`~boltzgen.cvs.Region` from a Region or a (phi, psi) :class:`Basin`."""
+    if isinstance(basin, Region):
+        return basin
+    if isinstance(basin, Basin):
+        return Region(name, (("phi", *basin.phi_range), ("psi", *basin.psi_range)))
+    raise TypeError(f"basins must map names to Basin or Region objects, got {type(basin).__name__}")
+
+
 @dataclass(frozen=True)
 class RunFigures:
     """The figures of one or several weighted runs (see the module docstring for the errors).
@@ -166,16 +238,17 @@ class RunFigures:
         ess: Kish effective sample size of the weights, summed over runs; ess_per_run: of each.
         error_method: how the errors were computed, in words.
         n_error_units: the number of runs (several runs) or of blocks (one run).
+        cvs: the declaration the figures follow (empty: no CVs).
         populations: {basin name: Estimate of its weighted population}.
-        p_phi_positive: Estimate of P(phi > 0) (:data:`PHI_POSITIVE`).
-        delta_f_phi_positive: Estimate of dF = -ln(P(phi > 0) / P(phi < 0)) in kT, or None when a
-            run or block has no weighted frame on one side (``note`` says which).
-        delta_f_phi_0_to_2: the same for 0 <= phi < 2 rad against the rest (:data:`PHI_0_TO_2`), or None.
-        l_fraction: weighted fraction of L configurations (mean over runs).
-        phi_transitions_per_run: :func:`phi_transitions` of each run.
+        free_energies: {key: Estimate of dF = F(state) - F(reference) in kT, or None when a run or block
+            has no weighted frame on one side (``note`` says which)}, one per declared free energy.
+        state_populations: {key: Estimate of P(state)} for every declared free energy.
+        energy: Estimate of the weighted mean reduced energy <u> in kT, or None without energies.
+        l_fraction: weighted fraction of L configurations (mean over runs), or None (no alpha carbon).
+        transitions_per_run: transitions between the declared cores per run, or None (none declared).
         per_unit: {name: tuple of per-run (several runs) or per-block (one run) values} for every figure.
-        basins: the basins used.
-        note: why a free energy is missing, or None.
+        basins: {name: Region} of the populations.
+        note: why a free energy or the CVs are missing, or None.
     """
 
     runs: tuple[str, ...]
@@ -185,15 +258,56 @@ class RunFigures:
     ess_per_run: tuple[float, ...]
     error_method: str
     n_error_units: int
+    cvs: MoleculeCVs
     populations: dict[str, Estimate]
-    p_phi_positive: Estimate
-    delta_f_phi_positive: Estimate | None
-    delta_f_phi_0_to_2: Estimate | None
-    l_fraction: float
-    phi_transitions_per_run: tuple[int, ...]
+    free_energies: dict[str, Estimate | None]
+    state_populations: dict[str, Estimate]
+    energy: Estimate | None
+    l_fraction: float | None
+    transitions_per_run: tuple[int, ...] | None
     per_unit: dict[str, tuple]
-    basins: dict[str, Basin]
+    basins: dict[str, Region]
     note: str | None = None
+
+    # the figures alanine dipeptide's declaration gives, under the names they always had
+    @property
+    def delta_f_phi_positive(self) -> Estimate | None:
+        """dF(phi > 0 vs phi < 0) in kT (the free energy declared as ``phi_positive``), or None."""
+        return self.free_energies.get("phi_positive")
+
+    @property
+    def delta_f_phi_0_to_2(self) -> Estimate | None:
+        """dF(0 <= phi < 2 rad vs the rest) in kT (declared as ``phi_0_to_2``), or None."""
+        return self.free_energies.get("phi_0_to_2")
+
+    @property
+    def p_phi_positive(self) -> Estimate | None:
+        """P(phi > 0) (the state of the free energy ``phi_positive``), or None."""
+        return self.state_populations.get("phi_positive")
+
+    @property
+    def phi_transitions_per_run(self) -> tuple[int, ...] | None:
+        """Transitions per run when the declared cores are on phi, else None."""
+        t = self.cvs.transitions
+        return self.transitions_per_run if t is not None and t.cv == "phi" else None
+
+    def summary_figures(self) -> dict:
+        """The figures a sample job's summary.json holds: every declared free energy as
+        ``delta_f_<key>_kT`` / ``delta_f_<key>_err_kT`` (None where missing: no error bar from one run),
+        the basin populations and the declaration."""
+        def num(v):
+            return float(v) if v is not None and math.isfinite(v) else None
+
+        out = {}
+        for key, e in self.free_energies.items():
+            out[f"delta_f_{key}_kT"] = None if e is None else num(e.mean)
+            out[f"delta_f_{key}_err_kT"] = None if e is None else num(e.standard_error)
+        out["populations"] = {name: {"p": num(e.mean), "err": num(e.standard_error)}
+                              for name, e in self.populations.items()}
+        out["free_energies"] = [{"key": f.key, "state": f.state, "reference": f.reference}
+                                for f in self.cvs.free_energies]
+        out["collective_variables"] = {d.name: list(d.atoms) for d in self.cvs.dihedrals}
+        return out
 
     def to_dict(self) -> dict:
         """The figures as JSON-ready Python values (NaN/inf and missing values become None)."""
@@ -205,12 +319,15 @@ class RunFigures:
             return {f"{key}{unit}": num(e.mean) if e else None,
                     f"{key}_err{unit}": num(e.standard_error) if e else None}
 
-        return {
-            **est(self.delta_f_phi_positive, "delta_f_phi_positive", "_kT"),
-            **est(self.delta_f_phi_0_to_2, "delta_f_phi_0_to_2", "_kT"),
-            **est(self.p_phi_positive, "p_phi_positive"),
+        data = {}
+        for key, e in self.free_energies.items():
+            data.update(est(e, f"delta_f_{key}", "_kT"))
+        for key, e in self.state_populations.items():
+            data.update(est(e, f"p_{key}"))
+        data.update({
             "populations": {name: {"p": num(e.mean), "err": num(e.standard_error)}
                             for name, e in self.populations.items()},
+            **est(self.energy, "energy_mean", "_kT"),
             "n_frames": self.n_frames,
             "n_frames_per_run": list(self.n_frames_per_run),
             "ess_kish": num(self.ess),
@@ -218,62 +335,109 @@ class RunFigures:
             "error_method": self.error_method,
             "n_error_units": self.n_error_units,
             "l_fraction": num(self.l_fraction),
-            "phi_transitions_per_run": list(self.phi_transitions_per_run),
-            "phi_transition_cores_rad": {"phi<0": list(PHI_NEGATIVE_CORE), "phi>0": list(PHI_POSITIVE_CORE)},
+        })
+        t = self.cvs.transitions
+        if t is not None and self.transitions_per_run is not None:
+            data[f"{t.cv}_transitions_per_run"] = list(self.transitions_per_run)
+            data[f"{t.cv}_transition_cores_rad"] = {name: [low, high] for name, low, high in t.cores}
+        declared = self.cvs.to_dict()
+        data.update({
             "per_unit": {k: [num(v) if v is not None else None for v in vals] for k, vals in self.per_unit.items()},
-            "basins_rad": {name: {"phi": list(b.phi_range), "psi": list(b.psi_range)}
-                           for name, b in self.basins.items()},
+            "basins_rad": {name: b.arcs_rad(self.cvs.names) for name, b in self.basins.items()},
+            "collective_variables": declared["collective_variables"],
+            "states_rad": declared["states_rad"],
+            "free_energies": declared["free_energies"],
+            "collective_variables_source": declared["source"],
             "runs": list(self.runs),
             "note": self.note,
-        }
+        })
+        return data
 
     def write_json(self, path) -> None:
         """Write :meth:`to_dict` to ``path`` (indented JSON)."""
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
 
 
-def _unit_figures(angles, log_weights, is_l, basins) -> dict:
+def _log_probability(mask: np.ndarray, lw: np.ndarray) -> float:
+    """log of the weighted fraction of samples in ``mask`` (-inf when it holds none); ``lw`` normalised."""
+    inside = lw[mask]
+    return float(torch.logsumexp(torch.from_numpy(inside), 0)) if inside.size else -math.inf
+
+
+def _unit_figures(run: WeightedRun, cvs: MoleculeCVs, basins: dict[str, Region]) -> dict:
     """Every figure of one run or block (None for a free energy one side of which is empty)."""
-    figures = {f"p[{name}]": p for name, p in basin_probabilities(angles, basins, log_weights).items()}
-    figures["p_phi_positive"] = basin_probabilities(angles, [PHI_POSITIVE], log_weights)[PHI_POSITIVE.name]
-    for key, a, b in (("delta_f_phi_positive", PHI_NEGATIVE, PHI_POSITIVE),
-                      ("delta_f_phi_0_to_2", PHI_OUTSIDE_0_TO_2, PHI_0_TO_2)):
-        try:
-            figures[key] = basin_free_energy(angles, a, b, log_weights)
-        except ValueError:
-            figures[key] = None
-    w = np.exp(log_weights - np.logaddexp.reduce(log_weights))
-    figures["l_fraction"] = min(1.0, float((w * is_l).sum()))
+    lw = normalized_log_weights(clean_log_weights(torch.from_numpy(np.asarray(run.log_weights, np.float64)),
+                                                  "log_weights")).numpy()
+    for name, v in run.cv_values.items():
+        bad = ~np.isfinite(v) & np.isfinite(lw)
+        if bad.any():
+            raise ValueError(f"{run.path}: CV {name} is NaN or infinite at {int(bad.sum())} frames with non-zero "
+                             f"weight (first: frame {int(np.flatnonzero(bad)[0])})")
+    figures = {f"p[{name}]": math.exp(_log_probability(b.contains(run.cv_values), lw)) for name, b in basins.items()}
+    for fe in cvs.free_energies:
+        log_p_state = _log_probability(cvs.region(fe.state).contains(run.cv_values), lw)
+        log_p_reference = _log_probability(cvs.region(fe.reference).contains(run.cv_values), lw)
+        figures[f"p_{fe.key}"] = math.exp(log_p_state)
+        both = log_p_state > -math.inf and log_p_reference > -math.inf
+        figures[f"delta_f_{fe.key}"] = log_p_reference - log_p_state if both else None
+    if run.energies is not None:
+        keep = np.isfinite(lw) & np.isfinite(run.energies)
+        w = np.exp(lw[keep])
+        figures["energy_mean"] = float((w * run.energies[keep]).sum() / w.sum()) if w.sum() > 0 else None
+    if run.is_l is not None:
+        w = np.exp(run.log_weights - np.logaddexp.reduce(run.log_weights))
+        figures["l_fraction"] = min(1.0, float((w * run.is_l).sum()))
     return figures
 
 
-def run_figures(runs: Sequence, basins: Mapping[str, Basin] | None = None, blocks: int = 5) -> RunFigures:
+def _common_cvs(runs: Sequence[WeightedRun]) -> MoleculeCVs:
+    first = runs[0]
+    for r in runs[1:]:
+        if r.cvs != first.cvs:
+            raise ValueError(f"runs {first.path} and {r.path} declare different collective variables "
+                             f"({', '.join(first.cvs.names) or 'none'} from {first.cvs.source}; "
+                             f"{', '.join(r.cvs.names) or 'none'} from {r.cvs.source}): are they runs of one molecule?")
+    return first.cvs
+
+
+def run_figures(runs: Sequence, basins: Mapping | None = None, blocks: int = 5,
+                cvs: MoleculeCVs | None = None) -> RunFigures:
     """Weighted basin populations and free energies of one or several runs, with errors.
 
     Args:
         runs: :class:`WeightedRun` objects or run folders (read with :func:`load_run`), at least one;
             a single SMC sample run gets figures without error bars (NaN).
-        basins: name -> :class:`Basin` for the populations (default ``ALANINE_DIPEPTIDE_BASINS``).
+        basins: name -> :class:`Basin` (on phi, psi) or :class:`~boltzgen.cvs.Region` for the
+            populations, replacing the declared basins (default: the basins the molecule declares).
         blocks: contiguous blocks for the errors of a single run (>= 2; ignored for several runs).
+        cvs: the declaration for run folders (see :func:`load_run`; default: the recorded system's).
 
     Returns:
         :class:`RunFigures`. With several runs each figure is the mean over runs and its error
         the standard error over runs; with one run the whole-run figure and the standard error
         over ``blocks`` contiguous blocks.
     """
-    runs = [r if isinstance(r, WeightedRun) else load_run(r) for r in runs]
+    runs = [r if isinstance(r, WeightedRun) else load_run(r, cvs) for r in runs]
     if not runs:
         raise ValueError("runs is empty: give at least one run folder")
-    basins = dict(ALANINE_DIPEPTIDE_BASINS if basins is None else basins)
+    declared = _common_cvs(runs)
+    if basins is None:
+        regions = {b.name: b for b in declared.basins}
+    else:
+        regions = {str(name): _as_region(str(name), b) for name, b in basins.items()}
+        missing = sorted({cv for r in regions.values() for cv in r.cvs} - set(declared.names))
+        if missing:
+            raise ValueError(f"basins use {', '.join(missing)}, which the runs' molecule does not declare as "
+                             f"collective variables (declared: {', '.join(declared.names) or 'none'})")
     blocks = check_count(blocks, "blocks")
     if len(runs) >= 2:
-        units = [_unit_figures(r.angles, r.log_weights, r.is_l, basins) for r in runs]
+        units = [_unit_figures(r, declared, regions) for r in runs]
         whole = None
         labels = [str(r.path) for r in runs]
         method = f"standard error over {len(runs)} independent runs (figures: mean over runs)"
     elif runs[0].kind == "samples":  # SMC particles are correlated: no error bar from one run
         run = runs[0]
-        whole = _unit_figures(run.angles, run.log_weights, run.is_l, basins)
+        whole = _unit_figures(run, declared, regions)
         units, labels = [whole], [str(run.path)]
         method = "none: one SMC run (error bars need independent runs, never the particles of one run)"
     else:
@@ -283,40 +447,48 @@ def run_figures(runs: Sequence, basins: Mapping[str, Basin] | None = None, block
         if run.n_frames < blocks:
             raise ValueError(f"{run.path} holds {run.n_frames} frames, fewer than blocks={blocks}")
         parts = np.array_split(np.arange(run.n_frames), blocks)
-        units = [_unit_figures(run.angles[i], run.log_weights[i], run.is_l[i], basins) for i in parts]
-        whole = _unit_figures(run.angles, run.log_weights, run.is_l, basins)
+        units = [_unit_figures(run[i], declared, regions) for i in parts]
+        whole = _unit_figures(run, declared, regions)
         labels = [f"{run.path} block {k}" for k in range(blocks)]
         method = f"standard error over {blocks} contiguous blocks of one run (figures: whole run)"
 
-    notes = []
+    notes = [r.note for r in runs if r.note][:1]
     kind = "runs" if whole is None else "blocks"
+    sides = {f"delta_f_{f.key}": f"{f.state} or {f.reference}" for f in declared.free_energies}
 
     def estimate(key):
-        values = [u[key] for u in units]
+        values = [u.get(key) for u in units]
         missing = [label for label, v in zip(labels, values) if v is None]
-        if missing or (whole is not None and whole[key] is None):
-            side = "0 <= phi < 2 or the rest" if key == "delta_f_phi_0_to_2" else "phi > 0 or phi < 0"
+        if missing or (whole is not None and whole.get(key) is None):
             notes.append(f"{key}: {len(missing)} of {len(units)} {kind} hold no weighted frame on one side "
-                         f"({side}), first {missing[0] if missing else runs[0].path}")
+                         f"({sides.get(key, key)}), first {missing[0] if missing else runs[0].path}")
             return None
         if len(values) == 1:
             return Estimate(mean=values[0], standard_error=float("nan"), n=1)
         e = with_error(values)
         return Estimate(mean=whole[key], standard_error=e.standard_error, n=e.n) if whole is not None else e
 
-    populations = {name: estimate(f"p[{name}]") for name in basins}
+    populations = {name: estimate(f"p[{name}]") for name in regions}
+    state_populations = {f.key: estimate(f"p_{f.key}") for f in declared.free_energies}
+    free_energies = {f.key: estimate(f"delta_f_{f.key}") for f in declared.free_energies}
+    energy = estimate("energy_mean") if all("energy_mean" in u for u in units) else None
     per_unit = {key: tuple(u[key] for u in units) for key in units[0]}
     ess_per_run = tuple(ess(torch.from_numpy(np.asarray(r.log_weights, dtype=np.float64))) for r in runs)
+    has_l = all(r.is_l is not None for r in runs)
+    l_fraction = None
+    if has_l:
+        l_fraction = float(np.mean([u["l_fraction"] for u in units]) if whole is None else whole["l_fraction"])
+    t = declared.transitions
+    per_run_transitions = None
+    if t is not None:
+        cores = [(low, high) for _, low, high in t.cores]
+        per_run_transitions = tuple(transitions(r.cv_values[t.cv], cores) for r in runs)
     return RunFigures(
         runs=tuple(r.path for r in runs), n_frames=sum(r.n_frames for r in runs),
         n_frames_per_run=tuple(r.n_frames for r in runs), ess=float(sum(ess_per_run)), ess_per_run=ess_per_run,
-        error_method=method, n_error_units=len(units), populations=populations,
-        p_phi_positive=estimate("p_phi_positive"), delta_f_phi_positive=estimate("delta_f_phi_positive"),
-        delta_f_phi_0_to_2=estimate("delta_f_phi_0_to_2"),
-        l_fraction=float(np.mean([u["l_fraction"] for u in units]) if whole is None else whole["l_fraction"]),
-        phi_transitions_per_run=tuple(phi_transitions(r.angles[:, 0]) for r in runs),
-        per_unit=per_unit, basins=basins, note="; ".join(notes) or None)
+        error_method=method, n_error_units=len(units), cvs=declared, populations=populations,
+        free_energies=free_energies, state_populations=state_populations, energy=energy, l_fraction=l_fraction,
+        transitions_per_run=per_run_transitions, per_unit=per_unit, basins=regions, note="; ".join(notes) or None)
 
 
-__all__ = ["PHI_NEGATIVE_CORE", "PHI_POSITIVE_CORE", "RunFigures", "WeightedRun", "load_basins", "load_run",
-           "phi_transitions", "run_figures"]
+__all__ = ["RunFigures", "WeightedRun", "cv_values", "load_basins", "load_run", "run_figures", "transitions"]
