@@ -80,3 +80,17 @@ def test_render_groups_by_name_newest_first_with_errors_joined(tmp_path):
         assert make_docs.main(["--results", str(results), "--out", str(out)]) == 0
     assert make_docs.main(["--results", str(results), "--out", str(out), "--check"]) == 0
 
+
+def test_smc_gmm_record_option(tmp_path):
+    from smc_gmm import main
+
+    path = tmp_path / "r.jsonl"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(["--dim", "2", "--modes", "2", "--particles", "64", "--repeats", "2", "--record", str(path)])
+    printed = json.loads(out.getvalue().strip().splitlines()[-1])
+    (record,) = read_records(path)
+    assert record["name"] == "smc_gmm"
+    assert record["command"] == "python benchmarks/smc_gmm.py --dim 2 --modes 2 --particles 64 --repeats 2"
+    assert record["figures"]["logz_error"] == pytest.approx(printed["logz_error"])
+    assert "noised_logz_error" in record["figures"] and "record" not in printed["config"]
