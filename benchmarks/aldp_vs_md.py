@@ -18,7 +18,8 @@ batches (torch force field), MD one at a time (OpenMM), so wall clock is the fai
 Run:  python benchmarks/aldp_vs_md.py [--quick] [--runs 4] [--particles 2500] [--plain-ns 10]
       [--biased-runs 4] [--biased-ns 3] [--threads 2]
 --quick: a few seconds per method, to check the script (figures meaningless). The last line is
-one JSON object with all figures.
+one JSON object with all figures. --record FILE also appends them as a result record (one JSON line,
+benchmarks/_record.py) that benchmarks/make_docs.py renders into docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _record import append_record, command_line
 from boltzgen import md, systems
 from boltzgen.analysis import run_figures
 from boltzgen.pipeline import sample_model
@@ -115,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--deposition-ps", type=float, default=1000.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--record", metavar="FILE", default=None,
+                        help="also append the figures as one JSON line to FILE (benchmarks/_record.py)")
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.particles, args.levels = 2, 64, 20
@@ -142,6 +146,27 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 print(f"  {r['method']}: not estimable in {r['seconds']:.0f} s ({r.get('note')})")
     print(json.dumps({"target_se_kT": TARGET_SE_KT, "quick": args.quick, "threads": args.threads, "rows": rows}))
+    if args.record:
+        append_record(args.record, "aldp_vs_md", command_line(__file__, argv), record_figures(rows),
+                      "--quick: checks the script, figures meaningless" if args.quick else "")
+
+
+def record_figures(rows: list[dict]) -> dict:
+    """The figures of a --record line: per method dF, its standard error, cost to 0.1 kT."""
+    figures = {}
+    for r in rows:
+        key = r["method"].replace(" ", "_").replace("MD", "md")
+        figures[f"{key}_dF_kT"], figures[f"{key}_dF_kT_err"] = r["dF_kT"], r["se_kT"]
+        figures[f"{key}_seconds"] = r["seconds"]
+        figures[f"{key}_seconds_to_0.1"] = r["seconds_to_0.1"]
+        figures[f"{key}_evaluations_to_0.1"] = r["evaluations_to_0.1"]
+    b = rows[0]
+    figures["boltzgen_seconds_to_0.1_training_included"] = b.get("seconds_to_0.1_training_included")
+    figures["boltzgen_bridge_ess_fraction"] = b["bridge_ess_fraction"]
+    biased = next(r for r in rows if r["method"] == "biased MD")
+    if b["seconds_to_0.1"] and biased["seconds_to_0.1"]:
+        figures["biased_md_speedup"] = b["seconds_to_0.1"] / biased["seconds_to_0.1"]
+    return figures
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ their standard error is printed beside each error.
 
 Prints a table and, as the last line, one JSON object with at least dsm_weight_error,
 diffclf_weight_error (product mode weights, max abs error), logz_error (DiffCLF product, learned
-normalisers), dsm_logz_error, and seconds.
+normalisers), dsm_logz_error, and seconds. --record FILE also appends them as a result record
+(one JSON line, benchmarks/_record.py) that benchmarks/make_docs.py renders into docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ import time
 
 import torch
 
+from _record import append_record, command_line
 from boltzgen.diffusion.composition import (Mixture, Product, estimate_log_normalisers, gaussian_mixture_mixture,
                                             gaussian_mixture_product, level_times, sample_composition,
                                             smc_mode_weights)
@@ -151,6 +153,8 @@ def main(argv=None):
     p.add_argument("--moves", type=int, default=5, help="MALA moves per SMC step")
     p.add_argument("--is-samples", type=int, default=20000, help="importance samples per mode (cross-check)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--record", metavar="FILE", default=None,
+                   help="also append the figures as one JSON line to FILE (benchmarks/_record.py)")
     args = p.parse_args(argv)
     if args.quick:
         args.n_data, args.pretrain_steps, args.steps, args.batch_size = 2000, 30, 30, 64
@@ -192,7 +196,7 @@ def main(argv=None):
               + ", ".join(f"{float(r['product']['weights'][i]):.4f}" for i in main_modes)
               + " | exact " + ", ".join(f"{float(product_ref.weights[i]):.4f}" for i in main_modes))
     dsm, clf = results
-    print(json.dumps({
+    summary = {
         "dsm_weight_error": round(dsm["product"]["weight_error"], 5),
         "diffclf_weight_error": round(clf["product"]["weight_error"], 5),
         "dsm_weight_error_se": round(dsm["product"]["weight_error_se"], 5),
@@ -216,7 +220,12 @@ def main(argv=None):
         "product_ess_fraction": round(clf["product"]["ess_fraction"], 4),
         "quick": args.quick, "seed": args.seed,
         "seconds": round(time.perf_counter() - start, 1),
-    }))
+    }
+    print(json.dumps(summary))
+    if args.record:
+        figures = {k[: -len("_se")] + "_err" if k.endswith("_se") else k: v for k, v in summary.items()}
+        append_record(args.record, "composition_gmm", command_line(__file__, argv), figures,
+                      "--quick: checks the script, figures meaningless" if args.quick else "")
 
 
 if __name__ == "__main__":

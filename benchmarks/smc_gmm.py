@@ -17,6 +17,9 @@ Prints one table row per run, a summary per path, and as the last line one JSON 
 plus the same figures for the noised path under "noised", and per-run mode-weight errors.
 
     python benchmarks/smc_gmm.py --dim 8 --modes 4 --particles 2000 --seed 0 --repeats 10
+
+--record FILE also appends the figures as a result record (one JSON line, benchmarks/_record.py)
+that benchmarks/make_docs.py renders into docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import time
 
 import torch
 
+from _record import append_record, command_line
 from boltzgen.diffusion.schedule import VPSchedule
 from boltzgen.smc import HMC, MALA, GaussianProposal, diffusion_path, geometric_path, smc
 from boltzgen.targets import GaussianMixture
@@ -101,6 +105,8 @@ def main(argv=None) -> None:
     p.add_argument("--radius", type=float, default=3.0)
     p.add_argument("--std-min", type=float, default=0.5)
     p.add_argument("--std-max", type=float, default=0.5)
+    p.add_argument("--record", metavar="FILE", default=None,
+                   help="also append the figures as one JSON line to FILE (benchmarks/_record.py)")
     args = p.parse_args(argv)
 
     gmm = make_mixture(args.dim, args.modes, args.radius, args.std_min, args.std_max, args.seed)
@@ -127,8 +133,17 @@ def main(argv=None) -> None:
     main_path = summaries["geometric"]
     result = {k: main_path[k] for k in ("logz_error", "logz_std", "weight_error", "ess_fraction", "seconds")}
     result.update(path="geometric", noised=summaries["noised"], geometric=main_path,
-                  config={k: v for k, v in vars(args).items()})
+                  config={k: v for k, v in vars(args).items() if k != "record"})
     print(json.dumps(result))
+    if args.record:
+        figures = {}
+        for name, summary in summaries.items():
+            prefix = "" if name == "geometric" else f"{name}_"
+            figures.update({f"{prefix}logz_error": summary["logz_error"], f"{prefix}logz_error_err": summary["logz_std_error"],
+                            f"{prefix}logz_std": summary["logz_std"], f"{prefix}weight_error": summary["weight_error"],
+                            f"{prefix}ess_fraction": summary["ess_fraction"], f"{prefix}seconds": summary["seconds"]})
+        append_record(args.record, "smc_gmm", command_line(__file__, argv), figures,
+                      "geometric path unprefixed, noised path prefixed; seconds per SMC run")
 
 
 if __name__ == "__main__":

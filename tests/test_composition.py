@@ -377,18 +377,24 @@ def test_bad_arguments_are_named():
 
 
 # --- the benchmark -------------------------------------------------------------------------------
-def test_quick_benchmark_prints_a_table_and_json():
+def test_quick_benchmark_prints_a_table_and_json(tmp_path):
     import benchmarks_path  # noqa: F401  (adds benchmarks/ to sys.path)
+    from _record import read_records
     from composition_gmm import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        main(["--quick"])
+        main(["--quick", "--record", str(tmp_path / "r.jsonl")])
     lines = out.getvalue().strip().splitlines()
     result = json.loads(lines[-1])
     for key in ("dsm_weight_error", "diffclf_weight_error", "logz_error", "seconds"):
         assert math.isfinite(result[key]), key
     assert result["quick"] is True and any(line.startswith("DSM+DiffCLF") for line in lines)
+    (record,) = read_records(tmp_path / "r.jsonl")  # --record: the printed figures as one result record
+    assert record["name"] == "composition_gmm" and record["command"] == "python benchmarks/composition_gmm.py --quick"
+    assert record["figures"]["diffclf_weight_error"] == result["diffclf_weight_error"]
+    assert record["figures"]["diffclf_weight_error_err"] == result["diffclf_weight_error_se"]
+    assert "figures meaningless" in record["note"]
 
 
 @pytest.mark.slow
