@@ -220,12 +220,12 @@ def _expand_job_folders(folders: list[str]) -> list[str]:
     replaced by its run folders, saying so in one line on stderr; other folders are kept as they are."""
     from pathlib import Path
 
-    from . import md, samples
+    from .io import md_runs, sample_runs
 
     expanded = []
     for folder in folders:
         path = Path(folder)
-        inner = [] if samples.looks_like_sample_run(path) or md.is_md_folder(path) else samples.run_folders(path)
+        inner = [] if sample_runs.looks_like_sample_run(path) or md_runs.is_md_folder(path) else sample_runs.run_folders(path)
         if not inner:
             expanded.append(folder)
             continue

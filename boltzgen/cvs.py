@@ -356,3 +356,41 @@ def atom_indices(cvs: MoleculeCVs, topology) -> dict[str, np.ndarray]:
 
 __all__ = ["CV_KEYS", "Dihedral", "FreeEnergy", "MoleculeCVs", "Region", "TransitionCores", "atom_indices",
            "in_arc", "read_cvs"]
+
+
+def backbone_atoms(topology) -> dict[str, np.ndarray]:
+    """Atom quadruples of the backbone dihedrals phi and psi, found by mdtraj.
+
+    Only residues that have both angles are kept (phi needs the previous residue's C, psi the
+    next residue's N), so row i of "phi" and row i of "psi" belong to the same residue, in
+    residue order. For alanine dipeptide (ACE-ALA-NME) that is one residue:
+    phi = C(ACE) N CA C, psi = N CA C N(NME).
+
+    Args:
+        topology: an openmm.app.Topology or mdtraj.Topology (or an object with a ``.topology``
+            attribute holding one, such as a boltzgen target or an mdtraj Trajectory).
+
+    Returns:
+        {"phi": int64 array (k, 4), "psi": int64 array (k, 4)} of atom indices.
+
+    Raises:
+        ValueError: when no residue has both a phi and a psi dihedral.
+    """
+    import mdtraj
+
+    from .coordinates import mdtraj_topology
+
+    top = mdtraj_topology(topology)
+    # mdtraj finds the quadruples from names and residue order; the coordinates are irrelevant
+    frame = mdtraj.Trajectory(np.zeros((1, top.n_atoms, 3)), top)
+    phi, _ = mdtraj.compute_phi(frame)
+    psi, _ = mdtraj.compute_psi(frame)
+    # pair the two by their shared CA atom (atom 2 of phi, atom 1 of psi)
+    psi_by_ca = {int(row[1]): row for row in psi}
+    pairs = [(row, psi_by_ca[int(row[2])]) for row in phi if int(row[2]) in psi_by_ca]
+    if not pairs:
+        raise ValueError(f"topology has no residue with both phi and psi backbone dihedrals "
+                         f"({len(phi)} phi, {len(psi)} psi found); phi/psi need a peptide backbone "
+                         f"(N, CA, C atoms) with a neighbouring residue on each side")
+    return {"phi": np.array([p for p, _ in pairs], dtype=np.int64),
+            "psi": np.array([s for _, s in pairs], dtype=np.int64)}

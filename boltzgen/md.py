@@ -62,12 +62,12 @@ import openmm.app as app
 import openmm.unit as unit
 
 from ._checks import check_count, check_positive
+from .io.md_runs import (FORMAT, PROGRESS, TOPOLOGY, atomic_write, chunk_file, complete_record, existing_dir,  # noqa: F401
+                         fsync_replace, is_biased, is_md_folder, load_array, load_energies, load_log_weights,
+                         load_topology, load_trajectory, read_progress, recorded_system, started_record)
 from .targets.openmm import OpenMMTarget, kT_kj_per_mol, system_fingerprint
 
-_PROGRESS = "progress.json"
-_TOPOLOGY = "topology.pdb"
 _BIAS = "bias.npy"
-_FORMAT = 1
 _DIHEDRALS = ("phi", "psi")
 # Settings that define the trajectory; a resumed run must use the same ones. Records written
 # before the bias settings existed are read with the values of an unbiased run.
@@ -291,7 +291,7 @@ def run_md(target: OpenMMTarget, ns: float, out_dir, seed: int, *, timestep_fs: 
         "equilibration_ps": float(equilibration_ps), "minimize": bool(minimize),
         **(_bias_settings(target, bias) if bias else _UNBIASED),
     }
-    record = _read_progress(out)
+    record = read_progress(out)
     resumed = record is not None
     frozen = None
     if resumed:
@@ -309,9 +309,9 @@ def run_md(target: OpenMMTarget, ns: float, out_dir, seed: int, *, timestep_fs: 
             out, target, physical_xml, settings, bias, platform_name, properties, equilibration_steps,
             deposition_steps, progress)
         record.update(platform=platform_name, platform_properties=properties,
-                      openmm_version=openmm.__version__, format=_FORMAT)
+                      openmm_version=openmm.__version__, format=FORMAT)
         record["checkpoint"] = _write_checkpoint(out, context, "equilibrated")
-        _atomic_write(out / _PROGRESS, json.dumps(record, indent=1).encode())
+        atomic_write(out / PROGRESS, json.dumps(record, indent=1).encode())
 
     physical_groups = _force_groups(openmm.XmlSerializer.deserialize(physical_xml))
     bias_group = _bias_group(physical_groups)
@@ -344,80 +344,9 @@ def run_md(target: OpenMMTarget, ns: float, out_dir, seed: int, *, timestep_fs: 
                     biased=frozen is not None)
 
 
-def load_topology(out_dir) -> mdtraj.Topology:
-    """The molecule of a complete :func:`run_md` folder (read without its frames)."""
-    out, _ = _complete_record(out_dir)
-    topology_path = out / _TOPOLOGY
-    if not topology_path.is_file():
-        raise ValueError(f"{topology_path} is missing (the topology of the run in {out})")
-    try:
-        return mdtraj.load_topology(str(topology_path))
-    except Exception as exc:  # mdtraj raises many kinds for a damaged file
-        raise ValueError(f"{topology_path} cannot be read ({type(exc).__name__}: {exc})") from exc
-
-
-def load_trajectory(out_dir) -> mdtraj.Trajectory:
-    """The production frames of a :func:`run_md` folder as an mdtraj Trajectory (nm, time in ps)."""
-    out, record = _complete_record(out_dir)
-    top = load_topology(out)
-    parts = []
-    for chunk in record["chunks"]:
-        path = _chunk_file(out, chunk, "trr")
-        try:
-            traj = mdtraj.load(str(path), top=top)
-        except Exception as exc:
-            raise ValueError(f"{path} cannot be read ({type(exc).__name__}: {exc}); the file is damaged") from exc
-        if traj.n_frames != chunk["n_frames"]:
-            raise ValueError(f"{path} holds {traj.n_frames} frames, {chunk['n_frames']} when written; the file is "
-                             f"truncated or damaged")
-        parts.append(traj)
-    return parts[0] if len(parts) == 1 else mdtraj.join(parts, check_topology=False)
-
-
-def load_energies(out_dir) -> np.ndarray:
-    """Reduced physical potential energies u = U/kT (float64, shape (n_frames,)) of the production frames.
-
-    Computed by OpenMM on the full-precision positions during the run (the TRR stores float32);
-    for biased runs they exclude the bias (U, not U + V).
-    """
-    out, record = _complete_record(out_dir)
-    kj = np.concatenate([_load_array(out, c, "energies") for c in record["chunks"]])
-    return kj / kT_kj_per_mol(record["temperature_K"])
-
-
-def load_log_weights(out_dir) -> np.ndarray:
-    """Importance log-weights of the production frames toward exp(-U/kT), float64 (n_frames,).
-
-    For a metadynamics run, +V(x)/kT with V the frozen bias at each frame (production sampled
-    exp(-(U + V)/kT)); any constant offset is irrelevant (self-normalise them). Zeros for a plain
-    MD run.
-    """
-    out, record = _complete_record(out_dir)
-    if not record.get("bias"):
-        return np.zeros(sum(c["n_frames"] for c in record["chunks"]))
-    kj = np.concatenate([_load_array(out, c, "bias") for c in record["chunks"]])
-    return kj / kT_kj_per_mol(record["temperature_K"])
-
-
-def recorded_system(out_dir) -> str | None:
-    """The name of the system a :func:`run_md` folder was run with (the target's name), or None."""
-    name = _started_record(out_dir)[1].get("system")
-    return str(name) if name else None
-
-
-def is_md_folder(path) -> bool:
-    """Whether ``path`` is a folder in which :func:`run_md` has started a run (it holds progress.json)."""
-    return (Path(path) / _PROGRESS).is_file()
-
-
-def is_biased(out_dir) -> bool:
-    """Whether a :func:`run_md` folder holds a metadynamics run (True) or plain MD (False)."""
-    return bool(_started_record(out_dir)[1].get("bias"))
-
-
 def load_bias(out_dir) -> FrozenBias:
     """The frozen metadynamics bias of a biased :func:`run_md` folder (raises ValueError for plain MD)."""
-    out, record = _started_record(out_dir)
+    out, record = started_record(out_dir)
     if not record.get("bias"):
         raise ValueError(f"{out} holds a plain MD run (no metadynamics bias)")
     return _load_frozen_bias(out, record)
@@ -448,7 +377,7 @@ def _prepare_out(out_dir) -> Path:
 
 
 def _bias_settings(target: OpenMMTarget, bias: Metadynamics) -> dict:
-    from .analysis.dihedrals import backbone_atoms  # here: analysis reads md's output
+    from .cvs import backbone_atoms
 
     quads = backbone_atoms(target.topology)
     return {"bias": list(bias.variables), "bias_atoms": [[int(i) for i in quads[v][0]] for v in bias.variables],
@@ -548,9 +477,9 @@ def _start(out, target, physical_xml, settings, bias, platform_name, properties,
 
     Returns (a fresh record, the production context, its integrator, the frozen bias or None).
     """
-    with open(out / (_TOPOLOGY + ".tmp"), "w") as fh:
+    with open(out / (TOPOLOGY + ".tmp"), "w") as fh:
         app.PDBFile.writeFile(target.topology, target.positions * unit.nanometer, fh)
-    os.replace(out / (_TOPOLOGY + ".tmp"), out / _TOPOLOGY)
+    os.replace(out / (TOPOLOGY + ".tmp"), out / TOPOLOGY)
     platform = openmm.Platform.getPlatformByName(platform_name)
     timestep_fs = settings["timestep_fs"]
     steps_per_ps = round(1000.0 / timestep_fs)
@@ -594,7 +523,7 @@ def _start(out, target, physical_xml, settings, bias, platform_name, properties,
         frozen = FrozenBias(tuple(settings["bias"]), atoms, np.ascontiguousarray(grid, dtype=np.float64), t)
         with open(out / (_BIAS + ".tmp"), "wb") as fh:
             np.save(fh, frozen.grid)
-        _fsync_replace(out / (_BIAS + ".tmp"), out / _BIAS)
+        fsync_replace(out / (_BIAS + ".tmp"), out / _BIAS)
         # Production integrates the frozen bias in a fresh context started from this state; a
         # resumed run does the same from its checkpoint, so both follow the same path.
         checkpoint = context.createCheckpoint()
@@ -628,7 +557,7 @@ def _append_chunk(out, record, context, target, xyz, energies, biases) -> dict:
     time_ps = (first_frame + np.arange(1, len(xyz) + 1)) * record["save_every_ps"]
     traj = mdtraj.Trajectory(xyz, mdtraj.Topology.from_openmm(target.topology), time=time_ps)
     traj.save_trr(str(out / (chunk["trr"] + ".tmp")), force_overwrite=True)
-    _fsync_replace(out / (chunk["trr"] + ".tmp"), out / chunk["trr"])
+    fsync_replace(out / (chunk["trr"] + ".tmp"), out / chunk["trr"])
     arrays = [("energies", energies)]
     if biases is not None:
         chunk["bias"] = f"chunk_{k:05d}_bias.npy"
@@ -636,13 +565,13 @@ def _append_chunk(out, record, context, target, xyz, energies, biases) -> dict:
     for key, values in arrays:
         with open(out / (chunk[key] + ".tmp"), "wb") as fh:
             np.save(fh, values)
-        _fsync_replace(out / (chunk[key] + ".tmp"), out / chunk[key])
+        fsync_replace(out / (chunk[key] + ".tmp"), out / chunk[key])
     for key in ("trr", "energies", "bias"):
         if key in chunk:
             chunk[f"{key}_bytes"] = (out / chunk[key]).stat().st_size
     old_checkpoint = record["checkpoint"]
     new = {**record, "chunks": record["chunks"] + [chunk], "checkpoint": _write_checkpoint(out, context, f"{k:05d}")}
-    _atomic_write(out / _PROGRESS, json.dumps(new, indent=1).encode())
+    atomic_write(out / PROGRESS, json.dumps(new, indent=1).encode())
     # Only now is the previous checkpoint no longer needed.
     (out / old_checkpoint).unlink(missing_ok=True)
     return new
@@ -650,14 +579,14 @@ def _append_chunk(out, record, context, target, xyz, energies, biases) -> dict:
 
 def _write_checkpoint(out: Path, context, label: str) -> str:
     name = f"checkpoint_{label}.chk"
-    _atomic_write(out / name, context.createCheckpoint())
+    atomic_write(out / name, context.createCheckpoint())
     return name
 
 
 def _load_checkpoint(context, out: Path, record: dict) -> None:
     path = out / record["checkpoint"]
     if not path.is_file():
-        raise ValueError(f"{path} is missing ({out / _PROGRESS} resumes from it); the run cannot be resumed")
+        raise ValueError(f"{path} is missing ({out / PROGRESS} resumes from it); the run cannot be resumed")
     try:
         context.loadCheckpoint(path.read_bytes())
     except openmm.OpenMMException as exc:
@@ -678,92 +607,6 @@ def _load_frozen_bias(out: Path, record: dict) -> FrozenBias:
         raise ValueError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from exc
     return FrozenBias(tuple(record["bias"]), np.array(record["bias_atoms"], dtype=np.int64), grid,
                       float(record["temperature_K"]))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    _fsync_replace(tmp, path)
-
-
-def _fsync_replace(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _read_progress(out: Path) -> dict | None:
-    """The run record in ``out``, None when there is none; ValueError naming the file when it is corrupt."""
-    path = out / _PROGRESS
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"{path} is corrupt ({exc}); the run in {out} can be neither read nor resumed") from exc
-    if not isinstance(record, dict):
-        raise ValueError(f"{path} is corrupt (not a JSON object); the run in {out} can be neither read nor resumed")
-    if record.get("format") != _FORMAT:
-        raise ValueError(f"{path}: unknown format {record.get('format')!r} (expected {_FORMAT})")
-    missing = [k for k in ("chunks", "checkpoint", "temperature_K", "platform", "save_every_ps") if k not in record]
-    chunks = record.get("chunks")
-    if not missing and not (isinstance(chunks, list) and all(
-            isinstance(c, dict) and {"trr", "energies", "n_frames"} <= set(c) for c in chunks)):
-        missing = ["a valid chunk list"]
-    if missing:
-        raise ValueError(f"{path} is corrupt (missing {', '.join(missing)}); the run in {out} can be neither read "
-                         "nor resumed")
-    return record
-
-
-def _existing_dir(out_dir) -> Path:
-    out = Path(out_dir)
-    if not out.exists():
-        raise FileNotFoundError(f"{out} does not exist")
-    if not out.is_dir():
-        raise ValueError(f"{out} is not a folder (expected a folder written by boltzgen md / run_md)")
-    return out
-
-
-def _started_record(out_dir) -> tuple[Path, dict]:
-    out = _existing_dir(out_dir)
-    record = _read_progress(out)
-    if record is None:
-        raise ValueError(f"{out} holds no MD run yet (no {_PROGRESS})")
-    return out, record
-
-
-def _complete_record(out_dir) -> tuple[Path, dict]:
-    out = _existing_dir(out_dir)
-    record = _read_progress(out)
-    if record is None or not record["chunks"]:
-        raise ValueError(f"{out} holds no complete MD chunk yet (no {_PROGRESS} listing frames)")
-    return out, record
-
-
-def _chunk_file(out: Path, chunk: dict, key: str) -> Path:
-    """The path of one of a chunk's files, checked to exist with the size it was written with."""
-    if key not in chunk:
-        raise ValueError(f"{out / _PROGRESS} is corrupt (a chunk lists no {key!r} file)")
-    path = out / chunk[key]
-    if not path.is_file():
-        raise ValueError(f"{path} is missing ({out / _PROGRESS} lists it)")
-    expected, size = chunk.get(f"{key}_bytes"), path.stat().st_size
-    if expected is not None and size != expected:
-        raise ValueError(f"{path} is truncated or damaged ({size} bytes, {expected} when written)")
-    return path
-
-
-def _load_array(out: Path, chunk: dict, key: str) -> np.ndarray:
-    path = _chunk_file(out, chunk, key)
-    try:
-        values = np.load(path)
-    except Exception as exc:
-        raise ValueError(f"{path} cannot be read ({type(exc).__name__}: {exc}); the file is damaged") from exc
-    if values.shape != (chunk["n_frames"],):
-        raise ValueError(f"{path} holds shape {values.shape}, expected ({chunk['n_frames']},); the file is damaged")
-    return values.astype(np.float64)
 
 
 def _check_resume(record: dict, settings: dict, platform: str | None, out: Path) -> None:

@@ -375,7 +375,7 @@ def sample_model(target, model_path, out, *, particles: int = 2500, runs: int = 
         cvs: the collective variables, basins and free energies the summary reports
             (``systems.collective_variables(name)``); None: those of the named system ``target.name``.
     """
-    from . import samples
+    from .io import sample_runs as samples
     from .analysis.runs import run_figures
     from .models import check_compatible
     from .sampling import SampleSettings, sample_molecule
@@ -483,7 +483,7 @@ def run_named(name: str, out, *, particles: int = 1000, runs: int = 4, settings=
     """
     from . import systems
     from .analysis.report import analyze_runs, format_analysis
-    from .samples import write_json
+    from .io.sample_runs import write_json
 
     model = systems.shipped_model(name)
     target = systems.load(name)
@@ -551,7 +551,8 @@ def free_energy_between(target_a, target_b, model_path, out, *, particles: int =
     """
     from dataclasses import replace as replaced
 
-    from . import samples, switching
+    from . import switching
+    from .io import sample_runs as samples
     from .models import check_compatible
     from .analysis.free_energy import mean_and_error
     from .sampling import SampleSettings, sample_molecule

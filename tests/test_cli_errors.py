@@ -61,7 +61,7 @@ def damaged_sample_job(folder: Path) -> str:
     import mdtraj
     import numpy as np
 
-    from boltzgen.samples import write_json, write_sample_run
+    from boltzgen.io.sample_runs import write_json, write_sample_run
 
     pdb = mdtraj.load(str(ALA))
     job = folder / "job"

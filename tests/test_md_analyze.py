@@ -122,7 +122,7 @@ def test_cli_analyze_own_basins(biased_runs, tmp_path, capsys):
 
 def _sample_job(folder, n_runs: int = 2, n: int = 6):
     """A folder as `boltzgen sample` writes it: run-000 ... (sample runs of alanine dipeptide) and summary.json."""
-    from boltzgen.samples import write_json, write_sample_run
+    from boltzgen.io.sample_runs import write_json, write_sample_run
 
     with systems.load("alanine-dipeptide", platform="Reference") as target:
         x0 = np.asarray(target.positions, dtype=np.float64)

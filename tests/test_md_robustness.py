@@ -111,7 +111,8 @@ def test_resume_with_another_system_is_refused(target, tmp_path):
 def test_cli_refuses_an_edited_yaml(tmp_path, capsys):
     yaml_path = tmp_path / "dipeptide.yaml"
     text = (SYSTEMS / "alanine-dipeptide.yaml").read_text().replace(
-        "structure: alanine-dipeptide.pdb", f"structure: {SYSTEMS / 'alanine-dipeptide.pdb'}")
+        "structure: alanine-dipeptide.pdb", f"structure: {SYSTEMS / 'alanine-dipeptide.pdb'}").replace(
+        "molecule: alanine-dipeptide.molecule.yaml", f"molecule: {SYSTEMS / 'alanine-dipeptide.molecule.yaml'}")
     yaml_path.write_text(text)
     out = tmp_path / "run"
     args = ["md", str(yaml_path), "--ns", "0.002", "--out", str(out), "--seed", "1", *QUICK]

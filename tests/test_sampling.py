@@ -19,7 +19,7 @@ from boltzgen.cli import main
 from boltzgen.coordinates import is_l_amino_acid
 from boltzgen.models import load_model_file
 from boltzgen.pipeline import run_seeds, sample_model
-from boltzgen.samples import is_sample_run, load_sample_run, write_sample_run
+from boltzgen.io.sample_runs import is_sample_run, load_sample_run, write_sample_run
 from boltzgen.sampling import BridgeSettings, MixingSettings, SampleSettings, run_stages, sample_molecule
 from boltzgen.smc import evaluate
 from boltzgen.smc import weights as W

@@ -141,8 +141,8 @@ def load_run(out_dir, cvs: MoleculeCVs | None = None) -> WeightedRun:
         ValueError: naming a missing or damaged file, or (``cvs`` given) a CV atom the molecule lacks.
     """
     from ..coordinates import is_l_amino_acid
-    from ..md import load_energies, load_log_weights, load_trajectory, recorded_system
-    from ..samples import load_sample_run, looks_like_sample_run
+    from ..io.md_runs import load_energies, load_log_weights, load_trajectory, recorded_system
+    from ..io.sample_runs import load_sample_run, looks_like_sample_run
 
     if looks_like_sample_run(out_dir):  # a damaged one too: its error names the damaged file
         run = load_sample_run(out_dir)

@@ -5,8 +5,10 @@ The wrapped normal WN(mu, v) is the law of (mu + sqrt(v) eps) mod 2 pi. Its dens
     p(theta) = sum_k N(theta - mu + 2 pi k; 0, v)                         (images)
              = (1 / 2 pi) (1 + 2 sum_n exp(-n^2 v / 2) cos(n (theta - mu)))  (Fourier)
 
-is evaluated by images for v <= 16 (5 images each side: neglected terms below 1e-10 relative)
-and by its Fourier series above (6 terms: the first neglected one is below exp(-98)). Noising is
+is evaluated by images for v <= 16 (as many images each side as put every neglected one beyond
+7 standard deviations: one for v up to 0.1, five at v = 16) and by its Fourier series above (6
+terms: the first neglected one is below exp(-98)). A batch uses one branch when all its variances
+fall on one side, so a level's energy costs only what its noise needs. Noising is
 exact: WN(mu, v) convolved with WN(0, s^2) is WN(mu, v + s^2), so a mixture of wrapped normals
 noised to any level is again one (:class:`WrappedMixture`). Angles in radians, any real value.
 """
@@ -27,9 +29,16 @@ def wrap(theta: torch.Tensor) -> torch.Tensor:
     return torch.remainder(theta + math.pi, _TWO_PI) - math.pi
 
 
+def _n_images(variance: torch.Tensor) -> int:
+    """Images on each side so that every neglected one lies beyond 7 standard deviations."""
+    largest = float(variance.max()) if variance.numel() else 0.0
+    return max(1, min(_IMAGES, math.ceil((7.0 * math.sqrt(max(largest, 0.0)) + math.pi) / _TWO_PI)))
+
+
 def _images(delta: torch.Tensor, variance: torch.Tensor):
     """(delta + 2 pi k) for k = -K..K along a new last axis, and the Gaussian log-terms."""
-    k = torch.arange(-_IMAGES, _IMAGES + 1, dtype=delta.dtype, device=delta.device)
+    n = _n_images(variance.detach())
+    k = torch.arange(-n, n + 1, dtype=delta.dtype, device=delta.device)
     shifted = wrap(delta)[..., None] + _TWO_PI * k
     v = variance[..., None]
     return shifted, -0.5 * shifted**2 / v - 0.5 * torch.log(_TWO_PI * v)
@@ -47,22 +56,31 @@ def log_wrapped_normal(delta: torch.Tensor, variance) -> torch.Tensor:
     """log WN(delta; 0, variance), elementwise (variance broadcast to delta's shape), differentiable."""
     v = torch.as_tensor(variance, dtype=delta.dtype, device=delta.device).expand_as(delta)
     small = v <= _FOURIER_ABOVE
-    _, terms = _images(delta, torch.where(small, v, torch.ones_like(v)))
-    by_images = torch.logsumexp(terms, dim=-1)
+    all_small, none_small = bool(small.all()), not bool(small.any())
+    if not none_small:
+        _, terms = _images(delta, torch.where(small, v, torch.ones_like(v)))
+        by_images = torch.logsumexp(terms, dim=-1)
+        if all_small:
+            return by_images
     series, _ = _fourier(delta, torch.where(small, torch.full_like(v, _FOURIER_ABOVE), v))
     by_fourier = torch.log(series.clamp_min(1e-300)) - math.log(_TWO_PI)
-    return torch.where(small, by_images, by_fourier)
+    return by_fourier if none_small else torch.where(small, by_images, by_fourier)
 
 
 def wrapped_normal_score(delta: torch.Tensor, variance) -> torch.Tensor:
     """d/d delta of log WN(delta; 0, variance), elementwise (no graph needed)."""
     v = torch.as_tensor(variance, dtype=delta.dtype, device=delta.device).expand_as(delta)
     small = v <= _FOURIER_ABOVE
-    v_small = torch.where(small, v, torch.ones_like(v))
-    shifted, terms = _images(delta, v_small)
-    by_images = (torch.softmax(terms, dim=-1) * (-shifted / v_small[..., None])).sum(-1)
+    all_small, none_small = bool(small.all()), not bool(small.any())
+    if not none_small:
+        v_small = torch.where(small, v, torch.ones_like(v))
+        shifted, terms = _images(delta, v_small)
+        by_images = (torch.softmax(terms, dim=-1) * (-shifted / v_small[..., None])).sum(-1)
+        if all_small:
+            return by_images
     series, slope = _fourier(delta, torch.where(small, torch.full_like(v, _FOURIER_ABOVE), v))
-    return torch.where(small, by_images, slope / series.clamp_min(1e-300))
+    by_fourier = slope / series.clamp_min(1e-300)
+    return by_fourier if none_small else torch.where(small, by_images, by_fourier)
 
 
 class WrappedMixture(torch.nn.Module):
