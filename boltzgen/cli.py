@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample_command(sub)
     add_run_command(sub)
     add_free_energy_command(sub)
+    add_summarize_command(sub)
     return parser
 
 
@@ -302,6 +303,10 @@ def _add_sampling_options(p, particles: int, runs: int) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed of the runs (default 0)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="run the torch force field eager (skips its 20-80 s compilation; slower on large batches)")
+    p.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
+                   help="save the run in progress at most this often, so a killed job resumes (default 30)")
 
 
 def _sample_settings(args):
@@ -341,7 +346,8 @@ def add_sample_command(sub) -> None:
     p.add_argument("--model", required=True,
                    help="model file written by `boltzgen train`, or a named system whose shipped model to use "
                         "(e.g. alanine-dipeptide)")
-    p.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="a new or empty folder, or the folder of this same job to resume it after a kill")
     _add_sampling_options(p, particles=2500, runs=4)
     p.set_defaults(func=_sample)
 
@@ -359,6 +365,7 @@ def _sample(args) -> int:
     try:
         atom_indices(cvs, target.topology)  # a CV naming an atom the molecule lacks fails now, not after sampling
         report = sample_model(target, model, args.out, particles=args.particles, runs=args.runs,
+                              compile=not args.no_compile, checkpoint_every=args.checkpoint_every,
                               settings=settings, seed=args.seed, device=args.device, progress=True, cvs=cvs)
     finally:
         target.close()
@@ -392,11 +399,13 @@ def format_sample_summary(summary: dict) -> str:
 
 
 def _free_folder(stem: str) -> str:
-    """``stem``, or ``stem-2``, ``stem-3``, ... : the first that does not exist or is empty."""
+    """``stem``, or ``stem-2``, ``stem-3``, ...: the first that is new, empty, or holds an unfinished job
+    (job.json without summary.json), which the same command then resumes."""
     from pathlib import Path
 
     k, name = 1, stem
-    while Path(name).exists() and any(Path(name).iterdir()):
+    while Path(name).exists() and any(Path(name).iterdir()) and not (
+            (Path(name) / "job.json").is_file() and not (Path(name) / "summary.json").is_file()):
         k += 1
         name = f"{stem}-{k}"
     return name
@@ -410,7 +419,9 @@ def add_run_command(sub) -> None:
                     "the samples exactly to the force field by SMC, and analyse them: a summary table, "
                     "DIR/summary.json and the plots.")
     p.add_argument("system", help="a named system that ships a model, e.g. alanine-dipeptide")
-    p.add_argument("--out", default=None, metavar="DIR", help="a new or empty folder (default: ./boltzgen-SYSTEM, or -2, -3, ... if that one is taken)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="a new or empty folder, or this job's folder to resume (default: ./boltzgen-SYSTEM, or -2, "
+                        "-3, ... if that one holds a finished job; an unfinished one is resumed)")
     _add_sampling_options(p, particles=1000, runs=4)
     p.set_defaults(func=_run)
 
@@ -421,7 +432,8 @@ def _run(args) -> int:
     settings = _sample_settings(args)
     out = args.out or _free_folder(f"boltzgen-{args.system}")
     result = run_named(args.system, out, particles=args.particles, runs=args.runs, settings=settings,
-                       seed=args.seed, device=args.device, progress=True)
+                       seed=args.seed, device=args.device, progress=True, compile=not args.no_compile,
+                       checkpoint_every=args.checkpoint_every)
     print(format_sample_summary(result.sample.summary))
     print(result.analysis_text)
     print(f"summary: {result.sample.out}/summary.json")
@@ -435,7 +447,7 @@ def add_free_energy_command(sub) -> None:
         description="F_B - F_A in kT two ways, each with an error bar over independent runs: an SMC bridge "
                     "from the Boltzmann generator's weighted samples of A to B, and the difference of the "
                     "generator's log Z of each state. With --md-from/--md-to (boltzgen md folders) or "
-                    "--reference NS (made here: phi metadynamics of both states) BAR on MD is the check. Writes "
+                    "--reference-ns NS (made here: phi metadynamics of both states) BAR on MD is the check. Writes "
                     "DIR/run-000 ... (the bridge's weighted samples of B; diagnostics.json with the ESS "
                     "of every bridge step) and DIR/summary.json (delta_f_kT, delta_f_err_kT, ...).")
     p.add_argument("--from", dest="system_from", required=True, metavar="A",
@@ -446,7 +458,7 @@ def add_free_energy_command(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
     p.add_argument("--md-from", nargs="+", default=None, metavar="DIR", help="MD runs of A for the BAR reference")
     p.add_argument("--md-to", nargs="+", default=None, metavar="DIR", help="MD runs of B (as many as of A)")
-    p.add_argument("--reference", type=float, default=None, metavar="NS",
+    p.add_argument("--reference-ns", type=float, default=None, metavar="NS",
                    help="make the BAR reference: NS ns of phi metadynamics per run and state (after 1 ns of deposition)")
     _add_sampling_options(p, particles=1000, runs=4)
     p.set_defaults(func=_free_energy)
@@ -457,8 +469,8 @@ def _free_energy(args) -> int:
     from .pipeline import free_energy_between
 
     settings = _sample_settings(args)
-    if args.reference is not None and not args.reference > 0:
-        raise ValueError(f"--reference must be a positive length in ns, got {args.reference}")
+    if args.reference_ns is not None and not args.reference_ns > 0:
+        raise ValueError(f"--reference-ns must be a positive length in ns, got {args.reference_ns}")
     model = systems.resolve_model(args.model, (args.system_from, args.system_to))
     target_a = systems.load(args.system_from)
     try:
@@ -466,8 +478,9 @@ def _free_energy(args) -> int:
         try:
             report = free_energy_between(target_a, target_b, model, args.out, particles=args.particles,
                                          runs=args.runs, settings=settings, seed=args.seed, device=args.device,
-                                         md_from=args.md_from, md_to=args.md_to, reference_ns=args.reference,
-                                         progress=True)
+                                         md_from=args.md_from, md_to=args.md_to, reference_ns=args.reference_ns,
+                                         progress=True, compile=not args.no_compile,
+                                         checkpoint_every=args.checkpoint_every)
         finally:
             target_b.close()
     finally:
@@ -495,6 +508,25 @@ def format_free_energy_summary(summary: dict) -> str:
     lines += [f"  evaluations             target {summary['target_evaluations']:,}   model {summary['model_evaluations']:,}",
               f"  time                    {summary['seconds']:.0f} s"]
     return "\n".join(lines)
+
+
+def add_summarize_command(sub) -> None:
+    """``boltzgen summarize OUT``: summary.json as a reduce over a sampling job's run folders."""
+    p = sub.add_parser(
+        "summarize", help="write OUT/summary.json from the run folders in OUT (pool runs made by separate jobs)",
+        description="Reduce the complete run folders (run-000, ...) of a `boltzgen sample`/`run` job folder into "
+                    "OUT/summary.json. Runs of the same job made elsewhere (e.g. two halves on two machines, "
+                    "copied into one folder with their job.json) are pooled like one job's.")
+    p.add_argument("out", metavar="OUT", help="a job folder written by `boltzgen sample` or `boltzgen run`")
+    p.set_defaults(func=_summarize)
+
+
+def _summarize(args) -> int:
+    from .pipeline import summarize
+
+    print(format_sample_summary(summarize(args.out)))
+    print(f"summary: {args.out}/summary.json")
+    return 0
 
 
 def add_train_command(sub) -> None:

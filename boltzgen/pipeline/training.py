@@ -1,0 +1,311 @@
+"""Training a molecular diffusion EBM from MD frames: ``boltzgen train``.
+
+MD folders (plain or biased, with log-weights) -> the coordinate space fitted to the frames ->
+DSM, then DSM + DiffCLF (with target score matching from the force field's forces) -> a model file
+with its quality report on held-out frames.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..analysis.model_quality import ModelQuality, model_quality
+from ..coordinates.cartesian import MolecularSpace
+from ..diffusion.networks import MolecularEnergy
+from ..diffusion.schedule import LogSNRSchedule
+from ..diffusion.training import TrainingConfig, train
+from ..io.md_runs import load_log_weights, load_trajectory
+from ..models import CHIRALITY_FOLD, CHIRALITY_KEPT, load_model_file, model_metadata, save_model_file
+
+WEIGHTINGS = ("boltzmann", "biased")
+COORDINATES = ("internal", "cartesian")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Choices of ``boltzgen train`` (defaults: 44 min for 90,000 alanine-dipeptide frames on one CPU thread).
+
+    Attributes:
+        hidden, n_blocks: width and depth of the distance network.
+        dsm_steps, clf_steps: steps of the DSM phase and of the DSM + clf_weight * DiffCLF phase.
+        batch_size, clf_batch_size, clf_levels, clf_window, clf_weight: see TrainingConfig.
+        learning_rate, clf_learning_rate: peak learning rates of the two phases (the second is
+            gentler, so DiffCLF moves mode masses without undoing the low-noise fit).
+        ema_decay: EMA of the weights (short: long averages blur energies).
+        tsm_weight, tsm_max_sigma: target score matching with the force field's forces at noise
+            below tsm_max_sigma (model units); 0 trains with DSM (+ DiffCLF) alone.
+        log_snr_max, log_snr_min: the noise schedule (LogSNRSchedule) in model units.
+        weighting: "boltzmann" draws frames with probability proportional to their weights
+            (biased MD's exp(+V/kT)), so the model learns the Boltzmann distribution; "biased"
+            ignores the weights, so the model learns the flattened biased distribution (a broad
+            proposal that SMC must correct).
+        holdout_fraction: when no held-out runs are given, the last fraction of every run's
+            frames is held out for the quality report.
+        seed: initialisation, batches and noise.
+        coordinates: "internal" (bonds, angles and dihedrals from the bond graph; the model keeps
+            chirality) or "cartesian" (centre-free positions, pair-distance network; mirror images
+            are folded onto L).
+    """
+
+    hidden: int = 256
+    n_blocks: int = 3
+    dsm_steps: int = 45000
+    clf_steps: int = 10000
+    batch_size: int = 256
+    clf_batch_size: int = 64
+    clf_levels: int = 4
+    clf_window: float = 0.1
+    clf_weight: float = 1.0
+    learning_rate: float = 1e-3
+    clf_learning_rate: float = 2e-4
+    ema_decay: float = 0.995
+    tsm_weight: float = 1.0
+    tsm_max_sigma: float = 5e-3
+    log_snr_max: float = 13.5
+    log_snr_min: float = -10.0
+    weighting: str = "boltzmann"
+    holdout_fraction: float = 0.1
+    seed: int = 0
+    coordinates: str = "cartesian"
+
+    def __post_init__(self):
+        if self.coordinates not in COORDINATES:
+            raise ValueError(f"coordinates must be one of {COORDINATES}, got {self.coordinates!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ValueError(f"holdout_fraction must lie in [0, 1), got {self.holdout_fraction!r}")
+
+    def training_config(self, checkpoint_every: int = 500) -> TrainingConfig:
+        return TrainingConfig(dsm_steps=self.dsm_steps, clf_steps=self.clf_steps, batch_size=self.batch_size,
+                              clf_batch_size=self.clf_batch_size, learning_rate=self.learning_rate,
+                              clf_learning_rate=self.clf_learning_rate, clf_weight=self.clf_weight,
+                              clf_levels=self.clf_levels, clf_window=self.clf_window, ema_decay=self.ema_decay,
+                              tsm_weight=self.tsm_weight, tsm_max_sigma=self.tsm_max_sigma,
+                              seed=self.seed, checkpoint_every=checkpoint_every)
+
+
+@dataclass(frozen=True)
+class Frames:
+    """MD frames of one molecule: positions (n, n_atoms, 3) nm float64 and log-weights (n,) float64."""
+
+    positions: np.ndarray
+    log_weights: np.ndarray
+    sources: tuple[str, ...]
+
+
+def load_frames(dirs, n_atoms: int, what: str = "data") -> Frames:
+    """Frames and log-weights of ``boltzgen md`` folders, checked against the molecule's atom count."""
+    xs, lws = [], []
+    for d in dirs:
+        traj = load_trajectory(d)
+        if traj.n_atoms != n_atoms:
+            raise ValueError(f"{what} {d} has {traj.n_atoms} atoms but the system has {n_atoms}: MD of another molecule")
+        x = traj.xyz.astype(np.float64)
+        if not np.isfinite(x).all():
+            raise ValueError(f"{what} {d} holds non-finite positions (NaN frames): rerun that MD with a smaller time step")
+        xs.append(x)
+        lws.append(np.asarray(load_log_weights(d), dtype=np.float64))
+    if not xs:
+        raise ValueError(f"give at least one {what} folder (written by `boltzgen md`)")
+    return Frames(np.concatenate(xs), np.concatenate(lws), tuple(str(d) for d in dirs))
+
+
+def split_holdout(dirs, n_atoms: int, fraction: float) -> tuple[Frames, Frames]:
+    """Training frames and the last ``fraction`` of every run's frames (contiguous, so less correlated)."""
+    train_parts, held_parts = [], []
+    for d in dirs:
+        f = load_frames([d], n_atoms)
+        cut = len(f.positions) - int(round(fraction * len(f.positions)))
+        train_parts.append(Frames(f.positions[:cut], f.log_weights[:cut], f.sources))
+        held_parts.append(Frames(f.positions[cut:], f.log_weights[cut:], f.sources))
+    join = lambda parts: Frames(np.concatenate([p.positions for p in parts]),  # noqa: E731
+                                np.concatenate([p.log_weights for p in parts]), tuple(str(d) for d in dirs))
+    return join(train_parts), join(held_parts)
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What :func:`train_model` wrote and measured.
+
+    Attributes:
+        model_path, dsm_model_path, checkpoint_path, report_path: files written.
+        quality: DSM + DiffCLF model on the held-out frames.
+        dsm_quality: the DSM-phase snapshot on the same frames.
+        baseline_quality: a DSM-only model trained for the same number of steps (if asked).
+        n_train, n_holdout: frames used; holdout: where the held-out frames came from.
+        seconds: wall time of this call; energy_ms_per_1000: model energy+gradient time per
+            1,000 particles (one call, after warm-up).
+    """
+
+    model_path: Path
+    dsm_model_path: Path
+    checkpoint_path: Path
+    report_path: Path
+    quality: ModelQuality
+    dsm_quality: ModelQuality
+    baseline_quality: ModelQuality | None
+    n_train: int
+    n_holdout: int
+    holdout: str
+    seconds: float
+    energy_ms_per_1000: float
+    settings: TrainSettings = field(repr=False)
+
+
+def output_paths(out) -> dict:
+    """Files of a training run named after the model file ``out`` (e.g. model.pt)."""
+    out = Path(out)
+    stem, suffix = out.stem, out.suffix or ".pt"
+    return {"model": out, "dsm_model": out.with_name(f"{stem}-dsm{suffix}"), "checkpoint": out.with_suffix(".ckpt"),
+            "baseline_model": out.with_name(f"{stem}-dsm-baseline{suffix}"),
+            "baseline_checkpoint": out.with_name(f"{stem}-dsm-baseline.ckpt"), "report": out.with_suffix(".json")}
+
+
+def _scores(target, space, positions: np.ndarray, chunk: int = 4096) -> torch.Tensor:
+    """grad_y log p(y) of frames in the space's coordinates: -grad of the target in model units, float32 (n, d)."""
+    from ..smc import evaluate_with_grad
+
+    energy = space.flat_energy(target.reduced_energy)
+    parts = []
+    for start in range(0, len(positions), chunk):
+        y = space.to_flat(torch.as_tensor(positions[start:start + chunk], dtype=torch.float64))
+        _, grad = evaluate_with_grad(energy, y)
+        parts.append(-grad if space.projection is None else space.projection(-grad))
+    scores = torch.cat(parts).to(torch.float32)
+    if not torch.isfinite(scores).all():
+        raise ValueError("the force field gives non-finite forces on some training frames (overlapping atoms?)")
+    return scores
+
+
+def _space_and_model(settings: "TrainSettings", target, frames: "Frames", schedule):
+    """The coordinate space fitted to the training frames, the flat data and an untrained model of that kind."""
+    positions = torch.from_numpy(frames.positions)
+    weights = None
+    if settings.weighting == "boltzmann":
+        weights = torch.exp(torch.as_tensor(frames.log_weights) - float(np.max(frames.log_weights)))
+    with torch.random.fork_rng():  # the network's initialisation, without touching the caller's global RNG
+        torch.manual_seed(settings.seed)
+        return _build(settings, target, positions, weights, schedule)
+
+
+def _build(settings, target, positions, weights, schedule):
+    from ..coordinates.internal import InternalSpace, zmatrix
+    from ..diffusion.internal import InternalEnergy
+
+    if settings.coordinates == "cartesian":
+        space = MolecularSpace.fit(positions)
+        y = space.to_flat(positions).to(torch.float32)
+        data_variance = float((y.double() ** 2).sum(1).mean()) / space.subspace_dim
+        model = MolecularEnergy(space.n_atoms, schedule, data_variance, hidden=settings.hidden,
+                                n_blocks=settings.n_blocks).fit(y)
+        return space, y, model
+    space = InternalSpace.fit(zmatrix(target.topology), positions, weights)
+    y = space.to_flat(positions).to(torch.float32)
+    n_periodic = int(space.periodic.sum())
+    model = InternalEnergy(space.dim - n_periodic, n_periodic, schedule, hidden=settings.hidden,
+                           n_blocks=settings.n_blocks).fit(y, weights)
+    return space, y, model
+
+
+def _energy_ms_per_1000(model, space, positions) -> float:
+    y = space.to_flat(torch.as_tensor(positions[:1000])).to(model.data_mean)
+    y = y.repeat((1000 + len(y) - 1) // len(y), 1)[:1000]
+    model.score(model.schedule.t_min, y)  # warm-up
+    start = time.perf_counter()
+    model.score(model.schedule.t_min, y)
+    return 1000.0 * (time.perf_counter() - start)
+
+
+def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(), *, holdout_dirs=None,
+                baseline: bool = False, device: str | torch.device = "cpu", progress: bool = False) -> TrainReport:
+    """Train a molecular diffusion EBM (DSM, then DSM + DiffCLF) on MD frames of ``target``.
+
+    Resumable: the checkpoint next to ``out`` is continued when the same call is made again.
+    Writes the model file ``out`` (DSM + DiffCLF, EMA weights), ``<stem>-dsm.pt`` (the DSM-phase
+    snapshot), ``<stem>.ckpt`` (the training checkpoint) and ``<stem>.json`` (this report).
+
+    Args:
+        target: the OpenMMTarget the frames sample (its reduced energy scores the model).
+        data_dirs: ``boltzgen md`` folders (plain or biased MD with log-weights).
+        out: path of the model file to write.
+        settings: :class:`TrainSettings`.
+        holdout_dirs: MD folders kept out of training for the quality report (default: the last
+            ``settings.holdout_fraction`` of every data run).
+        baseline: also train a DSM-only model for dsm_steps + clf_steps steps (same seed), so the
+            report compares DiffCLF with DSM on the same budget.
+        device: where to train ("cpu", "cuda", ...).
+        progress: tqdm progress bars (stderr).
+    """
+    start = time.perf_counter()
+    data_dirs = [Path(d) for d in data_dirs]
+    paths = output_paths(out)
+    paths["model"].parent.mkdir(parents=True, exist_ok=True)
+    if holdout_dirs:
+        train_frames = load_frames(data_dirs, target.n_atoms)
+        held = load_frames([Path(d) for d in holdout_dirs], target.n_atoms, "holdout")
+        holdout = "runs " + ", ".join(str(d) for d in holdout_dirs)
+    else:
+        train_frames, held = split_holdout(data_dirs, target.n_atoms, settings.holdout_fraction)
+        holdout = f"last {settings.holdout_fraction:.0%} of each data run"
+    if len(held.positions) == 0:
+        raise ValueError("no held-out frames: give --holdout runs or a holdout_fraction > 0")
+    # the space's statistics and the model's base come from the training frames
+    schedule = LogSNRSchedule(settings.log_snr_max, settings.log_snr_min)
+    space, y, model = _space_and_model(settings, target, train_frames, schedule)
+    model = model.to(device)
+    log_weights = train_frames.log_weights if settings.weighting == "boltzmann" else None
+    scores = _scores(target, space, train_frames.positions) if settings.tsm_weight > 0 else None
+    chirality = CHIRALITY_FOLD if settings.coordinates == "cartesian" else CHIRALITY_KEPT
+    meta = model_metadata(target, chirality, training_data=[str(d) for d in data_dirs], settings=asdict(settings))
+
+    held_u = target.reduced_energy(held.positions)  # once: every model is scored on the same frames
+
+    def evaluate(m) -> ModelQuality:
+        return model_quality(m, space, held_u, held.positions, target.topology, held.log_weights)
+
+    def save_dsm(ema) -> None:
+        save_model_file(paths["dsm_model"], ema, space, {**meta, "phase": "dsm", "steps": settings.dsm_steps})
+
+    config = settings.training_config()
+    augment = space if isinstance(space, MolecularSpace) else None  # Cartesian batches are randomly rotated
+    result = train(model, y, config, paths["checkpoint"], progress=progress, log_weights=log_weights,
+                   scores=scores, space=augment, on_dsm_end=save_dsm)
+    save_model_file(paths["model"], result.model, space, {**meta, "phase": "dsm+diffclf", "steps": result.step})
+    if not paths["dsm_model"].exists():  # clf_steps = 0: the final model is the DSM model
+        save_dsm(result.model)
+    quality = evaluate(result.model)
+    dsm_quality = evaluate(load_model_file(paths["dsm_model"], device=device).model)
+    baseline_quality = None
+    if baseline:
+        _, _, base = _space_and_model(settings, target, train_frames, schedule)
+        base = base.to(device)
+        base_config = replace(config, dsm_steps=config.total_steps, clf_steps=0)
+        base_result = train(base, y, base_config, paths["baseline_checkpoint"], progress=progress,
+                            log_weights=log_weights, scores=scores, space=augment)
+        save_model_file(paths["baseline_model"], base_result.model, space,
+                        {**meta, "phase": "dsm-baseline", "steps": base_result.step})
+        baseline_quality = evaluate(base_result.model)
+    report = TrainReport(paths["model"], paths["dsm_model"], paths["checkpoint"], paths["report"], quality,
+                         dsm_quality, baseline_quality, len(train_frames.positions), len(held.positions), holdout,
+                         time.perf_counter() - start, _energy_ms_per_1000(result.model, space, held.positions),
+                         settings)
+    _write_report(report)
+    return report
+
+
+def _write_report(report: TrainReport) -> None:
+    data = {"model": str(report.model_path), "dsm_model": str(report.dsm_model_path), "n_train": report.n_train,
+            "n_holdout": report.n_holdout, "holdout": report.holdout, "seconds": report.seconds,
+            "energy_ms_per_1000": report.energy_ms_per_1000, "quality": report.quality.as_dict(),
+            "dsm_quality": report.dsm_quality.as_dict(),
+            "baseline_quality": None if report.baseline_quality is None else report.baseline_quality.as_dict(),
+            "settings": asdict(report.settings)}
+    tmp = report.report_path.with_name(report.report_path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(report.report_path)
