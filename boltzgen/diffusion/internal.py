@@ -86,6 +86,10 @@ class InternalEnergy(EnergyModel):
         super().__init__(correction, "internal", dim, schedule, None, 1.0, n_time_features, max(n_linear, 1))
         self.config.update(n_linear=n_linear, n_periodic=n_periodic, n_components=n_components)
         self.n_linear, self.n_periodic = n_linear, n_periodic
+        # the anchor of the learned log-normaliser is f(1) = (L / 2) log(2 pi v_1): the dihedral base
+        # is normalised on the circle, so only the L linear coordinates count, none when L = 0
+        # (EnergyModel needs subspace_dim >= 1, hence the max(n_linear, 1) passed above)
+        self.log_normaliser_net.dim = n_linear
         self.dihedral_base = WrappedMixture(n_periodic, n_components)
         periodic = torch.zeros(dim, dtype=torch.bool)
         periodic[n_linear:] = True
