@@ -62,6 +62,7 @@ undefined; such molecules are not supported.
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -378,17 +379,6 @@ def _dihedral(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor
     return torch.where(phi <= -math.pi, phi + 2 * math.pi, phi)
 
 
-def _place(l: torch.Tensor, k: torch.Tensor, j: torch.Tensor, r, theta, phi) -> torch.Tensor:
-    """NeRF: the atom i with |i - j| = r, angle i-j-k = theta and dihedral i-j-k-l = phi."""
-    bc = j - k
-    bc = bc / torch.linalg.vector_norm(bc, dim=-1, keepdim=True)
-    normal = torch.linalg.cross(k - l, bc)
-    normal = normal / torch.linalg.vector_norm(normal, dim=-1, keepdim=True)
-    m = torch.linalg.cross(normal, bc)
-    r, theta, phi = r[..., None], theta[..., None], phi[..., None]
-    return j + r * (-torch.cos(theta) * bc + torch.sin(theta) * (torch.cos(phi) * m + torch.sin(phi) * normal))
-
-
 def internal_from_positions(x, zmat: ZMatrix) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bond lengths, bond angles and dihedrals of the Z-matrix from Cartesian positions.
 
@@ -429,6 +419,218 @@ def positions_from_internal(bonds, angles, dihedrals, zmat: ZMatrix) -> torch.Te
         (n, N, 3) positions in nm (atom indices as in the topology), in the promoted dtype of the
         three inputs on the device of ``bonds``; differentiable.
     """
+    return _positions(bonds, angles, dihedrals, zmat, centred=False)
+
+
+# ---- NeRF: internal coordinates -> positions ----------------------------------------------------
+# positions_from_internal is evaluated with its gradient for whole batches thousands of times per
+# sampling run, on small molecules (~20 atoms, a handful per generation). Eager torch then pays
+# per operation, not per number, so the map is one autograd Function with a hand-written
+# backward: no autograd graph of ~400 small nodes, no index_put backward per generation.
+#
+# Layout: positions live in a (N, 3, n) buffer (atom, x/y/z, configuration), so every atom's
+# component is a contiguous row of n numbers and gathering reference atoms is a copy of rows.
+# Per-generation tensors are (k, 3, n) for k atoms; per-atom scalars (k, 1, n) or (k, n).
+#
+# An atom i with references (j, k, l) sits at
+#     x_i = x_j + D0 b + D1 m + D2 nrm,   D = (-r cos(theta), r sin(theta) cos(phi), r sin(theta) sin(phi)),
+# in the orthonormal right-handed frame of its references
+#     b = (x_j - x_k) / |x_j - x_k|,   m = -v_perp / |v_perp|,   nrm = b x m,
+# where v = x_k - x_l and v_perp = v - (v.b) b is its part perpendicular to b. This is the
+# textbook NeRF frame (nrm = unit(v x b), m = nrm x b) with one cross product and one
+# normalisation fewer.
+
+@dataclass(frozen=True)
+class _Walk:
+    """Index tensors of the NeRF walk of one Z-matrix on one device (:func:`_walk`).
+
+    Attributes:
+        first, second, third: the first three atoms of the order (the canonical frame).
+        third_on_second: whether the third atom is bonded to the second (else to the first).
+        generations: one (start, stop, atoms, references) per generation after the frame:
+            rows [start, stop) of the local displacements, the atoms placed (k,) and their
+            reference atoms (3k,) as [j..., k..., l...], int64.
+        bond_rows, angle_rows, dihedral_rows: (N - 3,) the bond, angle and dihedral of each
+            local-displacement row: those of the atom at placement position p are bond p - 1,
+            angle p - 2 and dihedral p - 3.
+        inverse: (N - 3,) the inverse permutation of ``dihedral_rows`` (back to Z-matrix order).
+    """
+
+    first: int
+    second: int
+    third: int
+    third_on_second: bool
+    generations: tuple[tuple[int, int, torch.Tensor, torch.Tensor], ...]
+    bond_rows: torch.Tensor
+    angle_rows: torch.Tensor
+    dihedral_rows: torch.Tensor
+    inverse: torch.Tensor
+
+
+@functools.lru_cache(maxsize=64)
+def _walk(zmat: ZMatrix, device: torch.device) -> _Walk:
+    """The :class:`_Walk` of ``zmat`` on ``device`` (cached: built once per Z-matrix and device)."""
+    def index(values) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(values, dtype=np.int64), device=device)
+
+    generations, start = [], 0
+    for p, atoms, j, k, l in zmat._generations:
+        generations.append((start, start + len(p), index(atoms), index(np.concatenate([j, k, l]))))
+        start += len(p)
+    rows = np.concatenate([g[0] for g in zmat._generations] or [np.zeros(0, np.int64)]) - 3
+    first, second, third = zmat.order[:3]
+    return _Walk(first, second, third, zmat.references[2][0] == second, tuple(generations),
+                 index(rows + 2), index(rows + 1), index(rows), index(np.argsort(rows)))
+
+
+def _cross_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """out = a x b for (k, 3, n) tensors (component on dim 1), written component by component.
+
+    Cheaper than torch.linalg.cross for these shapes (few, long contiguous rows).
+    """
+    for c, (c1, c2) in enumerate(((1, 2), (2, 0), (0, 1))):
+        torch.mul(a[:, c1], b[:, c2], out=out[:, c]).addcmul_(a[:, c2], b[:, c1], value=-1)
+
+
+def _place_generation(x: torch.Tensor, local: torch.Tensor, atoms: torch.Tensor, references: torch.Tensor):
+    """Place one generation of atoms into ``x`` (in place) and return what the backward pass needs.
+
+    Args:
+        x: (N, 3, n) positions in nm; the reference atoms are already placed.
+        local: (3, k, n) local displacements D (nm) of the k atoms, in their frames (b, m, nrm).
+        atoms: (k,) the atoms to place; references: (3k,) their j's, k's and l's.
+
+    Returns:
+        (frame, inv_jk, inv_perp, v_dot_b): the frames (3, k, 3, n) = (b, m, nrm),
+        1/|x_j - x_k| and 1/|v_perp| (k, 1, n) in 1/nm, and v.b (k, 1, n) in nm.
+    """
+    k = atoms.shape[0]
+    ref = x.index_select(0, references)
+    xj, xk, xl = ref[:k], ref[k:2 * k], ref[2 * k:]
+    frame = x.new_empty((3, k) + x.shape[1:])
+    b, m, nrm = frame
+    u = xj - xk
+    inv_jk = (u * u).sum(1, keepdim=True).rsqrt_()
+    torch.mul(u, inv_jk, out=b)
+    v = xk - xl
+    v_dot_b = (v * b).sum(1, keepdim=True)
+    v_perp = torch.addcmul(v, b, v_dot_b, value=-1)
+    inv_perp = (v_perp * v_perp).sum(1, keepdim=True).rsqrt_()
+    torch.mul(v_perp, inv_perp, out=m).neg_()
+    _cross_into(nrm, b, m)
+    x.index_copy_(0, atoms, (frame * local[:, :, None]).sum(0).add_(xj))
+    return frame, inv_jk, inv_perp, v_dot_b
+
+
+def _place_generation_backward(grad_x: torch.Tensor, grad_local: torch.Tensor, local: torch.Tensor, saved,
+                               atoms: torch.Tensor, references: torch.Tensor) -> None:
+    """Backward of :func:`_place_generation`, in place: the adjoints of the placed atoms (complete,
+    since later generations were processed first) go to ``grad_local`` and to their references.
+
+    Args:
+        grad_x: (N, 3, n) adjoint of the positions; the references' rows are accumulated into.
+        grad_local: (3, k, n) output, the adjoint of ``local``.
+        local, atoms, references: as given to :func:`_place_generation`; saved: what it returned.
+
+    With g = dL/dx_i written in the frame as g = gb b + gm m + gn nrm, dL/dD = (gb, gm, gn), and
+    (from differentiating x_i = x_j + D0 b + D1 m + D2 b x m, the normalisations and v_perp, and
+    using that the frame is orthonormal) the adjoints of u = x_j - x_k and v = x_k - x_l are
+
+        w = (D1 gn - D2 gm) / |v_perp|,
+        dL/du = [(D0 gm - D1 gb) m + (D0 gn - D2 gb + (v.b) w) nrm] / |x_j - x_k|,
+        dL/dv = -w nrm,
+
+    so dL/dx_j += g + dL/du, dL/dx_k += dL/dv - dL/du, dL/dx_l += -dL/dv.
+    """
+    frame, inv_jk, inv_perp, v_dot_b = saved
+    b, m, nrm = frame
+    g = grad_x.index_select(0, atoms)
+    gb, gm, gn = torch.sum(frame * g, 2, out=grad_local)
+    d0, d1, d2 = local
+    w = (d1 * gn).addcmul_(d2, gm, value=-1).mul_(inv_perp[:, 0])
+    alpha = (d0 * gm).addcmul_(d1, gb, value=-1).mul_(inv_jk[:, 0])
+    beta = (d0 * gn).addcmul_(d2, gb, value=-1).addcmul_(v_dot_b[:, 0], w).mul_(inv_jk[:, 0])
+    grad_u = (m * alpha[:, None]).addcmul_(nrm, beta[:, None])
+    grad_v = nrm * w.neg_()[:, None]
+    grad_j = g.add_(grad_u)
+    grad_k = grad_v - grad_u
+    grad_l = grad_v.neg_()
+    grad_x.index_add_(0, references, torch.cat([grad_j, grad_k, grad_l]))
+
+
+class _NeRF(torch.autograd.Function):
+    """(bonds, angles, dihedrals) -> positions (n, N, 3), optionally centroid-free; first derivatives.
+
+    See :func:`positions_from_internal`. The backward pass is hand-written (module comments above
+    :class:`_Walk`); it is not itself differentiable (``once_differentiable``).
+    """
+
+    @staticmethod
+    def forward(ctx, bonds, angles, dihedrals, walk: _Walk, centred: bool):
+        n, n_atoms = bonds.shape[0], bonds.shape[1] + 1
+        # Local displacements of the atoms after the frame, rows in generation order, (3, N - 3, n).
+        r = bonds.t().index_select(0, walk.bond_rows)
+        theta = angles.t().index_select(0, walk.angle_rows)
+        phi = dihedrals.t().index_select(0, walk.dihedral_rows)
+        trig = torch.cos(theta), torch.sin(theta), torch.cos(phi), torch.sin(phi)
+        cos_t, sin_t, cos_p, sin_p = trig
+        local = bonds.new_empty((3,) + r.shape)
+        torch.mul(r, cos_t, out=local[0]).neg_()
+        r_sin_t = r * sin_t
+        torch.mul(r_sin_t, cos_p, out=local[1])
+        torch.mul(r_sin_t, sin_p, out=local[2])
+        # The canonical frame: first atom at 0, second on +x, third in the xy-plane.
+        x = bonds.new_zeros((n_atoms, 3, n))
+        r1, r2, theta2 = bonds[:, 0], bonds[:, 1], angles[:, 0]
+        cos2, sin2 = torch.cos(theta2), torch.sin(theta2)
+        x[walk.second, 0] = r1
+        # The angle at j opens from the direction to the other frame atom: -x from the second, +x from the first.
+        sign = -1.0 if walk.third_on_second else 1.0
+        torch.mul(r2, cos2, out=x[walk.third, 0]).mul_(sign)
+        if walk.third_on_second:
+            x[walk.third, 0] += r1
+        torch.mul(r2, sin2, out=x[walk.third, 1])
+        saved = [t for start, stop, atoms, refs in walk.generations
+                 for t in _place_generation(x, local[:, start:stop], atoms, refs)]
+        if centred:
+            x -= x.mean(0)
+        ctx.walk, ctx.centred = walk, centred
+        ctx.save_for_backward(r, *trig, local, r2, cos2, sin2, *saved)
+        return x.view(3 * n_atoms, n).t().reshape(n, n_atoms, 3).contiguous()  # (n, N, 3), as before
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        walk = ctx.walk
+        r, cos_t, sin_t, cos_p, sin_p, local, r2, cos2, sin2, *saved = ctx.saved_tensors
+        per_generation = [saved[i:i + 4] for i in range(0, len(saved), 4)]  # _place_generation's 4 tensors
+        n, n_atoms = grad.shape[:2]
+        grad_x = grad.new_empty((n_atoms, 3, n)).copy_(grad.permute(1, 2, 0))  # a copy: updated in place
+        if ctx.centred:
+            grad_x -= grad_x.mean(0)
+        grad_local = torch.empty_like(local)
+        for (start, stop, atoms, refs), tensors in zip(reversed(walk.generations), reversed(per_generation)):
+            _place_generation_backward(grad_x, grad_local[:, start:stop], local[:, start:stop], tensors, atoms, refs)
+        # Local displacements -> (r, theta, phi), then rows back to Z-matrix order.
+        g0, g1, g2 = grad_local
+        radial = (g1 * cos_p).addcmul_(g2, sin_p)  # the adjoint along (cos(phi), sin(phi))
+        grad_r = (radial * sin_t).addcmul_(g0, cos_t, value=-1)
+        grad_theta = (radial * cos_t).addcmul_(g0, sin_t).mul_(r)
+        grad_phi = (g2 * local[1]).addcmul_(g1, local[2], value=-1)
+        # The frame: x_second = (r1, 0, 0), x_third = (x_j + sign r2 cos(theta2), r2 sin(theta2), 0).
+        sign = -1.0 if walk.third_on_second else 1.0
+        gx, gy = grad_x[walk.third, 0], grad_x[walk.third, 1]
+        grad_r1 = grad_x[walk.second, 0] + gx if walk.third_on_second else grad_x[walk.second, 0]
+        grad_r2 = (gx * cos2).mul_(sign).addcmul_(gy, sin2)
+        grad_theta2 = (gy * cos2).addcmul_(gx, sin2, value=-sign).mul_(r2)
+        inverse = walk.inverse
+        grad_bonds = torch.cat([grad_r1[None], grad_r2[None], grad_r.index_select(0, inverse)]).t()
+        grad_angles = torch.cat([grad_theta2[None], grad_theta.index_select(0, inverse)]).t()
+        return grad_bonds, grad_angles, grad_phi.index_select(0, inverse).t(), None, None
+
+
+def _positions(bonds, angles, dihedrals, zmat: ZMatrix, centred: bool) -> torch.Tensor:
+    """Checked inputs -> positions (n, N, 3) nm; ``centred``: minus their centroid."""
     zmat = _check_zmatrix(zmat)
     n_atoms = zmat.n_atoms
     b = check_flat(bonds, "bonds", n_atoms - 1)
@@ -439,20 +641,7 @@ def positions_from_internal(bonds, angles, dihedrals, zmat: ZMatrix) -> torch.Te
                          f"{b.shape[0]}, {a.shape[0]} and {d.shape[0]}")
     dtype = torch.promote_types(torch.promote_types(b.dtype, a.dtype), d.dtype)
     b, a, d = (t.to(device=b.device, dtype=dtype) for t in (b, a, d))
-    n = b.shape[0]
-    first, second, third = zmat.order[:3]
-    x = b.new_zeros((n, n_atoms, 3))
-    x[:, second, 0] = b[:, 0]
-    # Third atom: from j (first or second atom) towards +-x, rotated by theta towards +y.
-    j = zmat.references[2][0]
-    r, theta = b[:, 1], a[:, 0]
-    sign = 1.0 if j == first else -1.0
-    x_j = b[:, 0] if j == second else torch.zeros_like(r)
-    x[:, third] = torch.stack([x_j + sign * r * torch.cos(theta), r * torch.sin(theta), torch.zeros_like(r)], -1)
-    for batch in zmat._generations:
-        p, i, j, k, l = torch.as_tensor(batch, device=b.device)
-        x[:, i] = _place(x[:, l], x[:, k], x[:, j], b[:, p - 1], a[:, p - 2], d[:, p - 3])
-    return x
+    return _NeRF.apply(b, a, d, _walk(zmat, b.device), centred)
 
 
 def log_det_jacobian(bonds, angles) -> torch.Tensor:
@@ -641,8 +830,7 @@ class InternalSpace:
         centroid subtracted (its orientation is that frame's; the energy does not depend on it).
         """
         bonds, angles, dihedrals = self.to_internal(z)
-        x = positions_from_internal(bonds, angles, dihedrals, self.zmatrix)
-        return x - x.mean(dim=1, keepdim=True)
+        return _positions(bonds, angles, dihedrals, self.zmatrix, centred=True)
 
     def log_det_jacobian(self, z) -> torch.Tensor:
         """(n,) ln|det| of z -> centroid-free positions modulo rotations (class docstring); -inf off the domain."""
