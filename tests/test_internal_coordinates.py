@@ -446,3 +446,30 @@ def test_hand_written_backward_matches_autograd(aldp, molecule):
     (g_bonds,) = torch.autograd.grad(positions_from_internal(*v, zm), v[0], upstream)
     assert upstream.eq(1).all()
     torch.testing.assert_close(g_bonds, torch.autograd.grad(_reference_positions(*v, zm).sum(), v[0])[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_space_log_det_backward_matches_autograd_and_is_zero_off_the_domain(aldp, dtype):
+    # InternalSpace.log_det_jacobian is a torch.autograd.Function with a hand-written backward.
+    target, x = aldp
+    space = InternalSpace.fit(target, x)
+    z = space.to_flat(x).to(dtype)
+    z[0, 0] = -1.0 - space.bond_mean[0] / space.bond_scale[0]  # a negative bond
+    z[1, 21] = (math.pi + 0.1 - space.angle_mean[0]) / space.angle_scale[0]  # an angle > pi
+    z[2, 0] = -space.bond_mean[0] / space.bond_scale[0]  # a bond of (about) 0: 2 / r would not be finite
+    v = z.clone().requires_grad_(True)
+    value = space.log_det_jacobian(v)
+    (grad,) = torch.autograd.grad((value[3:] * torch.arange(1.0, 4.0, dtype=dtype)).sum() + value[:3].sum(), v)
+    b, a, _ = space.to_internal(v)
+    reference = log_det_jacobian(b[3:], a[3:]) + space._log_det_constant
+    (grad_ref,) = torch.autograd.grad((reference * torch.arange(1.0, 4.0, dtype=dtype)).sum(), v)
+    assert value.dtype == grad.dtype == dtype and grad.is_contiguous()
+    assert torch.isinf(value[:3]).all() and (value[:3] < 0).all()
+    tolerance = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(value[3:], reference.detach(), **tolerance)
+    assert grad[:3].eq(0).all() and grad[:, 41:].eq(0).all()
+    torch.testing.assert_close(grad[3:], grad_ref[3:], **tolerance)
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(space.log_det_jacobian, (z[3:].clone().requires_grad_(True),))
+        assert torch.autograd.gradcheck(space.flat_energy(lambda pos: pos.square().sum((1, 2))),
+                                        (z[3:5].clone().requires_grad_(True),))
