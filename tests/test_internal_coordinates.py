@@ -440,6 +440,9 @@ def test_hand_written_backward_matches_autograd(aldp, molecule):
     assert torch.autograd.gradcheck(lambda *v: positions_from_internal(*v, zm), rows)
     space = InternalSpace.fit(zm, x)  # to_positions: the centred variant of the same Function
     assert torch.autograd.gradcheck(space.to_positions, (space.to_flat(x[:2]).requires_grad_(True),))
+    empty = tuple(t[:0].clone().requires_grad_(True) for t in q)  # an empty batch
+    assert [g.shape for g in torch.autograd.grad(positions_from_internal(*empty, zm).sum(), empty)] == [
+        t.shape for t in empty]
     # One configuration, an expanded upstream gradient (from .sum()): left as it was given.
     v = tuple(t[:1].clone().requires_grad_(True) for t in q)
     upstream = torch.ones(1, zm.n_atoms, 3, dtype=torch.float64)
@@ -473,3 +476,12 @@ def test_space_log_det_backward_matches_autograd_and_is_zero_off_the_domain(aldp
         assert torch.autograd.gradcheck(space.log_det_jacobian, (z[3:].clone().requires_grad_(True),))
         assert torch.autograd.gradcheck(space.flat_energy(lambda pos: pos.square().sum((1, 2))),
                                         (z[3:5].clone().requires_grad_(True),))
+
+
+def test_triatomic_space_gradients():
+    # Three atoms: the canonical frame only, no NeRF generation.
+    top, u, _, _ = _harmonic_triatomic()
+    space = InternalSpace(zmatrix(top), (0.14, 0.16), (0.02, 0.035), (1.8,), (0.4,))
+    z = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(space.to_positions, (z,))
+    assert torch.autograd.gradcheck(space.flat_energy(u), (z,))

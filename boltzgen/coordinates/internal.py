@@ -438,16 +438,17 @@ def positions_from_internal(bonds, angles, dihedrals, zmat: ZMatrix) -> torch.Te
 # per operation, not per number, so the map is one autograd Function with a hand-written
 # backward: no autograd graph of ~400 small nodes, no index_put backward per generation.
 #
-# Layout: positions live in a (N, 3, n) buffer (atom, x/y/z, configuration), so every atom's
-# component is a contiguous row of n numbers and gathering reference atoms is a copy of rows.
-# Per-generation tensors are (k, 3, n) for k atoms; per-atom scalars (k, 1, n) or (k, n).
+# Layout: positions live in a (3, N, n) buffer (x/y/z, atom, configuration), so every atom's
+# component is a contiguous row of n numbers, gathering reference atoms is a copy of rows, and
+# each component of a generation's (3, k, n) tensors is one contiguous block (per-atom scalars
+# are (k, n)): elementwise ops then run over long rows, not strided triples.
 #
 # An atom i with references (j, k, l) sits at
 #     x_i = x_j + D0 b + D1 m + D2 nrm,   D = (-r cos(theta), r sin(theta) cos(phi), r sin(theta) sin(phi)),
 # in the orthonormal right-handed frame of its references
-#     b = (x_j - x_k) / |x_j - x_k|,   m = -v_perp / |v_perp|,   nrm = b x m,
-# where v = x_k - x_l and v_perp = v - (v.b) b is its part perpendicular to b. This is the
-# textbook NeRF frame (nrm = unit(v x b), m = nrm x b) with one cross product and one
+#     b = (x_j - x_k) / |x_j - x_k|,   m = v_perp / |v_perp|,   nrm = b x m,
+# where v = x_l - x_k and v_perp = v - (v.b) b is its part perpendicular to b. This is the
+# textbook NeRF frame (nrm = unit((x_k - x_l) x b), m = nrm x b) with one cross product and one
 # normalisation fewer.
 
 @dataclass(frozen=True)
@@ -464,7 +465,7 @@ class _Walk:
         third_on_second: whether the third atom is bonded to the second (else to the first).
         generations: one (start, stop, atoms, references) per generation after the frame:
             rows [start, stop) of the local displacements, the atoms placed (k,) and their
-            reference atoms (3k,) as [j..., k..., l...], int64.
+            reference atoms (3k,) as [j..., l..., k...], int64.
         columns: (3 (N - 3),) the columns of q of the local-displacement rows: their bonds,
             then their angles, then their dihedrals (rows in generation order).
     """
@@ -485,7 +486,7 @@ def _walk(zmat: ZMatrix, device: torch.device) -> _Walk:
 
     generations, start = [], 0
     for p, atoms, j, k, l in zmat._generations:
-        generations.append((start, start + len(p), index(atoms), index(np.concatenate([j, k, l]))))
+        generations.append((start, start + len(p), index(atoms), index(np.concatenate([j, l, k]))))
         start += len(p)
     n = zmat.n_atoms
     p = np.concatenate([g[0] for g in zmat._generations] or [np.zeros(0, np.int64)])
@@ -495,41 +496,40 @@ def _walk(zmat: ZMatrix, device: torch.device) -> _Walk:
 
 
 def _cross_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    """out = a x b for (k, 3, n) tensors (component on dim 1), written component by component.
+    """out = a x b for (3, ...) tensors (components first), written component by component.
 
-    Cheaper than torch.linalg.cross for these shapes (few, long contiguous rows).
+    Cheaper than torch.linalg.cross for these shapes (each component a block of long rows).
     """
     for c, (c1, c2) in enumerate(((1, 2), (2, 0), (0, 1))):
-        torch.mul(a[:, c1], b[:, c2], out=out[:, c]).addcmul_(a[:, c2], b[:, c1], value=-1)
+        torch.mul(a[c1], b[c2], out=out[c]).addcmul_(a[c2], b[c1], value=-1)
 
 
 def _place_generation(x: torch.Tensor, local: torch.Tensor, atoms: torch.Tensor, references: torch.Tensor):
     """Place one generation of atoms into ``x`` (in place) and return what the backward pass needs.
 
     Args:
-        x: (N, 3, n) positions in nm; the reference atoms are already placed.
+        x: (3, N, n) positions in nm; the reference atoms are already placed.
         local: (3, k, n) local displacements D (nm) of the k atoms, in their frames (b, m, nrm).
-        atoms: (k,) the atoms to place; references: (3k,) their j's, k's and l's.
+        atoms: (k,) the atoms to place; references: (3k,) their j's, l's and k's.
 
     Returns:
-        (frame, inv_jk, inv_perp, v_dot_b): the frames (3, k, 3, n) = (b, m, nrm),
-        1/|x_j - x_k| and 1/|v_perp| (k, 1, n) in 1/nm, and v.b (k, 1, n) in nm.
+        (frame, inv_jk, inv_perp, v_dot_b): the frames (3, 3, k, n) = (b, m, nrm),
+        1/|x_j - x_k| and 1/|v_perp| (k, n) in 1/nm, and v.b (k, n) in nm.
     """
-    k = atoms.shape[0]
-    ref = x.index_select(0, references)
-    xj, xk, xl = ref[:k], ref[k:2 * k], ref[2 * k:]
-    frame = x.new_empty((3, k) + x.shape[1:])
+    k, n = atoms.shape[0], x.shape[2]
+    ref = x.index_select(1, references)
+    xj, xk = ref[:, :k], ref[:, 2 * k:]
+    u, v = ref[:, :2 * k].view(3, 2, k, n).sub(xk[:, None]).unbind(1)  # x_j - x_k, x_l - x_k: one op
+    frame = x.new_empty((3, 3, k, n))
     b, m, nrm = frame
-    u = xj - xk
-    inv_jk = (u * u).sum(1, keepdim=True).rsqrt_()
+    inv_jk = (u * u).sum(0).rsqrt_()
     torch.mul(u, inv_jk, out=b)
-    v = xk - xl
-    v_dot_b = (v * b).sum(1, keepdim=True)
+    v_dot_b = (v * b).sum(0)
     v_perp = torch.addcmul(v, b, v_dot_b, value=-1)
-    inv_perp = (v_perp * v_perp).sum(1, keepdim=True).rsqrt_()
-    torch.mul(v_perp, inv_perp, out=m).neg_()
+    inv_perp = (v_perp * v_perp).sum(0).rsqrt_()
+    torch.mul(v_perp, inv_perp, out=m)
     _cross_into(nrm, b, m)
-    x.index_copy_(0, atoms, (frame * local[:, :, None]).sum(0).add_(xj))
+    x.index_copy_(1, atoms, (frame * local[:, None]).sum(0).add_(xj))
     return frame, inv_jk, inv_perp, v_dot_b
 
 
@@ -539,34 +539,33 @@ def _place_generation_backward(grad_x: torch.Tensor, grad_local: torch.Tensor, l
     since later generations were processed first) go to ``grad_local`` and to their references.
 
     Args:
-        grad_x: (N, 3, n) adjoint of the positions; the references' rows are accumulated into.
+        grad_x: (3, N, n) adjoint of the positions; the references' columns are accumulated into.
         grad_local: (3, k, n) output, the adjoint of ``local``.
         local, atoms, references: as given to :func:`_place_generation`; saved: what it returned.
 
     With g = dL/dx_i written in the frame as g = gb b + gm m + gn nrm, dL/dD = (gb, gm, gn), and
     (from differentiating x_i = x_j + D0 b + D1 m + D2 b x m, the normalisations and v_perp, and
-    using that the frame is orthonormal) the adjoints of u = x_j - x_k and v = x_k - x_l are
+    using that the frame is orthonormal) the adjoints of u = x_j - x_k and v = x_l - x_k are
 
         w = (D1 gn - D2 gm) / |v_perp|,
-        dL/du = [(D0 gm - D1 gb) m + (D0 gn - D2 gb + (v.b) w) nrm] / |x_j - x_k|,
-        dL/dv = -w nrm,
+        dL/du = [(D0 gm - D1 gb) m + (D0 gn - D2 gb - (v.b) w) nrm] / |x_j - x_k|,
+        dL/dv = w nrm,
 
-    so dL/dx_j += g + dL/du, dL/dx_k += dL/dv - dL/du, dL/dx_l += -dL/dv.
+    so dL/dx_j += g + dL/du, dL/dx_l += dL/dv, dL/dx_k += -(dL/du + dL/dv).
     """
     frame, inv_jk, inv_perp, v_dot_b = saved
     b, m, nrm = frame
-    g = grad_x.index_select(0, atoms)
-    gb, gm, gn = torch.sum(frame * g, 2, out=grad_local)
+    g = grad_x.index_select(1, atoms)
+    gb, gm, gn = torch.sum(frame * g, 1, out=grad_local)
     d0, d1, d2 = local
-    w = (d1 * gn).addcmul_(d2, gm, value=-1).mul_(inv_perp[:, 0])
-    alpha = (d0 * gm).addcmul_(d1, gb, value=-1).mul_(inv_jk[:, 0])
-    beta = (d0 * gn).addcmul_(d2, gb, value=-1).addcmul_(v_dot_b[:, 0], w).mul_(inv_jk[:, 0])
-    grad_u = (m * alpha[:, None]).addcmul_(nrm, beta[:, None])
-    grad_v = nrm * w.neg_()[:, None]
+    w = (d1 * gn).addcmul_(d2, gm, value=-1).mul_(inv_perp)
+    alpha = (d0 * gm).addcmul_(d1, gb, value=-1).mul_(inv_jk)
+    beta = (d0 * gn).addcmul_(d2, gb, value=-1).addcmul_(v_dot_b, w, value=-1).mul_(inv_jk)
+    grad_u = (m * alpha).addcmul_(nrm, beta)
+    grad_v = nrm * w
+    grad_k = torch.add(grad_u, grad_v).neg_()
     grad_j = g.add_(grad_u)
-    grad_k = grad_v - grad_u
-    grad_l = grad_v.neg_()
-    grad_x.index_add_(0, references, torch.cat([grad_j, grad_k, grad_l]))
+    grad_x.index_add_(1, references, torch.cat([grad_j, grad_v, grad_k], 1))
 
 
 class _NeRF(torch.autograd.Function):
@@ -583,43 +582,44 @@ class _NeRF(torch.autograd.Function):
         q = z if scale is None else shift + scale * z
         n, n_atoms = q.shape[0], walk.n_atoms
         # Local displacements of the atoms after the frame, rows in generation order, (3, N - 3, n).
-        r, theta, phi = q.t().index_select(0, walk.columns).view(3, n_atoms - 3, n)
-        trig = torch.cos(theta), torch.sin(theta), torch.cos(phi), torch.sin(phi)
-        cos_t, sin_t, cos_p, sin_p = trig
+        rows = q.t().index_select(0, walk.columns).view(3, n_atoms - 3, n)
+        r, angles = rows[0], rows[1:]  # angles: theta and phi
+        cos_a, sin_a = torch.cos(angles), torch.sin(angles)
+        (cos_t, cos_p), (sin_t, sin_p) = cos_a, sin_a
         local = q.new_empty((3, n_atoms - 3, n))
         torch.mul(r, cos_t, out=local[0]).neg_()
         r_sin_t = r * sin_t
         torch.mul(r_sin_t, cos_p, out=local[1])
         torch.mul(r_sin_t, sin_p, out=local[2])
         # The canonical frame: first atom at 0, second on +x, third in the xy-plane.
-        x = q.new_zeros((n_atoms, 3, n))
+        x = q.new_zeros((3, n_atoms, n))
         r1, r2, theta2 = q[:, 0], q[:, 1], q[:, n_atoms - 1]
         cos2, sin2 = torch.cos(theta2), torch.sin(theta2)
-        x[walk.second, 0] = r1
+        x[0, walk.second] = r1
         # The angle at j opens from the direction to the other frame atom: -x from the second, +x from the first.
         sign = -1.0 if walk.third_on_second else 1.0
-        torch.mul(r2, cos2, out=x[walk.third, 0]).mul_(sign)
+        torch.mul(r2, cos2, out=x[0, walk.third]).mul_(sign)
         if walk.third_on_second:
-            x[walk.third, 0] += r1
-        torch.mul(r2, sin2, out=x[walk.third, 1])
+            x[0, walk.third] += r1
+        torch.mul(r2, sin2, out=x[1, walk.third])
         saved = [t for start, stop, atoms, refs in walk.generations
                  for t in _place_generation(x, local[:, start:stop], atoms, refs)]
         if centred:
-            x -= x.mean(0)
+            x -= x.mean(1, keepdim=True)
         ctx.walk, ctx.centred = walk, centred
-        ctx.save_for_backward(scale, r, *trig, local, r2, cos2, sin2, *saved)
-        return x.view(3 * n_atoms, n).t().reshape(n, n_atoms, 3).contiguous()  # (n, N, 3), as before
+        ctx.save_for_backward(scale, r, cos_a, sin_a, local, r2, cos2, sin2, *saved)
+        return x.permute(2, 1, 0).contiguous()  # (n, N, 3), as before
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         walk = ctx.walk
-        scale, r, cos_t, sin_t, cos_p, sin_p, local, r2, cos2, sin2, *saved = ctx.saved_tensors
+        scale, r, (cos_t, cos_p), (sin_t, sin_p), local, r2, cos2, sin2, *saved = ctx.saved_tensors
         per_generation = [saved[i:i + 4] for i in range(0, len(saved), 4)]  # _place_generation's 4 tensors
         n, n_atoms = grad.shape[:2]
-        grad_x = grad.new_empty((n_atoms, 3, n)).copy_(grad.permute(1, 2, 0))  # a copy: updated in place
+        grad_x = grad.new_empty((3, n_atoms, n)).copy_(grad.permute(2, 1, 0))  # a copy: updated in place
         if ctx.centred:
-            grad_x -= grad_x.mean(0)
+            grad_x -= grad_x.mean(1, keepdim=True)
         grad_local = torch.empty_like(local)
         for (start, stop, atoms, refs), tensors in zip(reversed(walk.generations), reversed(per_generation)):
             _place_generation_backward(grad_x, grad_local[:, start:stop], local[:, start:stop], tensors, atoms, refs)
@@ -631,11 +631,11 @@ class _NeRF(torch.autograd.Function):
         torch.mul(radial, cos_t, out=grad_rows[1]).addcmul_(g0, sin_t).mul_(r)
         torch.mul(g2, local[1], out=grad_rows[2]).addcmul_(g1, local[2], value=-1)
         grad_q = grad.new_zeros((3 * n_atoms - 6, n))
-        grad_q.index_copy_(0, walk.columns, grad_rows.view(-1, n))
+        grad_q.index_copy_(0, walk.columns, grad_rows.view(3 * (n_atoms - 3), n))
         # The frame: x_second = (r1, 0, 0), x_third = (x_j + sign r2 cos(theta2), r2 sin(theta2), 0).
         sign = -1.0 if walk.third_on_second else 1.0
-        gx, gy = grad_x[walk.third, 0], grad_x[walk.third, 1]
-        torch.add(grad_x[walk.second, 0], gx if walk.third_on_second else 0, out=grad_q[0])
+        gx, gy = grad_x[0, walk.third], grad_x[1, walk.third]
+        torch.add(grad_x[0, walk.second], gx if walk.third_on_second else 0, out=grad_q[0])
         torch.mul(gx, cos2, out=grad_q[1]).mul_(sign).addcmul_(gy, sin2)
         torch.mul(gy, cos2, out=grad_q[n_atoms - 1]).addcmul_(gx, sin2, value=-sign).mul_(r2)
         grad_z = grad.new_empty((n, 3 * n_atoms - 6))  # (n, 3N - 6) in the usual layout, not a transposed view
