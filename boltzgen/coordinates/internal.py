@@ -417,7 +417,8 @@ def positions_from_internal(bonds, angles, dihedrals, zmat: ZMatrix) -> torch.Te
 
     Returns:
         (n, N, 3) positions in nm (atom indices as in the topology), in the promoted dtype of the
-        three inputs on the device of ``bonds``; differentiable.
+        three inputs on the device of ``bonds``; differentiable once (a hand-written backward
+        pass, :class:`_NeRF`, marked once_differentiable: no second derivatives).
     """
     zmat = _check_zmatrix(zmat)
     n_atoms = zmat.n_atoms
@@ -529,7 +530,8 @@ def _place_generation(x: torch.Tensor, local: torch.Tensor, atoms: torch.Tensor,
     inv_perp = (v_perp * v_perp).sum(0).rsqrt_()
     torch.mul(v_perp, inv_perp, out=m)
     _cross_into(nrm, b, m)
-    x.index_copy_(1, atoms, (frame * local[:, None]).sum(0).add_(xj))
+    d0, d1, d2 = local
+    x.index_copy_(1, atoms, torch.addcmul(xj, b, d0).addcmul_(m, d1).addcmul_(nrm, d2))
     return frame, inv_jk, inv_perp, v_dot_b
 
 
@@ -889,7 +891,7 @@ class InternalSpace:
         return torch.cat([(bonds - bm) / bs, (angles - am) / as_, _wrap_angle(dihedrals)], dim=1)
 
     def to_positions(self, z) -> torch.Tensor:
-        """Flat z (n, dim) -> centroid-free positions (n, N, 3) in nm, differentiable.
+        """Flat z (n, dim) -> centroid-free positions (n, N, 3) in nm, differentiable (once).
 
         The molecule is built in the canonical frame of :func:`positions_from_internal` and its
         centroid subtracted (its orientation is that frame's; the energy does not depend on it).
@@ -899,7 +901,10 @@ class InternalSpace:
         return _NeRF.apply(z, shift, scale, _walk(self.zmatrix, z.device), True)
 
     def log_det_jacobian(self, z) -> torch.Tensor:
-        """(n,) ln|det| of z -> centroid-free positions modulo rotations (class docstring); -inf off the domain."""
+        """(n,) ln|det| of z -> centroid-free positions modulo rotations (class docstring); -inf off the domain.
+
+        Differentiable once (zero gradient off the domain).
+        """
         z = self._check_z(z)
         shift, scale = self._affine(z)
         return _LogVolume.apply(z, shift, scale, self.n_atoms - 1, self._log_det_constant)
