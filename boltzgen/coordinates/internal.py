@@ -713,10 +713,12 @@ class _LogVolume(torch.autograd.Function):
         scale, bonds, angles, sin_a, inside = ctx.saved_tensors
         n_bonds = bonds.shape[0]
         m = 2 * n_bonds - 1
+        grad = grad.masked_fill(~inside, 0)  # off the domain the value is a constant, -inf
         grad_q = sin_a.new_empty((m, grad.shape[0]))
         torch.reciprocal(bonds, out=grad_q[:n_bonds]).mul_(2 * grad)
         torch.cos(angles, out=grad_q[n_bonds:]).div_(sin_a).mul_(grad)
-        grad_q.masked_fill_(~inside, 0)  # off the domain the value is a constant -inf (and 2/r or cot may be inf)
+        if not inside.all():  # there 2 / r or cot may be infinite, and 0 * inf = nan (a branch: the fill is slow)
+            grad_q.masked_fill_(~inside, 0)
         grad_z = grad.new_zeros((grad.shape[0], ctx.dim))
         torch.mul(grad_q.t(), scale[:m], out=grad_z[:, :m])
         return grad_z, None, None, None, None
