@@ -382,3 +382,106 @@ def test_gradients_are_correct_in_float64():
     q = tuple(t.detach().requires_grad_(True) for t in (b, a, d))
     assert torch.autograd.gradcheck(lambda *q: positions_from_internal(*q, zm), q)
     assert torch.autograd.gradcheck(lambda x: internal_from_positions(x, zm), (x.detach().requires_grad_(True),))
+
+
+def _reference_positions(bonds, angles, dihedrals, zm):
+    """Textbook NeRF, one atom at a time, by plain autograd: the check for the hand-written backward."""
+    n = bonds.shape[0]
+    zero = torch.zeros(n, dtype=bonds.dtype)
+    first, second, third = zm.order[:3]
+    x = {first: torch.stack([zero, zero, zero], 1), second: torch.stack([bonds[:, 0], zero, zero], 1)}
+    j = zm.references[2][0]
+    sign = 1.0 if j == first else -1.0
+    x[third] = x[j] + torch.stack([sign * bonds[:, 1] * torch.cos(angles[:, 0]),
+                                   bonds[:, 1] * torch.sin(angles[:, 0]), zero], 1)
+    for p in range(3, zm.n_atoms):
+        j, k, l = zm.references[p]
+        r, theta, phi = bonds[:, p - 1, None], angles[:, p - 2, None], dihedrals[:, p - 3, None]
+        bc = torch.nn.functional.normalize(x[j] - x[k], dim=1)
+        normal = torch.nn.functional.normalize(torch.linalg.cross(x[k] - x[l], bc), dim=1)
+        m = torch.linalg.cross(normal, bc)
+        x[zm.order[p]] = x[j] + r * (-torch.cos(theta) * bc + torch.sin(theta) * (torch.cos(phi) * m
+                                                                                  + torch.sin(phi) * normal))
+    return torch.stack([x[a] for a in range(zm.n_atoms)], 1)
+
+
+@pytest.mark.parametrize("molecule", ["propanol", "third_on_first", "alanine_dipeptide"])
+def test_hand_written_backward_matches_autograd(aldp, molecule):
+    # positions_from_internal is a torch.autograd.Function with a hand-written backward pass
+    # (the third atom bonded to the second in zmatrix's Z-matrices, to the first in the other).
+    if molecule == "alanine_dipeptide":
+        target, x = aldp
+        zm = zmatrix(target)
+    else:
+        top, x = propanol_like(4)
+        zm = zmatrix(top)
+        if molecule == "third_on_first":
+            zm = ZMatrix((0, 1, 4, 2, 3, 5, 6, 7), ((-1, -1, -1), (0, -1, -1), (0, 1, -1), (1, 0, 4), (1, 0, 2),
+                                                    (0, 1, 2), (2, 1, 0), (3, 1, 0)))
+    q = tuple(t.detach() for t in internal_from_positions(x, zm))
+    cotangent = torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    def value_and_gradient(f, dtype=torch.float64):
+        v = tuple(t.to(dtype).requires_grad_(True) for t in q)
+        y = f(*v)
+        return y, torch.autograd.grad((y * cotangent.to(dtype)).sum(), v)
+
+    y, grads = value_and_gradient(lambda *v: positions_from_internal(*v, zm))
+    y_ref, grads_ref = value_and_gradient(lambda *v: _reference_positions(*v, zm))
+    torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=0)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, atol=1e-10, rtol=1e-10)
+    y32, grads32 = value_and_gradient(lambda *v: positions_from_internal(*v, zm), torch.float32)
+    torch.testing.assert_close(y32.double(), y, atol=1e-5, rtol=0)
+    for g32, g in zip(grads32, grads):
+        assert g32.dtype == torch.float32
+        torch.testing.assert_close(g32.double(), g, atol=1e-4 * float(g.abs().max()), rtol=0)
+    rows = tuple(t[:2].clone().requires_grad_(True) for t in q)
+    assert torch.autograd.gradcheck(lambda *v: positions_from_internal(*v, zm), rows)
+    space = InternalSpace.fit(zm, x)  # to_positions: the centred variant of the same Function
+    assert torch.autograd.gradcheck(space.to_positions, (space.to_flat(x[:2]).requires_grad_(True),))
+    empty = tuple(t[:0].clone().requires_grad_(True) for t in q)  # an empty batch
+    assert [g.shape for g in torch.autograd.grad(positions_from_internal(*empty, zm).sum(), empty)] == [
+        t.shape for t in empty]
+    # One configuration, an expanded upstream gradient (from .sum()): left as it was given.
+    v = tuple(t[:1].clone().requires_grad_(True) for t in q)
+    upstream = torch.ones(1, zm.n_atoms, 3, dtype=torch.float64)
+    (g_bonds,) = torch.autograd.grad(positions_from_internal(*v, zm), v[0], upstream)
+    assert upstream.eq(1).all()
+    torch.testing.assert_close(g_bonds, torch.autograd.grad(_reference_positions(*v, zm).sum(), v[0])[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_space_log_det_backward_matches_autograd_and_is_zero_off_the_domain(aldp, dtype):
+    # InternalSpace.log_det_jacobian is a torch.autograd.Function with a hand-written backward.
+    target, x = aldp
+    space = InternalSpace.fit(target, x)
+    z = space.to_flat(x).to(dtype)
+    z[0, 0] = -1.0 - space.bond_mean[0] / space.bond_scale[0]  # a negative bond
+    z[1, 21] = (math.pi + 0.1 - space.angle_mean[0]) / space.angle_scale[0]  # an angle > pi
+    z[2, 0] = -space.bond_mean[0] / space.bond_scale[0]  # a bond of (about) 0: 2 / r would not be finite
+    v = z.clone().requires_grad_(True)
+    value = space.log_det_jacobian(v)
+    (grad,) = torch.autograd.grad((value[3:] * torch.arange(1.0, 4.0, dtype=dtype)).sum() + value[:3].sum(), v)
+    b, a, _ = space.to_internal(v)
+    reference = log_det_jacobian(b[3:], a[3:]) + space._log_det_constant
+    (grad_ref,) = torch.autograd.grad((reference * torch.arange(1.0, 4.0, dtype=dtype)).sum(), v)
+    assert value.dtype == grad.dtype == dtype and grad.is_contiguous()
+    assert torch.isinf(value[:3]).all() and (value[:3] < 0).all()
+    tolerance = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(value[3:], reference.detach(), **tolerance)
+    assert grad[:3].eq(0).all() and grad[:, 41:].eq(0).all()
+    torch.testing.assert_close(grad[3:], grad_ref[3:], **tolerance)
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(space.log_det_jacobian, (z[3:].clone().requires_grad_(True),))
+        assert torch.autograd.gradcheck(space.flat_energy(lambda pos: pos.square().sum((1, 2))),
+                                        (z[3:5].clone().requires_grad_(True),))
+
+
+def test_triatomic_space_gradients():
+    # Three atoms: the canonical frame only, no NeRF generation.
+    top, u, _, _ = _harmonic_triatomic()
+    space = InternalSpace(zmatrix(top), (0.14, 0.16), (0.02, 0.035), (1.8,), (0.4,))
+    z = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(space.to_positions, (z,))
+    assert torch.autograd.gradcheck(space.flat_energy(u), (z,))

@@ -62,6 +62,7 @@ undefined; such molecules are not supported.
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -378,17 +379,6 @@ def _dihedral(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor
     return torch.where(phi <= -math.pi, phi + 2 * math.pi, phi)
 
 
-def _place(l: torch.Tensor, k: torch.Tensor, j: torch.Tensor, r, theta, phi) -> torch.Tensor:
-    """NeRF: the atom i with |i - j| = r, angle i-j-k = theta and dihedral i-j-k-l = phi."""
-    bc = j - k
-    bc = bc / torch.linalg.vector_norm(bc, dim=-1, keepdim=True)
-    normal = torch.linalg.cross(k - l, bc)
-    normal = normal / torch.linalg.vector_norm(normal, dim=-1, keepdim=True)
-    m = torch.linalg.cross(normal, bc)
-    r, theta, phi = r[..., None], theta[..., None], phi[..., None]
-    return j + r * (-torch.cos(theta) * bc + torch.sin(theta) * (torch.cos(phi) * m + torch.sin(phi) * normal))
-
-
 def internal_from_positions(x, zmat: ZMatrix) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bond lengths, bond angles and dihedrals of the Z-matrix from Cartesian positions.
 
@@ -427,7 +417,8 @@ def positions_from_internal(bonds, angles, dihedrals, zmat: ZMatrix) -> torch.Te
 
     Returns:
         (n, N, 3) positions in nm (atom indices as in the topology), in the promoted dtype of the
-        three inputs on the device of ``bonds``; differentiable.
+        three inputs on the device of ``bonds``; differentiable once (a hand-written backward
+        pass, :class:`_NeRF`, marked once_differentiable: no second derivatives).
     """
     zmat = _check_zmatrix(zmat)
     n_atoms = zmat.n_atoms
@@ -438,21 +429,223 @@ def positions_from_internal(bonds, angles, dihedrals, zmat: ZMatrix) -> torch.Te
         raise ValueError(f"bonds, angles and dihedrals must have the same number of rows, got "
                          f"{b.shape[0]}, {a.shape[0]} and {d.shape[0]}")
     dtype = torch.promote_types(torch.promote_types(b.dtype, a.dtype), d.dtype)
-    b, a, d = (t.to(device=b.device, dtype=dtype) for t in (b, a, d))
-    n = b.shape[0]
-    first, second, third = zmat.order[:3]
-    x = b.new_zeros((n, n_atoms, 3))
-    x[:, second, 0] = b[:, 0]
-    # Third atom: from j (first or second atom) towards +-x, rotated by theta towards +y.
-    j = zmat.references[2][0]
-    r, theta = b[:, 1], a[:, 0]
-    sign = 1.0 if j == first else -1.0
-    x_j = b[:, 0] if j == second else torch.zeros_like(r)
-    x[:, third] = torch.stack([x_j + sign * r * torch.cos(theta), r * torch.sin(theta), torch.zeros_like(r)], -1)
-    for batch in zmat._generations:
-        p, i, j, k, l = torch.as_tensor(batch, device=b.device)
-        x[:, i] = _place(x[:, l], x[:, k], x[:, j], b[:, p - 1], a[:, p - 2], d[:, p - 3])
-    return x
+    q = torch.cat([t.to(device=b.device, dtype=dtype) for t in (b, a, d)], dim=1)
+    return _NeRF.apply(q, None, None, _walk(zmat, b.device), False)
+
+
+# ---- NeRF: internal coordinates -> positions ----------------------------------------------------
+# positions_from_internal is evaluated with its gradient for whole batches thousands of times per
+# sampling run, on small molecules (~20 atoms, a handful per generation). Eager torch then pays
+# per operation, not per number, so the map is one autograd Function with a hand-written
+# backward: no autograd graph of ~400 small nodes, no index_put backward per generation.
+#
+# Layout: positions live in a (3, N, n) buffer (x/y/z, atom, configuration), so every atom's
+# component is a contiguous row of n numbers, gathering reference atoms is a copy of rows, and
+# each component of a generation's (3, k, n) tensors is one contiguous block (per-atom scalars
+# are (k, n)): elementwise ops then run over long rows, not strided triples.
+#
+# An atom i with references (j, k, l) sits at
+#     x_i = x_j + D0 b + D1 m + D2 nrm,   D = (-r cos(theta), r sin(theta) cos(phi), r sin(theta) sin(phi)),
+# in the orthonormal right-handed frame of its references
+#     b = (x_j - x_k) / |x_j - x_k|,   m = v_perp / |v_perp|,   nrm = b x m,
+# where v = x_l - x_k and v_perp = v - (v.b) b is its part perpendicular to b. This is the
+# textbook NeRF frame (nrm = unit((x_k - x_l) x b), m = nrm x b) with one cross product and one
+# normalisation fewer.
+
+@dataclass(frozen=True)
+class _Walk:
+    """Index tensors of the NeRF walk of one Z-matrix on one device (:func:`_walk`).
+
+    Internal coordinates travel as one flat q (n, 3N - 6) = [bonds, angles, dihedrals] (the
+    layout of :class:`InternalSpace`'s z); the atom at placement position p uses columns
+    p - 1 (bond), N - 1 + p - 2 (angle) and 2N - 3 + p - 3 (dihedral).
+
+    Attributes:
+        n_atoms: N.
+        second, third: the second and third atoms of the order (the first sits at the origin).
+        third_on_second: whether the third atom is bonded to the second (else to the first).
+        generations: one (start, stop, atoms, references) per generation after the frame:
+            rows [start, stop) of the local displacements, the atoms placed (k,) and their
+            reference atoms (3k,) as [j..., l..., k...], int64.
+        columns: (3 (N - 3),) the columns of q of the local-displacement rows: their bonds,
+            then their angles, then their dihedrals (rows in generation order).
+    """
+
+    n_atoms: int
+    second: int
+    third: int
+    third_on_second: bool
+    generations: tuple[tuple[int, int, torch.Tensor, torch.Tensor], ...]
+    columns: torch.Tensor
+
+
+@functools.lru_cache(maxsize=64)
+def _walk(zmat: ZMatrix, device: torch.device) -> _Walk:
+    """The :class:`_Walk` of ``zmat`` on ``device`` (cached: built once per Z-matrix and device)."""
+    def index(values) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(values, dtype=np.int64), device=device)
+
+    generations, start = [], 0
+    for p, atoms, j, k, l in zmat._generations:
+        generations.append((start, start + len(p), index(atoms), index(np.concatenate([j, l, k]))))
+        start += len(p)
+    n = zmat.n_atoms
+    p = np.concatenate([g[0] for g in zmat._generations] or [np.zeros(0, np.int64)])
+    columns = np.concatenate([p - 1, n - 1 + p - 2, 2 * n - 3 + p - 3])
+    return _Walk(n, zmat.order[1], zmat.order[2], zmat.references[2][0] == zmat.order[1], tuple(generations),
+                 index(columns))
+
+
+def _cross_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """out = a x b for (3, ...) tensors (components first), written component by component.
+
+    Cheaper than torch.linalg.cross for these shapes (each component a block of long rows).
+    """
+    for c, (c1, c2) in enumerate(((1, 2), (2, 0), (0, 1))):
+        torch.mul(a[c1], b[c2], out=out[c]).addcmul_(a[c2], b[c1], value=-1)
+
+
+def _place_generation(x: torch.Tensor, local: torch.Tensor, atoms: torch.Tensor, references: torch.Tensor):
+    """Place one generation of atoms into ``x`` (in place) and return what the backward pass needs.
+
+    Args:
+        x: (3, N, n) positions in nm; the reference atoms are already placed.
+        local: (3, k, n) local displacements D (nm) of the k atoms, in their frames (b, m, nrm).
+        atoms: (k,) the atoms to place; references: (3k,) their j's, l's and k's.
+
+    Returns:
+        (frame, inv_jk, inv_perp, v_dot_b): the frames (3, 3, k, n) = (b, m, nrm),
+        1/|x_j - x_k| and 1/|v_perp| (k, n) in 1/nm, and v.b (k, n) in nm.
+    """
+    k, n = atoms.shape[0], x.shape[2]
+    ref = x.index_select(1, references)
+    xj, xk = ref[:, :k], ref[:, 2 * k:]
+    u, v = ref[:, :2 * k].view(3, 2, k, n).sub(xk[:, None]).unbind(1)  # x_j - x_k, x_l - x_k: one op
+    frame = x.new_empty((3, 3, k, n))
+    b, m, nrm = frame
+    inv_jk = (u * u).sum(0).rsqrt_()
+    torch.mul(u, inv_jk, out=b)
+    v_dot_b = (v * b).sum(0)
+    v_perp = torch.addcmul(v, b, v_dot_b, value=-1)
+    inv_perp = (v_perp * v_perp).sum(0).rsqrt_()
+    torch.mul(v_perp, inv_perp, out=m)
+    _cross_into(nrm, b, m)
+    d0, d1, d2 = local
+    x.index_copy_(1, atoms, torch.addcmul(xj, b, d0).addcmul_(m, d1).addcmul_(nrm, d2))
+    return frame, inv_jk, inv_perp, v_dot_b
+
+
+def _place_generation_backward(grad_x: torch.Tensor, grad_local: torch.Tensor, local: torch.Tensor, saved,
+                               atoms: torch.Tensor, references: torch.Tensor) -> None:
+    """Backward of :func:`_place_generation`, in place: the adjoints of the placed atoms (complete,
+    since later generations were processed first) go to ``grad_local`` and to their references.
+
+    Args:
+        grad_x: (3, N, n) adjoint of the positions; the references' columns are accumulated into.
+        grad_local: (3, k, n) output, the adjoint of ``local``.
+        local, atoms, references: as given to :func:`_place_generation`; saved: what it returned.
+
+    With g = dL/dx_i written in the frame as g = gb b + gm m + gn nrm, dL/dD = (gb, gm, gn), and
+    (from differentiating x_i = x_j + D0 b + D1 m + D2 b x m, the normalisations and v_perp, and
+    using that the frame is orthonormal) the adjoints of u = x_j - x_k and v = x_l - x_k are
+
+        w = (D1 gn - D2 gm) / |v_perp|,
+        dL/du = [(D0 gm - D1 gb) m + (D0 gn - D2 gb - (v.b) w) nrm] / |x_j - x_k|,
+        dL/dv = w nrm,
+
+    so dL/dx_j += g + dL/du, dL/dx_l += dL/dv, dL/dx_k += -(dL/du + dL/dv).
+    """
+    frame, inv_jk, inv_perp, v_dot_b = saved
+    b, m, nrm = frame
+    g = grad_x.index_select(1, atoms)
+    gb, gm, gn = torch.sum(frame * g, 1, out=grad_local)
+    d0, d1, d2 = local
+    w = (d1 * gn).addcmul_(d2, gm, value=-1).mul_(inv_perp)
+    alpha = (d0 * gm).addcmul_(d1, gb, value=-1).mul_(inv_jk)
+    beta = (d0 * gn).addcmul_(d2, gb, value=-1).addcmul_(v_dot_b, w, value=-1).mul_(inv_jk)
+    grad_u = (m * alpha).addcmul_(nrm, beta)
+    grad_v = nrm * w
+    grad_k = torch.add(grad_u, grad_v).neg_()
+    grad_j = g.add_(grad_u)
+    grad_x.index_add_(1, references, torch.cat([grad_j, grad_v, grad_k], 1))
+
+
+class _NeRF(torch.autograd.Function):
+    """Internal coordinates -> positions (n, N, 3) nm, optionally centroid-free; first derivatives.
+
+    Takes z (n, 3N - 6) and optionally ``shift`` and ``scale`` (3N - 6,): the internal
+    coordinates are q = shift + scale * z (:class:`InternalSpace`'s standardisation; both None:
+    q = z). See :func:`positions_from_internal`. The backward pass is hand-written (module
+    comments above :class:`_Walk`); it is not itself differentiable (``once_differentiable``).
+    """
+
+    @staticmethod
+    def forward(ctx, z, shift, scale, walk: _Walk, centred: bool):
+        q = z if scale is None else shift + scale * z
+        n, n_atoms = q.shape[0], walk.n_atoms
+        # Local displacements of the atoms after the frame, rows in generation order, (3, N - 3, n).
+        rows = q.t().index_select(0, walk.columns).view(3, n_atoms - 3, n)
+        r, angles = rows[0], rows[1:]  # angles: theta and phi
+        cos_a, sin_a = torch.cos(angles), torch.sin(angles)
+        (cos_t, cos_p), (sin_t, sin_p) = cos_a, sin_a
+        local = q.new_empty((3, n_atoms - 3, n))
+        torch.mul(r, cos_t, out=local[0]).neg_()
+        r_sin_t = r * sin_t
+        torch.mul(r_sin_t, cos_p, out=local[1])
+        torch.mul(r_sin_t, sin_p, out=local[2])
+        # The canonical frame: first atom at 0, second on +x, third in the xy-plane.
+        x = q.new_zeros((3, n_atoms, n))
+        r1, r2, theta2 = q[:, 0], q[:, 1], q[:, n_atoms - 1]
+        cos2, sin2 = torch.cos(theta2), torch.sin(theta2)
+        x[0, walk.second] = r1
+        # The angle at j opens from the direction to the other frame atom: -x from the second, +x from the first.
+        sign = -1.0 if walk.third_on_second else 1.0
+        torch.mul(r2, cos2, out=x[0, walk.third]).mul_(sign)
+        if walk.third_on_second:
+            x[0, walk.third] += r1
+        torch.mul(r2, sin2, out=x[1, walk.third])
+        saved = [t for start, stop, atoms, refs in walk.generations
+                 for t in _place_generation(x, local[:, start:stop], atoms, refs)]
+        if centred:
+            x -= x.mean(1, keepdim=True)
+        ctx.walk, ctx.centred = walk, centred
+        ctx.save_for_backward(scale, r, cos_a, sin_a, local, r2, cos2, sin2, *saved)
+        return x.permute(2, 1, 0).contiguous()  # (n, N, 3), as before
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        walk = ctx.walk
+        scale, r, (cos_t, cos_p), (sin_t, sin_p), local, r2, cos2, sin2, *saved = ctx.saved_tensors
+        per_generation = [saved[i:i + 4] for i in range(0, len(saved), 4)]  # _place_generation's 4 tensors
+        n, n_atoms = grad.shape[:2]
+        grad_x = grad.new_empty((3, n_atoms, n)).copy_(grad.permute(2, 1, 0))  # a copy: updated in place
+        if ctx.centred:
+            grad_x -= grad_x.mean(1, keepdim=True)
+        grad_local = torch.empty_like(local)
+        for (start, stop, atoms, refs), tensors in zip(reversed(walk.generations), reversed(per_generation)):
+            _place_generation_backward(grad_x, grad_local[:, start:stop], local[:, start:stop], tensors, atoms, refs)
+        # Local displacements -> (r, theta, phi) of the rows, then into the columns of q.
+        g0, g1, g2 = grad_local
+        grad_rows = torch.empty_like(local)
+        radial = (g1 * cos_p).addcmul_(g2, sin_p)  # the adjoint along (cos(phi), sin(phi))
+        torch.mul(radial, sin_t, out=grad_rows[0]).addcmul_(g0, cos_t, value=-1)
+        torch.mul(radial, cos_t, out=grad_rows[1]).addcmul_(g0, sin_t).mul_(r)
+        torch.mul(g2, local[1], out=grad_rows[2]).addcmul_(g1, local[2], value=-1)
+        grad_q = grad.new_zeros((3 * n_atoms - 6, n))
+        grad_q.index_copy_(0, walk.columns, grad_rows.view(3 * (n_atoms - 3), n))
+        # The frame: x_second = (r1, 0, 0), x_third = (x_j + sign r2 cos(theta2), r2 sin(theta2), 0).
+        sign = -1.0 if walk.third_on_second else 1.0
+        gx, gy = grad_x[0, walk.third], grad_x[1, walk.third]
+        torch.add(grad_x[0, walk.second], gx if walk.third_on_second else 0, out=grad_q[0])
+        torch.mul(gx, cos2, out=grad_q[1]).mul_(sign).addcmul_(gy, sin2)
+        torch.mul(gy, cos2, out=grad_q[n_atoms - 1]).addcmul_(gx, sin2, value=-sign).mul_(r2)
+        grad_z = grad.new_empty((n, 3 * n_atoms - 6))  # (n, 3N - 6) in the usual layout, not a transposed view
+        if scale is None:
+            grad_z.copy_(grad_q.t())
+        else:
+            torch.mul(grad_q.t(), scale, out=grad_z)
+        return grad_z, None, None, None, None
 
 
 def log_det_jacobian(bonds, angles) -> torch.Tensor:
@@ -486,6 +679,49 @@ def _wrap_angle(phi: torch.Tensor) -> torch.Tensor:
     """Angles wrapped to [-pi, pi)."""
     w = torch.remainder(phi + math.pi, 2 * math.pi) - math.pi
     return torch.where(w >= math.pi, w - 2 * math.pi, w)
+
+
+class _LogVolume(torch.autograd.Function):
+    """:meth:`InternalSpace.log_det_jacobian` from z, with a hand-written backward (first derivatives).
+
+    forward(z (n, 3N - 6), shift, scale (3N - 6,), n_bonds, constant): the bonds and angles are
+    q = shift + scale * z over the first m = 2N - 3 = 2 n_bonds - 1 columns; returns (n,)
+    sum 2 ln r + sum ln sin(theta) + constant, -inf for rows off the domain (a bond <= 0, an angle
+    outside (0, pi)). Its gradient is zero on those rows (as with torch.where) and for the
+    dihedral columns; elsewhere d/dz = scale * (2 / r, cos(theta) / sin(theta)).
+
+    One autograd node instead of ~25 small ones, and q transposed to (m, n): sin and log are then
+    vectorised along rows of n numbers (on rows of ~20 they run mostly scalar, twice as slow).
+    """
+
+    @staticmethod
+    def forward(ctx, z, shift, scale, n_bonds: int, constant: float):
+        m = 2 * n_bonds - 1
+        q = z.new_empty((m, z.shape[0]))
+        torch.mul(z[:, :m].t(), scale[:m, None], out=q).add_(shift[:m, None])
+        bonds, angles = q[:n_bonds], q[n_bonds:]
+        inside = (bonds.amin(0) > 0) & (angles.amin(0) > 0) & (angles.amax(0) < math.pi)
+        sin_a = torch.sin(angles)
+        value = torch.log(bonds).sum(0).mul_(2).add_(torch.log(sin_a).sum(0))
+        ctx.save_for_backward(scale, bonds, angles, sin_a, inside)
+        ctx.dim = z.shape[1]
+        return value.add_(constant).masked_fill_(~inside, -math.inf)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        scale, bonds, angles, sin_a, inside = ctx.saved_tensors
+        n_bonds = bonds.shape[0]
+        m = 2 * n_bonds - 1
+        grad = grad.masked_fill(~inside, 0)  # off the domain the value is a constant, -inf
+        grad_q = sin_a.new_empty((m, grad.shape[0]))
+        torch.reciprocal(bonds, out=grad_q[:n_bonds]).mul_(2 * grad)
+        torch.cos(angles, out=grad_q[n_bonds:]).div_(sin_a).mul_(grad)
+        if not inside.all():  # there 2 / r or cot may be infinite, and 0 * inf = nan (a branch: the fill is slow)
+            grad_q.masked_fill_(~inside, 0)
+        grad_z = grad.new_zeros((grad.shape[0], ctx.dim))
+        torch.mul(grad_q.t(), scale[:m], out=grad_z[:, :m])
+        return grad_z, None, None, None, None
 
 
 # ---- the coordinate space -----------------------------------------------------------------------
@@ -544,6 +780,11 @@ class InternalSpace:
         object.__setattr__(self, "angle_scale", _stat(self.angle_scale, "angle_scale", n - 2, positive=True))
         if not all(0 < v < math.pi for v in self.angle_mean):
             raise ValueError("angle_mean must lie in (0, pi) radians")
+        # Not fields (no effect on ==): (shift, scale) tensors per (dtype, device), made on first use,
+        # and the constant part of log_det_jacobian.
+        object.__setattr__(self, "_affine_cache", {})
+        object.__setattr__(self, "_log_det_constant", sum(map(math.log, self.bond_scale))
+                           + sum(map(math.log, self.angle_scale)) + log_rigid_body_factor(n))
 
     @classmethod
     def fit(cls, zmatrix, positions, weights=None) -> "InternalSpace":
@@ -620,12 +861,29 @@ class InternalSpace:
         return tuple(torch.tensor(s, dtype=like.dtype, device=like.device)
                      for s in (self.bond_mean, self.bond_scale, self.angle_mean, self.angle_scale))
 
+    def _affine(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(shift, scale), each (dim,) in z's dtype and device: [bonds, angles, dihedrals] = shift + scale * z."""
+        key = (z.dtype, z.device)
+        if key not in self._affine_cache:
+            bm, bs, am, as_ = self._stats(z)
+            zero, one = bm.new_zeros(self.n_atoms - 3), bm.new_ones(self.n_atoms - 3)  # dihedrals: q = z
+            self._affine_cache[key] = (torch.cat([bm, am, zero]), torch.cat([bs, as_, one]))
+        return self._affine_cache[key]
+
+    def _check_z(self, z) -> torch.Tensor:
+        """check_flat(z, "z", dim), its NaN test first on one sum (a whole-batch isnan costs more than the map)."""
+        z = check_flat(z, "z", self.dim, allow_nan=True)
+        if torch.isnan(z.sum()) and torch.isnan(z).any():
+            raise ValueError("z contains NaN values")
+        return z
+
     def to_internal(self, z) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Flat z (n, dim) -> bonds (n, N - 1) nm, angles (n, N - 2) rad, dihedrals (n, N - 3) rad (as in z)."""
-        z = check_flat(z, "z", self.dim)
-        bm, bs, am, as_ = self._stats(z)
-        nb = self.n_atoms - 1
-        return bm + bs * z[:, :nb], am + as_ * z[:, nb:2 * nb - 1], z[:, 2 * nb - 1:]
+        z = self._check_z(z)
+        shift, scale = self._affine(z)
+        nb, m = self.n_atoms - 1, 2 * self.n_atoms - 3
+        q = shift[:m] + scale[:m] * z[:, :m]
+        return q[:, :nb], q[:, nb:], z[:, m:]
 
     def to_flat(self, positions) -> torch.Tensor:
         """Positions (n, N, 3) in nm -> flat z (n, dim), dihedrals in [-pi, pi); dtype/device of ``positions``."""
@@ -635,25 +893,23 @@ class InternalSpace:
         return torch.cat([(bonds - bm) / bs, (angles - am) / as_, _wrap_angle(dihedrals)], dim=1)
 
     def to_positions(self, z) -> torch.Tensor:
-        """Flat z (n, dim) -> centroid-free positions (n, N, 3) in nm, differentiable.
+        """Flat z (n, dim) -> centroid-free positions (n, N, 3) in nm, differentiable (once).
 
         The molecule is built in the canonical frame of :func:`positions_from_internal` and its
         centroid subtracted (its orientation is that frame's; the energy does not depend on it).
         """
-        bonds, angles, dihedrals = self.to_internal(z)
-        x = positions_from_internal(bonds, angles, dihedrals, self.zmatrix)
-        return x - x.mean(dim=1, keepdim=True)
+        z = self._check_z(z)
+        shift, scale = self._affine(z)
+        return _NeRF.apply(z, shift, scale, _walk(self.zmatrix, z.device), True)
 
     def log_det_jacobian(self, z) -> torch.Tensor:
-        """(n,) ln|det| of z -> centroid-free positions modulo rotations (class docstring); -inf off the domain."""
-        bonds, angles, _ = self.to_internal(z)
-        inside = (bonds > 0).all(1) & ((angles > 0) & (angles < math.pi)).all(1)
-        safe_b = torch.where(bonds > 0, bonds, torch.ones_like(bonds))
-        safe_a = torch.where((angles > 0) & (angles < math.pi), angles, torch.full_like(angles, math.pi / 2))
-        constant = (sum(map(math.log, self.bond_scale)) + sum(map(math.log, self.angle_scale))
-                    + log_rigid_body_factor(self.n_atoms))
-        value = log_det_jacobian(safe_b, safe_a) + constant
-        return torch.where(inside, value, torch.full_like(value, -math.inf))
+        """(n,) ln|det| of z -> centroid-free positions modulo rotations (class docstring); -inf off the domain.
+
+        Differentiable once (zero gradient off the domain).
+        """
+        z = self._check_z(z)
+        shift, scale = self._affine(z)
+        return _LogVolume.apply(z, shift, scale, self.n_atoms - 1, self._log_det_constant)
 
     def flat_energy(self, reduced_energy):
         """The target in z: z -> u(x(z)) - log_det_jacobian(z) (+inf off the domain).
