@@ -536,7 +536,8 @@ def add_train_command(sub) -> None:
     d = TrainSettings()
     p = sub.add_parser(
         "train", help="train a diffusion energy model of a molecule on MD frames (resumable)",
-        description="Train a rotation- and translation-invariant diffusion energy model on the frames of "
+        description="Train a diffusion energy model (internal coordinates, or rotation- and translation-invariant "
+                    "Cartesian) on the frames of "
                     "`boltzgen md` runs (biased runs are reweighted by their log-weights): denoising score "
                     "matching (with target score matching on the force field's forces at low noise), then "
                     "DSM + DiffCLF, in one resumable run (rerun the same command after Ctrl-C). Writes MODEL "
@@ -553,6 +554,9 @@ def add_train_command(sub) -> None:
                    help=f"DSM + DiffCLF steps after them (default {d.clf_steps})")
     p.add_argument("--hidden", type=int, default=d.hidden, help=f"network width (default {d.hidden})")
     p.add_argument("--blocks", type=int, default=d.n_blocks, help=f"residual blocks (default {d.n_blocks})")
+    p.add_argument("--coordinates", choices=("internal", "cartesian"), default=d.coordinates,
+                   help="internal: bonds, angles and dihedrals from the bond graph (keeps chirality); cartesian: "
+                        f"centre-free positions with a pair-distance network (default {d.coordinates})")
     p.add_argument("--weighting", choices=("boltzmann", "biased"), default=d.weighting,
                    help="draw frames by their Boltzmann weights (default) or ignore the weights and learn the "
                         "biased distribution")
@@ -578,7 +582,8 @@ def _train(args) -> int:
     _set_threads(args.threads)
     _check_device(args.device)
     settings = replace(TrainSettings(), dsm_steps=args.dsm_steps, clf_steps=args.clf_steps, hidden=args.hidden,
-                       n_blocks=args.blocks, weighting=args.weighting, tsm_weight=args.tsm_weight, seed=args.seed)
+                       n_blocks=args.blocks, weighting=args.weighting, tsm_weight=args.tsm_weight, seed=args.seed,
+                       coordinates=args.coordinates)
     settings.training_config()  # validate the step counts before any data is read
     target = systems.load(args.system)
     try:
