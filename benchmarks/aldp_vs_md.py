@@ -1,25 +1,29 @@
-"""Cost to reach a standard error of 0.1 kT on dF(phi > 0 vs phi < 0) of alanine dipeptide: boltzgen vs MD.
+"""Cost to a 0.1 kT standard error on dF(phi > 0 vs phi < 0) of alanine dipeptide: every arm, one run.
 
-Measured in one run, on the same cores, one after the other:
-  * boltzgen: --runs independent SMC runs of the shipped model (``boltzgen sample`` defaults);
-    the standard error over runs, s_R, with R runs of cost c each, reaches 0.1 kT after
-    R (s_R / 0.1)^2 runs (standard errors fall as 1 / sqrt(cost)). "Training included" adds
-    the shipped model's measured data generation (3 biased MD runs of 30 ns) and training time,
-    read from systems/alanine-dipeptide/alanine-dipeptide.model.json (not re-measured here).
-  * plain MD: one run of --plain-ns ns; error over 10 contiguous blocks; extrapolated the same way.
-    If the run never leaves phi < 0, dF is not estimable and only a lower bound is printed.
-  * biased MD (well-tempered metadynamics on phi, the project's reference method): --biased-runs
-    runs of --biased-ns ns each (plus the 1 ns deposition each, which counts); error over runs.
+Measured one after the other on the same cores, each arm as R independent runs whose spread gives
+its standard error s_R; with R runs of cost c each, 0.1 kT takes R c (s_R / 0.1)^2 (standard errors
+fall as 1 / sqrt(cost)):
+  * biased MD: well-tempered metadynamics on phi (the reference method): --biased-runs runs of
+    --biased-ns ns each (the 1 ns deposition counts);
+  * MCMC alone: the generator's mixing kernel (MALA + torsion moves, in the internal-coordinate
+    model's space) started from the structure, no model (:func:`boltzgen.baselines.mcmc_alone`):
+    --runs sets of --particles chains for --mcmc-rounds rounds; the rule, fixed in advance, drops the
+    first half of the snapshots (taken every 50 rounds) and averages the rest;
+  * the Cartesian generator (the previous shipped model), at its own defaults (1,000 levels, 1,500
+    mixing rounds);
+  * the internal-coordinate generator (the shipped model) at the defaults, and without its mixing
+    stage.
+"Training included" adds each model's measured data generation and training time, read from its
+provenance file (not re-measured here).
 
-Target-energy evaluations: configurations at which the force field was evaluated (one per MD
-step; for SMC every particle at every bridge step, move and check). SMC evaluates them in large
-batches (torch force field), MD one at a time (OpenMM), so wall clock is the fair comparison.
+Evaluations: configurations at which the force field (target) or the model was evaluated; MD
+evaluates one configuration per step, SMC and MCMC in batches (torch force field), so wall clock is
+the fair comparison.
 
-Run:  python benchmarks/aldp_vs_md.py [--quick] [--runs 4] [--particles 2500] [--plain-ns 10]
-      [--biased-runs 4] [--biased-ns 3] [--threads 2]
---quick: a few seconds per method, to check the script (figures meaningless). The last line is
-one JSON object with all figures. --record FILE also appends them as a result record (one JSON line,
-benchmarks/_record.py) that benchmarks/make_docs.py renders into docs/benchmarks.md.
+Run:  python benchmarks/aldp_vs_md.py [--quick] [--runs 4] [--particles 2500] [--biased-runs 4]
+      [--biased-ns 3] [--mcmc-rounds 1000] [--threads 2] [--record FILE]
+--quick: seconds per arm, to check the script (figures meaningless). The last line is one JSON
+object with all figures; --record FILE also appends them as a result record (benchmarks/_record.py).
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import json
 import math
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +40,16 @@ import torch
 
 from _record import append_record, command_line
 from boltzgen import md, systems
-from boltzgen.analysis import run_figures
-from boltzgen.pipeline import sample_model
-from boltzgen.sampling import SampleSettings
+from boltzgen.analysis import phi_psi, run_figures
+from boltzgen.analysis.free_energy import mean_and_error
+from boltzgen.baselines import mcmc_alone
+from boltzgen.models import load_model_file
+from boltzgen.pipeline import fast_target, sample_model
+from boltzgen.sampling import MixingSettings, SampleSettings
 
 TARGET_SE_KT = 0.1
 STEPS_PER_NS = 1_000_000  # 1 fs time step, one force evaluation per step
+CARTESIAN = systems.DEFAULT_SYSTEMS_DIR / "alanine-dipeptide" / "alanine-dipeptide-cartesian.model.pt"
 
 
 def extrapolated(cost: float, se: float | None) -> float | None:
@@ -50,122 +59,161 @@ def extrapolated(cost: float, se: float | None) -> float | None:
     return cost * (se / TARGET_SE_KT) ** 2
 
 
-def dF_error(figures) -> tuple[float | None, float | None]:
-    e = figures.delta_f_phi_positive
-    return (None, None) if e is None else (e.mean, e.standard_error)
+def _row(method: str, df, se, seconds, target_evals, model_evals=0, **extra) -> dict:
+    evaluations = target_evals + model_evals
+    return {"method": method, "dF_kT": df, "se_kT": se, "seconds": seconds, "target_evaluations": int(target_evals),
+            "model_evaluations": int(model_evals), "seconds_to_0.1": extrapolated(seconds, se),
+            "evaluations_to_0.1": extrapolated(evaluations, se), **extra}
 
 
-def bench_boltzgen(args, work: Path) -> dict:
-    settings = SampleSettings(n_levels=args.levels)
+def _training_cost(model_path: Path) -> tuple[float | None, int | None]:
+    """Seconds and evaluations of a model's data generation and training, from its provenance file."""
+    path = Path(model_path).with_suffix(".json")
+    if not path.is_file():
+        return None, None
+    p = json.loads(path.read_text())
+    data = [v for k, v in p.get("data_seconds_per_run", {}).items() if k.startswith("seed")]
+    n_data_runs, ns_per_run = p.get("data_runs", 3), p.get("data_ns_per_run", 31)
+    seconds = n_data_runs * float(np.mean(data)) + float(p["train_seconds"]) if data else None
+    evaluations = n_data_runs * ns_per_run * STEPS_PER_NS + int(p["training_report"]["n_train"])
+    return seconds, evaluations
+
+
+def bench_generator(label: str, model_path: Path, settings, args, work: Path) -> dict:
     with systems.load("alanine-dipeptide") as target:
         start = time.perf_counter()
-        report = sample_model(target, systems.shipped_model("alanine-dipeptide"), work / "smc",
-                              particles=args.particles, runs=args.runs, settings=settings, seed=args.seed,
-                              compile=not args.quick)
+        report = sample_model(target, model_path, work / label.replace(" ", "-"), particles=args.particles,
+                              runs=args.runs, settings=settings, seed=args.seed, compile=not args.quick)
         seconds = time.perf_counter() - start
     s = report.summary
-    df, se = s["delta_f_phi_positive_kT"], s["delta_f_phi_positive_err_kT"]
-    provenance = json.loads(systems.shipped_model("alanine-dipeptide").with_suffix(".json").read_text())
-    data_runs = [v for k, v in provenance["data_seconds_per_run"].items() if k.startswith("seed")]
-    training_seconds = 3 * float(np.mean(data_runs)) + float(provenance["train_seconds"])
-    training_evaluations = 3 * 31 * STEPS_PER_NS + int(provenance["training_report"]["n_train"])  # MD steps + TSM forces
-    return {"method": "boltzgen", "dF_kT": df, "se_kT": se, "seconds": seconds,
-            "target_evaluations": s["target_evaluations"], "runs": args.runs, "particles": args.particles,
-            "seconds_to_0.1": extrapolated(seconds, se),
-            "evaluations_to_0.1": extrapolated(s["target_evaluations"], se),
-            "training_seconds": training_seconds, "training_evaluations": training_evaluations,
-            "bridge_ess_fraction": s["bridge_ess_fraction"], "ess_fraction": s["ess_fraction"]}
+    training_seconds, training_evaluations = _training_cost(model_path)
+    return _row(label, s["delta_f_phi_positive_kT"], s["delta_f_phi_positive_err_kT"], seconds,
+                s["target_evaluations"], s["model_evaluations"], runs=args.runs, particles=args.particles,
+                bridge_ess_fraction=s["bridge_ess_fraction"], ess_before_mixing=s["ess_fraction"],
+                lineages=s["lineages"], training_seconds=training_seconds,
+                training_evaluations=training_evaluations)
 
 
-def bench_md(args, work: Path, biased: bool) -> dict:
-    runs = args.biased_runs if biased else 1
-    ns = args.biased_ns if biased else args.plain_ns
-    bias = md.Metadynamics(("phi",), deposition_ps=args.deposition_ps) if biased else None
+def bench_mcmc(model_path: Path, args) -> dict:
+    space = load_model_file(model_path).space
+    estimates, seconds, evaluations = [], 0.0, 0
+    with systems.load("alanine-dipeptide") as target:
+        fast = fast_target(target, compile=not args.quick)
+        for k in range(args.runs):
+            chains = mcmc_alone(space, target, args.particles, args.mcmc_rounds, mixing=MixingSettings(),
+                                target_energy=fast.reduced_energy, seed=args.seed + 1000 + k)
+            x = torch.from_numpy(chains.kept().reshape(-1, target.n_atoms, 3)).to(torch.float64)
+            p = float((phi_psi(x, target.topology)[:, 0, 0] > 0).double().mean())
+            estimates.append(-math.log(p / (1 - p)) if 0 < p < 1 else math.inf)
+            seconds += chains.seconds
+            evaluations += chains.target_evaluations
+    df, se = mean_and_error(estimates)
+    return _row("MCMC alone", df, se, seconds, evaluations, runs=args.runs, chains=args.particles,
+                rounds=args.mcmc_rounds, per_run_dF_kT=estimates)
+
+
+def bench_biased_md(args, work: Path) -> dict:
+    bias = md.Metadynamics(("phi",), deposition_ps=args.deposition_ps)
     dirs, seconds = [], 0.0
     with systems.load("alanine-dipeptide") as target:
-        for k in range(runs):
-            out = work / f"{'biased' if biased else 'plain'}-{k}"
+        for k in range(args.biased_runs):
+            out = work / f"biased-{k}"
             start = time.perf_counter()
-            md.run_md(target, ns, out, seed=args.seed + 1 + k, chunk_frames=500, bias=bias)
+            md.run_md(target, args.biased_ns, out, seed=args.seed + 1 + k, chunk_frames=500, bias=bias)
             seconds += time.perf_counter() - start
             dirs.append(out)
-    figures = run_figures([str(d) for d in dirs], blocks=10)
-    df, se = dF_error(figures)
-    ns_total = runs * (ns + (args.deposition_ps / 1000 if biased else 0.0))
-    evaluations = int(ns_total * STEPS_PER_NS)
-    return {"method": "biased MD" if biased else "plain MD", "dF_kT": df, "se_kT": se, "seconds": seconds,
-            "target_evaluations": evaluations, "runs": runs, "ns": ns_total,
-            "phi_transitions": list(figures.phi_transitions_per_run),
-            "seconds_to_0.1": extrapolated(seconds, se), "evaluations_to_0.1": extrapolated(evaluations, se),
-            "note": figures.note}
+    figures = run_figures([str(d) for d in dirs])
+    e = figures.delta_f_phi_positive
+    ns_total = args.biased_runs * (args.biased_ns + args.deposition_ps / 1000)
+    return _row("biased MD", e.mean, e.standard_error, seconds, int(ns_total * STEPS_PER_NS), runs=args.biased_runs,
+                ns=ns_total)
 
 
 def fmt(v, spec: str) -> str:
     width = int(spec.split(".")[0].rstrip("fg") or 0)
-    return "n/a".rjust(width) if v is None else format(v, spec)
+    return "n/a".rjust(width) if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+
+
+def _ratios(rows: list[dict]) -> dict:
+    """seconds to 0.1 kT of each baseline / of each generator (> 1: the generator is faster)."""
+    base = {r["method"]: r["seconds_to_0.1"] for r in rows if r["method"] in ("MCMC alone", "biased MD")}
+    out = {}
+    for r in rows:
+        if r["method"] in base or not r["seconds_to_0.1"]:
+            continue
+        for name, b in base.items():
+            if b:
+                out[f"{name} / {r['method']}"] = b / r["seconds_to_0.1"]
+                if r.get("training_seconds"):
+                    out[f"{name} / {r['method']} (training included)"] = b / (r["seconds_to_0.1"]
+                                                                              + r["training_seconds"])
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny runs that only check the script")
     parser.add_argument("--runs", type=int, default=4)
-    parser.add_argument("--particles", type=int, default=2500)
-    parser.add_argument("--levels", type=int, default=SampleSettings().n_levels)
-    parser.add_argument("--plain-ns", type=float, default=10.0)
+    parser.add_argument("--particles", type=int, default=2500, help="particles per SMC run and chains per MCMC set")
+    parser.add_argument("--mcmc-rounds", type=int, default=1000)
     parser.add_argument("--biased-runs", type=int, default=4)
     parser.add_argument("--biased-ns", type=float, default=3.0)
     parser.add_argument("--deposition-ps", type=float, default=1000.0)
+    parser.add_argument("--model", default=str(systems.shipped_model("alanine-dipeptide")),
+                        help="the internal-coordinate model (default: the shipped one)")
+    parser.add_argument("--cartesian-model", default=str(CARTESIAN), help="the Cartesian model to compare")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--record", metavar="FILE", default=None,
                         help="also append the figures as one JSON line to FILE (benchmarks/_record.py)")
     args = parser.parse_args(argv)
+    defaults, cartesian_defaults = SampleSettings(), SampleSettings(n_levels=1000, mixing=MixingSettings(moves=1500))
     if args.quick:
-        args.runs, args.particles, args.levels = 2, 64, 20
-        args.plain_ns, args.biased_runs, args.biased_ns, args.deposition_ps = 0.02, 2, 0.02, 20.0
+        args.runs, args.particles, args.mcmc_rounds = 2, 32, 100
+        args.biased_runs, args.biased_ns, args.deposition_ps = 2, 0.02, 20.0
+        defaults = replace(defaults, n_levels=10, mixing=replace(defaults.mixing, moves=min(defaults.mixing.moves, 20)))
+        cartesian_defaults = SampleSettings(n_levels=10, mixing=MixingSettings(moves=20))
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        rows = [bench_boltzgen(args, work), bench_md(args, work, biased=False), bench_md(args, work, biased=True)]
+        rows = [bench_biased_md(args, work), bench_mcmc(Path(args.model), args),
+                bench_generator("Cartesian generator", Path(args.cartesian_model), cartesian_defaults, args, work),
+                bench_generator("IC generator", Path(args.model), defaults, args, work),
+                bench_generator("IC generator, no mixing", Path(args.model),
+                                replace(defaults, mixing=replace(defaults.mixing, moves=0)), args, work)]
     print(f"cost to a standard error of {TARGET_SE_KT} kT on dF(phi>0 vs phi<0), {args.threads} torch threads "
-          f"(MD: OpenMM, one core)")
-    print(f"{'method':<28} {'dF kT':>8} {'se kT':>7} {'measured s':>11} {'s to 0.1':>10} {'evals to 0.1':>13}")
+          f"(MD: OpenMM, one core); {args.runs} runs x {args.particles} particles per sampler")
+    print(f"{'method':<26} {'dF kT':>7} {'se kT':>6} {'measured s':>10} {'s to 0.1':>9} {'evals to 0.1':>12} "
+          f"{'+training s':>11} {'1-step ESS':>10}  lineages")
     for r in rows:
-        print(f"{r['method']:<28} {fmt(r['dF_kT'], '8.3f')} {fmt(r['se_kT'], '7.3f')} {r['seconds']:11.0f} "
-              f"{fmt(r['seconds_to_0.1'], '10.0f')} {fmt(r['evaluations_to_0.1'], '13.3g')}")
-    b = rows[0]
-    if b["seconds_to_0.1"] is not None:
-        incl_s = b["seconds_to_0.1"] + b["training_seconds"]
-        incl_e = b["evaluations_to_0.1"] + b["training_evaluations"]
-        print(f"{'boltzgen, training included':<28} {'':>8} {'':>7} {'':>11} {incl_s:10.0f} {incl_e:13.3g}")
-        b["seconds_to_0.1_training_included"], b["evaluations_to_0.1_training_included"] = incl_s, incl_e
-        for r in rows[1:]:
-            if r["seconds_to_0.1"] is not None:
-                print(f"  {r['method']} / boltzgen wall clock: {r['seconds_to_0.1'] / b['seconds_to_0.1']:.2f} "
-                      f"(training excluded), {r['seconds_to_0.1'] / incl_s:.2f} (included)")
-            else:
-                print(f"  {r['method']}: not estimable in {r['seconds']:.0f} s ({r.get('note')})")
-    print(json.dumps({"target_se_kT": TARGET_SE_KT, "quick": args.quick, "threads": args.threads, "rows": rows}))
+        incl = None if r["seconds_to_0.1"] is None or not r.get("training_seconds") else \
+            r["seconds_to_0.1"] + r["training_seconds"]
+        print(f"{r['method']:<26} {fmt(r['dF_kT'], '7.3f')} {fmt(r['se_kT'], '6.3f')} {r['seconds']:10.0f} "
+              f"{fmt(r['seconds_to_0.1'], '9.0f')} {fmt(r['evaluations_to_0.1'], '12.3g')} {fmt(incl, '11.0f')} "
+              f"{fmt(r.get('bridge_ess_fraction'), '10.3f')}  {r.get('lineages', '')}")
+    ratios = _ratios(rows)
+    for name, value in ratios.items():
+        print(f"  {name}: {value:.2f}  (seconds to 0.1 kT; > 1: the generator is faster)")
+    print(json.dumps({"target_se_kT": TARGET_SE_KT, "quick": args.quick, "threads": args.threads, "rows": rows,
+                      "ratios": ratios}))
     if args.record:
-        append_record(args.record, "aldp_vs_md", command_line(__file__, argv), record_figures(rows),
+        append_record(args.record, "aldp_vs_md", command_line(__file__, argv), record_figures(rows, ratios),
                       "--quick: checks the script, figures meaningless" if args.quick else "")
 
 
-def record_figures(rows: list[dict]) -> dict:
-    """The figures of a --record line: per method dF, its standard error, cost to 0.1 kT."""
+def record_figures(rows: list[dict], ratios: dict) -> dict:
+    """The figures of a --record line: per method dF, its standard error, cost to 0.1 kT; the ratios."""
     figures = {}
     for r in rows:
-        key = r["method"].replace(" ", "_").replace("MD", "md")
+        key = r["method"].lower().replace(",", "").replace(" ", "_")
         figures[f"{key}_dF_kT"], figures[f"{key}_dF_kT_err"] = r["dF_kT"], r["se_kT"]
         figures[f"{key}_seconds"] = r["seconds"]
         figures[f"{key}_seconds_to_0.1"] = r["seconds_to_0.1"]
         figures[f"{key}_evaluations_to_0.1"] = r["evaluations_to_0.1"]
-    b = rows[0]
-    figures["boltzgen_seconds_to_0.1_training_included"] = b.get("seconds_to_0.1_training_included")
-    figures["boltzgen_bridge_ess_fraction"] = b["bridge_ess_fraction"]
-    biased = next(r for r in rows if r["method"] == "biased MD")
-    if b["seconds_to_0.1"] and biased["seconds_to_0.1"]:
-        figures["biased_md_speedup"] = b["seconds_to_0.1"] / biased["seconds_to_0.1"]
+        if "bridge_ess_fraction" in r:
+            figures[f"{key}_bridge_ess_fraction"] = r["bridge_ess_fraction"]
+    for name, value in ratios.items():
+        figures["ratio " + name] = value
     return figures
 
 

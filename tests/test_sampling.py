@@ -156,6 +156,17 @@ def test_sample_model_writes_runs_and_a_summary_that_analyze_reads(tmp_path, cap
     assert summary["log_z_err"] is not None and math.isfinite(summary["log_z"])
     runs = [load_run(d) for d in report.run_dirs]
     assert all(r.kind == "samples" and r.energies.shape == (24,) for r in runs)
+    # the pooled outputs: one trajectory of all runs and a COLVAR table whose weights give every run 1/2
+    pooled = mdtraj.load(str(tmp_path / "s" / "pooled.trr"), top=str(tmp_path / "s" / "pooled.pdb"))
+    table = np.loadtxt(tmp_path / "s" / "pooled.colvar")
+    header = (tmp_path / "s" / "pooled.colvar").read_text().splitlines()[0].split()
+    assert pooled.n_frames == 48 and table.shape == (48, len(header) - 2)
+    assert header[2:] == ["run", "frame", "log_weight", "weight", "u_kT", "U_kJ_per_mol", "phi_deg", "psi_deg"]
+    for k, run in enumerate(runs):
+        rows = table[table[:, 0] == k]
+        assert rows[:, 3].sum() == pytest.approx(0.5) and np.allclose(rows[:, 4], run.energies)
+    assert np.allclose(table[:, 5], table[:, 4] * 2.494339, rtol=1e-5)  # U = u kT at 300 K, kJ/mol
+    assert np.allclose(np.radians(table[:, 6]), np.concatenate([r.cv_values["phi"] for r in runs]), atol=1e-6)
     figures = run_figures(runs)
     assert figures.n_frames == 48 and "2 independent runs" in figures.error_method
     one = run_figures(runs[:1])  # one SMC run: no error bar from its own particles

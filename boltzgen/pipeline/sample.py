@@ -60,8 +60,9 @@ def sample_model(target, model_path, out, *, particles: int = 2500, runs: int = 
                  compile: bool = True, cvs=None, checkpoint_every: float = 30.0) -> SampleReport:
     """``runs`` independent SMC runs of a trained model toward ``target``'s Boltzmann distribution.
 
-    Writes ``out/job.json``, ``out/run-000`` ... (see :mod:`boltzgen.io.sample_runs`) and
-    ``out/summary.json``. The same call on the same folder resumes a killed job (complete runs are
+    Writes ``out/job.json``, ``out/run-000`` ... (see :mod:`boltzgen.io.sample_runs`), the pooled
+    trajectory and weight table of all runs (``pooled.trr``/``pooled.pdb``/``pooled.colvar``, see
+    :mod:`boltzgen.io.export`) and ``out/summary.json``. The same call on the same folder resumes a killed job (complete runs are
     kept, the run in progress continues from its checkpoint) and ends with exactly the results of an
     uninterrupted job; a call with other settings is refused. A model of the same molecule under
     another force field or solvent is corrected to ``target`` (recalibration, reported as
@@ -82,8 +83,10 @@ def sample_model(target, model_path, out, *, particles: int = 2500, runs: int = 
             (``systems.collective_variables(name)``); None: those of the named system ``target.name``.
         checkpoint_every: seconds between saves of the run in progress (0: after every SMC step).
     """
+    from ..io.export import export_pooled
     from ..io.sample_runs import write_json, write_sample_run
     from ..sampling import SampleSettings, sample_molecule
+    from ..systems import recorded_collective_variables
 
     settings = SampleSettings() if settings is None else settings
     model_file = load_model_file(model_path, device=device)
@@ -105,6 +108,7 @@ def sample_model(target, model_path, out, *, particles: int = 2500, runs: int = 
                          diagnostics)
     dirs = job.run_dirs()
     summary = sample_summary(dirs, manifest, cvs)
+    export_pooled(job.out, float(target.temperature), cvs if cvs is not None else recorded_collective_variables(target.name))
     write_json(job.out / "summary.json", summary)
     return SampleReport(job.out, tuple(dirs), summary)
 
