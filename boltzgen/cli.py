@@ -167,8 +167,9 @@ def add_analyze_command(sub) -> None:
                     "alanine dipeptide: its backbone basins, dF(phi>0 vs phi<0) and dF(0<=phi<2 rad vs the "
                     "rest)), then the weighted mean energy, ESS and, for amino acids, the fraction of L "
                     "configurations. Errors: with several DIRs (independent runs) the standard error over runs; "
-                    "one MD DIR: over contiguous blocks; one sample DIR: none (particles of one run are "
-                    "correlated). With --reference: the same figures for the reference runs, the free energy "
+                    "one MD DIR: from each figure's statistical inefficiency (pymbar; with the effective "
+                    "sample size and a suggested burn-in, which is not dropped), or over --blocks contiguous "
+                    "blocks; one sample DIR: none (particles of one run are correlated). With --reference: the same figures for the reference runs, the free energy "
                     "differences, energy W2 and bond lengths against them (and, with phi and psi, the "
                     "Ramachandran KL divergence and torus W2).")
     p.add_argument("run", metavar="DIR", nargs="+",
@@ -176,8 +177,9 @@ def add_analyze_command(sub) -> None:
                         "its run-000, run-001, ... folders")
     p.add_argument("--reference", nargs="+", default=None, metavar="DIR",
                    help="reference run folders (e.g. biased MD) to compare with")
-    p.add_argument("--blocks", type=int, default=5,
-                   help="contiguous blocks for the error bars of a single MD DIR (default 5)")
+    p.add_argument("--blocks", type=int, default=None, metavar="N",
+                   help="error bars of a single MD DIR over N contiguous blocks (default: from the statistical "
+                        "inefficiency of each figure)")
     p.add_argument("--system", default=None, metavar="SYSTEM",
                    help="the named system or system YAML whose collective variables, basins and free energies to "
                         "report (default: the system each run recorded, when it is a named system)")
@@ -195,7 +197,7 @@ def _analyze(args) -> int:
     from .analysis import load_basins
     from .analysis.report import analyze_runs, format_analysis
 
-    if args.blocks < 2:
+    if args.blocks is not None and args.blocks < 2:
         raise ValueError(f"--blocks must be at least 2 (error bars need two blocks), got {args.blocks}")
     basins = load_basins(args.basins) if args.basins else None
     try:

@@ -160,3 +160,14 @@ def test_a_damaged_diagnostics_json_is_named_not_taken_for_md(tmp_path, capsys):
     damaged.unlink()
     assert main(["analyze", str(job / "run-001")]) == 2
     assert f"{damaged} is missing: the sample run in {job / 'run-001'} is incomplete" in capsys.readouterr().err
+
+
+def test_cli_analyze_one_md_run_reports_its_statistical_inefficiency_and_burn_in(biased_runs, tmp_path, capsys):
+    out_json = tmp_path / "one.json"
+    assert main(["analyze", str(biased_runs[0]), "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "errors: standard error of one run from each figure's statistical inefficiency" in out
+    assert "effective samples n/g of 12 frames" in out and "suggested burn-in: the first" in out
+    d = json.loads(out_json.read_text())
+    assert d["n_error_units"] == 1 and d["statistical_inefficiency"]["energy_mean"] >= 1.0
+    assert 0 <= d["suggested_burn_in_frames"] < 12
