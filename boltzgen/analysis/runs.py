@@ -188,15 +188,22 @@ def transitions(values, cores) -> int:
     return int(np.count_nonzero(visited[1:] != visited[:-1]))
 
 
-def load_basins(path) -> dict[str, Basin]:
-    """Basins from a YAML or JSON file mapping name -> {phi: [low, high], psi: [low, high]} in radians.
+def load_basins(path) -> dict[str, Basin | Region]:
+    """Basins from a YAML or JSON file, in degrees or radians as its keys say.
 
-    Each [low, high) is an arc in [-pi, pi] that wraps through pi when low > high (see
-    :class:`boltzgen.analysis.Basin`); a missing ``psi`` (or ``phi``) is the whole circle. They replace
-    the basins a molecule declares (its CVs must include phi and psi). Example::
+    Three forms (each basin maps CV names to an arc [low, high), which wraps through 180 deg / pi when
+    low > high; a CV a basin does not name is the whole circle):
 
-        alpha_R: {phi: [-3.14159, 0.0], psi: [-1.745, 0.0]}
-        phi>0:   {phi: [0.0, 3.14159]}
+    * ``basins_deg:`` degrees, exactly as a system YAML declares its basins (any declared CV)::
+
+          basins_deg:
+            alpha_R: {phi: [-180, 0], psi: [-100, 0]}
+            phi>0:   {phi: [0, 180]}
+
+    * ``basins_rad:`` radians, as ``boltzgen analyze --json`` writes them (any declared CV);
+    * a bare mapping name -> {phi: [low, high], psi: [low, high]} in radians (phi and psi only).
+
+    They replace the basins a molecule declares (their CVs must be declared by it).
     """
     import yaml  # JSON is YAML too
 
@@ -207,20 +214,44 @@ def load_basins(path) -> dict[str, Basin]:
         data = yaml.safe_load(p.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ValueError(f"basins file {p} cannot be read as YAML/JSON ({str(exc).splitlines()[0]})") from exc
+    if isinstance(data, Mapping) and set(data) & {"basins_deg", "basins_rad"}:
+        return _unit_basins(data, p)
     if not isinstance(data, Mapping) or not data:
-        raise ValueError(f"basins file {p} must map basin names to {{phi: [low, high], psi: [low, high]}} "
-                         "in radians")
+        raise ValueError(f"basins file {p} must hold basins_deg: {{name: {{cv: [low, high]}}}} in degrees, "
+                         "basins_rad: (the same in radians) or name -> {phi: [low, high], psi: [low, high]} in radians")
     basins = {}
     for name, arcs in data.items():
         if not isinstance(arcs, Mapping) or not set(arcs) <= {"phi", "psi"}:
             raise ValueError(f"basins file {p}: basin {name!r} must be {{phi: [low, high], psi: [low, high]}} "
-                             f"in radians, got {arcs!r}")
+                             f"in radians (or give basins_deg: in degrees), got {arcs!r}")
         try:
             basins[str(name)] = Basin(str(name), phi_range=tuple(arcs.get("phi", (-math.pi, math.pi))),
                                       psi_range=tuple(arcs.get("psi", (-math.pi, math.pi))))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"basins file {p}: basin {name!r}: {exc}") from exc
     return basins
+
+
+def _unit_basins(data: Mapping, p: Path) -> dict[str, Region]:
+    """Regions from the ``basins_deg`` (degrees) or ``basins_rad`` (radians) key of a basins file."""
+    if len(data) != 1:
+        raise ValueError(f"basins file {p} must hold one key, basins_deg (degrees) or basins_rad (radians), "
+                         f"got {', '.join(map(str, data))}")
+    (key, basins), = data.items()
+    to_rad = math.radians if key == "basins_deg" else float
+    unit = "degrees" if key == "basins_deg" else "radians"
+    if not isinstance(basins, Mapping) or not basins:
+        raise ValueError(f"basins file {p}: {key} must map basin names to {{cv: [low, high]}} in {unit}")
+    regions = {}
+    for name, arcs in basins.items():
+        if not isinstance(arcs, Mapping):
+            raise ValueError(f"basins file {p}: {key} {name!r} must be {{cv: [low, high]}} in {unit}, got {arcs!r}")
+        try:
+            parsed = tuple((str(cv), to_rad(float(low)), to_rad(float(high))) for cv, (low, high) in arcs.items())
+            regions[str(name)] = Region(str(name), parsed)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"basins file {p}: {key} {name!r}: arcs must be [low, high] in {unit} ({exc})") from exc
+    return regions
 
 
 def _as_region(name: str, basin) -> Region:
