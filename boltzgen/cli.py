@@ -190,9 +190,9 @@ def add_analyze_command(sub) -> None:
                     "configurations. Errors: with several DIRs (independent runs) the standard error over runs; "
                     "one MD DIR: from each figure's statistical inefficiency (pymbar; with the effective "
                     "sample size and a suggested burn-in, which is not dropped), or over --blocks contiguous "
-                    "blocks; one sample DIR: none (particles of one run are correlated). With --reference: the same figures for the reference runs, the free energy "
-                    "differences, energy W2 and bond lengths against them (and, with phi and psi, the "
-                    "Ramachandran KL divergence and torus W2).")
+                    "blocks; one sample DIR: none (particles of one run are correlated). With --reference: the "
+                    "same figures for the reference runs, the free energy differences, energy W2 and bond "
+                    "lengths against them (and, with phi and psi, the Ramachandran KL divergence and torus W2).")
     p.add_argument("run", metavar="DIR", nargs="+",
                    help="run folders (independent runs); a folder written by `boltzgen sample`/`run` stands for "
                         "its run-000, run-001, ... folders")
@@ -816,7 +816,8 @@ def completion_script(parser: argparse.ArgumentParser, shell: str = "bash") -> s
         flags.append(f'            {name}) words="{" ".join(_visible_flags(sub))}" ;;')
         for a in sub._actions:
             if a.choices and a.option_strings and a.help != argparse.SUPPRESS:
-                values += [f'        "{name} {flag}") words="{" ".join(map(str, a.choices))}" ;;' for flag in a.option_strings]
+                choices = " ".join(map(str, a.choices))
+                values += [f'        "{name} {flag}") words="{choices}" ;;' for flag in a.option_strings]
             elif a.choices and not a.option_strings:
                 positionals.append(f'            {name}) words="{" ".join(map(str, a.choices))}" ;;')
     script = f"""# {shell} completion for boltzgen, generated from its argument parser by `boltzgen completion {shell}`

@@ -109,6 +109,17 @@ def test_md_log_has_one_row_per_saved_frame(target, uninterrupted):
     assert (log["kinetic_kJ_per_mol"] > 0).all() and (log["speed_ns_per_day"] > 0).all()
 
 
+def test_a_damaged_md_log_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"md\.log is missing"):
+        md.load_log(tmp_path)
+    (tmp_path / "md.log").write_text("step,time\n1,2\n")
+    with pytest.raises(ValueError, match=r"md\.log: the header must be step,time_ps,"):
+        md.load_log(tmp_path)
+    (tmp_path / "md.log").write_text(",".join(md.LOG_COLUMNS) + "\n1,2,3,4,5,6\n7,8,9\n")
+    with pytest.raises(ValueError, match=r"md\.log holds a row that is not 6 numbers"):
+        md.load_log(tmp_path)
+
+
 def test_md_log_temperature_averages_to_the_thermostat(target, tmp_path):
     """2,000 frames of 0.1 ps: the mean instantaneous temperature is 300 K within 4 standard errors (from
     the series' own statistical inefficiency) plus 1% (LangevinMiddleIntegrator's kinetic energy at 1 fs)."""

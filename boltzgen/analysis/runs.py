@@ -453,7 +453,8 @@ def _influence_series(run: WeightedRun, cvs: MoleculeCVs, basins: dict[str, Regi
         if whole.get(f"delta_f_{fe.key}") is not None:  # dF = ln P(reference) - ln P(state)
             reference = cvs.region(fe.reference).contains(run.cv_values)
             p_state, p_reference = whole[f"p_{fe.key}"], float(np.mean(w * reference))
-            series[f"delta_f_{fe.key}"] = centred(reference, p_reference) / p_reference - centred(state, p_state) / p_state
+            series[f"delta_f_{fe.key}"] = (centred(reference, p_reference) / p_reference
+                                           - centred(state, p_state) / p_state)
     if whole.get("energy_mean") is not None:
         keep = np.isfinite(lw) & np.isfinite(run.energies)
         w_keep = np.where(keep, w, 0.0)

@@ -99,7 +99,8 @@ def load_log(out_dir) -> dict[str, np.ndarray]:
     try:
         rows = np.array([[float(v) for v in line.split(",")] for line in lines[1:] if line], dtype=np.float64)
     except ValueError as exc:
-        raise ValueError(f"{path} holds a row that is not {len(LOG_COLUMNS)} numbers ({exc}); the file is damaged") from exc
+        raise ValueError(f"{path} holds a row that is not {len(LOG_COLUMNS)} numbers ({exc}); "
+                         "the file is damaged") from exc
     rows = rows.reshape(-1, len(LOG_COLUMNS))
     return {name: rows[:, k] for k, name in enumerate(LOG_COLUMNS)}
 
