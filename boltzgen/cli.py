@@ -34,7 +34,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_command(sub)
     add_free_energy_command(sub)
     add_summarize_command(sub)
+    add_completion_command(sub)
     return parser
+
+
+def _renamed(p, old: str, new: str, why: str) -> None:
+    """A hidden flag ``old`` that stops with a one-line usage error naming ``new`` (without it, argparse would
+    take ``old`` as an abbreviation of a longer flag, or only say "unrecognized arguments")."""
+
+    class Renamed(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            parser.error(f"{old} was renamed {new} ({why})")
+
+    p.add_argument(old, action=Renamed, nargs="?", help=argparse.SUPPRESS)
 
 
 def add_systems_command(sub) -> None:
@@ -58,8 +70,9 @@ def add_md_command(sub) -> None:
     """``boltzgen md SYSTEM --ns N --out DIR``: resumable Langevin MD for reference/training data."""
     p = sub.add_parser(
         "md", help="run Langevin MD of a system (resumable)",
-        description="Minimise, equilibrate and run Langevin MD at the system's temperature, writing frames "
-                    "and energies in chunks to --out. Run the same command again to resume or extend a run.")
+        description="Minimise, equilibrate and run Langevin MD at the system's temperature (or --temperature), "
+                    "writing frames and energies in chunks to --out, and an energy/temperature log (md.log, CSV, "
+                    "one row per saved frame). Run the same command again to resume or extend a run.")
     p.add_argument("system", help="a named system (see `boltzgen systems`) or the path of a system YAML")
     p.add_argument("--ns", type=float, required=True, help="production length in ns")
     p.add_argument("--out", required=True, help="output folder (resumed if it holds this run)")
@@ -70,6 +83,7 @@ def add_md_command(sub) -> None:
     p.add_argument("--equilibration", type=float, default=100.0, metavar="PS", help="equilibration, ps (default 100)")
     p.add_argument("--chunk-frames", type=int, default=100, metavar="N", help="frames per chunk file (default 100)")
     p.add_argument("--platform", default=None, help="OpenMM platform (default: the fastest, measured)")
+    _add_temperature_option(p, config=False)
     b = p.add_argument_group(
         "metadynamics", "well-tempered metadynamics on backbone dihedrals: Gaussians are deposited for "
         "--deposition ps, then the bias is frozen and every production frame carries the log-weight +V/kT "
@@ -80,8 +94,9 @@ def add_md_command(sub) -> None:
                    help="well-tempered bias factor gamma > 1 (default 6)")
     b.add_argument("--bias-height", type=float, default=None, metavar="KJ_PER_MOL",
                    help="initial Gaussian height, kJ/mol (default 1)")
-    b.add_argument("--bias-width", type=float, default=None, metavar="RAD",
-                   help="Gaussian width, radians (default 0.35)")
+    b.add_argument("--bias-width-deg", type=float, default=None, metavar="DEG",
+                   help="Gaussian width, degrees (default 20.05, i.e. 0.35 rad)")
+    _renamed(b, "--bias-width", "--bias-width-deg", "degrees, like every angle a user types: 0.35 rad is 20.05")
     b.add_argument("--bias-frequency", type=int, default=None, metavar="STEPS",
                    help="steps between Gaussians (default 500)")
     b.add_argument("--deposition", type=float, default=None, metavar="PS",
@@ -90,15 +105,21 @@ def add_md_command(sub) -> None:
 
 
 def _run_md(args) -> int:
+    import math
     import time
 
     from tqdm import tqdm
 
     from . import md, systems
 
+    width_rad = None
+    if args.bias_width_deg is not None:
+        if not 0 < args.bias_width_deg < 180:
+            raise ValueError(f"--bias-width-deg must be a width in degrees in (0, 180), got {args.bias_width_deg:g}")
+        width_rad = math.radians(args.bias_width_deg)  # degrees at the boundary, radians inside
     options = {"bias_factor": ("--bias-factor", args.bias_factor),
                "height_kj_per_mol": ("--bias-height", args.bias_height),
-               "width_rad": ("--bias-width", args.bias_width),
+               "width_rad": ("--bias-width-deg", width_rad),
                "frequency_steps": ("--bias-frequency", args.bias_frequency),
                "deposition_ps": ("--deposition", args.deposition)}
     given = {field: value for field, (_, value) in options.items() if value is not None}
@@ -110,7 +131,7 @@ def _run_md(args) -> int:
             bias = md.Metadynamics(args.bias, **given)
         except ValueError as exc:  # name the option, not the dataclass field
             raise ValueError(f"--bias and its options: {exc}") from exc
-    target = systems.load(args.system, **({"platform": args.platform} if args.platform else {}))
+    target = systems.load(args.system, **({"platform": args.platform} if args.platform else {}), **_temperature(args))
     bars: dict = {}  # stage -> (tqdm bar, start time, ps done at start)
 
     def close_bars() -> None:
@@ -167,23 +188,27 @@ def add_analyze_command(sub) -> None:
                     "alanine dipeptide: its backbone basins, dF(phi>0 vs phi<0) and dF(0<=phi<2 rad vs the "
                     "rest)), then the weighted mean energy, ESS and, for amino acids, the fraction of L "
                     "configurations. Errors: with several DIRs (independent runs) the standard error over runs; "
-                    "one MD DIR: over contiguous blocks; one sample DIR: none (particles of one run are "
-                    "correlated). With --reference: the same figures for the reference runs, the free energy "
-                    "differences, energy W2 and bond lengths against them (and, with phi and psi, the "
-                    "Ramachandran KL divergence and torus W2).")
+                    "one MD DIR: from each figure's statistical inefficiency (pymbar; with the effective "
+                    "sample size and a suggested burn-in, which is not dropped), or over --blocks contiguous "
+                    "blocks; one sample DIR: none (particles of one run are correlated). With --reference: the "
+                    "same figures for the reference runs, the free energy differences, energy W2 and bond "
+                    "lengths against them (and, with phi and psi, the Ramachandran KL divergence and torus W2).")
     p.add_argument("run", metavar="DIR", nargs="+",
                    help="run folders (independent runs); a folder written by `boltzgen sample`/`run` stands for "
                         "its run-000, run-001, ... folders")
     p.add_argument("--reference", nargs="+", default=None, metavar="DIR",
                    help="reference run folders (e.g. biased MD) to compare with")
-    p.add_argument("--blocks", type=int, default=5,
-                   help="contiguous blocks for the error bars of a single MD DIR (default 5)")
+    p.add_argument("--blocks", type=int, default=None, metavar="N",
+                   help="error bars of a single MD DIR over N contiguous blocks (default: from the statistical "
+                        "inefficiency of each figure)")
     p.add_argument("--system", default=None, metavar="SYSTEM",
                    help="the named system or system YAML whose collective variables, basins and free energies to "
                         "report (default: the system each run recorded, when it is a named system)")
     p.add_argument("--basins", default=None, metavar="FILE",
-                   help="YAML/JSON file of basins, name -> {phi: [low, high], psi: [low, high]} in radians, "
-                        "replacing the basins the molecule declares (it must declare phi and psi)")
+                   help="YAML/JSON file of basins replacing those the molecule declares: 'basins_deg: {NAME: {CV: "
+                        "[low, high]}}' in degrees, as in a system YAML; 'basins_rad:' the same in radians, as "
+                        "--json writes it; or, without either key, NAME -> {phi: [low, high], psi: [low, high]} in "
+                        "radians. Arcs are half-open and wrap through 180 deg when low > high")
     p.add_argument("--json", default=None, metavar="FILE", help="write the figures to this JSON file")
     p.add_argument("--plots", default=None, metavar="DIR",
                    help="write ramachandran.png, phi_profile.png and energy_histogram.png to this folder")
@@ -195,7 +220,7 @@ def _analyze(args) -> int:
     from .analysis import load_basins
     from .analysis.report import analyze_runs, format_analysis
 
-    if args.blocks < 2:
+    if args.blocks is not None and args.blocks < 2:
         raise ValueError(f"--blocks must be at least 2 (error bars need two blocks), got {args.blocks}")
     basins = load_basins(args.basins) if args.basins else None
     try:
@@ -237,11 +262,11 @@ def _expand_job_folders(folders: list[str]) -> list[str]:
     return expanded
 
 
-def _set_threads(threads) -> None:
+def _set_threads(threads, label: str = "--threads") -> None:
     import torch
 
     if threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {threads}")
+        raise ValueError(f"{label} must be at least 1, got {threads}")
     if threads != torch.get_num_threads():  # an explicit set, only when it changes something
         torch.set_num_threads(threads)
 
@@ -262,8 +287,9 @@ def available_devices() -> list[str]:
     return found
 
 
-def _check_device(device: str) -> None:
-    """Refuse a --device that torch does not know or that this machine lacks, in one line naming the flag."""
+def _check_device(device: str, label: str = "--device") -> None:
+    """Refuse a --device that torch does not know or that this machine lacks, in one line naming the flag
+    (``label``: the flag, or "FILE: device" for a value from --config)."""
     import torch
 
     available = available_devices()
@@ -271,66 +297,157 @@ def _check_device(device: str) -> None:
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"--device {device}: not a torch device here; {listing}") from None
+        raise ValueError(f"{label} {device}: not a torch device here; {listing}") from None
     kinds = {d.split(":")[0] for d in available}
     if parsed.type == "cuda" and "cuda" not in kinds:
-        raise ValueError(f"--device {device}: no CUDA device here; {listing}")
+        raise ValueError(f"{label} {device}: no CUDA device here; {listing}")
     if parsed.type not in kinds:
-        raise ValueError(f"--device {device}: not a device this machine can compute on; {listing}")
+        raise ValueError(f"{label} {device}: not a device this machine can compute on; {listing}")
     if parsed.index is not None and parsed.type != "cpu" and f"{parsed.type}:{parsed.index}" not in available:
-        raise ValueError(f"--device {device}: no such {parsed.type} device here; {listing}")
+        raise ValueError(f"{label} {device}: no such {parsed.type} device here; {listing}")
+
+
+# ---- options that --config may also set ----------------------------------------------------------
+#: Flags that set one field of a settings dataclass: dest -> field path in its config section. The value
+#: comes from the command line, else the config file's section, else the dataclass default.
+SAMPLING_FLAGS = {"levels": ("n_levels",), "level_moves": ("level_moves",), "bridge_moves": ("bridge", "moves"),
+                  "mixing_moves": ("mixing", "moves"), "torsion_moves": ("mixing", "torsions", "moves"),
+                  "torsion_reflect": ("mixing", "torsions", "reflect")}
+TRAINING_FLAGS = {"dsm_steps": ("dsm_steps",), "clf_steps": ("clf_steps",), "hidden": ("hidden",),
+                  "network_blocks": ("n_blocks",), "coordinates": ("coordinates",), "weighting": ("weighting",),
+                  "tsm_weight": ("tsm_weight",), "seed": ("seed",)}
+#: The config sections and the commands that read them (a shared file's key for another command is named).
+SECTION_COMMANDS = {"sampling": "sample, run and free-energy", "switching": "free-energy", "training": "train"}
+
+
+def _option(p, *flags, default, **kwargs):
+    """Add a run option that --config may also set. It parses as None when not given, so the command line,
+    then the config file, then ``default`` decide (:func:`_resolve_options`); its config key is its dest."""
+    action = p.add_argument(*flags, default=None, **kwargs)
+    options = p.get_default("run_options")
+    if options is None:
+        options = {}
+        p.set_defaults(run_options=options)
+    kind = bool if kwargs.get("action") == "store_true" else kwargs.get("type", str)
+    options[action.dest] = (flags[0], default, kind)
+    return action
+
+
+def _add_config_option(p, sections: str) -> None:
+    p.add_argument("--config", default=None, metavar="FILE.yaml",
+                   help=f"settings from a YAML file: run options by flag name (e.g. particles: 1000, no_compile: "
+                        f"true) and {sections} mirroring the settings dataclasses field by field; flags given on "
+                        "the command line override the file (see docs/cli.md)")
+
+
+def _add_temperature_option(p, config: bool = True) -> None:
+    kwargs = dict(type=float, metavar="K", help="temperature in K, which sets kT of the force field's Boltzmann "
+                                                "distribution (default: the system's, 300 K for the named systems)")
+    if config:
+        _option(p, "--temperature", default=None, **kwargs)
+    else:
+        p.add_argument("--temperature", default=None, **kwargs)
+
+
+def _resolve_options(args, sections: dict) -> dict:
+    """Fill in the run options of ``args`` (the command line, else --config, else the default) and return the
+    settings sections {name: dataclass} from --config (the given defaults where it has none).
+
+    Afterwards ``args.labels`` names each run option for error messages: its flag, or "FILE: key" when
+    its value came from the config file.
+    """
+    from .config import read_config
+
+    specs = args.run_options
+    config = None
+    if args.config is not None:
+        config = read_config(args.config, f"boltzgen {args.command}", sections,
+                             {dest: kind for dest, (_, _, kind) in specs.items()}, SECTION_COMMANDS)
+    args.labels = {}
+    for dest, (flag, default, _) in specs.items():
+        args.labels[dest] = flag
+        if getattr(args, dest) is None:
+            if config is not None and dest in config.options:
+                setattr(args, dest, config.options[dest])
+                args.labels[dest] = f"{args.config}: {dest}"
+            else:
+                setattr(args, dest, default)
+    return dict(config.sections) if config is not None else dict(sections)
+
+
+def _apply_flags(settings, args, flags: dict):
+    """``settings`` with the fields of the flags given on the command line (not None) replaced."""
+    from .config import with_field
+
+    for dest, path in flags.items():
+        value = getattr(args, dest)
+        if value is not None:
+            try:
+                settings = with_field(settings, path, value)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"--{dest.replace('_', '-')}: {exc}") from exc
+    return settings
+
+
+def _temperature(args) -> dict:
+    """{"temperature": K} for ``systems.load`` when --temperature (or the config's temperature) is given, else {}."""
+    import math
+
+    t = args.temperature
+    if t is None:
+        return {}
+    label = getattr(args, "labels", {}).get("temperature", "--temperature")
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"{label} must be a positive temperature in K, got {t:g}")
+    return {"temperature": float(t)}
 
 
 def _add_sampling_options(p, particles: int, runs: int) -> None:
     from .sampling import SampleSettings
 
     d = SampleSettings()
-    p.add_argument("--particles", type=int, default=particles, help=f"particles per run (default {particles})")
-    p.add_argument("--runs", type=int, default=runs,
-                   help=f"independent runs; error bars are over runs (default {runs})")
-    p.add_argument("--levels", type=int, default=d.n_levels,
+    _option(p, "--particles", type=int, default=particles, help=f"particles per run (default {particles})")
+    _option(p, "--runs", type=int, default=runs, help=f"independent runs; error bars are over runs (default {runs})")
+    p.add_argument("--levels", type=int, default=None,
                    help=f"reverse-diffusion levels of the model (default {d.n_levels})")
-    p.add_argument("--level-moves", type=int, default=d.level_moves, help=f"MALA moves per level (default {d.level_moves})")
-    p.add_argument("--bridge-moves", type=int, default=d.bridge.moves,
+    p.add_argument("--level-moves", type=int, default=None, help=f"MALA moves per level (default {d.level_moves})")
+    p.add_argument("--bridge-moves", type=int, default=None,
                    help=f"MALA moves per bridge step (default {d.bridge.moves})")
-    p.add_argument("--mixing-moves", type=int, default=d.mixing.moves,
+    p.add_argument("--mixing-moves", type=int, default=None,
                    help=f"MALA moves per particle at the force field after the bridge (default {d.mixing.moves}; 0: none)")
-    p.add_argument("--torsion-moves", type=int, default=d.mixing.torsions.moves,
+    p.add_argument("--torsion-moves", type=int, default=None,
                    help=f"torsion moves after each mixing MALA move (default {d.mixing.torsions.moves}; 0: MALA only)")
-    p.add_argument("--torsion-reflect", type=float, default=d.mixing.torsions.reflect,
+    p.add_argument("--torsion-reflect", type=float, default=None,
                    help="probability that a torsion move reflects the dihedrals (theta -> -theta) instead of "
                         f"turning them by uniform angles (default {d.mixing.torsions.reflect})")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the runs (default 0)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    p.add_argument("--no-compile", action="store_true",
-                   help="run the torch force field eager (skips its 20-80 s compilation; slower on large batches)")
-    p.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
-                   help="save the run in progress at most this often, so a killed job resumes (default 30)")
+    _option(p, "--seed", type=int, default=0, help="random seed of the runs (default 0)")
+    _option(p, "--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    _option(p, "--threads", type=int, default=2, help="torch threads (default 2)")
+    _option(p, "--no-compile", action="store_true", default=False,
+            help="run the torch force field eager (skips its 20-80 s compilation; slower on large batches)")
+    _option(p, "--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
+            help="save the run in progress at most this often, so a killed job resumes (default 30)")
+    _add_temperature_option(p)
 
 
-def _sample_settings(args):
-    """Threads, device and SampleSettings of `sample` and `run`, all checked before any work."""
-    from dataclasses import replace
-
+def _sample_settings(args, base):
+    """Threads, device, run counts and the SampleSettings of `sample`, `run` and `free-energy` (``base``: from
+    --config or the defaults; the flags given override it), all checked before any work."""
     from ._checks import check_count, check_probability
-    from .sampling import SampleSettings, TorsionSettings
 
-    _set_threads(args.threads)
-    _check_device(args.device)
+    _set_threads(args.threads, args.labels["threads"])
+    _check_device(args.device, args.labels["device"])
     for name in ("particles", "runs"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    for flag in ("levels",):
-        check_count(getattr(args, flag), f"--{flag}")
+            raise ValueError(f"{args.labels[name]} must be at least 1, got {getattr(args, name)}")
+    if args.levels is not None:
+        check_count(args.levels, "--levels")
     for flag in ("level_moves", "bridge_moves", "mixing_moves", "torsion_moves"):
-        check_count(getattr(args, flag), "--" + flag.replace("_", "-"), minimum=0)
-    check_probability(args.torsion_reflect, "--torsion-reflect")
-    d = SampleSettings()
-    mixing = replace(d.mixing, moves=args.mixing_moves,
-                     torsions=TorsionSettings(args.torsion_moves, args.torsion_reflect))
-    return replace(d, n_levels=args.levels, level_moves=args.level_moves,
-                   bridge=replace(d.bridge, moves=args.bridge_moves), mixing=mixing)
+        if getattr(args, flag) is not None:
+            check_count(getattr(args, flag), "--" + flag.replace("_", "-"), minimum=0)
+    if args.torsion_reflect is not None:
+        check_probability(args.torsion_reflect, "--torsion-reflect")
+    return _apply_flags(base, args, SAMPLING_FLAGS)
 
 
 def add_sample_command(sub) -> None:
@@ -344,11 +461,12 @@ def add_sample_command(sub) -> None:
                     "field works (recalibration) and says so.")
     p.add_argument("system", help="a named system (see `boltzgen systems`) or the path of a system YAML")
     p.add_argument("--model", required=True,
-                   help="model file written by `boltzgen train`, or a named system whose shipped model to use "
-                        "(e.g. alanine-dipeptide)")
+                   help="the folder `boltzgen train --out DIR` wrote (its model.pt), a model file, or a named system "
+                        "whose shipped model to use (e.g. alanine-dipeptide)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="a new or empty folder, or the folder of this same job to resume it after a kill")
     _add_sampling_options(p, particles=2500, runs=4)
+    _add_config_option(p, "the section sampling: (boltzgen.sampling.SampleSettings)")
     p.set_defaults(func=_sample)
 
 
@@ -358,10 +476,13 @@ def _sample(args) -> int:
 
     from .cvs import atom_indices
 
-    settings = _sample_settings(args)
+    from .sampling import SampleSettings
+
+    sections = _resolve_options(args, {"sampling": SampleSettings()})
+    settings = _sample_settings(args, sections["sampling"])
     model = systems.resolve_model(args.model)
     cvs = systems.collective_variables(args.system)
-    target = systems.load(args.system)
+    target = systems.load(args.system, **_temperature(args))
     try:
         atom_indices(cvs, target.topology)  # a CV naming an atom the molecule lacks fails now, not after sampling
         report = sample_model(target, model, args.out, particles=args.particles, runs=args.runs,
@@ -423,17 +544,21 @@ def add_run_command(sub) -> None:
                    help="a new or empty folder, or this job's folder to resume (default: ./boltzgen-SYSTEM, or -2, "
                         "-3, ... if that one holds a finished job; an unfinished one is resumed)")
     _add_sampling_options(p, particles=1000, runs=4)
+    _add_config_option(p, "the section sampling: (boltzgen.sampling.SampleSettings)")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
     from .pipeline import run_named
+    from .sampling import SampleSettings
 
-    settings = _sample_settings(args)
+    sections = _resolve_options(args, {"sampling": SampleSettings()})
+    settings = _sample_settings(args, sections["sampling"])
+    temperature = _temperature(args).get("temperature")
     out = args.out or _free_folder(f"boltzgen-{args.system}")
     result = run_named(args.system, out, particles=args.particles, runs=args.runs, settings=settings,
                        seed=args.seed, device=args.device, progress=True, compile=not args.no_compile,
-                       checkpoint_every=args.checkpoint_every)
+                       checkpoint_every=args.checkpoint_every, temperature=temperature)
     print(format_sample_summary(result.sample.summary))
     print(result.analysis_text)
     print(f"summary: {result.sample.out}/summary.json")
@@ -454,30 +579,38 @@ def add_free_energy_command(sub) -> None:
                    help="state A: a named system or a system YAML")
     p.add_argument("--to", dest="system_to", required=True, metavar="B", help="state B: a named system or a system YAML")
     p.add_argument("--model", default=None,
-                   help="model file, or a named system whose shipped model to use (default: A's shipped model, else B's)")
+                   help="a `boltzgen train` folder or model file, or a named system whose shipped model to use "
+                        "(default: A's shipped model, else B's)")
     p.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
     p.add_argument("--md-from", nargs="+", default=None, metavar="DIR", help="MD runs of A for the BAR reference")
     p.add_argument("--md-to", nargs="+", default=None, metavar="DIR", help="MD runs of B (as many as of A)")
-    p.add_argument("--reference-ns", type=float, default=None, metavar="NS",
-                   help="make the BAR reference: NS ns of phi metadynamics per run and state (after 1 ns of deposition)")
+    _option(p, "--reference-ns", type=float, default=None, metavar="NS",
+            help="make the BAR reference: NS ns of phi metadynamics per run and state (after 1 ns of deposition)")
     _add_sampling_options(p, particles=1000, runs=4)
+    _add_config_option(p, "the sections sampling: (boltzgen.sampling.SampleSettings, the generator runs) and "
+                          "switching: (boltzgen.switching.SwitchSettings, the bridge A -> B)")
     p.set_defaults(func=_free_energy)
 
 
 def _free_energy(args) -> int:
     from . import systems
     from .pipeline import free_energy_between
+    from .sampling import SampleSettings
+    from .switching import SwitchSettings
 
-    settings = _sample_settings(args)
+    sections = _resolve_options(args, {"sampling": SampleSettings(), "switching": SwitchSettings()})
+    settings = _sample_settings(args, sections["sampling"])
     if args.reference_ns is not None and not args.reference_ns > 0:
-        raise ValueError(f"--reference-ns must be a positive length in ns, got {args.reference_ns}")
+        raise ValueError(f"{args.labels['reference_ns']} must be a positive length in ns, got {args.reference_ns}")
     model = systems.resolve_model(args.model, (args.system_from, args.system_to))
-    target_a = systems.load(args.system_from)
+    temperature = _temperature(args)
+    target_a = systems.load(args.system_from, **temperature)
     try:
-        target_b = systems.load(args.system_to)
+        target_b = systems.load(args.system_to, **temperature)
         try:
             report = free_energy_between(target_a, target_b, model, args.out, particles=args.particles,
-                                         runs=args.runs, settings=settings, seed=args.seed, device=args.device,
+                                         runs=args.runs, settings=settings, switch_settings=sections["switching"],
+                                         seed=args.seed, device=args.device,
                                          md_from=args.md_from, md_to=args.md_to, reference_ns=args.reference_ns,
                                          progress=True, compile=not args.no_compile,
                                          checkpoint_every=args.checkpoint_every)
@@ -530,8 +663,9 @@ def _summarize(args) -> int:
 
 
 def add_train_command(sub) -> None:
-    """``boltzgen train SYSTEM --data DIR [--data DIR ...] --out MODEL``: a molecular diffusion EBM."""
+    """``boltzgen train SYSTEM --data DIR [--data DIR ...] --out DIR``: a molecular diffusion EBM."""
     from .pipeline import TrainSettings
+    from .systems import TRAINED_MODEL_FILE as MODEL_FILE
 
     d = TrainSettings()
     p = sub.add_parser(
@@ -540,57 +674,77 @@ def add_train_command(sub) -> None:
                     "Cartesian) on the frames of "
                     "`boltzgen md` runs (biased runs are reweighted by their log-weights): denoising score "
                     "matching (with target score matching on the force field's forces at low noise), then "
-                    "DSM + DiffCLF, in one resumable run (rerun the same command after Ctrl-C). Writes MODEL "
-                    "(DSM + DiffCLF), MODEL-dsm (the DSM-phase snapshot), a .ckpt checkpoint and a .json "
-                    "report, and prints the model's quality on held-out frames.")
+                    "DSM + DiffCLF, in one resumable run (rerun the same command after Ctrl-C). Writes "
+                    f"DIR/{MODEL_FILE} (DSM + DiffCLF; `boltzgen sample --model DIR` takes it), DIR/model-dsm.pt "
+                    "(the DSM-phase snapshot), DIR/model.ckpt (the checkpoint) and DIR/model.json (the report), "
+                    "and prints the model's quality on held-out frames.")
     p.add_argument("system", help="a named system (see `boltzgen systems`) or the path of a system YAML")
     p.add_argument("--data", action="append", required=True, metavar="DIR", help="a `boltzgen md` folder (repeat)")
-    p.add_argument("--out", required=True, metavar="MODEL", help="model file to write, e.g. model.pt")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help=f"output folder (created; rerun the same command to resume): {MODEL_FILE}, model-dsm.pt, "
+                        "model.ckpt and model.json go inside it")
     p.add_argument("--holdout", action="append", default=None, metavar="DIR",
                    help="MD folder kept out of training for the quality report (repeat; default: the last "
                         f"{d.holdout_fraction:.0%}% of every --data run)")
-    p.add_argument("--dsm-steps", type=int, default=d.dsm_steps, help=f"DSM steps (default {d.dsm_steps})")
-    p.add_argument("--clf-steps", type=int, default=d.clf_steps,
+    p.add_argument("--dsm-steps", type=int, default=None, help=f"DSM steps (default {d.dsm_steps})")
+    p.add_argument("--clf-steps", type=int, default=None,
                    help=f"DSM + DiffCLF steps after them (default {d.clf_steps})")
-    p.add_argument("--hidden", type=int, default=d.hidden, help=f"network width (default {d.hidden})")
-    p.add_argument("--blocks", type=int, default=d.n_blocks, help=f"residual blocks (default {d.n_blocks})")
-    p.add_argument("--coordinates", choices=("internal", "cartesian"), default=d.coordinates,
+    p.add_argument("--hidden", type=int, default=None, help=f"network width (default {d.hidden})")
+    p.add_argument("--network-blocks", type=int, default=None, metavar="N",
+                   help=f"residual blocks of the network (default {d.n_blocks})")
+    _renamed(p, "--blocks", "--network-blocks", "`analyze --blocks` counts error blocks")
+    p.add_argument("--coordinates", choices=("internal", "cartesian"), default=None,
                    help="internal: bonds, angles and dihedrals from the bond graph (keeps chirality); cartesian: "
                         f"centre-free positions with a pair-distance network (default {d.coordinates})")
-    p.add_argument("--weighting", choices=("boltzmann", "biased"), default=d.weighting,
+    p.add_argument("--weighting", choices=("boltzmann", "biased"), default=None,
                    help="draw frames by their Boltzmann weights (default) or ignore the weights and learn the "
                         "biased distribution")
-    p.add_argument("--tsm-weight", type=float, default=d.tsm_weight,
+    p.add_argument("--tsm-weight", type=float, default=None,
                    help="weight of target score matching with the force field's forces at low noise (0: DSM + "
                         f"DiffCLF only; default {d.tsm_weight})")
-    p.add_argument("--baseline", action="store_true",
-                   help="also train a DSM-only model for the same number of steps and compare")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: the network is small, and extra threads cost more than they "
-                        "gain on a shared 2-core machine)")
+    _option(p, "--baseline", action="store_true", default=False,
+            help="also train a DSM-only model for the same number of steps and compare")
+    p.add_argument("--seed", type=int, default=None, help=f"random seed (default {d.seed})")
+    _option(p, "--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    _option(p, "--threads", type=int, default=1,
+            help="torch threads (default 1: the network is small, and extra threads cost more than they gain on a "
+                 "shared 2-core machine)")
+    _add_temperature_option(p)
+    _add_config_option(p, "the section training: (boltzgen.pipeline.TrainSettings)")
     p.set_defaults(func=_train)
 
 
-def _train(args) -> int:
-    from dataclasses import replace
+def _train_model_path(out: str):
+    """DIR/model.pt for ``train --out DIR``: --out is a folder for every command."""
+    from pathlib import Path
 
+    from .systems import TRAINED_MODEL_FILE as MODEL_FILE
+
+    path = Path(out)
+    if path.suffix == ".pt":
+        raise ValueError(f"--out {out}: train writes a folder ({MODEL_FILE}, model-dsm.pt, model.ckpt and model.json "
+                         f"go inside it), not a .pt file; give a folder, e.g. --out {path.with_suffix('')}")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder; give a folder for the model files")
+    return path / MODEL_FILE
+
+
+def _train(args) -> int:
     from . import systems
     from .pipeline import TrainSettings, output_paths, train_model
 
-    _set_threads(args.threads)
-    _check_device(args.device)
-    settings = replace(TrainSettings(), dsm_steps=args.dsm_steps, clf_steps=args.clf_steps, hidden=args.hidden,
-                       n_blocks=args.blocks, weighting=args.weighting, tsm_weight=args.tsm_weight, seed=args.seed,
-                       coordinates=args.coordinates)
+    model_path = _train_model_path(args.out)
+    sections = _resolve_options(args, {"training": TrainSettings()})
+    _set_threads(args.threads, args.labels["threads"])
+    _check_device(args.device, args.labels["device"])
+    settings = _apply_flags(sections["training"], args, TRAINING_FLAGS)
     settings.training_config()  # validate the step counts before any data is read
-    target = systems.load(args.system)
+    target = systems.load(args.system, **_temperature(args))
     try:
-        report = train_model(target, args.data, args.out, settings, holdout_dirs=args.holdout,
+        report = train_model(target, args.data, model_path, settings, holdout_dirs=args.holdout,
                              baseline=args.baseline, device=args.device, progress=True)
     except KeyboardInterrupt:
-        print(f"interrupted; run the same command again to resume from {output_paths(args.out)['checkpoint']}",
+        print(f"interrupted; run the same command again to resume from {output_paths(model_path)['checkpoint']}",
               file=sys.stderr)
         return 130
     finally:
@@ -618,6 +772,88 @@ def format_train_report(report) -> str:
     lines.append(f"  model energy+gradient: {report.energy_ms_per_1000:.1f} ms per 1,000 particles")
     lines.append(f"model: {report.model_path}  DSM snapshot: {report.dsm_model_path}  report: {report.report_path}")
     return "\n".join(lines)
+
+
+def add_completion_command(sub) -> None:
+    """``boltzgen completion bash|zsh``: a shell completion script generated from this parser."""
+    p = sub.add_parser(
+        "completion", help="print a shell completion script (bash or zsh)",
+        description="Print a completion script for the sub-commands and their flags, generated from the "
+                    "command's own argument parser. Bash: eval \"$(boltzgen completion bash)\" in ~/.bashrc; zsh: "
+                    "eval \"$(boltzgen completion zsh)\" in ~/.zshrc.")
+    p.add_argument("shell", choices=("bash", "zsh"), help="the shell to complete in")
+    p.set_defaults(func=_completion)
+
+
+def _completion(args) -> int:
+    print(completion_script(build_parser(), args.shell), end="")
+    return 0
+
+
+def _commands(parser: argparse.ArgumentParser) -> dict:
+    """{name: sub-parser} of a parser with sub-commands (argparse keeps them in its actions)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _visible_flags(parser: argparse.ArgumentParser) -> list[str]:
+    """The option strings of ``parser`` that --help shows (hidden renamed flags are left out)."""
+    return [flag for a in parser._actions if a.option_strings and a.help != argparse.SUPPRESS
+            for flag in a.option_strings]
+
+
+def completion_script(parser: argparse.ArgumentParser, shell: str = "bash") -> str:
+    """A bash (or zsh, through bashcompinit) completion script for ``parser``: its sub-commands, their flags,
+    the fixed choices of a flag's value or a positional argument, and file names otherwise."""
+    if shell not in ("bash", "zsh"):
+        raise ValueError(f"shell must be bash or zsh, got {shell!r}")
+    commands = _commands(parser)
+    top = " ".join([*commands, *_visible_flags(parser)])
+    values, flags, positionals = [], [], []
+    for name, sub in commands.items():
+        flags.append(f'            {name}) words="{" ".join(_visible_flags(sub))}" ;;')
+        for a in sub._actions:
+            if a.choices and a.option_strings and a.help != argparse.SUPPRESS:
+                choices = " ".join(map(str, a.choices))
+                values += [f'        "{name} {flag}") words="{choices}" ;;' for flag in a.option_strings]
+            elif a.choices and not a.option_strings:
+                positionals.append(f'            {name}) words="{" ".join(map(str, a.choices))}" ;;')
+    script = f"""# {shell} completion for boltzgen, generated from its argument parser by `boltzgen completion {shell}`
+_boltzgen() {{
+    local cur="${{COMP_WORDS[COMP_CWORD]}}" prev="${{COMP_WORDS[COMP_CWORD-1]}}" cmd="" words="" i
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        case "${{COMP_WORDS[i]}}" in -*) ;; *) cmd="${{COMP_WORDS[i]}}"; break ;; esac
+    done
+    if [[ -z "$cmd" ]]; then
+        COMPREPLY=($(compgen -W "{top}" -- "$cur"))
+        return 0
+    fi
+    case "$cmd $prev" in
+{chr(10).join(values)}
+    esac
+    if [[ -z "$words" && "$cur" == -* ]]; then
+        case "$cmd" in
+{chr(10).join(flags)}
+        esac
+    elif [[ -z "$words" ]]; then
+        case "$cmd" in
+{chr(10).join(positionals)}
+        esac
+    fi
+    if [[ -n "$words" ]]; then
+        COMPREPLY=($(compgen -W "$words" -- "$cur"))
+    else
+        COMPREPLY=($(compgen -f -- "$cur"))
+    fi
+    return 0
+}}
+complete -o filenames -o bashdefault -F _boltzgen boltzgen
+"""
+    if shell == "zsh":
+        script = "#compdef boltzgen\nautoload -U +X bashcompinit && bashcompinit\n" + script
+    return script
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,11 +15,15 @@ no frame is lost or written twice. The output folder holds
                           shape (n_frames,)
     bias.npy              biased runs only: the frozen bias on its grid, kJ/mol (see FrozenBias)
     checkpoint_00000.chk  OpenMM checkpoint after chunk 0 (positions, velocities, random state)
+    md.log                energy/temperature log, CSV, one row per saved frame (header:
+                          step,time_ps,potential_kJ_per_mol,kinetic_kJ_per_mol,temperature_K,
+                          speed_ns_per_day; see :func:`load_log`), appended chunk by chunk
     progress.json         the settings and the list of complete chunks, written last
 
-Every file is written to a temporary name and renamed into place, and ``progress.json`` is
-updated only after a chunk's files and checkpoint exist, so the folder always describes complete
-chunks. :func:`load_trajectory`, :func:`load_energies` and :func:`load_log_weights` read what
+Every file is written to a temporary name and renamed into place (``md.log`` is appended to),
+and ``progress.json`` is updated only after a chunk's files, log rows and checkpoint exist, so the
+folder always describes complete chunks; a resumed run first cuts ``md.log`` back to the rows of
+those chunks. :func:`load_trajectory`, :func:`load_energies` and :func:`load_log_weights` read what
 ``progress.json`` lists (and check that the files are there and complete).
 
 A run is identified by its Hamiltonian: ``progress.json`` records the SHA-256 of the serialized
@@ -51,6 +55,7 @@ import math
 import numbers
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -62,9 +67,10 @@ import openmm.app as app
 import openmm.unit as unit
 
 from ._checks import check_count, check_positive
-from .io.md_runs import (FORMAT, PROGRESS, TOPOLOGY, atomic_write, chunk_file, complete_record, existing_dir,  # noqa: F401
-                         fsync_replace, is_biased, is_md_folder, load_array, load_energies, load_log_weights,
-                         load_topology, load_trajectory, read_progress, recorded_system, started_record)
+from .io.md_runs import (FORMAT, LOG, LOG_COLUMNS, PROGRESS, TOPOLOGY, atomic_write, chunk_file,  # noqa: F401
+                         complete_record, existing_dir, fsync_replace, is_biased, is_md_folder, load_array,
+                         load_energies, load_log, load_log_weights, load_topology, load_trajectory, read_progress,
+                         recorded_system, started_record)
 from .targets.openmm import OpenMMTarget, kT_kj_per_mol, system_fingerprint
 
 _BIAS = "bias.npy"
@@ -316,10 +322,13 @@ def run_md(target: OpenMMTarget, ns: float, out_dir, seed: int, *, timestep_fs: 
     physical_groups = _force_groups(openmm.XmlSerializer.deserialize(physical_xml))
     bias_group = _bias_group(physical_groups)
     frames_done = frames_before = sum(c["n_frames"] for c in record["chunks"])
+    _prepare_log(out, frames_before * steps_per_frame, resumed)
+    n_dof, wall_start = _degrees_of_freedom(target.system), time.perf_counter()
     chunks_written = 0
     while frames_done < frames_total and (max_chunks is None or chunks_written < max_chunks):
         n = min(chunk_frames, frames_total - frames_done)
         xyz, energies, biases = np.empty((n, target.n_atoms, 3)), np.empty(n), np.zeros(n)
+        log_rows = []
         for i in range(n):
             frame = frames_done + i + 1
             where = (f"production frame {frame} ({frame * save_every_ps:g} ps into production, step "
@@ -333,9 +342,15 @@ def run_md(target: OpenMMTarget, ns: float, out_dir, seed: int, *, timestep_fs: 
                     unit.kilojoule_per_mole)
             if not (math.isfinite(energies[i]) and math.isfinite(biases[i]) and np.isfinite(xyz[i]).all()):
                 raise _unstable(out, where, timestep_fs, len(record["chunks"]))
+            ns_per_day = ((frame - frames_before) * save_every_ps / 1000.0
+                          / (max(time.perf_counter() - wall_start, 1e-9) / 86400.0))
+            log_rows.append(_log_row(frame * steps_per_frame, frame * save_every_ps, energies[i],
+                                     state.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole), n_dof,
+                                     ns_per_day))
             if progress is not None:
                 progress(MDProgress("production", frame * save_every_ps, frames_total * save_every_ps))
-        record = _append_chunk(out, record, context, target, xyz, energies, biases if frozen is not None else None)
+        record = _append_chunk(out, record, context, target, xyz, energies, biases if frozen is not None else None,
+                               log_rows)
         frames_done += n
         chunks_written += 1
     return MDResult(out_dir=out, n_frames=frames_done, ps_done=frames_done * save_every_ps,
@@ -549,8 +564,53 @@ def _start(out, target, physical_xml, settings, bias, platform_name, properties,
     return record, context, integrator, frozen
 
 
-def _append_chunk(out, record, context, target, xyz, energies, biases) -> dict:
-    """Write one chunk's frames, energies (and biases) and checkpoint, then record it; return the new record."""
+def _degrees_of_freedom(system: openmm.System) -> int:
+    """Degrees of freedom of the dynamics, as openmm.app.StateDataReporter counts them: 3 per massive
+    particle, minus one per constraint, minus 3 with a CMMotionRemover."""
+    dof = 3 * sum(1 for i in range(system.getNumParticles()) if system.getParticleMass(i) > 0 * unit.dalton)
+    dof -= system.getNumConstraints()
+    if any(isinstance(f, openmm.CMMotionRemover) for f in system.getForces()):
+        dof -= 3
+    return dof
+
+
+def _log_row(step: int, time_ps: float, potential_kj: float, kinetic_kj: float, n_dof: int, ns_per_day: float) -> str:
+    """One md.log row (:data:`LOG_COLUMNS`): the temperature is 2 K / (n_dof k_B), in K."""
+    k_b = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
+    temperature = 2.0 * kinetic_kj / (n_dof * k_b) if n_dof > 0 else float("nan")
+    return f"{step},{time_ps:.6g},{potential_kj:.10g},{kinetic_kj:.10g},{temperature:.6g},{ns_per_day:.4g}\n"
+
+
+def _prepare_log(out: Path, last_step: int, resumed: bool) -> None:
+    """md.log with its header and exactly the rows of the complete chunks (steps <= ``last_step``).
+
+    A run killed after appending a chunk's rows and before recording the chunk left rows that the
+    resumed run writes again: they are cut here. A fresh run starts a new log.
+    """
+    path = out / LOG
+    header = ",".join(LOG_COLUMNS) + "\n"
+    kept = []
+    if resumed and path.is_file():
+        for line in path.read_text().splitlines()[1:]:
+            try:
+                step = int(line.split(",", 1)[0])
+            except ValueError:  # a row cut short by a kill
+                continue
+            if step <= last_step and line.count(",") == len(LOG_COLUMNS) - 1:
+                kept.append(line + "\n")
+    atomic_write(path, (header + "".join(kept)).encode())
+
+
+def _append_log(out: Path, rows: list[str]) -> None:
+    with open(out / LOG, "a") as fh:
+        fh.write("".join(rows))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _append_chunk(out, record, context, target, xyz, energies, biases, log_rows) -> dict:
+    """Write one chunk's frames, energies (and biases), log rows and checkpoint, then record it; return the
+    new record."""
     k = len(record["chunks"])
     chunk = {"trr": f"chunk_{k:05d}.trr", "energies": f"chunk_{k:05d}.npy", "n_frames": len(energies)}
     first_frame = sum(c["n_frames"] for c in record["chunks"])
@@ -569,6 +629,7 @@ def _append_chunk(out, record, context, target, xyz, energies, biases) -> dict:
     for key in ("trr", "energies", "bias"):
         if key in chunk:
             chunk[f"{key}_bytes"] = (out / chunk[key]).stat().st_size
+    _append_log(out, log_rows)
     old_checkpoint = record["checkpoint"]
     new = {**record, "chunks": record["chunks"] + [chunk], "checkpoint": _write_checkpoint(out, context, f"{k:05d}")}
     atomic_write(out / PROGRESS, json.dumps(new, indent=1).encode())

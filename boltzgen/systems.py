@@ -159,12 +159,17 @@ def shipped_model(name: str, systems_dir: str | Path | None = None) -> Path:
     return spec.model
 
 
+#: The model file that ``boltzgen train --out DIR`` writes in DIR.
+TRAINED_MODEL_FILE = "model.pt"
+
+
 def resolve_model(model, fallbacks=(), systems_dir: str | Path | None = None) -> Path:
-    """A model file from a ``--model`` value: a file path, or a named system whose shipped model to use.
+    """A model file from a ``--model`` value: a file, a ``boltzgen train`` folder, or a named system.
 
     Args:
-        model: a path to a model file, a system name, or None (then the shipped model of the first
-            of ``fallbacks`` that has one).
+        model: a path to a model file, a folder written by ``boltzgen train --out DIR`` (its
+            ``model.pt`` is used), a system name (its shipped model), or None (then the shipped
+            model of the first of ``fallbacks`` that has one).
         fallbacks: system names (or YAML paths) to take a shipped model from when ``model`` is None.
     Raises:
         ValueError: naming --model, if it is neither a file nor a system that ships a model.
@@ -179,8 +184,13 @@ def resolve_model(model, fallbacks=(), systems_dir: str | Path | None = None) ->
     path = Path(str(model))
     if path.is_file():
         return path
+    if path.is_dir() and (path / TRAINED_MODEL_FILE).is_file():
+        return path / TRAINED_MODEL_FILE
     if str(model) in known:
         return shipped_model(str(model), systems_dir)
+    if path.is_dir():
+        raise FileNotFoundError(f"--model {path}: the folder holds no {TRAINED_MODEL_FILE} (`boltzgen train --out DIR` "
+                                f"writes DIR/{TRAINED_MODEL_FILE})")
     if path.suffix or len(path.parts) > 1:  # meant as a file
         raise FileNotFoundError(f"model file not found: {path}")
     raise ValueError(f"--model {model}: neither a model file nor a named system (named systems with a model: "

@@ -37,15 +37,15 @@ def trained(tmp_path_factory):
         for seed in (1, 2):
             md.run_md(target, 0.4, work / f"md-{seed}", seed=seed)
     assert main(["train", "butane", "--data", str(work / "md-1"), "--data", str(work / "md-2"), "--out",
-                 str(work / "model.pt"), "--coordinates", "internal", "--dsm-steps", "1500", "--clf-steps", "300",
-                 "--hidden", "32", "--blocks", "1"]) == 0
+                 str(work / "model"), "--coordinates", "internal", "--dsm-steps", "1500", "--clf-steps", "300",
+                 "--hidden", "32", "--network-blocks", "1"]) == 0
     return work
 
 
 @pytest.mark.slow
 def test_train_sample_analyze_butane_matches_the_exact_trans_gauche_free_energy(trained, capsys):
     out = trained / "samples"
-    assert main(["sample", "butane", "--model", str(trained / "model.pt"), "--out", str(out), *SETTINGS]) == 0
+    assert main(["sample", "butane", "--model", str(trained / "model"), "--out", str(out), *SETTINGS]) == 0
     summary = json.loads((out / "summary.json").read_text())
     per_run = [r for r in _per_run_delta_f(out)]
     assert_covers(per_run, EXACT["delta_f_gauche_kT"])
@@ -88,7 +88,7 @@ def test_the_free_energy_bridge_between_two_butanes_is_exact(trained, tmp_path):
         return math.log(value)
 
     exact = -(log_z(factor) - log_z(1.0))  # U/kT = (U/k_B) / T: the torsion is given in K
-    model_file = load_model_file(trained / "model.pt")
+    model_file = load_model_file(trained / "model" / "model.pt")
     settings = SampleSettings(n_levels=100, level_moves=1, bridge=BridgeSettings(moves=5), mixing=MixingSettings(moves=200))
     estimates = []
     with systems.load("butane", platform="Reference") as a, _butane_with_torsion_scaled(tmp_path, factor) as b:

@@ -56,6 +56,10 @@ def truncated_run(folder: Path) -> str:
     return str(out)
 
 
+def sample_with(folder: Path, *more: str) -> list[str]:
+    return ["sample", "alanine-dipeptide", "--model", str(SHIPPED), "--out", str(folder / "s"), *more]
+
+
 def damaged_sample_job(folder: Path) -> str:
     """A `boltzgen sample` output folder (run-000, run-001, summary.json) whose run-001/diagnostics.json is cut short."""
     import mdtraj
@@ -123,12 +127,65 @@ ROWS = [
      r"in .*job/run-001 cannot be read$"),
     ("analyze --blocks 1", lambda t: ["analyze", str(t), "--blocks", "1"],
      r"^boltzgen analyze: error: --blocks must be at least 2"),
-    ("train without --data", lambda t: ["train", "alanine-dipeptide", "--out", str(t / "m.pt")],
+    ("train without --data", lambda t: ["train", "alanine-dipeptide", "--out", str(t / "m")],
      r"^boltzgen train: error: the following arguments are required: --data"),
     ("train on a missing folder", lambda t: ["train", "alanine-dipeptide", "--data", str(t / "nowhere"),
-                                             "--out", str(t / "m.pt")], r"^boltzgen train: error: .*nowhere does not exist"),
-    ("train negative --dsm-steps", lambda t: ["train", "alanine-dipeptide", "--data", str(t), "--out", str(t / "m.pt"),
+                                             "--out", str(t / "m")], r"^boltzgen train: error: .*nowhere does not exist"),
+    ("train negative --dsm-steps", lambda t: ["train", "alanine-dipeptide", "--data", str(t), "--out", str(t / "m"),
                                               "--dsm-steps", "-5"], r"^boltzgen train: error: dsm_steps must be"),
+    ("train --out a .pt file", lambda t: ["train", "alanine-dipeptide", "--data", str(t), "--out", str(t / "m.pt")],
+     r"^boltzgen train: error: --out .*m\.pt: train writes a folder \(model\.pt, model-dsm\.pt, model\.ckpt and "
+     r"model\.json go inside it\), not a \.pt file; give a folder, e\.g\. --out .*/m$"),
+    ("train --out an existing file", lambda t: ["train", "alanine-dipeptide", "--data", str(t), "--out",
+                                                write(t, "afile", "")],
+     r"^boltzgen train: error: --out .*afile exists and is not a folder"),
+    ("train --blocks (renamed)", lambda t: ["train", "alanine-dipeptide", "--data", str(t), "--out", str(t / "m"),
+                                            "--blocks", "2"],
+     r"^boltzgen train: error: --blocks was renamed --network-blocks \(`analyze --blocks` counts error blocks\)"),
+    ("md --bias-width (renamed)", lambda t: md("alanine-dipeptide", t, "--bias", "phi", "--bias-width", "0.35"),
+     r"^boltzgen md: error: --bias-width was renamed --bias-width-deg \(degrees, .*0\.35 rad is 20\.05\)"),
+    ("md --bias-width-deg 200", lambda t: md("alanine-dipeptide", t, "--bias", "phi", "--bias-width-deg", "200"),
+     r"^boltzgen md: error: --bias-width-deg must be a width in degrees in \(0, 180\), got 200$"),
+    ("md --temperature -5", lambda t: md("alanine-dipeptide", t, "--temperature", "-5"),
+     r"^boltzgen md: error: --temperature must be a positive temperature in K, got -5$"),
+    ("sample --model a folder without model.pt", lambda t: ["sample", "alanine-dipeptide", "--model", str(t),
+                                                          "--out", str(t / "s")],
+     r"^boltzgen sample: error: --model .*: the folder holds no model\.pt \(`boltzgen train --out DIR` writes "
+     r"DIR/model\.pt\)$"),
+    ("sample --config missing", lambda t: sample_with(t, "--config", str(t / "none.yaml")),
+     r"^boltzgen sample: error: --config .*none\.yaml: no such file$"),
+    ("sample --config not YAML", lambda t: sample_with(t, "--config", write(t, "c.yaml", "particles: [1\n")),
+     r"^boltzgen sample: error: --config .*c\.yaml: not readable YAML \(ParserError: "),
+    ("sample --config unknown key", lambda t: sample_with(t, "--config", write(t, "c.yaml", "particle: 10\n")),
+     r"^boltzgen sample: error: .*c\.yaml: unknown key 'particle' \(boltzgen sample holds: particles, .*\); "
+     r"did you mean particles\?$"),
+    ("sample --config unknown nested key", lambda t: sample_with(t, "--config", write(
+        t, "c.yaml", "sampling:\n  mixing:\n    torsion: {moves: 2}\n")),
+     r"^boltzgen sample: error: .*c\.yaml: unknown key 'torsion' \(sampling\.mixing holds: moves, torsions, block\); "
+     r"did you mean torsions\?$"),
+    ("sample --config wrong type", lambda t: sample_with(t, "--config", write(t, "c.yaml", "sampling:\n  n_levels: many\n")),
+     r"^boltzgen sample: error: .*c\.yaml: sampling\.n_levels: expected an integer, got 'many' \(str\)$"),
+    ("sample --config bool for an int", lambda t: sample_with(t, "--config", write(t, "c.yaml", "runs: true\n")),
+     r"^boltzgen sample: error: .*c\.yaml: runs: expected an integer, got True \(bool\)$"),
+    ("sample --config out of range", lambda t: sample_with(t, "--config", write(
+        t, "c.yaml", "sampling: {bridge: {cess: 1.5}}\n")),
+     r"^boltzgen sample: error: .*c\.yaml: sampling\.bridge: bridge cess must lie in \(0, 1\), got 1\.5$"),
+    ("sample --config run option out of range", lambda t: sample_with(t, "--config", write(t, "c.yaml", "particles: 0\n")),
+     r"^boltzgen sample: error: .*c\.yaml: particles must be at least 1, got 0$"),
+    ("sample --config a section of train", lambda t: sample_with(t, "--config", write(t, "c.yaml", "training: {hidden: 8}\n")),
+     r"^boltzgen sample: error: .*c\.yaml: 'training' is read by train, not by boltzgen sample$"),
+    ("sample --config a path option", lambda t: sample_with(t, "--config", write(t, "c.yaml", "out: somewhere\n")),
+     r"^boltzgen sample: error: .*c\.yaml: unknown key 'out' \(boltzgen sample holds: "),
+    ("sample --config not a mapping", lambda t: sample_with(t, "--config", write(t, "c.yaml", "- 1\n- 2\n")),
+     r"^boltzgen sample: error: --config .*c\.yaml: expected a mapping of settings, got list$"),
+    ("train --config wrong type", lambda t: ["train", "alanine-dipeptide", "--data", str(t), "--out", str(t / "m"),
+                                             "--config", write(t, "c.yaml", "training: {tsm_weight: heavy}\n")],
+     r"^boltzgen train: error: .*c\.yaml: training\.tsm_weight: expected a number, got 'heavy' \(str\)$"),
+    ("free-energy --config switching unknown key", lambda t: [
+        "free-energy", "--from", "alanine-dipeptide", "--to", "alanine-dipeptide-implicit", "--out", str(t / "f"),
+        "--config", write(t, "c.yaml", "switching: {bridges: {moves: 2}}\n")],
+     r"^boltzgen free-energy: error: .*c\.yaml: unknown key 'bridges' \(switching holds: bridge, torsions, "
+     r"chunk_size\); did you mean bridge\?$"),
     ("sample without --model", lambda t: ["sample", "alanine-dipeptide", "--out", str(t / "s")],
      r"^boltzgen sample: error: the following arguments are required: --model"),
     ("sample a missing model", lambda t: ["sample", "alanine-dipeptide", "--model", str(t / "none.pt"), "--out",
@@ -154,7 +211,7 @@ ROWS = [
      r"^boltzgen run: error: --runs must be at least 1"),
 ]
 # --device: a string torch does not know, on every sub-command that takes it; the line lists what is here
-for command, more in (("train", lambda t: ["alanine-dipeptide", "--data", str(t), "--out", str(t / "m.pt")]),
+for command, more in (("train", lambda t: ["alanine-dipeptide", "--data", str(t), "--out", str(t / "m")]),
                       ("sample", lambda t: ["alanine-dipeptide", "--model", str(SHIPPED), "--out", str(t / "s")]),
                       ("run", lambda t: ["alanine-dipeptide", "--out", str(t / "r")]),
                       ("free-energy", lambda t: ["--from", "alanine-dipeptide", "--to", "alanine-dipeptide-implicit",
@@ -168,7 +225,7 @@ ROWS.append(("run --device meta", lambda t: ["run", "alanine-dipeptide", "--out"
              r"^boltzgen run: error: --device meta: not a device this machine can compute on; available: cpu"))
 if not torch.cuda.is_available():  # the message only exists where there is no GPU
     ROWS.append(("train --device cuda without a GPU", lambda t: ["train", "alanine-dipeptide", "--data", str(t), "--out",
-                                                                 str(t / "m.pt"), "--device", "cuda"],
+                                                                 str(t / "m"), "--device", "cuda"],
                  r"^boltzgen train: error: --device cuda: no CUDA device"))
     ROWS.append(("sample --device cuda without a GPU", lambda t: ["sample", "alanine-dipeptide", "--model", str(SHIPPED),
                                                                   "--out", str(t / "s"), "--device", "cuda"],

@@ -94,6 +94,59 @@ def test_leftovers_of_a_killed_write_are_ignored(target, uninterrupted, tmp_path
     assert np.array_equal(md.load_trajectory(tmp_path).xyz, md.load_trajectory(full).xyz)
 
 
+def test_md_log_has_one_row_per_saved_frame(target, uninterrupted):
+    out, _ = uninterrupted
+    lines = (out / "md.log").read_text().splitlines()
+    assert lines[0] == "step,time_ps,potential_kJ_per_mol,kinetic_kJ_per_mol,temperature_K,speed_ns_per_day"
+    log = md.load_log(out)
+    assert len(log["step"]) == 24  # one row per saved frame, not per chunk
+    np.testing.assert_array_equal(log["step"], 250 * np.arange(1, 25))  # 0.25 ps of 1 fs steps per frame
+    np.testing.assert_allclose(log["time_ps"], md.load_trajectory(out).time)
+    np.testing.assert_allclose(log["potential_kJ_per_mol"], md.load_energies(out) * target.kT, rtol=1e-9)
+    # 22 atoms, no constraints, no CMMotionRemover: 66 degrees of freedom
+    k_b = 0.00831446261815324  # kJ/(mol K)
+    np.testing.assert_allclose(log["temperature_K"], 2 * log["kinetic_kJ_per_mol"] / (66 * k_b), rtol=1e-5)
+    assert (log["kinetic_kJ_per_mol"] > 0).all() and (log["speed_ns_per_day"] > 0).all()
+
+
+def test_a_damaged_md_log_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"md\.log is missing"):
+        md.load_log(tmp_path)
+    (tmp_path / "md.log").write_text("step,time\n1,2\n")
+    with pytest.raises(ValueError, match=r"md\.log: the header must be step,time_ps,"):
+        md.load_log(tmp_path)
+    (tmp_path / "md.log").write_text(",".join(md.LOG_COLUMNS) + "\n1,2,3,4,5,6\n7,8,9\n")
+    with pytest.raises(ValueError, match=r"md\.log holds a row that is not 6 numbers"):
+        md.load_log(tmp_path)
+
+
+def test_md_log_temperature_averages_to_the_thermostat(target, tmp_path):
+    """2,000 frames of 0.1 ps: the mean instantaneous temperature is 300 K within 4 standard errors (from
+    the series' own statistical inefficiency) plus 1% (LangevinMiddleIntegrator's kinetic energy at 1 fs)."""
+    from boltzgen.analysis.timeseries import correlated_error
+
+    md.run_md(target, 0.2, tmp_path, seed=4, save_every_ps=0.1, chunk_frames=500, equilibration_ps=5.0)
+    temperature = md.load_log(tmp_path)["temperature_K"]
+    assert len(temperature) == 2000
+    se = correlated_error(temperature).standard_error
+    assert abs(temperature.mean() - 300.0) < 4 * se + 3.0, (temperature.mean(), se)
+
+
+def test_md_log_is_appended_across_resumed_chunks_and_cut_back_after_a_kill(target, uninterrupted, tmp_path):
+    full, _ = uninterrupted
+    md.run_md(target, NS, tmp_path, seed=11, max_chunks=2, **SHORT)
+    assert len(md.load_log(tmp_path)["step"]) == 10
+    # A kill after appending chunk 2's rows but before recording the chunk: rows progress.json does not list.
+    with open(tmp_path / "md.log", "a") as fh:
+        fh.write("2750,2.75,1.0,2.0,3.0,4.0\n3000,3.0,1.0,2.0,3.0,4.0\n3250,3.2")
+    md.run_md(target, NS, tmp_path, seed=11, **SHORT)
+    resumed, whole = md.load_log(tmp_path), md.load_log(full)
+    np.testing.assert_array_equal(resumed["step"], whole["step"])
+    # Reference platform: the resumed run's energies are those of the uninterrupted one
+    for column in ("potential_kJ_per_mol", "kinetic_kJ_per_mol", "temperature_K"):
+        np.testing.assert_array_equal(resumed[column], whole[column])
+
+
 def test_resume_refuses_other_settings(target, uninterrupted):
     out, _ = uninterrupted
     with pytest.raises(ValueError, match="other settings \\(seed: 11 on disk, 12 now\\)"):

@@ -160,3 +160,35 @@ def test_a_damaged_diagnostics_json_is_named_not_taken_for_md(tmp_path, capsys):
     damaged.unlink()
     assert main(["analyze", str(job / "run-001")]) == 2
     assert f"{damaged} is missing: the sample run in {job / 'run-001'} is incomplete" in capsys.readouterr().err
+
+
+def test_cli_analyze_one_md_run_reports_its_statistical_inefficiency_and_burn_in(biased_runs, tmp_path, capsys):
+    out_json = tmp_path / "one.json"
+    assert main(["analyze", str(biased_runs[0]), "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "errors: standard error of one run from each figure's statistical inefficiency" in out
+    assert "effective samples n/g of 12 frames" in out and "suggested burn-in: the first" in out
+    d = json.loads(out_json.read_text())
+    assert d["n_error_units"] == 1 and d["statistical_inefficiency"]["energy_mean"] >= 1.0
+    assert 0 <= d["suggested_burn_in_frames"] < 12
+
+
+def test_cli_analyze_basins_in_degrees_or_radians_agree(biased_runs, tmp_path, capsys):
+    """basins_deg: (as a system YAML declares them), basins_rad: (as --json writes them) and the bare radians
+    form give the same populations."""
+    files = {"deg": "basins_deg:\n  left: {phi: [-180, 0]}\n  right: {phi: [0, 180], psi: [-180, 180]}\n",
+             "rad": f"basins_rad:\n  left: {{phi: [{-math.pi!r}, 0.0]}}\n  right: {{phi: [0.0, {math.pi!r}]}}\n",
+             "bare": f"left: {{phi: [{-math.pi!r}, 0.0]}}\nright: {{phi: [0.0, {math.pi!r}]}}\n"}
+    found = {}
+    for name, text in files.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+        assert main(["analyze", str(biased_runs[0]), "--basins", str(tmp_path / f"{name}.yaml"), "--json",
+                     str(tmp_path / f"{name}.json")]) == 0
+        found[name] = json.loads((tmp_path / f"{name}.json").read_text())["populations"]
+    assert found["deg"] == found["rad"] == found["bare"]
+    capsys.readouterr()
+    (tmp_path / "bad.yaml").write_text("basins_deg:\n  left: {phi: [-200, 0]}\n")
+    assert main(["analyze", str(biased_runs[0]), "--basins", str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "basins_deg 'left': arcs must be [low, high] in degrees" in err and "[-200, 0] deg" in err
+    assert err.count("\n") == 1

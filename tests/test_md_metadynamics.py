@@ -170,6 +170,21 @@ def test_cli_md_bias(tmp_path, capsys):
     assert "--bias and its options: variables must be" in err and err.count("\n") == 1
 
 
+def test_cli_md_takes_the_width_in_degrees_and_a_temperature(tmp_path, capsys):
+    """--bias-width-deg is converted to radians at the boundary; --temperature reaches the integrator and kT."""
+    import json
+    import math
+
+    assert main(["md", "alanine-dipeptide", "--bias", "phi", "--bias-width-deg", "30", "--deposition", "1",
+                 "--temperature", "350", "--ns", "0.002", "--out", str(tmp_path), "--save-every", "0.5",
+                 "--equilibration", "1", "--platform", "Reference"]) == 0
+    record = json.loads((tmp_path / "progress.json").read_text())
+    assert record["bias_width_rad"] == pytest.approx(math.radians(30.0), rel=1e-15)
+    assert record["temperature_K"] == 350.0
+    assert md.load_bias(tmp_path).temperature_K == 350.0
+    assert len(md.load_log(tmp_path)["temperature_K"]) == 4
+
+
 def test_cli_bias_options_need_bias(tmp_path, capsys):
     assert main(["md", "alanine-dipeptide", "--ns", "0.001", "--out", str(tmp_path), "--bias-factor", "8",
                  "--deposition", "5"]) == 2

@@ -38,11 +38,30 @@ def test_train_model_writes_model_files_and_a_report(tmp_path, md_run):
 
 
 def test_cli_train_prints_the_quality_table(tmp_path, md_run, capsys):
-    code = main(["train", "alanine-dipeptide", "--data", str(md_run), "--out", str(tmp_path / "m.pt"),
-                 "--dsm-steps", "4", "--clf-steps", "2", "--hidden", "8", "--blocks", "1", "--threads", "1"])
+    code = main(["train", "alanine-dipeptide", "--data", str(md_run), "--out", str(tmp_path / "m"),
+                 "--dsm-steps", "4", "--clf-steps", "2", "--hidden", "8", "--network-blocks", "1", "--threads", "1"])
     out = capsys.readouterr().out
     assert code == 0
     assert "std(u-E) kT" in out and "DSM + DiffCLF" in out and "ms per 1,000 particles" in out
+    # --out is a folder: the model files go inside it
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model-dsm.pt", "model.ckpt", "model.json",
+                                                                   "model.pt"]
+
+
+def test_cli_train_reads_a_config_file_under_the_flags(tmp_path, md_run, capsys):
+    """training: mirrors TrainSettings; the flags given win over the file; --temperature reaches the target."""
+    config = tmp_path / "train.yaml"
+    config.write_text("threads: 1\ntemperature: 320\ntraining:\n  dsm_steps: 4\n  clf_steps: 2\n  hidden: 8\n"
+                      "  n_blocks: 1\n  batch_size: 8\n  tsm_weight: 0.0\n")
+    assert main(["train", "alanine-dipeptide", "--data", str(md_run), "--out", str(tmp_path / "m"),
+                 "--config", str(config), "--hidden", "12"]) == 0
+    report = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert report["settings"]["hidden"] == 12  # the flag
+    assert (report["settings"]["dsm_steps"], report["settings"]["batch_size"], report["settings"]["tsm_weight"]) == (
+        4, 8, 0.0)  # the file
+    assert report["settings"]["clf_learning_rate"] == TrainSettings().clf_learning_rate  # neither: the default
+    model = load_model_file(tmp_path / "m" / "model.pt")
+    assert model.metadata["temperature_K"] == 320.0
 
 
 def test_nan_frames_are_refused_with_the_folder_named(tmp_path, md_run, capsys):
@@ -52,12 +71,12 @@ def test_nan_frames_are_refused_with_the_folder_named(tmp_path, md_run, capsys):
     traj = mdtraj.load(str(chunk), top=str(bad / "topology.pdb"))
     traj.xyz[3] = np.nan
     traj.save_trr(str(chunk), force_overwrite=True)  # same size: the loader's size check passes
-    code = main(["train", "alanine-dipeptide", "--data", str(bad), "--out", str(tmp_path / "m.pt"),
+    code = main(["train", "alanine-dipeptide", "--data", str(bad), "--out", str(tmp_path / "m"),
                  "--dsm-steps", "2", "--clf-steps", "0"])
     err = capsys.readouterr().err
     assert code == 2 and str(bad) in err and "non-finite" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert not (tmp_path / "m.pt").exists()
+    assert not (tmp_path / "m" / "model.pt").exists()
 
 
 def test_frames_of_another_molecule_are_refused(md_run):

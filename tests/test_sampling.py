@@ -199,3 +199,37 @@ def test_cli_run_prints_the_summary_and_writes_plots(tmp_path, capsys):
     assert summary["reference"]["delta_f_phi_positive_kT"] == pytest.approx(3.576, abs=0.001)
     for name in ("ramachandran.png", "phi_profile.png", "energy_histogram.png"):
         assert (out / name).is_file()
+
+
+def test_cli_sample_takes_a_train_folder_a_config_file_and_a_temperature(tmp_path, capsys):
+    """--model DIR reads DIR/model.pt; particles and sampling settings from --config, --levels from the command
+    line over the file's n_levels; --temperature 350 reaches the target (summary.json's temperature_K)."""
+    import shutil
+
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    shutil.copy(systems.shipped_model("alanine-dipeptide"), trained / "model.pt")
+    config = tmp_path / "sample.yaml"
+    config.write_text("particles: 12\nruns: 1\nthreads: 1\nno_compile: true\nsampling:\n  n_levels: 30\n"
+                      "  level_moves: 1\n  bridge: {moves: 1}\n  mixing: {moves: 6, torsions: {moves: 1}}\n")
+    out = tmp_path / "s"
+    assert main(["sample", "alanine-dipeptide", "--model", str(trained), "--out", str(out), "--config", str(config),
+                 "--levels", "8", "--temperature", "350"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == str(trained / "model.pt") and summary["temperature_K"] == 350.0
+    assert (summary["particles"], summary["runs"]) == (12, 1)
+    s = summary["settings"]
+    assert s["n_levels"] == 8 and s["level_moves"] == 1 and s["bridge"]["moves"] == 1
+    assert s["mixing"]["moves"] == 6 and s["mixing"]["torsions"] == {"moves": 1, "reflect": 0.5}
+    assert s["bridge"]["cess"] == SampleSettings().bridge.cess  # in neither: the default
+
+
+def test_cli_run_at_another_temperature_leaves_out_the_shipped_reference(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "alanine-dipeptide", "--out", str(out), "--particles", "12", "--runs", "1", "--levels", "8",
+                 "--level-moves", "1", "--bridge-moves", "1", "--mixing-moves", "6", "--threads", "1", "--no-compile",
+                 "--temperature", "350"]) == 0
+    text = capsys.readouterr().out
+    assert "no shipped reference at 350 K (the reference of alanine-dipeptide is at 300 K)" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["temperature_K"] == 350.0 and "reference" not in summary

@@ -164,15 +164,17 @@ def _plots(runs, reference, figures, plot_dir: Path, label: str) -> dict:
     return paths
 
 
-def analyze_runs(run_dirs: Sequence, reference: Sequence | None = None, *, basins=None, blocks: int = 5,
+def analyze_runs(run_dirs: Sequence, reference: Sequence | None = None, *, basins=None, blocks: int | None = None,
                  plot_dir=None, label: str | None = None, cvs=None) -> AnalysisReport:
     """Figures of the runs in ``run_dirs`` (MD or sample runs), optionally against ``reference`` runs.
 
     Args:
-        run_dirs: folders of independent runs (error bars over runs; one MD run: over blocks).
+        run_dirs: folders of independent runs (error bars over runs; one MD run: from its statistical
+            inefficiency, or over blocks).
         reference: folders of reference runs (e.g. biased MD), or None.
         basins: name -> Basin (on phi, psi) or Region, replacing the basins the molecule declares.
-        blocks: blocks for a single MD run's error bars.
+        blocks: None: a single MD run's error bars from its statistical inefficiency (pymbar); k >= 2:
+            over k contiguous blocks instead.
         plot_dir: where to write the plots: ramachandran.png (CVs phi and psi), <cv>_profile.png for
             every CV and energy_histogram.png (None: no plots).
         label: title of the plots (default: the number of runs).
@@ -202,6 +204,23 @@ def _estimate(e) -> str:
         return "not estimable"
     err = f"{e.standard_error:.3f}" if math.isfinite(e.standard_error) else "n/a (one SMC run)"
     return f"{e.mean:.3f} +- {err}"
+
+
+def _correlation_lines(f) -> list[str]:
+    """Effective samples (n / g) of the headline figures and the suggested burn-in of one MD run."""
+    if not f.statistical_inefficiency:
+        return []
+    labels = {f"delta_f_{x.key}": f"dF({x.state} vs {x.reference})" for x in f.cvs.free_energies}
+    labels["energy_mean"] = "<u>"
+    shown = [f"{label} {f.n_frames / f.statistical_inefficiency[key]:.0f}" for key, label in labels.items()
+             if key in f.statistical_inefficiency]
+    lines = []
+    if shown:
+        lines.append(f"  effective samples n/g of {f.n_frames} frames: {', '.join(shown)}")
+    if f.burn_in_frames is not None:
+        lines.append(f"  suggested burn-in: the first {f.burn_in_frames} frames (pymbar detect_equilibration on u; "
+                     "not dropped)")
+    return lines
 
 
 def format_analysis(report: AnalysisReport) -> str:
@@ -241,6 +260,7 @@ def format_analysis(report: AnalysisReport) -> str:
     t = f.cvs.transitions
     if f.transitions_per_run and t is not None and set(report.kinds) == {"md"}:
         lines.append(f"  {t.cv} transitions per run: {', '.join(str(n) for n in f.transitions_per_run)}")
+    lines += _correlation_lines(f)
     c = report.comparison
     if c is not None:
         def signed(d):

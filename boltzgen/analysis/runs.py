@@ -13,10 +13,13 @@ the figures every run has: frames, ESS and the weighted mean energy.
 Every run is weighted: a metadynamics run's frames carry log-weights +V/kT
 (:func:`boltzgen.md.load_log_weights`), a plain MD run's are zero. Weights are self-normalised
 within each run (every run of its own bias). Error bars: with several runs (independent seeds),
-each figure is the mean of the per-run figures and its error the standard error over runs; with
-one run, the figure is that of the whole run and its error the standard error over contiguous
-blocks of it (MD frames are correlated, blocks much longer than the correlation time are not).
-Angles in radians, free energies in kT, float64.
+each figure is the mean of the per-run figures and its error the standard error over runs (the
+headline whenever there are several runs); with one MD run, the figure is that of the whole run and
+its error comes from the statistical inefficiency g of the figure's per-frame influence series
+(pymbar, :mod:`boltzgen.analysis.timeseries`): SE = sqrt(g var / n), n / g effective samples, and a
+burn-in is suggested (pymbar's ``detect_equilibration`` on u) but never dropped; or, when asked
+(``blocks=k``), the standard error over k contiguous blocks. Angles in radians, free energies in kT,
+float64.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from .._checks import check_count
 from ..cvs import MoleculeCVs, Region, atom_indices
 from ..smc.weights import clean_log_weights, ess, normalized_log_weights
 from .free_energy import Basin, Estimate, with_error
+from .timeseries import CorrelatedError, correlated_error, suggested_burn_in
 
 
 @dataclass(frozen=True, eq=False)
@@ -184,15 +188,22 @@ def transitions(values, cores) -> int:
     return int(np.count_nonzero(visited[1:] != visited[:-1]))
 
 
-def load_basins(path) -> dict[str, Basin]:
-    """Basins from a YAML or JSON file mapping name -> {phi: [low, high], psi: [low, high]} in radians.
+def load_basins(path) -> dict[str, Basin | Region]:
+    """Basins from a YAML or JSON file, in degrees or radians as its keys say.
 
-    Each [low, high) is an arc in [-pi, pi] that wraps through pi when low > high (see
-    :class:`boltzgen.analysis.Basin`); a missing ``psi`` (or ``phi``) is the whole circle. They replace
-    the basins a molecule declares (its CVs must include phi and psi). Example::
+    Three forms (each basin maps CV names to an arc [low, high), which wraps through 180 deg / pi when
+    low > high; a CV a basin does not name is the whole circle):
 
-        alpha_R: {phi: [-3.14159, 0.0], psi: [-1.745, 0.0]}
-        phi>0:   {phi: [0.0, 3.14159]}
+    * ``basins_deg:`` degrees, exactly as a system YAML declares its basins (any declared CV)::
+
+          basins_deg:
+            alpha_R: {phi: [-180, 0], psi: [-100, 0]}
+            phi>0:   {phi: [0, 180]}
+
+    * ``basins_rad:`` radians, as ``boltzgen analyze --json`` writes them (any declared CV);
+    * a bare mapping name -> {phi: [low, high], psi: [low, high]} in radians (phi and psi only).
+
+    They replace the basins a molecule declares (their CVs must be declared by it).
     """
     import yaml  # JSON is YAML too
 
@@ -203,20 +214,44 @@ def load_basins(path) -> dict[str, Basin]:
         data = yaml.safe_load(p.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ValueError(f"basins file {p} cannot be read as YAML/JSON ({str(exc).splitlines()[0]})") from exc
+    if isinstance(data, Mapping) and set(data) & {"basins_deg", "basins_rad"}:
+        return _unit_basins(data, p)
     if not isinstance(data, Mapping) or not data:
-        raise ValueError(f"basins file {p} must map basin names to {{phi: [low, high], psi: [low, high]}} "
-                         "in radians")
+        raise ValueError(f"basins file {p} must hold basins_deg: {{name: {{cv: [low, high]}}}} in degrees, "
+                         "basins_rad: (the same in radians) or name -> {phi: [low, high], psi: [low, high]} in radians")
     basins = {}
     for name, arcs in data.items():
         if not isinstance(arcs, Mapping) or not set(arcs) <= {"phi", "psi"}:
             raise ValueError(f"basins file {p}: basin {name!r} must be {{phi: [low, high], psi: [low, high]}} "
-                             f"in radians, got {arcs!r}")
+                             f"in radians (or give basins_deg: in degrees), got {arcs!r}")
         try:
             basins[str(name)] = Basin(str(name), phi_range=tuple(arcs.get("phi", (-math.pi, math.pi))),
                                       psi_range=tuple(arcs.get("psi", (-math.pi, math.pi))))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"basins file {p}: basin {name!r}: {exc}") from exc
     return basins
+
+
+def _unit_basins(data: Mapping, p: Path) -> dict[str, Region]:
+    """Regions from the ``basins_deg`` (degrees) or ``basins_rad`` (radians) key of a basins file."""
+    if len(data) != 1:
+        raise ValueError(f"basins file {p} must hold one key, basins_deg (degrees) or basins_rad (radians), "
+                         f"got {', '.join(map(str, data))}")
+    (key, basins), = data.items()
+    to_rad = math.radians if key == "basins_deg" else float
+    unit = "degrees" if key == "basins_deg" else "radians"
+    if not isinstance(basins, Mapping) or not basins:
+        raise ValueError(f"basins file {p}: {key} must map basin names to {{cv: [low, high]}} in {unit}")
+    regions = {}
+    for name, arcs in basins.items():
+        if not isinstance(arcs, Mapping):
+            raise ValueError(f"basins file {p}: {key} {name!r} must be {{cv: [low, high]}} in {unit}, got {arcs!r}")
+        try:
+            parsed = tuple((str(cv), to_rad(float(low)), to_rad(float(high))) for cv, (low, high) in arcs.items())
+            regions[str(name)] = Region(str(name), parsed)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"basins file {p}: {key} {name!r}: arcs must be [low, high] in {unit} ({exc})") from exc
+    return regions
 
 
 def _as_region(name: str, basin) -> Region:
@@ -237,7 +272,8 @@ class RunFigures:
         n_frames: frames of all runs together; n_frames_per_run: of each.
         ess: Kish effective sample size of the weights, summed over runs; ess_per_run: of each.
         error_method: how the errors were computed, in words.
-        n_error_units: the number of runs (several runs) or of blocks (one run).
+        n_error_units: the number of runs (several runs), of blocks (one run, ``blocks=k``), or 1 (one run,
+            statistical inefficiency).
         cvs: the declaration the figures follow (empty: no CVs).
         populations: {basin name: Estimate of its weighted population}.
         free_energies: {key: Estimate of dF = F(state) - F(reference) in kT, or None when a run or block
@@ -246,9 +282,14 @@ class RunFigures:
         energy: Estimate of the weighted mean reduced energy <u> in kT, or None without energies.
         l_fraction: weighted fraction of L configurations (mean over runs), or None (no alpha carbon).
         transitions_per_run: transitions between the declared cores per run, or None (none declared).
-        per_unit: {name: tuple of per-run (several runs) or per-block (one run) values} for every figure.
+        per_unit: {name: tuple of per-run (several runs) or per-block (one run) values} for every figure
+            (the whole run's value alone with the statistical-inefficiency method).
         basins: {name: Region} of the populations.
         note: why a free energy or the CVs are missing, or None.
+        statistical_inefficiency: {figure: g >= 1 of its influence series} (one MD run without blocks;
+            else empty); the figure's Estimate.n is its effective sample size n / g, rounded.
+        burn_in_frames: the burn-in pymbar's detect_equilibration suggests on u (one MD run without
+            blocks; reported, not dropped), or None.
     """
 
     runs: tuple[str, ...]
@@ -268,6 +309,8 @@ class RunFigures:
     per_unit: dict[str, tuple]
     basins: dict[str, Region]
     note: str | None = None
+    statistical_inefficiency: dict[str, float] = field(default_factory=dict)
+    burn_in_frames: int | None = None
 
     # the figures alanine dipeptide's declaration gives, under the names they always had
     @property
@@ -334,6 +377,8 @@ class RunFigures:
             "ess_kish_per_run": [num(v) for v in self.ess_per_run],
             "error_method": self.error_method,
             "n_error_units": self.n_error_units,
+            "statistical_inefficiency": {k: num(g) for k, g in self.statistical_inefficiency.items()},
+            "suggested_burn_in_frames": self.burn_in_frames,
             "l_fraction": num(self.l_fraction),
         })
         t = self.cvs.transitions
@@ -390,6 +435,50 @@ def _unit_figures(run: WeightedRun, cvs: MoleculeCVs, basins: dict[str, Region])
     return figures
 
 
+def _influence_series(run: WeightedRun, cvs: MoleculeCVs, basins: dict[str, Region], whole: dict) -> dict:
+    """{figure: (n,) float64 influence series in time order} for every figure of ``whole`` (the run's
+    :func:`_unit_figures`) that has an error: to first order figure(run) - figure(truth) = mean(z)
+    (:mod:`boltzgen.analysis.timeseries`). Weights are scaled to mean 1; zero-weight frames give 0."""
+    lw = normalized_log_weights(clean_log_weights(torch.from_numpy(np.asarray(run.log_weights, np.float64)),
+                                                  "log_weights")).numpy()
+    w = np.exp(lw) * run.n_frames
+
+    def centred(mask, p):  # z of a weighted fraction p of the frames in ``mask``
+        return w * (mask.astype(np.float64) - p)
+
+    series = {f"p[{name}]": centred(b.contains(run.cv_values), whole[f"p[{name}]"]) for name, b in basins.items()}
+    for fe in cvs.free_energies:
+        state = cvs.region(fe.state).contains(run.cv_values)
+        series[f"p_{fe.key}"] = centred(state, whole[f"p_{fe.key}"])
+        if whole.get(f"delta_f_{fe.key}") is not None:  # dF = ln P(reference) - ln P(state)
+            reference = cvs.region(fe.reference).contains(run.cv_values)
+            p_state, p_reference = whole[f"p_{fe.key}"], float(np.mean(w * reference))
+            series[f"delta_f_{fe.key}"] = (centred(reference, p_reference) / p_reference
+                                           - centred(state, p_state) / p_state)
+    if whole.get("energy_mean") is not None:
+        keep = np.isfinite(lw) & np.isfinite(run.energies)
+        w_keep = np.where(keep, w, 0.0)
+        u = np.where(keep, run.energies, 0.0)
+        series["energy_mean"] = w_keep * (u - whole["energy_mean"]) / w_keep.mean()
+    return series
+
+
+def _correlated_errors(run: WeightedRun, cvs: MoleculeCVs, basins: dict[str, Region],
+                       whole: dict) -> dict[str, CorrelatedError]:
+    """{figure: its standard error and statistical inefficiency} of one MD run (time-ordered frames)."""
+    if run.n_frames < 2:
+        raise ValueError(f"{run.path} holds {run.n_frames} frame: an error bar from one run needs at least 2")
+    return {key: correlated_error(z) for key, z in _influence_series(run, cvs, basins, whole).items()}
+
+
+def _burn_in(run: WeightedRun) -> int | None:
+    """The burn-in pymbar suggests on the run's reduced energies (None without finite energies)."""
+    u = run.energies
+    if u is None or run.n_frames < 3 or not np.isfinite(u).all():
+        return None
+    return suggested_burn_in(u)
+
+
 def _common_cvs(runs: Sequence[WeightedRun]) -> MoleculeCVs:
     first = runs[0]
     for r in runs[1:]:
@@ -400,7 +489,7 @@ def _common_cvs(runs: Sequence[WeightedRun]) -> MoleculeCVs:
     return first.cvs
 
 
-def run_figures(runs: Sequence, basins: Mapping | None = None, blocks: int = 5,
+def run_figures(runs: Sequence, basins: Mapping | None = None, blocks: int | None = None,
                 cvs: MoleculeCVs | None = None) -> RunFigures:
     """Weighted basin populations and free energies of one or several runs, with errors.
 
@@ -409,13 +498,16 @@ def run_figures(runs: Sequence, basins: Mapping | None = None, blocks: int = 5,
             a single SMC sample run gets figures without error bars (NaN).
         basins: name -> :class:`Basin` (on phi, psi) or :class:`~boltzgen.cvs.Region` for the
             populations, replacing the declared basins (default: the basins the molecule declares).
-        blocks: contiguous blocks for the errors of a single run (>= 2; ignored for several runs).
+        blocks: None (default): the errors of a single MD run come from each figure's statistical
+            inefficiency (pymbar); an int >= 2: from that many contiguous blocks instead. Ignored for
+            several runs.
         cvs: the declaration for run folders (see :func:`load_run`; default: the recorded system's).
 
     Returns:
         :class:`RunFigures`. With several runs each figure is the mean over runs and its error
-        the standard error over runs; with one run the whole-run figure and the standard error
-        over ``blocks`` contiguous blocks.
+        the standard error over runs; with one MD run the whole-run figure and the standard error
+        from its statistical inefficiency (with a suggested burn-in, not dropped), or over
+        ``blocks`` contiguous blocks.
     """
     runs = [r if isinstance(r, WeightedRun) else load_run(r, cvs) for r in runs]
     if not runs:
@@ -429,7 +521,8 @@ def run_figures(runs: Sequence, basins: Mapping | None = None, blocks: int = 5,
         if missing:
             raise ValueError(f"basins use {', '.join(missing)}, which the runs' molecule does not declare as "
                              f"collective variables (declared: {', '.join(declared.names) or 'none'})")
-    blocks = check_count(blocks, "blocks")
+    blocks = check_count(blocks, "blocks", allow_none=True)
+    errors, burn_in = None, None
     if len(runs) >= 2:
         units = [_unit_figures(r, declared, regions) for r in runs]
         whole = None
@@ -440,6 +533,13 @@ def run_figures(runs: Sequence, basins: Mapping | None = None, blocks: int = 5,
         whole = _unit_figures(run, declared, regions)
         units, labels = [whole], [str(run.path)]
         method = "none: one SMC run (error bars need independent runs, never the particles of one run)"
+    elif blocks is None:
+        run = runs[0]
+        whole = _unit_figures(run, declared, regions)
+        units, labels = [whole], [str(run.path)]
+        errors, burn_in = _correlated_errors(run, declared, regions, whole), _burn_in(run)
+        method = ("standard error of one run from each figure's statistical inefficiency (pymbar timeseries; "
+                  "figures: whole run)")
     else:
         run = runs[0]
         if blocks < 2:
@@ -453,7 +553,7 @@ def run_figures(runs: Sequence, basins: Mapping | None = None, blocks: int = 5,
         method = f"standard error over {blocks} contiguous blocks of one run (figures: whole run)"
 
     notes = [r.note for r in runs if r.note][:1]
-    kind = "runs" if whole is None else "blocks"
+    kind = "blocks" if len(units) > 1 and whole is not None else "runs"
     sides = {f"delta_f_{f.key}": f"{f.state} or {f.reference}" for f in declared.free_energies}
 
     def estimate(key):
@@ -463,6 +563,9 @@ def run_figures(runs: Sequence, basins: Mapping | None = None, blocks: int = 5,
             notes.append(f"{key}: {len(missing)} of {len(units)} {kind} hold no weighted frame on one side "
                          f"({sides.get(key, key)}), first {missing[0] if missing else runs[0].path}")
             return None
+        if errors is not None:
+            e = errors[key]
+            return Estimate(mean=whole[key], standard_error=e.standard_error, n=max(1, round(e.effective_samples)))
         if len(values) == 1:
             return Estimate(mean=values[0], standard_error=float("nan"), n=1)
         e = with_error(values)
@@ -488,7 +591,9 @@ def run_figures(runs: Sequence, basins: Mapping | None = None, blocks: int = 5,
         n_frames_per_run=tuple(r.n_frames for r in runs), ess=float(sum(ess_per_run)), ess_per_run=ess_per_run,
         error_method=method, n_error_units=len(units), cvs=declared, populations=populations,
         free_energies=free_energies, state_populations=state_populations, energy=energy, l_fraction=l_fraction,
-        transitions_per_run=per_run_transitions, per_unit=per_unit, basins=regions, note="; ".join(notes) or None)
+        transitions_per_run=per_run_transitions, per_unit=per_unit, basins=regions, note="; ".join(notes) or None,
+        statistical_inefficiency={k: e.statistical_inefficiency for k, e in (errors or {}).items()},
+        burn_in_frames=burn_in)
 
 
 __all__ = ["RunFigures", "WeightedRun", "cv_values", "load_basins", "load_run", "run_figures", "transitions"]

@@ -20,6 +20,9 @@ from ..targets.openmm import kT_kj_per_mol
 PROGRESS = "progress.json"
 TOPOLOGY = "topology.pdb"
 FORMAT = 1
+#: The energy/temperature log of a run: CSV, one row per saved production frame, units in the header.
+LOG = "md.log"
+LOG_COLUMNS = ("step", "time_ps", "potential_kJ_per_mol", "kinetic_kJ_per_mol", "temperature_K", "speed_ns_per_day")
 
 
 def load_topology(out_dir) -> mdtraj.Topology:
@@ -75,6 +78,31 @@ def load_log_weights(out_dir) -> np.ndarray:
         return np.zeros(sum(c["n_frames"] for c in record["chunks"]))
     kj = np.concatenate([load_array(out, c, "bias") for c in record["chunks"]])
     return kj / kT_kj_per_mol(record["temperature_K"])
+
+
+def load_log(out_dir) -> dict[str, np.ndarray]:
+    """The rows of a run's ``md.log`` as {column: (n_rows,) float64} (see :data:`LOG_COLUMNS`).
+
+    One row per saved production frame, in time order: the production step, the time in ps (as in
+    the TRR), the physical potential U and the kinetic energy (kJ/mol, OpenMM's), the instantaneous
+    temperature 2 K / (n_dof k_B) in K and the simulation speed in ns/day since the call that wrote
+    the row started its production. Runs written before the log existed have no rows for their
+    earlier frames (the step column says which frames a row belongs to).
+    """
+    out = existing_dir(out_dir)
+    path = out / LOG
+    if not path.is_file():
+        raise ValueError(f"{path} is missing (the energy/temperature log of the run in {out})")
+    lines = path.read_text().splitlines()
+    if not lines or tuple(lines[0].split(",")) != LOG_COLUMNS:
+        raise ValueError(f"{path}: the header must be {','.join(LOG_COLUMNS)}; the file is damaged")
+    try:
+        rows = np.array([[float(v) for v in line.split(",")] for line in lines[1:] if line], dtype=np.float64)
+    except ValueError as exc:
+        raise ValueError(f"{path} holds a row that is not {len(LOG_COLUMNS)} numbers ({exc}); "
+                         "the file is damaged") from exc
+    rows = rows.reshape(-1, len(LOG_COLUMNS))
+    return {name: rows[:, k] for k, name in enumerate(LOG_COLUMNS)}
 
 
 def recorded_system(out_dir) -> str | None:

@@ -134,11 +134,12 @@ def shipped_reference(name: str) -> dict | None:
 
 def run_named(name: str, out, *, particles: int = 1000, runs: int = 4, settings=None, seed: int = 0,
               device: str | torch.device = "cpu", progress: bool = False, compile: bool = True,
-              checkpoint_every: float = 30.0) -> NamedRunResult:
+              checkpoint_every: float = 30.0, temperature: float | None = None) -> NamedRunResult:
     """The whole job on a named system with the model shipped for it: sample, correct, analyse.
 
     Writes the sample runs and ``summary.json`` (:func:`sample_model`) and the plots to ``out``;
-    the summary also holds the shipped reference figures when there are some. Resumes like
+    the summary also holds the shipped reference figures when there are some and the run is at the
+    system's own temperature (``temperature``: in K, None for the system's). Resumes like
     :func:`sample_model`.
     """
     from .. import systems
@@ -146,7 +147,8 @@ def run_named(name: str, out, *, particles: int = 1000, runs: int = 4, settings=
     from ..io.sample_runs import write_json
 
     model = systems.shipped_model(name)
-    target = systems.load(name)
+    target = systems.load(name, **({} if temperature is None else {"temperature": temperature}))
+    own_temperature = float(systems.spec(name).options.get("temperature", 300.0))
     try:
         report = sample_model(target, model, out, particles=particles, runs=runs, settings=settings, seed=seed,
                               device=device, progress=progress, compile=compile, checkpoint_every=checkpoint_every)
@@ -155,6 +157,10 @@ def run_named(name: str, out, *, particles: int = 1000, runs: int = 4, settings=
     analysis = analyze_runs([str(d) for d in report.run_dirs], plot_dir=report.out, label=name)
     reference = shipped_reference(name)
     text = format_analysis(analysis)
+    if reference is not None and temperature is not None and temperature != own_temperature:
+        text += (f"\n  no shipped reference at {temperature:g} K (the reference of {name} is at "
+                 f"{own_temperature:g} K)")
+        reference = None
     if reference is not None:
         text += (f"\n  reference ({reference['source']}): dF(phi>0 vs phi<0) = "
                  f"{reference['delta_f_phi_positive_kT']:.3f} +- {reference['delta_f_phi_positive_err_kT']:.3f} kT")
