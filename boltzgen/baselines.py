@@ -47,7 +47,7 @@ class McmcRun:
 
 def mcmc_alone(space, target, n_chains: int, rounds: int, *, mixing: MixingSettings = MixingSettings(),
                step_size: float = 1e-4, target_energy=None, seed: int = 0, chunk_size: int = 1000,
-               device="cpu") -> McmcRun:
+               device="cpu", start=None) -> McmcRun:
     """Run ``n_chains`` chains of the mixing kernel from the structure for ``rounds`` rounds.
 
     Args:
@@ -62,13 +62,21 @@ def mcmc_alone(space, target, n_chains: int, rounds: int, *, mixing: MixingSetti
         seed: seeds the chains.
         chunk_size: configurations per energy evaluation.
         device: where the chains live.
+        start: optional starting positions (n_chains, n_atoms, 3) nm instead of copies of the structure
+            (e.g. frames from both sides of a barrier, to check that the kernel relaxes to one answer).
     """
     n_chains, rounds = check_count(n_chains, "n_chains"), check_count(rounds, "rounds")
     start = time.perf_counter()
     reduced = target.reduced_energy if target_energy is None else target_energy
     u = CountedEnergy(space.flat_energy(reduced))
-    x0 = torch.as_tensor(np.asarray(target.positions), dtype=torch.float64, device=device)[None]
-    z = space.to_flat(x0.expand(n_chains, -1, -1).contiguous())
+    if start is None:
+        x0 = torch.as_tensor(np.asarray(target.positions), dtype=torch.float64, device=device)[None]
+        x0 = x0.expand(n_chains, -1, -1).contiguous()
+    else:
+        x0 = torch.as_tensor(np.asarray(start), dtype=torch.float64, device=device)
+        if x0.shape != (n_chains, target.n_atoms, 3):
+            raise ValueError(f"start must have shape ({n_chains}, {target.n_atoms}, 3) in nm, got {tuple(x0.shape)}")
+    z = space.to_flat(x0)
     kernel = MALA(step_size=step_size)
     turn = space.torsion_kernel(target.topology, mixing.torsions.reflect) if mixing.torsions.moves else None
     if turn is not None:

@@ -126,6 +126,35 @@ def target_score_loss(model, x0, score0, generator: torch.Generator | None = Non
     return ((score - target) ** 2).sum(1).mean() / (target**2).sum(1).mean().detach()
 
 
+def energy_matching_loss(model, x0, energy0, generator: torch.Generator | None = None, project=None,
+                         max_sigma: float = 5e-3) -> torch.Tensor:
+    """Variance over the batch of E_theta(t, x_t) - u(x_0) at low noise (scalar, kT^2).
+
+    When the clean data come with their target energies u(x_0) (kT, up to one constant), the model's
+    lowest levels should equal them up to that constant: this pins the *offsets* between separated
+    modes that DSM and target score matching cannot see (a basin's mass), directly where the one-step
+    importance weights exp(E(t_min) - u) are read. Levels t ~ U[t_min, t(max_sigma)] with their tiny
+    noise, as for :func:`target_score_loss`; the batch mean of the residual is removed, so the unknown
+    constant (log Z) plays no role.
+
+    Args:
+        model: has ``schedule`` and ``energy(t, x)``.
+        x0: (n, d) clean data; energy0: (n,) their reduced energies in the model's coordinates (kT).
+        generator, project, max_sigma: as for :func:`target_score_loss`.
+    """
+    x0 = _check_data(x0)
+    energy0 = torch.as_tensor(energy0).to(device=x0.device).reshape(-1)
+    if energy0.shape != (x0.shape[0],) or not torch.isfinite(energy0).all():
+        raise ValueError(f"energy0 must be finite with shape ({x0.shape[0]},) (one energy per sample)")
+    schedule = model.schedule
+    t_cut = low_noise_time(schedule, max_sigma)
+    u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=_device(generator, x0)).to(x0.device)
+    t = schedule.t_min + (t_cut - schedule.t_min) * u
+    xt = _noised(model, x0, t, _noise(x0.shape, x0, generator, project))
+    residual = model.energy(t, xt).to(torch.float64) - energy0.to(torch.float64)
+    return ((residual - residual.mean()) ** 2).mean()
+
+
 def sample_levels(n: int, k: int, schedule, generator=None, dtype=torch.float32, window: float = 1.0) -> torch.Tensor:
     """(n, k) levels per sample: one uniform on [t_min, 1], the others within +-window of it.
 
@@ -191,16 +220,20 @@ class LossParts:
     dsm: float
     clf: float
     tsm: float = float("nan")
+    energy: float = float("nan")
 
 
 def combined_loss(model, x0, generator=None, clf_weight: float = 1.0, n_levels: int = 2, project=None,
-                  window: float = 1.0, score0=None, tsm_weight: float = 0.0, tsm_max_sigma: float = 5e-3):
-    """DSM + clf_weight * DiffCLF + tsm_weight * TSM. Returns (loss tensor, LossParts).
+                  window: float = 1.0, score0=None, tsm_weight: float = 0.0, tsm_max_sigma: float = 5e-3,
+                  energy0=None, energy_weight: float = 0.0):
+    """DSM + clf_weight * DiffCLF + tsm_weight * TSM + energy_weight * energy matching. Returns (loss tensor, LossParts).
 
-    A zero weight skips that pass; TSM needs ``score0`` (n, d), the data's scores.
+    A zero weight skips that pass; TSM needs ``score0`` (n, d), the data's scores; energy matching
+    needs ``energy0`` (n,), the data's target energies (kT).
     """
-    if clf_weight < 0 or tsm_weight < 0:
-        raise ValueError(f"clf_weight and tsm_weight must be >= 0, got {clf_weight}, {tsm_weight}")
+    if clf_weight < 0 or tsm_weight < 0 or energy_weight < 0:
+        raise ValueError(f"clf_weight, tsm_weight and energy_weight must be >= 0, got {clf_weight}, {tsm_weight}, "
+                         f"{energy_weight}")
     total = dsm = dsm_loss(model, x0, generator, project)
     clf = tsm = float("nan")
     if clf_weight > 0:
@@ -211,4 +244,10 @@ def combined_loss(model, x0, generator=None, clf_weight: float = 1.0, n_levels: 
             raise ValueError("tsm_weight > 0 needs score0, the scores of the data")
         m = target_score_loss(model, x0, score0, generator, project, tsm_max_sigma)
         total, tsm = total + tsm_weight * m, m.item()
-    return total, LossParts(total.item(), dsm.item(), clf, tsm)
+    energy = float("nan")
+    if energy_weight > 0:
+        if energy0 is None:
+            raise ValueError("energy_weight > 0 needs energy0, the target energies of the data")
+        e = energy_matching_loss(model, x0, energy0, generator, project, tsm_max_sigma)
+        total, energy = total + energy_weight * e, e.item()
+    return total, LossParts(total.item(), dsm.item(), clf, tsm, energy)

@@ -51,6 +51,7 @@ class TrainingConfig:
     clf_learning_rate: float | None = None
     tsm_weight: float = 0.0
     tsm_max_sigma: float = 5e-3
+    energy_weight: float = 0.0
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     seed: int = 0
@@ -68,6 +69,8 @@ class TrainingConfig:
             raise ValueError(f"clf_learning_rate must be positive or None, got {self.clf_learning_rate}")
         if self.clf_weight < 0:
             raise ValueError(f"clf_weight must be >= 0, got {self.clf_weight}")
+        if not self.energy_weight >= 0:
+            raise ValueError(f"energy_weight must be >= 0, got {self.energy_weight}")
         if self.tsm_weight < 0 or not self.tsm_max_sigma > 0:
             raise ValueError(f"need tsm_weight >= 0 and tsm_max_sigma > 0, got {self.tsm_weight}, {self.tsm_max_sigma}")
         if not (0 < self.clf_window <= 1):
@@ -191,33 +194,36 @@ class _Data:
 
     x: torch.Tensor  # (N, d) on the model's device
     scores: torch.Tensor | None  # (N, d) grad log p_0 at x, or None
+    energies: torch.Tensor | None  # (N,) target energies at x (kT), or None
     probabilities: torch.Tensor | None  # (N,) or None for uniform
     project: object  # projection of the noise, or None
     space: object  # a MolecularSpace: batches are randomly rotated; or None
 
-    def batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``size`` samples (and their scores, or None), rotated at random for a molecular space."""
+    def batch(self, size: int, generator: torch.Generator) -> tuple:
+        """``size`` samples, their scores and energies (or None), rotated at random for a molecular space."""
         if self.probabilities is None:
             idx = torch.randint(self.x.shape[0], (size,), generator=generator, device=generator.device)
         else:
             idx = torch.multinomial(self.probabilities, size, replacement=True, generator=generator)
         idx = idx.to(self.x.device)
         x, s = self.x[idx], None if self.scores is None else self.scores[idx]
+        e = None if self.energies is None else self.energies[idx]
         if self.space is not None:
             rotations = random_rotations(size, generator, x.dtype).to(x.device)
             x = self.space.rotate(x, rotations)
             s = None if s is None else self.space.rotate(s, rotations)
-        return x, s
+        return x, s, e
 
 
 def _step(state: _State, data: _Data, config: TrainingConfig) -> LossParts:
     in_clf_phase = state.step >= config.dsm_steps and config.clf_weight > 0
     size = (config.clf_batch_size or config.batch_size) if in_clf_phase else config.batch_size
-    x, scores = data.batch(size, state.generator)
+    x, scores, energies = data.batch(size, state.generator)
     loss, parts = combined_loss(state.model, x, state.generator,
                                 clf_weight=config.clf_weight if in_clf_phase else 0.0,
                                 n_levels=config.clf_levels, project=data.project, window=config.clf_window,
-                                score0=scores, tsm_weight=config.tsm_weight, tsm_max_sigma=config.tsm_max_sigma)
+                                score0=scores, tsm_weight=config.tsm_weight, tsm_max_sigma=config.tsm_max_sigma,
+                                energy0=energies, energy_weight=config.energy_weight)
     for group in state.optimizer.param_groups:
         group["lr"] = learning_rate(state.step, config)
     state.optimizer.zero_grad(set_to_none=True)
@@ -255,7 +261,7 @@ def _interrupt_between_steps():
         signal.signal(signal.SIGINT, previous)
 
 
-def _training_data(model, data, log_weights, scores, project, space, device, config) -> _Data:
+def _training_data(model, data, log_weights, scores, project, space, device, config, energies=None) -> _Data:
     x = check_flat(data, "data", model.dim)
     if x.shape[0] == 0 or not torch.isfinite(x).all():
         raise ValueError("data must hold at least one sample and only finite values")
@@ -266,6 +272,13 @@ def _training_data(model, data, log_weights, scores, project, space, device, con
         scores = scores.to(device=device, dtype=model.data_mean.dtype)
     elif config.tsm_weight > 0:
         raise ValueError("config.tsm_weight > 0 needs scores, grad log p_0 of every sample of data")
+    if energies is not None:
+        energies = torch.as_tensor(energies, dtype=torch.float64).reshape(-1)
+        if energies.shape != (x.shape[0],) or not torch.isfinite(energies).all():
+            raise ValueError(f"energies must be finite with shape ({x.shape[0]},) (one per sample of data)")
+        energies = energies.to(device)
+    elif config.energy_weight > 0:
+        raise ValueError("config.energy_weight > 0 needs energies, the target energy of every sample of data")
     probabilities = None
     if log_weights is not None:
         lw = torch.as_tensor(log_weights, dtype=torch.float64).reshape(-1)
@@ -282,12 +295,12 @@ def _training_data(model, data, log_weights, scores, project, space, device, con
         if not space.contains(x):
             raise ValueError("data must lie in the space's centre-free subspace (build it with space.to_flat)")
         project = space.project
-    return _Data(x.to(device=device, dtype=model.data_mean.dtype), scores, probabilities, project, space)
+    return _Data(x.to(device=device, dtype=model.data_mean.dtype), scores, energies, probabilities, project, space)
 
 
 def train(model: EnergyModel, data, config: TrainingConfig = TrainingConfig(), checkpoint=None,
           progress: bool = False, project=None, callback=None, *, log_weights=None, scores=None, space=None,
-          on_dsm_end=None) -> TrainingResult:
+          on_dsm_end=None, energies=None) -> TrainingResult:
     """Train ``model`` in place on ``data`` (N, d) and return the EMA model and loss history.
 
     Args:
@@ -308,13 +321,15 @@ def train(model: EnergyModel, data, config: TrainingConfig = TrainingConfig(), c
             model learns the reweighted (Boltzmann) distribution.
         scores: optional (N, d) scores grad log p_0 of the samples (for molecules in model units:
             scale * forces / kT), needed by target score matching (config.tsm_weight > 0).
+        energies: optional (N,) target energies of the samples in the model's coordinates (kT), needed
+            by energy matching (config.energy_weight > 0).
         space: optional boltzgen.coordinates.cartesian.MolecularSpace: its projection is used for the noise and
             every batch is randomly rotated (the Boltzmann density is rotation invariant).
         on_dsm_end: optional ``on_dsm_end(ema_model)`` called once when the DSM phase completes
             (before the checkpoint at that step), e.g. to save a DSM-only snapshot.
     """
     state = _load_state(checkpoint, model, config) if checkpoint and os.path.exists(checkpoint) else _new_state(model, config)
-    batches = _training_data(model, data, log_weights, scores, project, space, _device(model), config)
+    batches = _training_data(model, data, log_weights, scores, project, space, _device(model), config, energies)
     start = time.perf_counter()
     bar = tqdm(total=config.total_steps, initial=state.step, disable=not progress, desc="training", unit="step",
                dynamic_ncols=True)
@@ -328,7 +343,8 @@ def train(model: EnergyModel, data, config: TrainingConfig = TrainingConfig(), c
                 state.history.append(parts)
                 bar.update(1)
                 if state.step % 50 == 0:
-                    bar.set_postfix(dsm=f"{parts.dsm:.4f}", clf=f"{parts.clf:.4f}", tsm=f"{parts.tsm:.4f}")
+                    bar.set_postfix(dsm=f"{parts.dsm:.4f}", clf=f"{parts.clf:.4f}", tsm=f"{parts.tsm:.4f}",
+                                    energy=f"{parts.energy:.3f}")
                 phase_end = state.step == config.dsm_steps and config.clf_steps > 0
                 if phase_end and on_dsm_end is not None:
                     on_dsm_end(state.ema)

@@ -39,6 +39,8 @@ class TrainSettings:
         ema_decay: EMA of the weights (short: long averages blur energies).
         tsm_weight, tsm_max_sigma: target score matching with the force field's forces at noise
             below tsm_max_sigma (model units); 0 trains with DSM (+ DiffCLF) alone.
+        energy_weight: energy matching at the same low noise: the variance of E_theta - u over a
+            batch (kT^2), which pins the offsets between basins that the scores cannot see.
         log_snr_max, log_snr_min: the noise schedule (LogSNRSchedule) in model units.
         weighting: "boltzmann" draws frames with probability proportional to their weights
             (biased MD's exp(+V/kT)), so the model learns the Boltzmann distribution; "biased"
@@ -66,6 +68,7 @@ class TrainSettings:
     ema_decay: float = 0.995
     tsm_weight: float = 1.0
     tsm_max_sigma: float = 5e-3
+    energy_weight: float = 0.0
     log_snr_max: float = 13.5
     log_snr_min: float = -10.0
     weighting: str = "boltzmann"
@@ -87,6 +90,7 @@ class TrainSettings:
                               clf_learning_rate=self.clf_learning_rate, clf_weight=self.clf_weight,
                               clf_levels=self.clf_levels, clf_window=self.clf_window, ema_decay=self.ema_decay,
                               tsm_weight=self.tsm_weight, tsm_max_sigma=self.tsm_max_sigma,
+                              energy_weight=self.energy_weight,
                               seed=self.seed, checkpoint_every=checkpoint_every)
 
 
@@ -167,20 +171,22 @@ def output_paths(out) -> dict:
             "baseline_checkpoint": out.with_name(f"{stem}-dsm-baseline.ckpt"), "report": out.with_suffix(".json")}
 
 
-def _scores(target, space, positions: np.ndarray, chunk: int = 4096) -> torch.Tensor:
-    """grad_y log p(y) of frames in the space's coordinates: -grad of the target in model units, float32 (n, d)."""
+def _scores(target, space, positions: np.ndarray, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target in the space's coordinates on frames: its energies (n,) float64 kT and scores
+    grad_y log p(y) (n, d) float32 (minus its gradient, projected where the space projects)."""
     from ..smc import evaluate_with_grad
 
     energy = space.flat_energy(target.reduced_energy)
-    parts = []
+    energies, parts = [], []
     for start in range(0, len(positions), chunk):
         y = space.to_flat(torch.as_tensor(positions[start:start + chunk], dtype=torch.float64))
-        _, grad = evaluate_with_grad(energy, y)
+        e, grad = evaluate_with_grad(energy, y)
+        energies.append(e)
         parts.append(-grad if space.projection is None else space.projection(-grad))
     scores = torch.cat(parts).to(torch.float32)
     if not torch.isfinite(scores).all():
         raise ValueError("the force field gives non-finite forces on some training frames (overlapping atoms?)")
-    return scores
+    return torch.cat(energies), scores
 
 
 def _space_and_model(settings: "TrainSettings", target, frames: "Frames", schedule):
@@ -260,7 +266,9 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
     space, y, model = _space_and_model(settings, target, train_frames, schedule)
     model = model.to(device)
     log_weights = train_frames.log_weights if settings.weighting == "boltzmann" else None
-    scores = _scores(target, space, train_frames.positions) if settings.tsm_weight > 0 else None
+    energies, scores = _scores(target, space, train_frames.positions) \
+        if settings.tsm_weight > 0 or settings.energy_weight > 0 else (None, None)
+    energies = energies if settings.energy_weight > 0 else None
     chirality = CHIRALITY_FOLD if settings.coordinates == "cartesian" else CHIRALITY_KEPT
     meta = model_metadata(target, chirality, training_data=[str(d) for d in data_dirs], settings=asdict(settings))
 
@@ -275,7 +283,7 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
     config = settings.training_config()
     augment = space if isinstance(space, MolecularSpace) else None  # Cartesian batches are randomly rotated
     result = train(model, y, config, paths["checkpoint"], progress=progress, log_weights=log_weights,
-                   scores=scores, space=augment, on_dsm_end=save_dsm)
+                   scores=scores, space=augment, on_dsm_end=save_dsm, energies=energies)
     save_model_file(paths["model"], result.model, space, {**meta, "phase": "dsm+diffclf", "steps": result.step})
     if not paths["dsm_model"].exists():  # clf_steps = 0: the final model is the DSM model
         save_dsm(result.model)
@@ -287,7 +295,7 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
         base = base.to(device)
         base_config = replace(config, dsm_steps=config.total_steps, clf_steps=0)
         base_result = train(base, y, base_config, paths["baseline_checkpoint"], progress=progress,
-                            log_weights=log_weights, scores=scores, space=augment)
+                            log_weights=log_weights, scores=scores, space=augment, energies=energies)
         save_model_file(paths["baseline_model"], base_result.model, space,
                         {**meta, "phase": "dsm-baseline", "steps": base_result.step})
         baseline_quality = evaluate(base_result.model)
