@@ -769,6 +769,9 @@ def format_train_report(report) -> str:
         lines.append(f"  {name:<22} {m.std_kT:12.2f} {m.mean_kT:9.2f} {m.correlation:6.3f} "
                      f"{m.importance_ess_fraction:7.3f} {m.delta_f_phi_positive_model_kT:13.2f}")
     lines.append(f"  {'data (held-out)':<22} {'':>12} {'':>9} {'':>6} {'':>7} {q.delta_f_phi_positive_data_kT:13.2f}")
+    if q.score_errors:
+        lines.append("  relative score error at t_min by coordinate kind: "
+                     + ", ".join(f"{kind} {value:.3f}" for kind, value in q.score_errors.items()))
     lines.append(f"  model energy+gradient: {report.energy_ms_per_1000:.1f} ms per 1,000 particles")
     lines.append(f"model: {report.model_path}  DSM snapshot: {report.dsm_model_path}  report: {report.report_path}")
     return "\n".join(lines)

@@ -237,3 +237,32 @@ def test_model_quality_of_the_exact_energy_and_of_a_shifted_one(aldp):
     assert 0 < int((phi > 0).sum()) < 40  # both sides populated (the structure sits at phi ~ 180 deg)
     shifted = model_quality(Exact(shift), space, u, x, aldp.topology)  # 1 kT less likely on phi > 0
     assert shifted.delta_f_phi_positive_model_kT - shifted.delta_f_phi_positive_data_kT == pytest.approx(1.0)
+
+
+def test_score_errors_split_by_coordinate_kind_vanish_for_a_model_of_itself():
+    """In internal coordinates the score error is reported for bonds, angles and dihedrals; a target equal to
+    the model's own last level (as a density over positions) gives zero error."""
+    from boltzgen.analysis.model_quality import score_errors
+    from boltzgen.coordinates.internal import InternalSpace, zmatrix
+    from boltzgen.diffusion.internal import InternalEnergy
+
+    target = systems.load("alanine-dipeptide")
+    g = torch.Generator().manual_seed(0)
+    x = torch.as_tensor(target.positions, dtype=torch.float64)[None] + 0.01 * torch.randn(40, 22, 3, generator=g,
+                                                                                          dtype=torch.float64)
+    space = InternalSpace.fit(zmatrix(target.topology), x)
+    z = space.to_flat(x)
+    n_per = int(space.periodic.sum())
+    model = InternalEnergy(space.dim - n_per, n_per, LogSNRSchedule(), hidden=16, n_blocks=1).fit(z.float())
+    torch.nn.init.normal_(model.correction.out.weight, std=0.1)  # a non-trivial network
+    t_min = float(model.schedule.t_min)
+
+    def own(positions):  # exp(-own) over positions is the model's last level
+        y = space.to_flat(positions)
+        return model.energy(t_min, y).double() + space.log_det_jacobian(y)
+
+    lw = torch.zeros(len(x), dtype=torch.float64)
+    errors = score_errors(model, space, own, x, lw)
+    assert set(errors) == {"bonds", "angles", "dihedrals"} and max(errors.values()) < 1e-3
+    real = score_errors(model, space, target.reduced_energy, x, lw)
+    assert min(real.values()) > 0.1  # an untrained model is far from the force field

@@ -34,6 +34,10 @@ class ModelQuality:
         delta_f_phi_positive_data_kT: -ln(P(phi>0)/P(phi<0)) of the (weighted) frames (backbone phi of
             the first residue that has one; NaN for a molecule without a peptide backbone).
         delta_f_phi_positive_model_kT: the same under the model (frames reweighted by exp(Delta)).
+        score_errors: relative error of the model's score by kind of coordinate, when the target's
+            gradient was given: sqrt(mean |grad(E_theta - u_y)|^2 / mean |grad u_y|^2) over the
+            coordinates of each kind ("bonds", "angles", "dihedrals" in internal coordinates; "all"
+            in Cartesian ones); 0 for a perfect model. This is how the energy error splits.
     """
 
     n_frames: int
@@ -44,6 +48,7 @@ class ModelQuality:
     importance_ess_fraction: float
     delta_f_phi_positive_data_kT: float
     delta_f_phi_positive_model_kT: float
+    score_errors: dict | None = None
 
     def as_dict(self) -> dict:
         """The figures as a plain dict (JSON)."""
@@ -56,8 +61,40 @@ def _delta_f_phi_positive(phi: np.ndarray, w: np.ndarray) -> float:
 
 
 @torch.no_grad()
+def _coordinate_kinds(space) -> dict:
+    """Index groups of a space's coordinates: bonds, angles, dihedrals (internal) or all (Cartesian)."""
+    n_atoms = space.n_atoms
+    if bool(space.periodic.any()):
+        return {"bonds": slice(0, n_atoms - 1), "angles": slice(n_atoms - 1, 2 * n_atoms - 3),
+                "dihedrals": slice(2 * n_atoms - 3, space.dim)}
+    return {"all": slice(0, space.dim)}
+
+
+def score_errors(model, space, target_energy, positions, log_weights, chunk_size: int = 2048) -> dict:
+    """Relative score error of the model at t_min on frames, by kind of coordinate (see :class:`ModelQuality`).
+
+    Args:
+        model, space: the model and its coordinate space.
+        target_energy: the target's reduced energy on (n, n_atoms, 3) nm, differentiable.
+        positions: (n, n_atoms, 3) frames in nm; log_weights: (n,) their log-weights.
+    """
+    from ..smc import evaluate_with_grad
+
+    x = torch.as_tensor(positions, dtype=torch.float64)
+    y = space.to_flat(x)
+    w = normalized_weights(torch.as_tensor(log_weights, dtype=torch.float64))
+    t_min = float(model.schedule.t_min)
+    _, g_u = evaluate_with_grad(space.flat_energy(target_energy), y, chunk_size)
+    _, g_e = evaluate_with_grad(lambda v: model.energy(t_min, v.to(model.data_mean.device)), y, chunk_size)
+    diff, ref = (g_e.cpu().double() - g_u.double()) ** 2, g_u.double() ** 2
+    if space.projection is not None:
+        diff, ref = space.projection(g_e.cpu().double() - g_u.double()) ** 2, space.projection(g_u.double()) ** 2
+    return {kind: math.sqrt(float(w @ diff[:, cut].sum(1)) / float(w @ ref[:, cut].sum(1)))
+            for kind, cut in _coordinate_kinds(space).items()}
+
+
 def model_quality(model, space, reduced_energies, positions, topology, log_weights=None,
-                  chunk_size: int = 2048) -> ModelQuality:
+                  chunk_size: int = 2048, target_energy=None) -> ModelQuality:
     """Evaluate ``model`` at its lowest level against the physical energy on frames.
 
     Args:
@@ -69,6 +106,8 @@ def model_quality(model, space, reduced_energies, positions, topology, log_weigh
         topology: the molecule's topology (for phi).
         log_weights: optional (n,) log-weights of the frames (biased MD: +V/kT); None = equal.
         chunk_size: frames per model evaluation.
+        target_energy: optional differentiable reduced energy on positions: then the score errors by
+            kind of coordinate are reported too (one gradient of the target per frame).
     """
     x = torch.as_tensor(positions, dtype=torch.float64)
     n = x.shape[0]
@@ -99,8 +138,11 @@ def model_quality(model, space, reduced_energies, positions, topology, log_weigh
     except ValueError:  # no peptide backbone: the phi > 0 figures do not apply (NaN)
         phi = None
     nan = float("nan")
+    every = max(1, n // 5000)  # the gradients of the target cost one force evaluation per frame: at most ~5,000
+    errors = None if target_energy is None else score_errors(model, space, target_energy, x[::every], lw[::every],
+                                                             chunk_size)
     return ModelQuality(
-        n_frames=int(n), data_ess=ess(lw), mean_kT=mean, std_kT=std, correlation=corr,
+        n_frames=int(n), data_ess=ess(lw), mean_kT=mean, std_kT=std, correlation=corr, score_errors=errors,
         importance_ess_fraction=ess(model_lw) / ess(lw),
         delta_f_phi_positive_data_kT=nan if phi is None else _delta_f_phi_positive(phi, w.numpy()),
         delta_f_phi_positive_model_kT=nan if phi is None else _delta_f_phi_positive(

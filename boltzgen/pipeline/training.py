@@ -275,7 +275,8 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
     held_u = target.reduced_energy(held.positions)  # once: every model is scored on the same frames
 
     def evaluate(m) -> ModelQuality:
-        return model_quality(m, space, held_u, held.positions, target.topology, held.log_weights)
+        return model_quality(m, space, held_u, held.positions, target.topology, held.log_weights,
+                             target_energy=target.reduced_energy)
 
     def save_dsm(ema) -> None:
         save_model_file(paths["dsm_model"], ema, space, {**meta, "phase": "dsm", "steps": settings.dsm_steps})
