@@ -315,7 +315,7 @@ SAMPLING_FLAGS = {"levels": ("n_levels",), "level_moves": ("level_moves",), "bri
                   "torsion_reflect": ("mixing", "torsions", "reflect")}
 TRAINING_FLAGS = {"dsm_steps": ("dsm_steps",), "clf_steps": ("clf_steps",), "hidden": ("hidden",),
                   "network_blocks": ("n_blocks",), "coordinates": ("coordinates",), "weighting": ("weighting",),
-                  "tsm_weight": ("tsm_weight",), "seed": ("seed",)}
+                  "tsm_weight": ("tsm_weight",), "energy_weight": ("energy_weight",), "seed": ("seed",)}
 #: The config sections and the commands that read them (a shared file's key for another command is named).
 SECTION_COMMANDS = {"sampling": "sample, run and free-energy", "switching": "free-energy", "training": "train"}
 
@@ -702,6 +702,9 @@ def add_train_command(sub) -> None:
     p.add_argument("--tsm-weight", type=float, default=None,
                    help="weight of target score matching with the force field's forces at low noise (0: DSM + "
                         f"DiffCLF only; default {d.tsm_weight})")
+    p.add_argument("--energy-weight", type=float, default=None,
+                   help="weight of energy matching with the force field's energies at low noise, which fixes the "
+                        f"basins' relative masses (0: off; default {d.energy_weight})")
     _option(p, "--baseline", action="store_true", default=False,
             help="also train a DSM-only model for the same number of steps and compare")
     p.add_argument("--seed", type=int, default=None, help=f"random seed (default {d.seed})")

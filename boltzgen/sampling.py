@@ -101,7 +101,7 @@ class MixingSettings:
         block: moves per recorded step.
     """
 
-    moves: int = 1500
+    moves: int = 100
     torsions: TorsionSettings = TorsionSettings()
     block: int = 50
 
@@ -112,7 +112,8 @@ class MixingSettings:
 
 @dataclass(frozen=True)
 class SampleSettings:
-    """Choices of one SMC run (defaults: measured on alanine dipeptide, see docs/benchmarks.md).
+    """Choices of one SMC run (defaults: measured on alanine dipeptide with its internal-coordinate model,
+    see docs/benchmarks.md; the Cartesian model needs about 1,000 levels and 1,500 mixing rounds).
 
     Attributes:
         n_levels: reverse-diffusion levels from t = 1 to t_min (uniform in log SNR).
@@ -123,8 +124,8 @@ class SampleSettings:
         chunk_size: particles per energy evaluation (bounds memory).
     """
 
-    n_levels: int = 1000
-    level_moves: int = 2
+    n_levels: int = 100
+    level_moves: int = 1
     resample_threshold: float = 0.1
     bridge: BridgeSettings = BridgeSettings()
     mixing: MixingSettings = MixingSettings()

@@ -68,13 +68,13 @@ class TrainSettings:
     ema_decay: float = 0.995
     tsm_weight: float = 1.0
     tsm_max_sigma: float = 5e-3
-    energy_weight: float = 0.0
+    energy_weight: float = 1.0
     log_snr_max: float = 13.5
     log_snr_min: float = -10.0
     weighting: str = "boltzmann"
     holdout_fraction: float = 0.1
     seed: int = 0
-    coordinates: str = "cartesian"
+    coordinates: str = "internal"
 
     def __post_init__(self):
         if self.coordinates not in COORDINATES:
