@@ -369,7 +369,7 @@ def _check_device(device: str, label: str = "--device") -> None:
 #: comes from the command line, else the config file's section, else the dataclass default.
 SAMPLING_FLAGS = {"levels": ("n_levels",), "level_moves": ("level_moves",), "bridge_moves": ("bridge", "moves"),
                   "mixing_moves": ("mixing", "moves"), "torsion_moves": ("mixing", "torsions", "moves"),
-                  "torsion_reflect": ("mixing", "torsions", "reflect")}
+                  "torsion_reflect": ("mixing", "torsions", "reflect"), "memory_budget": ("memory_budget",)}
 TRAINING_FLAGS = {"dsm_steps": ("dsm_steps",), "clf_steps": ("clf_steps",), "hidden": ("hidden",),
                   "network_blocks": ("n_blocks",), "coordinates": ("coordinates",), "weighting": ("weighting",),
                   "tsm_weight": ("tsm_weight",), "seed": ("seed",)}
@@ -505,6 +505,9 @@ def _add_sampling_options(p, particles: int, runs: int, run_range: bool = True) 
     p.add_argument("--torsion-reflect", type=float, default=None,
                    help="probability that a torsion move reflects the dihedrals (theta -> -theta) instead of "
                         f"turning them by uniform angles (default {d.mixing.torsions.reflect})")
+    p.add_argument("--memory-budget", type=_memory_size, default=None, metavar="SIZE",
+                   help="memory one evaluation chunk may use, e.g. 8G or 500M: each run measures its peak per "
+                        f"particle and evaluates budget/peak particles at a time (default: {d.chunk_size} particles)")
     _option(p, "--seed", type=int, default=0, help="random seed of the runs (default 0)")
     _option(p, "--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     _option(p, "--threads", type=int, default=2, help="torch threads (default 2)")
@@ -519,6 +522,15 @@ def _add_sampling_options(p, particles: int, runs: int, run_range: bool = True) 
                      "with the seeds they have in the whole job; parts made in separate folders (or machines) and "
                      "copied into one are pooled by `boltzgen summarize`")
     _add_temperature_option(p)
+
+
+def _memory_size(text: str) -> int:
+    from .memory import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _sample_settings(args, base):

@@ -45,6 +45,16 @@ def _figures(summary):
     return summary
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """The CLI sets torch's threads of this process (--threads): put them back for the tests after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     out = tmp_path_factory.mktemp("one-process") / "job"
@@ -183,3 +193,18 @@ def test_md_on_a_missing_gpu_platform_falls_back_with_a_notice(tmp_path, capsys)
             md.run_md(target, 0.001, tmp_path / "api", 0, equilibration_ps=0, platform="CUDA")
     assert main(["md", "alanine-dipeptide", "--ns", "0.001", "--platform", "Nope", "--out", str(tmp_path / "n")]) == 2
     assert "'Nope' is not an OpenMM platform here" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_free_energy_runs_over_two_workers_are_those_of_one_process(tmp_path):
+    from boltzgen.pipeline import free_energy_between
+    from boltzgen.switching import SwitchSettings
+
+    def job(out, spread=None):
+        return free_energy_between(SystemRef("alanine-dipeptide"), SystemRef("alanine-dipeptide-implicit"), MODEL, out,
+                                   particles=16, runs=2, settings=TINY, switch_settings=SwitchSettings(
+                                       BridgeSettings(moves=1)), seed=5, compile=False, spread=spread)
+
+    one, two = job(tmp_path / "one"), job(tmp_path / "two", Spread(workers=2, threads=2))
+    _same_runs(tmp_path / "one", tmp_path / "two")
+    assert _figures(one.summary) == _figures(two.summary)
