@@ -41,17 +41,19 @@ def _own_code(method):
     return types.MethodType(copy, method.__self__)
 
 
-def compile_options(device: torch.device) -> dict:
-    """torch.compile options of the fast path on ``device``.
+def compile_options(device: torch.device) -> tuple[bool, dict]:
+    """(dynamic, options) of torch.compile for the fast path on ``device``.
 
-    CPU: one OpenMP thread per kernel (OpenMP threads waiting on a busy sibling core made kernels
-    ~100x slower here) and the C++ wrapper, which releases the GIL so chunks run in Python threads.
-    GPU: inductor's defaults (Triton kernels: the pair terms' dozens of elementwise float64
-    operations fuse into a few kernels, which is where a GPU loses most time eager).
+    CPU: static shapes (every chunk padded to one shape), one OpenMP thread per kernel (OpenMP
+    threads waiting on a busy sibling core made kernels ~100x slower here) and the C++ wrapper,
+    which releases the GIL so chunks run in Python threads. GPU: a dynamic batch size, so that a
+    call is not padded to a whole (large) GPU chunk, and inductor's defaults (Triton kernels: the
+    pair terms' dozens of elementwise float64 operations fuse into a few kernels, which is where a
+    GPU loses most of its time eager).
     """
     if device.type == "cpu":
-        return {"cpp.threads": 1, "cpp_wrapper": True}
-    return {}
+        return False, {"cpp.threads": 1, "cpp_wrapper": True}
+    return True, {}
 
 
 def _available_cores() -> int:
@@ -93,8 +95,9 @@ class TorchForceField(nn.Module):
         ``threads`` Python threads evaluate chunks side by side. The first call of each kind
         (energies, energies + gradients) compiles for 20-80 s and needs a C++ compiler (a
         :class:`CompileNotice` warning says so when it starts); if that fails the force field
-        warns and stays eager. Compiled, the last chunk is padded so that
-        every chunk has one shape: a call costs at least one full chunk.
+        warns and stays eager. Compiled on the CPU, the last chunk is padded so that
+        every chunk has one shape: a call costs at least one full chunk (on a GPU the compiled
+        kernels take any batch size and nothing is padded).
 
     Args:
         system: the openmm.System to evaluate.
@@ -141,7 +144,8 @@ class TorchForceField(nn.Module):
         self._pool_pid = os.getpid()
 
     def _compiled_kernel(self):
-        return torch.compile(_own_code(self._evaluate), dynamic=False, options=compile_options(self.device))
+        dynamic, options = compile_options(self.device)
+        return torch.compile(_own_code(self._evaluate), dynamic=dynamic, options=options)
 
     @property
     def _on_cpu(self) -> bool:
@@ -227,7 +231,8 @@ class TorchForceField(nn.Module):
         """
         chunk = x[start:start + self.chunk_size]
         m = chunk.shape[0]
-        if m < self.chunk_size and self.compiled:  # pad with copies of a real configuration: one compiled shape
+        if m < self.chunk_size and self.compiled and self._on_cpu:  # pad with copies of a real configuration:
+            # one compiled shape (on a GPU the kernels take any batch size)
             chunk = torch.cat((chunk, chunk[:1].expand(self.chunk_size - m, -1, -1)))
         e, g = self._run(self._coordinates(chunk), gradient)
         energy[start:start + m] = e[:m]
