@@ -38,6 +38,19 @@ def _available(name: str) -> bool:
     return bool(backend is not None and getattr(backend, "is_available", lambda: False)())
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """Commands run in-process (``main([...])``) set torch's threads (``--threads``, default 2); put them back,
+    else every later test runs two spinning threads on a busy 2-core machine (the README's quick start took
+    33-256 s instead of 4 s after the CLI tests)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def device(request):
     """The torch device of ``--device`` (skips the test when it is not available here)."""

@@ -45,16 +45,6 @@ def _figures(summary):
     return summary
 
 
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    """The CLI sets torch's threads of this process (--threads): put them back for the tests after."""
-    import torch
-
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     out = tmp_path_factory.mktemp("one-process") / "job"
