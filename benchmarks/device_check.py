@@ -178,7 +178,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="small settings for a 2-core CPU")
-    parser.add_argument("--no-compile", action="store_true", help="skip the compiled force field (and its compile time)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip the compiled force field (and its compile time)")
     parser.add_argument("--skip", nargs="*", default=[], choices=("training", "levels", "forcefield", "agreement"))
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()

@@ -3,6 +3,7 @@ parts of one job made separately pool into the one job's summary, and the CLI op
 
 Tiny settings of the shipped alanine-dipeptide model (16 particles, 6 levels), eager force field.
 """
+import importlib.util
 import json
 import os
 import shutil
@@ -136,6 +137,15 @@ def test_run_range_and_seed_lists_parse():
     assert Spread(ray="auto").threads_per_task() == 1 and Spread(ray="auto", threads=3).threads_per_task() == 3
 
 
+def test_tasks_on_a_gpu_reserve_it_on_ray():
+    from boltzgen.pipeline.tasks import task_device
+
+    assert task_device("cuda:1", Spread(workers=2)) == ("cuda:1", 0.0)
+    assert task_device("cpu", Spread(workers=2)) == ("cpu", 0.0)
+    if importlib.util.find_spec("ray") is not None:
+        assert task_device("cuda:1", Spread(ray="auto")) == ("cuda", 1.0)  # Ray renumbers the GPU it hands out
+
+
 def test_the_compile_cache_is_shared_through_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -153,9 +163,9 @@ def test_md_seeds_over_two_workers_are_the_single_seed_runs(tmp_path, capsys):
     from boltzgen import md
 
     assert sorted(p.name for p in (tmp_path / "many").iterdir()) == ["seed-1", "seed-2"]
-    assert np.array_equal(md.load_trajectory(tmp_path / "many" / "seed-2").xyz, md.load_trajectory(tmp_path / "one").xyz)
-    assert not np.array_equal(md.load_trajectory(tmp_path / "many" / "seed-1").xyz,
-                              md.load_trajectory(tmp_path / "one").xyz)
+    one = md.load_trajectory(tmp_path / "one").xyz
+    assert np.array_equal(md.load_trajectory(tmp_path / "many" / "seed-2").xyz, one)
+    assert not np.array_equal(md.load_trajectory(tmp_path / "many" / "seed-1").xyz, one)
     out = capsys.readouterr().out
     assert "seed 1: 3 frames" in out and "seed 2: 3 frames" in out
 

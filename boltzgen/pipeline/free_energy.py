@@ -24,7 +24,7 @@ from .jobs import file_digest, open_job, run_seeds
 from .progress import RunProgress
 from .sample import _loaded, _runs_bar, check_written, fast_target
 from .summary import versions
-from .tasks import Spread, SystemRef, built, run_tasks
+from .tasks import Spread, SystemRef, built, run_tasks, task_device
 
 
 @dataclass(frozen=True)
@@ -242,10 +242,12 @@ def _free_energy(target_a, target_b, refs, model_path, out, particles, runs, set
                      seeds, device, progress, checkpoint_every)
     else:
         bar = _runs_bar(f"{len(todo)} runs", len(todo), progress)
-        calls = [(job, k, refs[0], refs[1], str(model_path), particles, settings, switch_settings, seeds, str(device),
+        where, gpus = task_device(device, spread)
+        calls = [(job, k, refs[0], refs[1], str(model_path), particles, settings, switch_settings, seeds, where,
                   compile, checkpoint_every, spread.threads_per_task()) for k in todo]
         try:
-            run_tasks(free_energy_task, calls, spread, on_done=None if bar is None else (lambda i: bar.update(1)))
+            run_tasks(free_energy_task, calls, spread, on_done=None if bar is None else (lambda i: bar.update(1)),
+                      gpus=gpus)
         finally:
             if bar is not None:
                 bar.close()

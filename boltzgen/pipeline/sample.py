@@ -19,7 +19,7 @@ from ..models import check_compatible, load_model_file
 from .jobs import file_digest, open_job, run_seeds
 from .progress import RunProgress
 from .summary import sample_summary
-from .tasks import Spread, SystemRef, built, run_tasks
+from .tasks import Spread, SystemRef, built, run_tasks, task_device
 
 
 def fast_target(target, compile: bool, device=None, threads: int | None = None):
@@ -186,10 +186,12 @@ def sample_model(target, model_path, out, *, particles: int = 2500, runs: int = 
                            checkpoint_every)
         else:
             bar = _runs_bar(f"{len(todo)} runs", len(todo), progress)
-            calls = [(job, k, seeds[k], ref, str(model_path), particles, settings, str(device), compile,
+            where, gpus = task_device(device, spread)
+            calls = [(job, k, seeds[k], ref, str(model_path), particles, settings, where, compile,
                       checkpoint_every, spread.threads_per_task()) for k in todo]
             try:
-                run_tasks(sample_task, calls, spread, on_done=None if bar is None else (lambda i: bar.update(1)))
+                run_tasks(sample_task, calls, spread, on_done=None if bar is None else (lambda i: bar.update(1)),
+                          gpus=gpus)
             finally:
                 if bar is not None:
                     bar.close()

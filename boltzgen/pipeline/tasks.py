@@ -91,6 +91,17 @@ class Spread:
         return max(1, total // self.workers)
 
 
+def task_device(device, spread: Spread) -> tuple[str, float]:
+    """(the device a task names, the GPUs a Ray task reserves): on Ray a CUDA task reserves one GPU and
+    sees it as ``cuda`` (Ray renumbers the GPUs it hands out); otherwise ``device`` as it is."""
+    import torch
+
+    device = torch.device(device)
+    if spread.ray is not None and device.type == "cuda":
+        return "cuda", 1.0
+    return str(device), 0.0
+
+
 def _available_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -151,13 +162,14 @@ def _ray():
 
 
 def run_tasks(function: Callable, calls: Sequence[tuple], spread: Spread = Spread(), *,
-              on_done: Callable[[int], None] | None = None) -> list:
+              on_done: Callable[[int], None] | None = None, gpus: float = 0.0) -> list:
     """``[function(*args) for args in calls]``, spread as ``spread`` says; results in the order of ``calls``.
 
     ``function`` must be a module-level function (workers import it) whose arguments pickle. In this
     process the calls run in order, with the caller's threads; elsewhere each worker first sets the
     shared compile cache and its threads. ``on_done(i)`` is called in this process as call i finishes.
-    A task's exception is raised here (the remaining local tasks are cancelled).
+    A task's exception is raised here (the remaining local tasks are cancelled). ``gpus``: GPUs each
+    Ray task reserves (Ray hides the GPUs from tasks that reserve none; local workers all see them).
     """
     calls = list(calls)
     if spread.in_process or not calls:
@@ -170,7 +182,7 @@ def run_tasks(function: Callable, calls: Sequence[tuple], spread: Spread = Sprea
     environment = {"TORCHINDUCTOR_CACHE_DIR": str(share_compile_cache())}
     threads = spread.threads_per_task()
     if spread.ray is not None:
-        return _run_on_ray(function, calls, spread.ray, threads, environment, on_done)
+        return _run_on_ray(function, calls, spread.ray, threads, environment, on_done, gpus)
     return _run_in_processes(function, calls, spread.workers, threads, environment, on_done)
 
 
@@ -197,11 +209,11 @@ def _run_in_processes(function, calls, workers, threads, environment, on_done) -
     return results
 
 
-def _run_on_ray(function, calls, address, threads, environment, on_done) -> list:
+def _run_on_ray(function, calls, address, threads, environment, on_done, gpus) -> list:
     ray = _ray()
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False)
-    remote = ray.remote(_call).options(num_cpus=threads, runtime_env={"env_vars": environment})
+    remote = ray.remote(_call).options(num_cpus=threads, num_gpus=gpus, runtime_env={"env_vars": environment})
     refs = [remote.remote(function, threads, environment, args) for args in calls]
     index = {ref: i for i, ref in enumerate(refs)}
     results: list = [None] * len(calls)
