@@ -123,3 +123,14 @@ def check_atom_indices(indices, name: str, n_atoms: int, what: str) -> torch.Ten
         raise ValueError(f"{name} must be indices in [0, {n_atoms}) for positions with {n_atoms} atoms, "
                          f"got values in [{int(t.min())}, {int(t.max())}]")
     return t
+
+
+def as_device(device) -> torch.device:
+    """``device`` (a name like "cuda" or "cuda:1", or a torch.device) as a torch.device; None: torch's
+    default device (where new tensors go: the CPU unless the user set another)."""
+    if device is None:
+        return torch.empty(0).device
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device must be a torch device such as cpu or cuda, got {device!r}") from None

@@ -76,13 +76,26 @@ def add_md_command(sub) -> None:
     p.add_argument("system", help="a named system (see `boltzgen systems`) or the path of a system YAML")
     p.add_argument("--ns", type=float, required=True, help="production length in ns")
     p.add_argument("--out", required=True, help="output folder (resumed if it holds this run)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--seeds", default=None, metavar="SEEDS",
+                   help="several independent runs instead of one: seeds like 1-8, 1,3,5 or 1-4,9; run SEED goes to "
+                        "OUT/seed-SEED and is the run --seed SEED makes (resumed on its own)")
     p.add_argument("--save-every", type=float, default=1.0, metavar="PS", help="ps between frames (default 1)")
     p.add_argument("--timestep", type=float, default=1.0, metavar="FS", help="time step in fs (default 1)")
     p.add_argument("--friction", type=float, default=1.0, metavar="PER_PS", help="Langevin friction, 1/ps")
     p.add_argument("--equilibration", type=float, default=100.0, metavar="PS", help="equilibration, ps (default 100)")
     p.add_argument("--chunk-frames", type=int, default=100, metavar="N", help="frames per chunk file (default 100)")
-    p.add_argument("--platform", default=None, help="OpenMM platform (default: the fastest, measured)")
+    p.add_argument("--platform", default=None,
+                   help="OpenMM platform, e.g. CUDA (mixed precision) or CPU (default: the fastest, measured); CUDA, "
+                        "HIP or OpenCL missing here: a notice, and the default instead")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="with --seeds: local worker processes, one run each at a time (default 1)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="with --seeds: spread the runs over an existing Ray cluster (auto or HOST:PORT); needs "
+                        'pip install -e ".[cluster]"; on several machines --out must be on a shared file system')
+    p.add_argument("--threads", type=int, default=None,
+                   help="with --workers/--ray: torch threads, the total of the local workers (default: the cores "
+                        "here) or per Ray task (default 1)")
     _add_temperature_option(p, config=False)
     b = p.add_argument_group(
         "metadynamics", "well-tempered metadynamics on backbone dihedrals: Gaussians are deposited for "
@@ -131,7 +144,14 @@ def _run_md(args) -> int:
             bias = md.Metadynamics(args.bias, **given)
         except ValueError as exc:  # name the option, not the dataclass field
             raise ValueError(f"--bias and its options: {exc}") from exc
-    target = systems.load(args.system, **({"platform": args.platform} if args.platform else {}), **_temperature(args))
+    if args.seeds is not None:
+        return _run_md_seeds(args, bias)
+    if args.workers != 1 or args.ray is not None or args.threads is not None:
+        raise ValueError("--workers, --ray and --threads spread several runs: give --seeds too (e.g. --seeds 1-8)")
+    platform, notice = md.md_platform(args.platform)
+    if notice is not None:
+        print(f"boltzgen md: {notice}", file=sys.stderr)
+    target = systems.load(args.system, **({"platform": platform} if platform else {}), **_temperature(args))
     bars: dict = {}  # stage -> (tqdm bar, start time, ps done at start)
 
     def close_bars() -> None:
@@ -151,10 +171,10 @@ def _run_md(args) -> int:
         bar.update(p.ps_done - bar.n)
 
     try:
-        result = md.run_md(target, args.ns, args.out, args.seed, timestep_fs=args.timestep,
-                           friction_per_ps=args.friction, save_every_ps=args.save_every,
+        result = md.run_md(target, args.ns, args.out, 0 if args.seed is None else args.seed,
+                           timestep_fs=args.timestep, friction_per_ps=args.friction, save_every_ps=args.save_every,
                            chunk_frames=args.chunk_frames, equilibration_ps=args.equilibration,
-                           platform=args.platform, bias=bias, progress=show)
+                           platform=platform, bias=bias, progress=show)
     except KeyboardInterrupt:
         close_bars()
         print(f"interrupted; run the same command again to resume from the last complete chunk in {args.out}",
@@ -175,6 +195,43 @@ def _run_md(args) -> int:
     print(f"{'resumed; ' if result.resumed else ''}{result.n_frames} frames ({result.ps_done / 1000:g} ns, "
           f"{result.platform} platform) in {result.out_dir}; load them with "
           f"boltzgen.md.load_trajectory({str(result.out_dir)!r}){weights}")
+    return 0
+
+
+def _run_md_seeds(args, bias) -> int:
+    """``boltzgen md --seeds``: one run per seed in OUT/seed-SEED, in this process, over workers or on Ray."""
+    from . import md
+    from .pipeline import md_seeds
+    from .pipeline.tasks import Spread, SystemRef, parse_seeds, share_compile_cache
+
+    if args.seed is not None:
+        raise ValueError("give either --seed (one run) or --seeds (several runs, a folder each), not both")
+    seeds = parse_seeds(args.seeds)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    if args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    spread = Spread(workers=args.workers, ray=args.ray, threads=args.threads)
+    platform, notice = md.md_platform(args.platform)
+    if notice is not None:
+        print(f"boltzgen md: {notice}", file=sys.stderr)
+    if not spread.in_process:
+        share_compile_cache()
+    ref = SystemRef(args.system, _temperature(args).get("temperature"))
+    options = dict(timestep_fs=args.timestep, friction_per_ps=args.friction, save_every_ps=args.save_every,
+                   chunk_frames=args.chunk_frames, equilibration_ps=args.equilibration, platform=platform, bias=bias)
+    print(f"{len(seeds)} MD runs of {args.system} (seeds {args.seeds}) into {args.out}/seed-*"
+          + ("" if spread.in_process else f" on {f'Ray ({args.ray})' if args.ray else f'{args.workers} workers'}"),
+          file=sys.stderr)
+    try:
+        results = md_seeds(ref, args.ns, args.out, seeds, spread=spread, **options)
+    except KeyboardInterrupt:
+        print(f"interrupted; run the same command again to resume every run in {args.out}/seed-*", file=sys.stderr)
+        return 130
+    for seed, result in zip(seeds, results):
+        weights = " (metadynamics log-weights)" if result.biased else ""
+        print(f"seed {seed}: {result.n_frames} frames ({result.ps_done / 1000:g} ns, {result.platform} platform) "
+              f"in {result.out_dir}{weights}")
     return 0
 
 
@@ -312,7 +369,7 @@ def _check_device(device: str, label: str = "--device") -> None:
 #: comes from the command line, else the config file's section, else the dataclass default.
 SAMPLING_FLAGS = {"levels": ("n_levels",), "level_moves": ("level_moves",), "bridge_moves": ("bridge", "moves"),
                   "mixing_moves": ("mixing", "moves"), "torsion_moves": ("mixing", "torsions", "moves"),
-                  "torsion_reflect": ("mixing", "torsions", "reflect")}
+                  "torsion_reflect": ("mixing", "torsions", "reflect"), "memory_budget": ("memory_budget",)}
 TRAINING_FLAGS = {"dsm_steps": ("dsm_steps",), "clf_steps": ("clf_steps",), "hidden": ("hidden",),
                   "network_blocks": ("n_blocks",), "coordinates": ("coordinates",), "weighting": ("weighting",),
                   "tsm_weight": ("tsm_weight",), "energy_weight": ("energy_weight",), "seed": ("seed",)}
@@ -363,15 +420,18 @@ def _resolve_options(args, sections: dict) -> dict:
     if args.config is not None:
         config = read_config(args.config, f"boltzgen {args.command}", sections,
                              {dest: kind for dest, (_, _, kind) in specs.items()}, SECTION_COMMANDS)
-    args.labels = {}
+    args.labels, args.explicit = {}, set()  # explicit: given on the command line or in the config file
     for dest, (flag, default, _) in specs.items():
         args.labels[dest] = flag
         if getattr(args, dest) is None:
             if config is not None and dest in config.options:
                 setattr(args, dest, config.options[dest])
                 args.labels[dest] = f"{args.config}: {dest}"
+                args.explicit.add(dest)
             else:
                 setattr(args, dest, default)
+        else:
+            args.explicit.add(dest)
     return dict(config.sections) if config is not None else dict(sections)
 
 
@@ -402,7 +462,32 @@ def _temperature(args) -> dict:
     return {"temperature": float(t)}
 
 
-def _add_sampling_options(p, particles: int, runs: int) -> None:
+def _add_spread_options(p, what: str = "run") -> None:
+    """--workers and --ray: where the independent runs run (:mod:`boltzgen.pipeline.tasks`)."""
+    _option(p, "--workers", type=int, default=1, metavar="N",
+            help=f"local worker processes, one {what} each at a time (default 1: every {what} in this process); "
+                 f"each worker gets max(1, --threads / N) torch threads; a {what}'s result does not depend on "
+                 "where it ran")
+    _option(p, "--ray", default=None, metavar="ADDRESS",
+            help=f"spread the {what}s over an existing Ray cluster: auto (one started here by `ray start`) or "
+                 "HOST:PORT; each task uses --threads threads (default 1). Needs Ray: "
+                 'pip install -e ".[cluster]"; on several machines --out must be on a shared file system')
+
+
+def _spread(args):
+    """The Spread of --workers/--ray (with --threads as the total of local workers, per task on Ray)."""
+    from .pipeline.tasks import Spread, share_compile_cache
+
+    label = args.labels.get("workers", "--workers")
+    if isinstance(args.workers, bool) or not isinstance(args.workers, int) or args.workers < 1:
+        raise ValueError(f"{label} must be at least 1, got {args.workers}")
+    threads = args.threads if "threads" in getattr(args, "explicit", set()) else None
+    spread = Spread(workers=args.workers, ray=args.ray, threads=threads)
+    share_compile_cache()  # before any compile or worker: all of them share torch's on-disk compile cache
+    return spread
+
+
+def _add_sampling_options(p, particles: int, runs: int, run_range: bool = True) -> None:
     from .sampling import SampleSettings
 
     d = SampleSettings()
@@ -420,6 +505,9 @@ def _add_sampling_options(p, particles: int, runs: int) -> None:
     p.add_argument("--torsion-reflect", type=float, default=None,
                    help="probability that a torsion move reflects the dihedrals (theta -> -theta) instead of "
                         f"turning them by uniform angles (default {d.mixing.torsions.reflect})")
+    p.add_argument("--memory-budget", type=_memory_size, default=None, metavar="SIZE",
+                   help="memory one evaluation chunk may use, e.g. 8G or 500M: each run measures its peak per "
+                        f"particle and evaluates budget/peak particles at a time (default: {d.chunk_size} particles)")
     _option(p, "--seed", type=int, default=0, help="random seed of the runs (default 0)")
     _option(p, "--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     _option(p, "--threads", type=int, default=2, help="torch threads (default 2)")
@@ -427,7 +515,22 @@ def _add_sampling_options(p, particles: int, runs: int) -> None:
             help="run the torch force field eager (skips its 20-80 s compilation; slower on large batches)")
     _option(p, "--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
             help="save the run in progress at most this often, so a killed job resumes (default 30)")
+    _add_spread_options(p)
+    if run_range:
+        _option(p, "--run-range", default=None, metavar="A:B",
+                help="make only runs A to B-1 of the job's --runs (counted from 0: 0:2 makes run-000 and run-001), "
+                     "with the seeds they have in the whole job; parts made in separate folders (or machines) and "
+                     "copied into one are pooled by `boltzgen summarize`")
     _add_temperature_option(p)
+
+
+def _memory_size(text: str) -> int:
+    from .memory import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _sample_settings(args, base):
@@ -478,16 +581,21 @@ def _sample(args) -> int:
 
     from .sampling import SampleSettings
 
+    from .pipeline.tasks import SystemRef, parse_run_range
+
     sections = _resolve_options(args, {"sampling": SampleSettings()})
     settings = _sample_settings(args, sections["sampling"])
+    spread = _spread(args)
+    run_range = parse_run_range(args.run_range, args.runs)
     model = systems.resolve_model(args.model)
     cvs = systems.collective_variables(args.system)
     target = systems.load(args.system, **_temperature(args))
     try:
         atom_indices(cvs, target.topology)  # a CV naming an atom the molecule lacks fails now, not after sampling
-        report = sample_model(target, model, args.out, particles=args.particles, runs=args.runs,
-                              compile=not args.no_compile, checkpoint_every=args.checkpoint_every,
-                              settings=settings, seed=args.seed, device=args.device, progress=True, cvs=cvs)
+        report = sample_model(target if spread.in_process else SystemRef(args.system, args.temperature), model,
+                              args.out, particles=args.particles, runs=args.runs, compile=not args.no_compile,
+                              checkpoint_every=args.checkpoint_every, settings=settings, seed=args.seed,
+                              device=args.device, progress=True, cvs=cvs, spread=spread, run_range=run_range)
     finally:
         target.close()
     print(format_sample_summary(report.summary))
@@ -552,13 +660,18 @@ def _run(args) -> int:
     from .pipeline import run_named
     from .sampling import SampleSettings
 
+    from .pipeline.tasks import parse_run_range
+
     sections = _resolve_options(args, {"sampling": SampleSettings()})
     settings = _sample_settings(args, sections["sampling"])
+    spread = _spread(args)
+    run_range = parse_run_range(args.run_range, args.runs)
     temperature = _temperature(args).get("temperature")
     out = args.out or _free_folder(f"boltzgen-{args.system}")
     result = run_named(args.system, out, particles=args.particles, runs=args.runs, settings=settings,
                        seed=args.seed, device=args.device, progress=True, compile=not args.no_compile,
-                       checkpoint_every=args.checkpoint_every, temperature=temperature)
+                       checkpoint_every=args.checkpoint_every, temperature=temperature, spread=spread,
+                       run_range=run_range)
     print(format_sample_summary(result.sample.summary))
     print(result.analysis_text)
     print(f"summary: {result.sample.out}/summary.json")
@@ -586,7 +699,7 @@ def add_free_energy_command(sub) -> None:
     p.add_argument("--md-to", nargs="+", default=None, metavar="DIR", help="MD runs of B (as many as of A)")
     _option(p, "--reference-ns", type=float, default=None, metavar="NS",
             help="make the BAR reference: NS ns of phi metadynamics per run and state (after 1 ns of deposition)")
-    _add_sampling_options(p, particles=1000, runs=4)
+    _add_sampling_options(p, particles=1000, runs=4, run_range=False)
     _add_config_option(p, "the sections sampling: (boltzgen.sampling.SampleSettings, the generator runs) and "
                           "switching: (boltzgen.switching.SwitchSettings, the bridge A -> B)")
     p.set_defaults(func=_free_energy)
@@ -602,22 +715,18 @@ def _free_energy(args) -> int:
     settings = _sample_settings(args, sections["sampling"])
     if args.reference_ns is not None and not args.reference_ns > 0:
         raise ValueError(f"{args.labels['reference_ns']} must be a positive length in ns, got {args.reference_ns}")
+    from .pipeline.tasks import SystemRef
+
+    spread = _spread(args)
     model = systems.resolve_model(args.model, (args.system_from, args.system_to))
-    temperature = _temperature(args)
-    target_a = systems.load(args.system_from, **temperature)
-    try:
-        target_b = systems.load(args.system_to, **temperature)
-        try:
-            report = free_energy_between(target_a, target_b, model, args.out, particles=args.particles,
-                                         runs=args.runs, settings=settings, switch_settings=sections["switching"],
-                                         seed=args.seed, device=args.device,
-                                         md_from=args.md_from, md_to=args.md_to, reference_ns=args.reference_ns,
-                                         progress=True, compile=not args.no_compile,
-                                         checkpoint_every=args.checkpoint_every)
-        finally:
-            target_b.close()
-    finally:
-        target_a.close()
+    temperature = _temperature(args).get("temperature")
+    # the job loads both states from these (and so does every worker when the runs are spread)
+    report = free_energy_between(SystemRef(args.system_from, temperature), SystemRef(args.system_to, temperature),
+                                 model, args.out, particles=args.particles, runs=args.runs, settings=settings,
+                                 switch_settings=sections["switching"], seed=args.seed, device=args.device,
+                                 md_from=args.md_from, md_to=args.md_to, reference_ns=args.reference_ns,
+                                 progress=True, compile=not args.no_compile, checkpoint_every=args.checkpoint_every,
+                                 spread=spread)
     print(format_free_energy_summary(report.summary))
     print(f"summary: {report.out}/summary.json")
     return 0

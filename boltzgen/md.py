@@ -56,6 +56,7 @@ import numbers
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -84,6 +85,40 @@ _RUN_SETTINGS = ("system", "n_atoms", "temperature_K", "seed", "timestep_fs", "f
 _UNBIASED = {"bias": [], "bias_atoms": None, "bias_factor": None, "bias_height_kj_per_mol": None,
              "bias_width_rad": None, "bias_frequency_steps": None, "bias_grid_points": None,
              "deposition_ps": None}
+
+
+#: OpenMM platforms on an accelerator: asked for and missing, MD falls back to the fastest available
+#: platform with a notice (any other unknown name is an error). They run MD in mixed precision.
+GPU_PLATFORMS = ("CUDA", "HIP", "OpenCL")
+
+
+def available_platforms() -> list[str]:
+    """The OpenMM platforms this installation can use, e.g. ['Reference', 'CPU', 'CUDA']."""
+    return [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+
+
+def md_platform(requested: str | None) -> tuple[str | None, str | None]:
+    """(the platform to run MD on, a one-line notice or None) for a requested OpenMM platform name.
+
+    None stays None (the target's platform, chosen by measurement). A GPU platform (CUDA, HIP,
+    OpenCL) that this OpenMM cannot use gives None and a notice saying why (OpenMM's plugin load
+    failure, e.g. no CUDA driver) and that the fastest available platform runs instead.
+
+    Raises:
+        ValueError: any other name that is not an available platform.
+    """
+    if requested is None:
+        return None, None
+    available = available_platforms()
+    if requested in available:
+        return requested, None
+    if requested in GPU_PLATFORMS:
+        failures = [f for f in openmm.Platform.getPluginLoadFailures() if requested.lower() in f.lower()]
+        why = f" ({' '.join(failures[0].split())[:200]})" if failures else ""
+        return None, (f"OpenMM's {requested} platform is not available here{why}; running MD on the fastest "
+                      f"available platform instead (available: {', '.join(available)})")
+    raise ValueError(f"platform {requested!r} is not an OpenMM platform here; available: {', '.join(available)} "
+                     f"(GPU platforms: {', '.join(GPU_PLATFORMS)})")
 
 
 class MDInstabilityError(ValueError):
@@ -248,8 +283,10 @@ def run_md(target: OpenMMTarget, ns: float, out_dir, seed: int, *, timestep_fs: 
         equilibration_ps: MD after minimisation (and deposition) and before the first saved
             frame, ps; under the frozen bias for biased runs.
         minimize: minimise the reference structure first (recommended).
-        platform: OpenMM platform for MD; default the target's (chosen by measurement). On resume
-            the run's own platform is used (checkpoints are platform specific).
+        platform: OpenMM platform for MD; default the target's (chosen by measurement). "CUDA"
+            (or HIP, OpenCL) runs in mixed precision, and when that platform is not available here
+            the run warns (a UserWarning saying why) and uses the default. On resume the run's own
+            platform is used (checkpoints are platform specific).
         bias: :class:`Metadynamics` settings for a biased run (frames then carry log-weights
             +V/kT, see :func:`load_log_weights`), or None for plain MD.
         max_chunks: write at most this many chunks in this call, then return (time-boxed jobs).
@@ -287,6 +324,9 @@ def run_md(target: OpenMMTarget, ns: float, out_dir, seed: int, *, timestep_fs: 
     if frames_total < 1:
         raise ValueError(f"ns={ns} is shorter than one frame (save_every_ps={save_every_ps})")
 
+    platform, notice = md_platform(platform)
+    if notice is not None:
+        warnings.warn(notice, UserWarning, stacklevel=2)
     out = _prepare_out(out_dir)
     physical_xml = openmm.XmlSerializer.serialize(target.system)
     settings = {
@@ -311,6 +351,8 @@ def run_md(target: OpenMMTarget, ns: float, out_dir, seed: int, *, timestep_fs: 
     else:
         platform_name = platform or target.platform
         properties = target.platform_properties if platform_name == target.platform else {}
+        if platform_name in GPU_PLATFORMS:
+            properties = {**properties, "Precision": "mixed"}  # single-precision Langevin MD drifts
         record, context, integrator, frozen = _start(
             out, target, physical_xml, settings, bias, platform_name, properties, equilibration_steps,
             deposition_steps, progress)

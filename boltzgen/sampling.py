@@ -122,6 +122,11 @@ class SampleSettings:
         bridge: :class:`BridgeSettings` of the bridge to u.
         mixing: :class:`MixingSettings` of the mixing stage.
         chunk_size: particles per energy evaluation (bounds memory).
+        memory_budget: bytes one evaluation chunk may use, or None. When given, each run measures
+            the peak memory per particle of its heaviest evaluation on its device
+            (:func:`boltzgen.memory.bytes_per_particle`, a probe of 32 and 64 particles) and uses
+            ``budget // bytes_per_particle`` particles per chunk instead of ``chunk_size`` (recorded
+            in the run's diagnostics). See docs/scaling.md for the figures per 1,000 particles.
     """
 
     n_levels: int = 100
@@ -130,11 +135,13 @@ class SampleSettings:
     bridge: BridgeSettings = BridgeSettings()
     mixing: MixingSettings = MixingSettings()
     chunk_size: int = 1000
+    memory_budget: int | None = None
 
     def __post_init__(self):
         check_count(self.n_levels, "n_levels")
         check_count(self.level_moves, "level_moves", minimum=0)
         check_count(self.chunk_size, "chunk_size")
+        check_count(self.memory_budget, "memory_budget (bytes)", allow_none=True)
         _fraction(self.resample_threshold, "resample_threshold", low_open=False)
 
 
@@ -153,6 +160,9 @@ class MolecularRun:
         target_evaluations, model_evaluations: configurations on which u and E_theta were
             evaluated (an energy+gradient counts once).
         seconds: wall time (summed over interrupted and resumed parts).
+        chunk_size: particles per evaluation chunk (``settings.chunk_size``, or derived from
+            ``settings.memory_budget``).
+        bytes_per_particle: the measured peak per particle behind a budget's chunk (None without one).
     """
 
     positions: np.ndarray
@@ -163,6 +173,8 @@ class MolecularRun:
     target_evaluations: int
     model_evaluations: int
     seconds: float
+    chunk_size: int = 1000
+    bytes_per_particle: float | None = None
 
     @property
     def log_z(self) -> float:
@@ -208,7 +220,8 @@ class MolecularRun:
                            "mixing_lineages": None if mixing is None else mixing.n_lineages,
                            "torsion_acceptance": self.torsion_acceptance,
                            "target_evaluations": self.target_evaluations,
-                           "model_evaluations": self.model_evaluations, "seconds": self.seconds}}
+                           "model_evaluations": self.model_evaluations, "seconds": self.seconds,
+                           "chunk_size": self.chunk_size, "bytes_per_particle": self.bytes_per_particle}}
 
 
 def run_stages(model_file: ModelFile, u, model_energy, topology, settings: SampleSettings) -> list:
@@ -296,11 +309,19 @@ def sample_molecule(model_file: ModelFile, target, n_particles: int, settings: S
     start = time.perf_counter()
     model, space = model_file.model, model_file.space
     device = model.data_mean.device
+    requested, per_particle = settings, None
+    if settings.memory_budget is not None:
+        from dataclasses import replace
+
+        from .memory import bytes_per_particle, chunk_for_budget
+
+        per_particle = bytes_per_particle(model_file, target, device)
+        settings = replace(settings, chunk_size=chunk_for_budget(settings.memory_budget, per_particle, n_particles))
     reduced = target.reduced_energy if target_energy is None else target_energy
     space.check_target(reduced, torch.as_tensor(np.asarray(target.positions), dtype=torch.float64, device=device))
     path = None if checkpoint is None else Path(checkpoint)
     saved = torch.load(path, weights_only=False) if path is not None and path.is_file() else None
-    if saved is not None and saved.settings != asdict(settings):
+    if saved is not None and saved.settings != asdict(requested):
         raise ValueError(f"checkpoint {path} was written with other settings: delete it or use the same settings")
     u = CountedEnergy(space.flat_energy(reduced), saved.target_evaluations if saved else 0)
     model_energy = CountedEnergy(model.energy, saved.model_evaluations if saved else 0)
@@ -308,14 +329,15 @@ def sample_molecule(model_file: ModelFile, target, n_particles: int, settings: S
     done_before = saved.seconds if saved else 0.0
     result = run(empty_state(n_particles, device), run_stages(model_file, u, model_energy, target.topology, settings),
                  generator, resume=saved.checkpoint if saved else None, progress=progress,
-                 on_step=_saver(path, checkpoint_every, (u, model_energy), start, done_before, asdict(settings)))
+                 on_step=_saver(path, checkpoint_every, (u, model_energy), start, done_before, asdict(requested)))
     positions, mirror_fraction = space.finish(space.to_positions(result.particles).detach().to(torch.float64),
                                               target.topology)
     energies = evaluate(reduced, positions, settings.chunk_size).cpu().numpy()
     run_result = MolecularRun(positions=positions.cpu().numpy(), log_weights=result.log_weights.detach().cpu().numpy(),
                               energies=energies, result=result, mirror_fraction=mirror_fraction,
                               target_evaluations=u.count + n_particles, model_evaluations=model_energy.count,
-                              seconds=done_before + time.perf_counter() - start)
+                              seconds=done_before + time.perf_counter() - start, chunk_size=settings.chunk_size,
+                              bytes_per_particle=per_particle)
     if path is not None and path.exists():
         path.unlink()
     return run_result

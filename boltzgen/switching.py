@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ._checks import check_count
+from ._checks import as_device, check_count
 from .analysis.free_energy import Estimate, delta_f_mbar, with_error
 from .sampling import BridgeSettings, TorsionSettings
 from .smc import MALA, SMCResult, StepOptions, evaluate, geometric_path
@@ -80,7 +80,7 @@ class Switch:
 
 def switch(space, positions, log_weights, energy_a: Callable, energy_b: Callable,
            settings: SwitchSettings = SwitchSettings(), *, topology=None, seed: int | torch.Generator = 0,
-           device: str | torch.device = "cpu", progress: Callable | None = None) -> Switch:
+           device: str | torch.device | None = None, progress: Callable | None = None) -> Switch:
     """Carry weighted samples of A to B by SMC and estimate F_B - F_A (see the module docstring).
 
     Args:
@@ -91,10 +91,11 @@ def switch(space, positions, log_weights, energy_a: Callable, energy_b: Callable
         settings: :class:`SwitchSettings`.
         topology: the molecule's topology, for torsion moves (None: MALA only).
         seed: an int or a torch.Generator.
-        device: where the particles live.
+        device: where the particles live (default: torch's default device).
         progress: called after every step with (stage, position, record).
     """
     start_time = time.perf_counter()
+    device = as_device(device)
     y = space.to_flat(torch.as_tensor(np.asarray(positions), dtype=torch.float64)).to(device)
     log_w = W.clean_log_weights(torch.as_tensor(np.asarray(log_weights), dtype=torch.float64)).to(device)
     if log_w.shape != (y.shape[0],):

@@ -72,6 +72,25 @@ def test_the_one_step_bridge_ess_is_importance_sampling_u_from_the_last_level(ru
     assert run.result.stage_end("levels").ess_fraction == pytest.approx(levels.ess_fraction, rel=1e-12)
 
 
+def test_a_run_on_the_device_keeps_model_force_field_and_particles_there(vacuum, device):
+    """``--device``: the model, the torch force field and every batch of particles on one device."""
+    target, _ = vacuum
+    model_file = load_model_file(systems.shipped_model("alanine-dipeptide"), device=device)
+    fast = torch_target(target, compile=False, device=device)
+    seen = set()
+
+    def energy(x):
+        seen.add(x.device.type)
+        u = fast.reduced_energy(x)
+        assert u.device == x.device
+        return u
+
+    run = sample_molecule(model_file, target, 24, TINY, seed=3, target_energy=energy)
+    assert seen == {device.type}
+    assert run.positions.shape == (24, 22, 3) and np.isfinite(run.log_z)
+    assert np.allclose(run.energies, target.reduced_energy(run.positions).numpy(), atol=1e-4)  # OpenMM agrees
+
+
 def test_a_run_counts_its_evaluations_and_steps(run):
     assert run.result.stage_end("levels").n_steps == TINY.n_levels
     bridge = run.result.steps("bridge")

@@ -93,35 +93,40 @@ def case(request, pdb):
     return (request.param, system, xs, *openmm_reference(system, xs))
 
 
-def test_fast_path_matches_openmm(case):
+def test_fast_path_matches_openmm(case, device):
     name, system, xs, energies, forces, _ = case
-    ff = TorchForceField(system)
-    energy, grad = ff.energy_and_gradient(torch.from_numpy(xs))
+    ff = TorchForceField(system, device=device)
+    x = torch.from_numpy(xs).to(device)
+    energy, grad = ff.energy_and_gradient(x)
     assert energy.dtype == torch.float64 and energy.shape == (len(xs),)
-    _assert_close(energy.numpy(), energies, f"{name} energies")
-    _assert_close(-grad.numpy(), forces, f"{name} forces")
-    _assert_close(ff.energy(torch.from_numpy(xs)).numpy(), energies, f"{name} energy()")
+    assert energy.device == grad.device == x.device  # evaluated where the positions live
+    _assert_close(energy.cpu().numpy(), energies, f"{name} energies")
+    _assert_close(-grad.cpu().numpy(), forces, f"{name} forces")
+    _assert_close(ff.energy(x).cpu().numpy(), energies, f"{name} energy()")
+    # positions elsewhere: moved to the force field's device, results moved back
+    energy_host, _ = ff.energy_and_gradient(torch.from_numpy(xs))
+    assert energy_host.device.type == "cpu" and torch.equal(energy_host, energy.cpu())
 
 
-def test_autograd_reference_path_matches_openmm_and_fast_path(case):
+def test_autograd_reference_path_matches_openmm_and_fast_path(case, device):
     name, system, xs, energies, forces, _ = case
-    ff = TorchForceField(system)
-    x = torch.from_numpy(xs).requires_grad_(True)
+    ff = TorchForceField(system, device=device)
+    x = torch.from_numpy(xs).to(device).requires_grad_(True)
     energy = ff(x)
     (grad,) = torch.autograd.grad(energy.sum(), x)
-    _assert_close(energy.detach().numpy(), energies, f"{name} autograd energies")
-    _assert_close(-grad.numpy(), forces, f"{name} autograd forces")
+    _assert_close(energy.detach().cpu().numpy(), energies, f"{name} autograd energies")
+    _assert_close(-grad.cpu().numpy(), forces, f"{name} autograd forces")
     # Hand-written gradients against autograd of the same energy: equal to rounding.
     _, fast_grad = ff.energy_and_gradient(x.detach())
     assert torch.allclose(fast_grad, grad, rtol=1e-9, atol=1e-8)
 
 
-def test_each_force_matches_its_openmm_group(case):
+def test_each_force_matches_its_openmm_group(case, device):
     name, system, xs, _, _, groups = case
-    terms = TorchForceField(system).energy_terms(torch.from_numpy(xs))
+    terms = TorchForceField(system, device=device).energy_terms(torch.from_numpy(xs).to(device))
     for key, value in terms.items():
         index = int(key.split("[")[1].rstrip("]"))
-        _assert_close(value.detach().numpy(), groups[:, index], f"{name} {key}")
+        _assert_close(value.detach().cpu().numpy(), groups[:, index], f"{name} {key}")
 
 
 def test_torsion_phases_and_multiplicities_follow_openmm_sign_convention(pdb):
@@ -193,11 +198,12 @@ def test_named_systems_match_their_openmm_targets():
             _assert_close(f.numpy() * kT, f_ref.numpy() * kT, f"{name} forces")
 
 
-def test_reduced_energy_is_differentiable_in_kT(pdb):
+def test_reduced_energy_is_differentiable_in_kT(pdb, device):
     system = _system(pdb, ["amber99sbildn.xml"])
-    target = TorchForceFieldTarget(system, 300.0, compile=False)
+    target = TorchForceFieldTarget(system, 300.0, compile=False, device=device)
     x0 = torch.from_numpy(_positions(pdb))
     x = (x0 + 0.01 * torch.randn(4, *x0.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    x = x.to(device)
     x32 = x.float().requires_grad_(True)
     u = target.reduced_energy(x32)
     assert u.dtype == torch.float64 and u.shape == (4,)
@@ -211,14 +217,16 @@ def test_reduced_energy_is_differentiable_in_kT(pdb):
     kT = (unit.MOLAR_GAS_CONSTANT_R * 300 * unit.kelvin).value_in_unit(unit.kilojoule_per_mole)
     assert target.kT == pytest.approx(kT)
     assert torch.allclose(target.reduced_energy(x) * kT, target.forcefield(x))
+    assert u.device == g.device == x.device
 
 
-def test_chunking_and_padding_do_not_change_results(pdb):
+def test_chunking_and_padding_do_not_change_results(pdb, device):
     system = _system(pdb, ["amber99sbildn.xml", "amber99_obc.xml"])
     x0 = torch.from_numpy(_positions(pdb))
     x = x0 + 0.01 * torch.randn(23, *x0.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    whole = TorchForceField(system, chunk_size=64).energy_and_gradient(x)
-    chunked = TorchForceField(system, chunk_size=5).energy_and_gradient(x)  # 5 chunks, the last one padded
+    x = x.to(device)
+    whole = TorchForceField(system, chunk_size=64, device=device).energy_and_gradient(x)
+    chunked = TorchForceField(system, chunk_size=5, device=device).energy_and_gradient(x)  # 5 chunks, the last padded
     assert torch.allclose(whole[0], chunked[0], rtol=1e-12, atol=1e-10)
     assert torch.allclose(whole[1], chunked[1], rtol=1e-12, atol=1e-10)
 
@@ -235,13 +243,14 @@ def test_float32_option_is_close(pdb):
     assert ((e32.double() - e64).abs() <= 100 * torch.finfo(torch.float32).eps * scale).all()
 
 
-def test_overlapping_atoms_give_inf_not_nan(pdb):
+def test_overlapping_atoms_give_inf_not_nan(pdb, device):
     for files in (["amber99sbildn.xml"], ["amber99sbildn.xml", "amber99_obc.xml"]):
         system = _system(pdb, files)
         x = torch.from_numpy(np.repeat(_positions(pdb)[None], 3, axis=0))
         x[1, 5] = x[1, 4]  # two atoms on top of each other
         x[2] = 0.0  # everything at one point
-        target = TorchForceFieldTarget(system, 300.0, compile=False)
+        x = x.to(device)
+        target = TorchForceFieldTarget(system, 300.0, compile=False, device=device)
         u, f = target.energy_and_forces(x)
         assert torch.isfinite(u[0]) and torch.isinf(u[1:]).all() and (u[1:] > 0).all()
         assert torch.isfinite(f).all() and (f[1:] == 0).all()

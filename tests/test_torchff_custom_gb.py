@@ -84,36 +84,36 @@ def _gb_only(system) -> openmm.System:
     return only
 
 
-def _check_against_openmm(system, xs, what: str):
+def _check_against_openmm(system, xs, what: str, device=None):
     energies, forces, groups = openmm_reference(system, xs)
-    ff = TorchForceField(system)
-    x = torch.from_numpy(xs)
+    ff = TorchForceField(system, device=device)
+    x = torch.from_numpy(xs).to(ff.device)
     energy, grad = ff.energy_and_gradient(x)
-    _assert_energies(energy.numpy(), energies, f"{what} energies")
-    _assert_forces(-grad.numpy(), forces, f"{what} forces")
+    _assert_energies(energy.cpu().numpy(), energies, f"{what} energies")
+    _assert_forces(-grad.cpu().numpy(), forces, f"{what} forces")
     # The autograd reference path: same energies, and the hand-written gradient equals autograd's.
     xr = x.clone().requires_grad_(True)
     auto = ff(xr)
     (auto_grad,) = torch.autograd.grad(auto.sum(), xr)
-    _assert_energies(auto.detach().numpy(), energies, f"{what} autograd energies")
+    _assert_energies(auto.detach().cpu().numpy(), energies, f"{what} autograd energies")
     assert torch.allclose(grad, auto_grad, rtol=1e-9, atol=1e-8), what
     for key, value in ff.energy_terms(x).items():
         index = int(key.split("[")[1].rstrip("]"))
-        _assert_energies(value.detach().numpy(), groups[:, index], f"{what} {key}")
+        _assert_energies(value.detach().cpu().numpy(), groups[:, index], f"{what} {key}")
     return ff
 
 
-def test_ff96_obc1_named_system_matches_openmm(ff96):
+def test_ff96_obc1_named_system_matches_openmm(ff96, device):
     gb = [f for f in ff96.system.getForces() if isinstance(f, openmm.CustomGBForce)]
     assert len(gb) == 1 and recognise_custom_gb(gb[0]) == dict(
         model="OBC1", solvent_dielectric=78.5, solute_dielectric=1.0, kappa=0.0, surface_area=True)
     xs = _configurations(ff96.positions)
-    ff = _check_against_openmm(ff96.system, xs, "ff96 OBC1")
+    ff = _check_against_openmm(ff96.system, xs, "ff96 OBC1", device)
     assert any(isinstance(term, CustomGBOBC) and term.model == "OBC1" for term in ff.terms)
-    _check_against_openmm(_gb_only(ff96.system), xs, "ff96 OBC1, CustomGBForce alone")
+    _check_against_openmm(_gb_only(ff96.system), xs, "ff96 OBC1, CustomGBForce alone", device)
 
 
-def test_buried_atoms_follow_the_custom_expression(ff96):
+def test_buried_atoms_follow_the_custom_expression(ff96, device):
     # The CustomGBForce has no Tinker correction (GBSAOBCForce has): a hydrogen inside its carbon's
     # scaled sphere runs the branch where the Born integral's derivative through L survives.
     system = _gb_only(ff96.system)
@@ -121,7 +121,7 @@ def test_buried_atoms_follow_the_custom_expression(ff96):
     term = TorchForceField(system).terms[0]
     r = torch.from_numpy(np.linalg.norm(xs[:, term.i] - xs[:, term.j], axis=-1))
     assert (term.rho_pair[:, None, :, 0] < term.scaled_pair[:, None, :, 0] - r).any()  # the branch runs
-    _check_against_openmm(system, xs, "buried hydrogen")
+    _check_against_openmm(system, xs, "buried hydrogen", device)
 
 
 @pytest.mark.parametrize("options", [
@@ -131,7 +131,7 @@ def test_buried_atoms_follow_the_custom_expression(ff96):
          solventDielectric=80.0),
     dict(implicitSolvent=app.OBC1, sasaMethod=None, soluteDielectric=4.0),
 ], ids=["obc1-salt", "obc2-salt", "obc2-salt-dielectrics", "obc1-no-ace"])
-def test_prmtop_custom_gb_variants_match_openmm(prmtop, ff96, options):
+def test_prmtop_custom_gb_variants_match_openmm(prmtop, ff96, options, device):
     system = _prmtop_system(prmtop, **options)
     (gb,) = [f for f in system.getForces() if isinstance(f, openmm.CustomGBForce)]
     found = recognise_custom_gb(gb)
@@ -145,15 +145,15 @@ def test_prmtop_custom_gb_variants_match_openmm(prmtop, ff96, options):
         kappa = 7.3 * 50.33355 * np.sqrt(conc / options.get("solventDielectric", 78.5) / 298.15)
         assert found["kappa"] == pytest.approx(kappa, rel=1e-14)
     xs = _configurations(ff96.positions, seed=1)
-    _check_against_openmm(system, xs, str(options))
-    _check_against_openmm(_gb_only(system), xs, f"{options}, CustomGBForce alone")
+    _check_against_openmm(system, xs, str(options), device)
+    _check_against_openmm(_gb_only(system), xs, f"{options}, CustomGBForce alone", device)
 
 
-def test_obc2_prmtop_without_salt_is_a_gbsaobcforce_and_matches(prmtop, ff96):
+def test_obc2_prmtop_without_salt_is_a_gbsaobcforce_and_matches(prmtop, ff96, device):
     system = _prmtop_system(prmtop, implicitSolvent=app.OBC2)
     kinds = {type(f).__name__ for f in system.getForces()}
     assert "GBSAOBCForce" in kinds and "CustomGBForce" not in kinds  # OpenMM's built-in force here
-    _check_against_openmm(system, _configurations(ff96.positions, seed=2), "ff96 OBC2 (GBSAOBCForce)")
+    _check_against_openmm(system, _configurations(ff96.positions, seed=2), "ff96 OBC2 (GBSAOBCForce)", device)
 
 
 def test_obc2_custom_gb_force_without_salt_matches(ff96):

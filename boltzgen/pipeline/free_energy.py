@@ -19,10 +19,12 @@ from .. import md
 from ..io import md_runs
 from ..io.sample_runs import load_sample_run, write_json, write_sample_run
 from ..models import check_compatible, load_model_file
+from .._checks import as_device
 from .jobs import file_digest, open_job, run_seeds
 from .progress import RunProgress
-from .sample import fast_target
+from .sample import _loaded, _runs_bar, check_written, fast_target
 from .summary import versions
+from .tasks import Spread, SystemRef, built, run_tasks, task_device
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,19 @@ def _md_reference(target_a, target_b, out: Path, runs: int, ns: float, seed: int
             md.run_md(target, ns, folder, seeds[2 * k + j] % (2**31 - 2), bias=md.Metadynamics())
             dirs.append(folder)
     return dirs_a, dirs_b
+
+
+def free_energy_task(job, k: int, ref_a: SystemRef, ref_b: SystemRef, model_path: str, particles: int, settings,
+                     switch_settings, seeds, device: str, compile: bool, checkpoint_every: float,
+                     threads: int | None) -> int:
+    """Run k as a task in a worker: rebuild (once per worker) both targets, their force fields and the model."""
+    target_a, target_b = built(("target", ref_a), ref_a.load), built(("target", ref_b), ref_b.load)
+    fast_a = built(("fast", ref_a, device, compile), lambda: fast_target(target_a, compile, device, threads))
+    fast_b = built(("fast", ref_b, device, compile), lambda: fast_target(target_b, compile, device, threads))
+    model_file = built(("model", model_path, device), lambda: load_model_file(model_path, device=device))
+    _one_run(k, job, model_file, fast_a, fast_b, target_a, target_b, particles, settings, switch_settings, seeds,
+             device, False, checkpoint_every)
+    return k
 
 
 def _one_run(k: int, job, model_file, fast_a, fast_b, target_a, target_b, particles, settings, switch_settings,
@@ -147,9 +162,10 @@ def free_energy_summary(run_dirs, manifest: dict, reference: dict | None) -> dic
 
 
 def free_energy_between(target_a, target_b, model_path, out, *, particles: int = 1000, runs: int = 4,
-                        settings=None, switch_settings=None, seed: int = 0, device: str | torch.device = "cpu",
+                        settings=None, switch_settings=None, seed: int = 0, device: str | torch.device | None = None,
                         md_from=None, md_to=None, reference_ns: float | None = None, progress: bool = False,
-                        compile: bool = True, checkpoint_every: float = 30.0) -> FreeEnergyReport:
+                        compile: bool = True, checkpoint_every: float = 30.0,
+                        spread: Spread | None = None) -> FreeEnergyReport:
     """F_B - F_A (kT) between two states of one molecule, two ways, with error bars over runs.
 
     Writes ``out/job.json``, ``out/run-000`` ... (the bridge's weighted samples of B as sample-run
@@ -159,7 +175,8 @@ def free_energy_between(target_a, target_b, model_path, out, *, particles: int =
     ns each)). The same call on the same folder resumes a killed job with identical results.
 
     Args:
-        target_a, target_b: OpenMM targets of the same molecule (A: ``--from``, B: ``--to``).
+        target_a, target_b: OpenMM targets of the same molecule (A: ``--from``, B: ``--to``), or
+            :class:`~boltzgen.pipeline.SystemRef` s (needed to spread the runs, see ``spread``).
         model_path: a model file of that molecule (for either state, or another force field).
         out: a new (or empty) folder, or this job's folder to resume.
         particles, runs: N per run and independent runs (error bars need >= 2).
@@ -168,14 +185,39 @@ def free_energy_between(target_a, target_b, model_path, out, *, particles: int =
         seed: seeds everything (runs, bridges and MD are independent).
         md_from, md_to: MD run folders of A and of B for the reference (or neither).
         reference_ns: instead, make ``runs`` metadynamics runs of this length (ns) of each state.
-        device, progress, compile, checkpoint_every: as for :func:`boltzgen.pipeline.sample_model`.
+        device, progress, compile, checkpoint_every, spread: as for :func:`boltzgen.pipeline.sample_model`
+            (the runs are spread; the MD of ``reference_ns`` runs in this process).
     """
     from .. import switching
     from ..sampling import SampleSettings
-    from ..targets.openmm import system_fingerprint
 
     settings = SampleSettings() if settings is None else settings
     switch_settings = switching.SwitchSettings() if switch_settings is None else switch_settings
+    spread = Spread() if spread is None else spread
+    device = as_device(device)
+    if not spread.in_process and not (isinstance(target_a, SystemRef) and isinstance(target_b, SystemRef)):
+        raise TypeError("runs spread over workers or Ray rebuild the targets in each worker: pass "
+                        "boltzgen.pipeline.SystemRef(name or YAML path, temperature) for both states, not objects")
+    refs = (target_a, target_b)
+    target_a, loaded_a = _loaded(target_a)
+    try:
+        target_b, loaded_b = _loaded(target_b)
+        try:
+            return _free_energy(target_a, target_b, refs, model_path, out, particles, runs, settings,
+                                switch_settings, seed, device, md_from, md_to, reference_ns, progress, compile,
+                                checkpoint_every, spread)
+        finally:
+            if loaded_b:
+                target_b.close()
+    finally:
+        if loaded_a:
+            target_a.close()
+
+
+def _free_energy(target_a, target_b, refs, model_path, out, particles, runs, settings, switch_settings, seed, device,
+                 md_from, md_to, reference_ns, progress, compile, checkpoint_every, spread) -> FreeEnergyReport:
+    from ..targets.openmm import system_fingerprint
+
     _check_states(target_a, target_b)
     _check_reference(md_from, md_to, reference_ns, target_a, target_b)
     model_file = load_model_file(model_path, device=device)
@@ -190,13 +232,26 @@ def free_energy_between(target_a, target_b, model_path, out, *, particles: int =
                 "reference_ns": reference_ns, "md_from": None if md_from is None else [str(d) for d in md_from],
                 "md_to": None if md_to is None else [str(d) for d in md_to]}
     job = open_job(out, manifest)
-    fast_a, fast_b = fast_target(target_a, compile), fast_target(target_b, compile)
+    fast_a, fast_b = fast_target(target_a, compile, device), fast_target(target_b, compile, device)
     seeds = run_seeds(seed, 3 * runs)
     start = time.perf_counter()
-    for k in range(runs):
-        if not job.is_done(k):
+    todo = [k for k in range(runs) if not job.is_done(k)]
+    if spread.in_process:
+        for k in todo:
             _one_run(k, job, model_file, fast_a, fast_b, target_a, target_b, particles, settings, switch_settings,
                      seeds, device, progress, checkpoint_every)
+    else:
+        bar = _runs_bar(f"{len(todo)} runs", len(todo), progress)
+        where, gpus = task_device(device, spread)
+        calls = [(job, k, refs[0], refs[1], str(model_path), particles, settings, switch_settings, seeds, where,
+                  compile, checkpoint_every, spread.threads_per_task()) for k in todo]
+        try:
+            run_tasks(free_energy_task, calls, spread, on_done=None if bar is None else (lambda i: bar.update(1)),
+                      gpus=gpus)
+        finally:
+            if bar is not None:
+                bar.close()
+        check_written(job, todo)
     if reference_ns is not None:
         md_from, md_to = _md_reference(target_a, target_b, job.out, runs, reference_ns, seed)
     reference = None if md_from is None else _reference(md_from, md_to, fast_a, fast_b)

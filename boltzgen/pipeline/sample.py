@@ -2,7 +2,9 @@
 
 ``runs`` independent SMC runs (:func:`boltzgen.sampling.sample_molecule`) write one folder each
 into a job folder (:mod:`boltzgen.pipeline.jobs`), so a killed job resumes where it stopped; the
-summary is a reduce over the run folders (:mod:`boltzgen.pipeline.summary`).
+summary is a reduce over the run folders (:mod:`boltzgen.pipeline.summary`). The runs are tasks
+(:mod:`boltzgen.pipeline.tasks`): in this process, over local workers or on a Ray cluster, with the
+same result for every run.
 """
 from __future__ import annotations
 
@@ -12,17 +14,21 @@ from pathlib import Path
 
 import torch
 
+from .._checks import as_device
 from ..models import check_compatible, load_model_file
 from .jobs import file_digest, open_job, run_seeds
 from .progress import RunProgress
 from .summary import sample_summary
+from .tasks import Spread, SystemRef, built, run_tasks, task_device
 
 
-def fast_target(target, compile: bool):
-    """The torch force field of ``target`` where it applies, chosen once at the edge.
+def fast_target(target, compile: bool, device=None, threads: int | None = None):
+    """The torch force field of ``target`` where it applies, chosen once at the edge, on ``device``
+    (default: torch's default device) so that it lives where the particles do.
 
     A fallback to the OpenMM target (forces the torch force field lacks) warns, and the warning is
-    never hidden: the user must know they are on the slow path. Only compile notices are quiet.
+    never hidden: the user must know they are on the slow path (on a GPU, the OpenMM target also
+    copies every batch to the host and back). Only compile notices are quiet.
     """
     import warnings
 
@@ -31,7 +37,7 @@ def fast_target(target, compile: bool):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CompileNotice)
-        return choose(target, compile=compile)
+        return choose(target, compile=compile, device=as_device(device), threads=threads)
 
 
 @dataclass(frozen=True)
@@ -55,9 +61,67 @@ def sample_manifest(target, model_path, model_file, *, particles: int, runs: int
             "seed": int(seed), "device": str(device), "settings": asdict(settings)}
 
 
+def _loaded(target) -> tuple:
+    """(the OpenMM target, whether this call loaded it) for a target or a :class:`SystemRef`."""
+    if isinstance(target, SystemRef):
+        return target.load(), True
+    if isinstance(target, (str, bytes)):
+        raise TypeError("target must be an OpenMMTarget or a boltzgen.pipeline.SystemRef(name or YAML path, "
+                        f"temperature), got the string {target!r}")
+    return target, False
+
+
+def sample_run(job, k: int, run_seed: int, target, fast, model_file, model_path, particles: int, settings,
+               progress: bool, checkpoint_every: float) -> int:
+    """Run k of a sampling job (seed ``run_seed``), written as ``job.run_dir(k)``; returns k."""
+    from ..io.sample_runs import write_sample_run
+    from ..sampling import sample_molecule
+
+    runs = job.manifest["runs"]
+    bar = RunProgress(f"run {k + 1}/{runs}", settings) if progress else None
+    result = sample_molecule(model_file, target, particles, settings, seed=run_seed,
+                             target_energy=fast.reduced_energy, progress=bar, checkpoint=job.checkpoint(k),
+                             checkpoint_every=checkpoint_every)
+    if bar is not None:
+        bar.close()
+    diagnostics = {**result.diagnostics(), "seed": run_seed, "model": str(model_path), "system": target.name}
+    write_sample_run(job.run_dir(k), result.positions, result.log_weights, result.energies, target.topology,
+                     diagnostics)
+    return k
+
+
+def sample_task(job, k: int, run_seed: int, ref: SystemRef, model_path: str, particles: int, settings,
+                device: str, compile: bool, checkpoint_every: float, threads: int | None) -> int:
+    """One run as a task in a worker: rebuild (once per worker) the target, its force field and the model."""
+    target = built(("target", ref), ref.load)
+    fast = built(("fast", ref, device, compile), lambda: fast_target(target, compile, device, threads))
+    model_file = built(("model", model_path, device), lambda: load_model_file(model_path, device=device))
+    return sample_run(job, k, run_seed, target, fast, model_file, model_path, particles, settings, False,
+                      checkpoint_every)
+
+
+def check_written(job, runs) -> None:
+    """Refuse to summarise when a run that a task finished is not in the job folder (Ray on several
+    machines writing to a folder that is not shared)."""
+    missing = [job.run_dir(k).name for k in runs if not job.is_done(k)]
+    if missing:
+        raise ValueError(f"the tasks of {', '.join(missing)} finished but their folders are not in {job.out}: with Ray "
+                         "on several machines --out must be a folder every node sees (a shared file system)")
+
+
+def _runs_bar(label: str, total: int, progress: bool):
+    """A bar over whole runs, for runs that other processes make (their own steps are not seen here)."""
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=label, unit="run", leave=False)
+
+
 def sample_model(target, model_path, out, *, particles: int = 2500, runs: int = 4, settings=None,
-                 seed: int = 0, device: str | torch.device = "cpu", progress: bool = False,
-                 compile: bool = True, cvs=None, checkpoint_every: float = 30.0) -> SampleReport:
+                 seed: int = 0, device: str | torch.device | None = None, progress: bool = False,
+                 compile: bool = True, cvs=None, checkpoint_every: float = 30.0, spread: Spread | None = None,
+                 run_range: range | None = None) -> SampleReport:
     """``runs`` independent SMC runs of a trained model toward ``target``'s Boltzmann distribution.
 
     Writes ``out/job.json``, ``out/run-000`` ... (see :mod:`boltzgen.io.sample_runs`), the pooled
@@ -69,48 +133,78 @@ def sample_model(target, model_path, out, *, particles: int = 2500, runs: int = 
     ``summary["recalibration"]``).
 
     Args:
-        target: the OpenMMTarget to sample (the torch force field is used where it applies).
+        target: the OpenMMTarget to sample (the torch force field is used where it applies), or a
+            :class:`~boltzgen.pipeline.SystemRef` (needed to spread runs over workers or Ray, which
+            rebuild the target from it).
         model_path: a model file written by ``boltzgen train``.
         out: a new (or empty) folder, or the folder of this same job to resume.
         particles, runs: N per run and the number of independent runs (error bars need >= 2).
         settings: :class:`boltzgen.sampling.SampleSettings` (default settings when None).
-        seed: the runs' seeds are spawned from it.
-        device: where the model, the force field and the particles live.
-        progress: one progress bar per run (stderr).
+        seed: the runs' seeds are spawned from it (run k's seed does not depend on ``runs``,
+            ``run_range`` or ``spread``).
+        device: where the model, the force field and the particles live (default: torch's default
+            device, the CPU unless set otherwise).
+        progress: one progress bar per run (stderr); one bar over runs when they are spread.
         compile: compile the torch force field (faster on large batches; False skips the
             20-80 s compilation, e.g. for small tests).
         cvs: the collective variables, basins and free energies the summary reports
             (``systems.collective_variables(name)``); None: those of the named system ``target.name``.
         checkpoint_every: seconds between saves of the run in progress (0: after every SMC step).
+        spread: :class:`~boltzgen.pipeline.tasks.Spread`: local worker processes or a Ray cluster
+            (default: every run in this process).
+        run_range: only these runs of the job (e.g. ``range(2, 4)`` for run-002 and run-003; default
+            all), so that parts of one job can run on separate machines and be pooled by
+            :func:`~boltzgen.pipeline.summarize`; the summary covers the complete runs in ``out``.
     """
     from ..io.export import export_pooled
-    from ..io.sample_runs import write_json, write_sample_run
-    from ..sampling import SampleSettings, sample_molecule
+    from ..io.sample_runs import write_json
+    from ..sampling import SampleSettings
     from ..systems import recorded_collective_variables
 
     settings = SampleSettings() if settings is None else settings
-    model_file = load_model_file(model_path, device=device)
-    manifest = sample_manifest(target, model_path, model_file, particles=particles, runs=runs, settings=settings,
-                               seed=seed, device=device)
-    job = open_job(out, manifest)
-    fast = fast_target(target, compile)
-    for k, run_seed in enumerate(run_seeds(seed, runs)):
-        if job.is_done(k):
-            continue
-        bar = RunProgress(f"run {k + 1}/{runs}", settings) if progress else None
-        result = sample_molecule(model_file, target, particles, settings, seed=run_seed,
-                                 target_energy=fast.reduced_energy, progress=bar, checkpoint=job.checkpoint(k),
-                                 checkpoint_every=checkpoint_every)
-        if bar is not None:
-            bar.close()
-        diagnostics = {**result.diagnostics(), "seed": run_seed, "model": str(model_path), "system": target.name}
-        write_sample_run(job.run_dir(k), result.positions, result.log_weights, result.energies, target.topology,
-                         diagnostics)
-    dirs = job.run_dirs()
-    summary = sample_summary(dirs, manifest, cvs)
-    export_pooled(job.out, float(target.temperature), cvs if cvs is not None else recorded_collective_variables(target.name))
-    write_json(job.out / "summary.json", summary)
-    return SampleReport(job.out, tuple(dirs), summary)
+    spread = Spread() if spread is None else spread
+    device = as_device(device)
+    run_range = range(runs) if run_range is None else run_range
+    if not spread.in_process and not isinstance(target, SystemRef):
+        raise TypeError("runs spread over workers or Ray rebuild the target in each worker: pass "
+                        "boltzgen.pipeline.SystemRef(name or YAML path, temperature) as the target, not an object")
+    if run_range and not (0 <= run_range.start and run_range.stop <= runs and run_range.step == 1):
+        raise ValueError(f"run_range must be a range of consecutive runs within 0..{runs - 1}, got {run_range}")
+    ref = target if isinstance(target, SystemRef) else None
+    target, loaded = _loaded(target)
+    try:
+        model_file = load_model_file(model_path, device=device)
+        manifest = sample_manifest(target, model_path, model_file, particles=particles, runs=runs,
+                                   settings=settings, seed=seed, device=device)
+        job = open_job(out, manifest)
+        seeds = run_seeds(seed, runs)
+        todo = [k for k in run_range if not job.is_done(k)]
+        if spread.in_process:
+            fast = fast_target(target, compile, device)
+            for k in todo:
+                sample_run(job, k, seeds[k], target, fast, model_file, model_path, particles, settings, progress,
+                           checkpoint_every)
+        else:
+            bar = _runs_bar(f"{len(todo)} runs", len(todo), progress)
+            where, gpus = task_device(device, spread)
+            calls = [(job, k, seeds[k], ref, str(model_path), particles, settings, where, compile,
+                      checkpoint_every, spread.threads_per_task()) for k in todo]
+            try:
+                run_tasks(sample_task, calls, spread, on_done=None if bar is None else (lambda i: bar.update(1)),
+                          gpus=gpus)
+            finally:
+                if bar is not None:
+                    bar.close()
+            check_written(job, todo)
+        dirs = job.run_dirs()
+        summary = sample_summary(dirs, manifest, cvs)
+        export_pooled(job.out, float(target.temperature),
+                      cvs if cvs is not None else recorded_collective_variables(target.name))
+        write_json(job.out / "summary.json", summary)
+        return SampleReport(job.out, tuple(dirs), summary)
+    finally:
+        if loaded:
+            target.close()
 
 
 @dataclass(frozen=True)
@@ -133,27 +227,25 @@ def shipped_reference(name: str) -> dict | None:
 
 
 def run_named(name: str, out, *, particles: int = 1000, runs: int = 4, settings=None, seed: int = 0,
-              device: str | torch.device = "cpu", progress: bool = False, compile: bool = True,
-              checkpoint_every: float = 30.0, temperature: float | None = None) -> NamedRunResult:
+              device: str | torch.device | None = None, progress: bool = False, compile: bool = True,
+              checkpoint_every: float = 30.0, temperature: float | None = None, spread: Spread | None = None,
+              run_range: range | None = None) -> NamedRunResult:
     """The whole job on a named system with the model shipped for it: sample, correct, analyse.
 
     Writes the sample runs and ``summary.json`` (:func:`sample_model`) and the plots to ``out``;
     the summary also holds the shipped reference figures when there are some and the run is at the
     system's own temperature (``temperature``: in K, None for the system's). Resumes like
-    :func:`sample_model`.
+    :func:`sample_model`; ``spread`` and ``run_range`` as there.
     """
     from .. import systems
     from ..analysis.report import analyze_runs, format_analysis
     from ..io.sample_runs import write_json
 
     model = systems.shipped_model(name)
-    target = systems.load(name, **({} if temperature is None else {"temperature": temperature}))
     own_temperature = float(systems.spec(name).options.get("temperature", 300.0))
-    try:
-        report = sample_model(target, model, out, particles=particles, runs=runs, settings=settings, seed=seed,
-                              device=device, progress=progress, compile=compile, checkpoint_every=checkpoint_every)
-    finally:
-        target.close()
+    report = sample_model(SystemRef(name, temperature), model, out, particles=particles, runs=runs, settings=settings,
+                          seed=seed, device=device, progress=progress, compile=compile,
+                          checkpoint_every=checkpoint_every, spread=spread, run_range=run_range)
     analysis = analyze_runs([str(d) for d in report.run_dirs], plot_dir=report.out, label=name)
     reference = shipped_reference(name)
     text = format_analysis(analysis)

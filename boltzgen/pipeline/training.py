@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._checks import as_device
 from ..analysis.model_quality import ModelQuality, model_quality
 from ..coordinates.cartesian import MolecularSpace
 from ..diffusion.networks import MolecularEnergy
@@ -229,7 +230,8 @@ def _energy_ms_per_1000(model, space, positions) -> float:
 
 
 def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(), *, holdout_dirs=None,
-                baseline: bool = False, device: str | torch.device = "cpu", progress: bool = False) -> TrainReport:
+                baseline: bool = False, device: str | torch.device | None = None,
+                progress: bool = False) -> TrainReport:
     """Train a molecular diffusion EBM (DSM, then DSM + DiffCLF) on MD frames of ``target``.
 
     Resumable: the checkpoint next to ``out`` is continued when the same call is made again.
@@ -245,10 +247,11 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
             ``settings.holdout_fraction`` of every data run).
         baseline: also train a DSM-only model for dsm_steps + clf_steps steps (same seed), so the
             report compares DiffCLF with DSM on the same budget.
-        device: where to train ("cpu", "cuda", ...).
+        device: where to train, e.g. cuda (default: torch's default device, the CPU unless set otherwise).
         progress: tqdm progress bars (stderr).
     """
     start = time.perf_counter()
+    device = as_device(device)
     data_dirs = [Path(d) for d in data_dirs]
     paths = output_paths(out)
     paths["model"].parent.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,24 @@ from .energy import EnergyFn, Projection
 from .kernels import Move, ParticleState, Sequence, _mh_accept, _select, acceptance_rate, particle_state
 
 
+def _on_device(owner, name: str, make, device) -> torch.Tensor:
+    """The constant table ``name`` of ``owner`` (a frozen dataclass) on ``device``, made once per device and
+    kept on the object, so that moves copy nothing from the host to the device."""
+    cache = owner.__dict__.get("_device_tables")
+    if cache is None:
+        cache = {}
+        object.__setattr__(owner, "_device_tables", cache)
+    key = (name, str(device))
+    if key not in cache:
+        cache[key] = make().to(device)
+    return cache[key]
+
+
+def _group_table(groups, size: int) -> torch.Tensor:
+    """Groups padded to a common size with -1 (no bond/coordinate): (n_groups, size) int64."""
+    return torch.tensor([g + (-1,) * (size - len(g)) for g in groups], dtype=torch.int64)
+
+
 @dataclass(frozen=True)
 class Torsions:
     """The rotatable bonds of a molecule and the groups of them that a move turns together.
@@ -189,8 +207,8 @@ def rotate(x: torch.Tensor, torsions: Torsions, which: torch.Tensor, angle: torc
     """
     n = x.shape[0]
     r = x.reshape(n, torsions.n_atoms, 3)
-    axes = torch.as_tensor(torsions.axes, device=x.device)[which]
-    mask = torch.as_tensor(torsions.moving, device=x.device)[which]  # (n, n_atoms)
+    axes = _on_device(torsions, "axes", lambda: torch.as_tensor(torsions.axes), x.device)[which]
+    mask = _on_device(torsions, "moving", lambda: torch.as_tensor(torsions.moving), x.device)[which]  # (n, n_atoms)
     rows = torch.arange(n, device=x.device)
     a, b = r[rows, axes[:, 0]], r[rows, axes[:, 1]]  # (n, 3)
     u = (b - a) / torch.linalg.norm(b - a, dim=1, keepdim=True)
@@ -219,8 +237,8 @@ def dihedral(x: torch.Tensor, torsions: Torsions, which: torch.Tensor) -> torch.
     n = x.shape[0]
     r = x.reshape(n, torsions.n_atoms, 3)
     rows = torch.arange(n, device=x.device)
-    axes = torch.as_tensor(torsions.axes, device=x.device)[which]
-    refs = torch.as_tensor(torsions.references, device=x.device)[which]
+    axes = _on_device(torsions, "axes", lambda: torch.as_tensor(torsions.axes), x.device)[which]
+    refs = _on_device(torsions, "references", lambda: torch.as_tensor(torsions.references), x.device)[which]
     a, b, c, d = r[rows, axes[:, 0]], r[rows, axes[:, 1]], r[rows, refs[:, 0]], r[rows, refs[:, 1]]
     u = (b - a) / torch.linalg.norm(b - a, dim=1, keepdim=True)
     p, q = c - a, d - b
@@ -305,7 +323,7 @@ def torsion_step(energy: EnergyFn, state: ParticleState, torsions: Torsions, gen
         raise ValueError(f"particles must have shape (n, {3 * torsions.n_atoms}), got {tuple(x.shape)}")
     n, size = x.shape[0], max(len(g) for g in torsions.groups)
     # groups padded to a common size with -1 (no bond), each particle's group in a random order
-    table = torch.tensor([g + (-1,) * (size - len(g)) for g in torsions.groups], device=x.device)
+    table = _on_device(torsions, "groups", lambda: _group_table(torsions.groups, size), x.device)
     bonds = table[torch.randint(len(torsions.groups), (n,), generator=generator, device=x.device)]
     order = torch.argsort(torch.rand(n, size, generator=generator, device=x.device), dim=1)
     bonds = torch.gather(bonds, 1, order)
@@ -362,7 +380,7 @@ class DihedralKernel:
         """One move of every particle; exp(-energy) is invariant."""
         z = state.x
         n, size = z.shape[0], max(len(g) for g in self.groups)
-        table = torch.tensor([g + (-1,) * (size - len(g)) for g in self.groups], device=z.device)
+        table = _on_device(self, "groups", lambda: _group_table(self.groups, size), z.device)
         chosen = table[torch.randint(len(self.groups), (n,), generator=generator, device=z.device)]  # (n, size)
         shift = (2 * torch.rand(n, size, generator=generator, dtype=z.dtype, device=z.device) - 1) * math.pi
         reflects = torch.rand(n, generator=generator, device=z.device) < self.reflect

@@ -25,6 +25,9 @@ class CompileNotice(UserWarning):
 # torch's per-operation overhead, small enough that a chunk's temporaries stay in cache and that
 # memory stays bounded for any batch size (measured on alanine dipeptide: 256 configurations).
 PAIR_BUDGET = 2**16
+# On a GPU a chunk must fill the device instead: 2**22 entries (16,384 configurations of alanine
+# dipeptide; eager float64 temporaries of a chunk stay below ~2 GB, see docs/scaling.md).
+GPU_PAIR_BUDGET = 2**22
 
 
 def _own_code(method):
@@ -38,6 +41,21 @@ def _own_code(method):
     return types.MethodType(copy, method.__self__)
 
 
+def compile_options(device: torch.device) -> tuple[bool, dict]:
+    """(dynamic, options) of torch.compile for the fast path on ``device``.
+
+    CPU: static shapes (every chunk padded to one shape), one OpenMP thread per kernel (OpenMP
+    threads waiting on a busy sibling core made kernels ~100x slower here) and the C++ wrapper,
+    which releases the GIL so chunks run in Python threads. GPU: a dynamic batch size, so that a
+    call is not padded to a whole (large) GPU chunk, and inductor's defaults (Triton kernels: the
+    pair terms' dozens of elementwise float64 operations fuse into a few kernels, which is where a
+    GPU loses most of its time eager).
+    """
+    if device.type == "cpu":
+        return False, {"cpp.threads": 1, "cpp_wrapper": True}
+    return True, {}
+
+
 def _available_cores() -> int:
     """CPU cores this process may run on."""
     try:
@@ -46,9 +64,15 @@ def _available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _default_chunk_size(n_atoms: int) -> int:
+def _default_chunk_size(n_atoms: int, device: torch.device | None = None) -> int:
     n_pairs = max(n_atoms * (n_atoms - 1) // 2, 1)
-    return 1 << max(4, (PAIR_BUDGET // n_pairs).bit_length() - 1)  # a power of two, at least 16
+    budget = PAIR_BUDGET if device is None or device.type == "cpu" else GPU_PAIR_BUDGET
+    return 1 << max(4, (budget // n_pairs).bit_length() - 1)  # a power of two, at least 16
+
+
+def default_device() -> torch.device:
+    """torch's default device (where new tensors go when none is named; the CPU unless the user set another)."""
+    return torch.empty(0).device
 
 
 class TorchForceField(nn.Module):
@@ -71,8 +95,9 @@ class TorchForceField(nn.Module):
         ``threads`` Python threads evaluate chunks side by side. The first call of each kind
         (energies, energies + gradients) compiles for 20-80 s and needs a C++ compiler (a
         :class:`CompileNotice` warning says so when it starts); if that fails the force field
-        warns and stays eager. Compiled, the last chunk is padded so that
-        every chunk has one shape: a call costs at least one full chunk.
+        warns and stays eager. Compiled on the CPU, the last chunk is padded so that
+        every chunk has one shape: a call costs at least one full chunk (on a GPU the compiled
+        kernels take any batch size and nothing is padded).
 
     Args:
         system: the openmm.System to evaluate.
@@ -82,7 +107,13 @@ class TorchForceField(nn.Module):
         threads: threads evaluating compiled chunks at once (default None: one per CPU core this
             process may use; independent of torch.set_num_threads). Each kernel itself is
             single-threaded: a chunk of a small molecule is too little work to split, while whole
-            chunks on separate cores scale (1.4-2x on 2 cores).
+            chunks on separate cores scale (1.4-2x on 2 cores). On a GPU chunks run one after
+            another on the device's stream (threads are not used).
+        device: where the parameters live and every evaluation runs (default: torch's default
+            device, the CPU unless set otherwise), e.g. "cuda". Positions on another device are
+            moved there and the results moved back to the positions' device, so for no transfers
+            at all keep the positions on this device. Compilation is per device: fused C++ on
+            the CPU, Triton kernels on a GPU; the default chunk is larger on a GPU.
 
     Raises:
         UnsupportedForceError (a ValueError): a force or setting that is not supported; the
@@ -90,7 +121,8 @@ class TorchForceField(nn.Module):
     """
 
     def __init__(self, system: openmm.System, dtype: torch.dtype = torch.float64,
-                 chunk_size: int | None = None, compile: bool = False, threads: int | None = None):
+                 chunk_size: int | None = None, compile: bool = False, threads: int | None = None,
+                 device: str | torch.device | None = None):
         super().__init__()
         if dtype not in (torch.float64, torch.float32):
             raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
@@ -101,8 +133,9 @@ class TorchForceField(nn.Module):
         self.terms = nn.ModuleList(term for _, term in named)
         self.n_atoms = system.getNumParticles()
         self.dtype = dtype
-        self.chunk_size = chunk_size or _default_chunk_size(self.n_atoms)
-        self.to(dtype)
+        self.device = torch.device(device) if device is not None else default_device()
+        self.chunk_size = chunk_size or _default_chunk_size(self.n_atoms, self.device)
+        self.to(device=self.device, dtype=dtype)
         self.compiled = bool(compile)
         self.threads = threads
         self._kernel = self._compiled_kernel() if compile else self._evaluate
@@ -111,10 +144,12 @@ class TorchForceField(nn.Module):
         self._pool_pid = os.getpid()
 
     def _compiled_kernel(self):
-        # One OpenMP thread per kernel: OpenMP threads waiting on a busy sibling core made kernels
-        # ~100x slower here. The C++ wrapper releases the GIL, so chunks can run in Python threads.
-        options = {"cpp.threads": 1, "cpp_wrapper": True}
-        return torch.compile(_own_code(self._evaluate), dynamic=False, options=options)
+        dynamic, options = compile_options(self.device)
+        return torch.compile(_own_code(self._evaluate), dynamic=dynamic, options=options)
+
+    @property
+    def _on_cpu(self) -> bool:
+        return self.device.type == "cpu"
 
     def _executor(self) -> ThreadPoolExecutor:
         """The thread pool, kept between calls (their memory arenas stay warm); one per process,
@@ -135,8 +170,9 @@ class TorchForceField(nn.Module):
         self._kernel = self._compiled_kernel() if self.compiled else self._evaluate
 
     def _coordinates(self, x: torch.Tensor) -> torch.Tensor:
-        # (n, n_atoms, 3) -> (3, n_atoms, n): the batch becomes the contiguous last axis.
-        return x.to(self.dtype).permute(2, 1, 0).contiguous()
+        # (n, n_atoms, 3) -> (3, n_atoms, n) on the force field's device: the batch becomes the
+        # contiguous last axis.
+        return x.to(device=self.device, dtype=self.dtype).permute(2, 1, 0).contiguous()
 
     def _evaluate(self, X: torch.Tensor, gradient: bool):
         """All terms on coordinates X (3, n_atoms, n) nm: energies (n,) kJ/mol and, if ``gradient``,
@@ -179,13 +215,13 @@ class TorchForceField(nn.Module):
         energies (overlapping atoms) come back as +inf.
         """
         x = check_positions(x, "x", self.n_atoms)
-        return self._evaluate(self._coordinates(x), gradient=False)[0]
+        return self._evaluate(self._coordinates(x), gradient=False)[0].to(x.device)
 
     def energy_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Energy (n,) in kJ/mol of each force, keyed like ``'NonbondedForce[2]'`` (the System's force index)."""
         x = check_positions(x, "x", self.n_atoms)
         X = self._coordinates(x)
-        return {name: term(X)[0] for name, term in zip(self.names, self.terms)}
+        return {name: term(X)[0].to(x.device) for name, term in zip(self.names, self.terms)}
 
     def _chunk(self, x: torch.Tensor, start: int, gradient: bool, energy: torch.Tensor, grad) -> None:
         """Evaluate x[start:start + chunk_size] (n, n_atoms, 3) into energy and grad, in place.
@@ -195,7 +231,8 @@ class TorchForceField(nn.Module):
         """
         chunk = x[start:start + self.chunk_size]
         m = chunk.shape[0]
-        if m < self.chunk_size and self.compiled:  # pad with copies of a real configuration: one compiled shape
+        if m < self.chunk_size and self.compiled and self._on_cpu:  # pad with copies of a real configuration:
+            # one compiled shape (on a GPU the kernels take any batch size)
             chunk = torch.cat((chunk, chunk[:1].expand(self.chunk_size - m, -1, -1)))
         e, g = self._run(self._coordinates(chunk), gradient)
         energy[start:start + m] = e[:m]
@@ -206,11 +243,13 @@ class TorchForceField(nn.Module):
         """The fast path over the batch, one chunk of ``chunk_size`` configurations at a time.
 
         Compiled kernels release the GIL: once a kernel is compiled (the first chunk of the first
-        call compiles it, in this thread), ``threads`` threads share the remaining chunks.
+        call compiles it, in this thread), ``threads`` threads share the remaining chunks (on the
+        CPU; on a GPU the chunks queue on the device). The results live on the force field's
+        device.
         """
         n = x.shape[0]
-        energy = torch.empty(n, dtype=self.dtype, device=x.device)
-        grad = torch.empty((n, self.n_atoms, 3), dtype=self.dtype, device=x.device) if gradient else None
+        energy = torch.empty(n, dtype=self.dtype, device=self.device)
+        grad = torch.empty((n, self.n_atoms, 3), dtype=self.dtype, device=self.device) if gradient else None
         starts = list(range(0, n, self.chunk_size))
         if gradient not in self._warm and starts:
             if self.compiled and self._kernel != self._evaluate:
@@ -222,7 +261,7 @@ class TorchForceField(nn.Module):
                     "torch is several times slower on large batches)"), stacklevel=4)
             self._chunk(x, starts.pop(0), gradient, energy, grad)
             self._warm.add(gradient)
-        threads = min(self.threads or _available_cores(), len(starts)) if self.compiled else 1
+        threads = min(self.threads or _available_cores(), len(starts)) if self.compiled and self._on_cpu else 1
         inference = torch.is_inference_mode_enabled()
 
         def work(share: list[int]) -> None:
@@ -245,7 +284,7 @@ class TorchForceField(nn.Module):
         Non-finite energies (overlapping atoms) come back as +inf.
         """
         x = check_positions(x, "x", self.n_atoms)
-        return self._chunks(x, gradient=False)[0]
+        return self._chunks(x, gradient=False)[0].to(x.device)
 
     @torch.no_grad()
     def energy_and_gradient(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,4 +294,5 @@ class TorchForceField(nn.Module):
         get energy +inf and a zero gradient.
         """
         x = check_positions(x, "x", self.n_atoms)
-        return self._chunks(x, gradient=True)
+        energy, grad = self._chunks(x, gradient=True)
+        return energy.to(x.device), grad.to(x.device)

@@ -35,6 +35,8 @@ class TorchForceFieldTarget:
             :class:`~boltzgen.targets.torchff.CompileNotice` warning; falls back to eager
             torch with a warning when compilation is not possible).
         threads: threads evaluating compiled chunks at once (default: one per available CPU core).
+        device: where the force field lives and evaluates (default: torch's default device, e.g.
+            "cuda" for a GPU); results come back on the device of the positions given.
 
     Attributes:
         name, system, topology, positions (float64 (n_atoms, 3) nm or None), temperature (K),
@@ -43,11 +45,11 @@ class TorchForceFieldTarget:
 
     def __init__(self, system: openmm.System, temperature: float, *, topology=None, positions=None,
                  name: str = "custom", dtype: torch.dtype = torch.float64, chunk_size: int | None = None,
-                 compile: bool = True, threads: int | None = None):
+                 compile: bool = True, threads: int | None = None, device: str | torch.device | None = None):
         self.temperature = check_positive(temperature, "temperature")
         check_sampleable(system)
         self.forcefield = TorchForceField(system, dtype=dtype, chunk_size=chunk_size, compile=compile,
-                                          threads=threads)
+                                          threads=threads, device=device)
         self.system = system
         self.topology = topology
         self.n_atoms = system.getNumParticles()
@@ -55,13 +57,18 @@ class TorchForceFieldTarget:
         self.kT = kT_kj_per_mol(self.temperature)
         self.name = str(name)
         self._units = UnitCheck(system, self.name)
+        self._units_checked_off_cpu = False
 
     def _reduced(self, x, gradient: bool):
         """(u (n,) kT, du/dx (n, n_atoms, 3) kT/nm or None), float64; the force field checks x."""
         if not isinstance(x, torch.Tensor):
             x = as_tensor(x, "x")
         if x.ndim == 3 and x.shape[0] and x.shape[1:] == (self.n_atoms, 3):  # else the force field raises
-            self._units.check(x[0])  # positions in Å instead of nm: warn (once)
+            # positions in Å instead of nm: warn (once). Off the CPU only the first call is checked,
+            # so that no evaluation copies positions to the host.
+            if x.device.type == "cpu" or not self._units_checked_off_cpu:
+                self._units_checked_off_cpu = x.device.type != "cpu"
+                self._units.check(x[0])
         # In place where the force field's fresh float64 outputs allow: whole-batch temporaries
         # are fresh memory pages on every call and cost ~20% of the time here.
         if gradient:
@@ -107,7 +114,7 @@ class TorchForceFieldTarget:
         # Compiled kernels do not pickle: rebuild the target from its System and settings.
         ff = self.forcefield
         options = dict(topology=self.topology, positions=self.positions, name=self.name, dtype=ff.dtype,
-                       chunk_size=ff.chunk_size, compile=ff.compiled, threads=ff.threads)
+                       chunk_size=ff.chunk_size, compile=ff.compiled, threads=ff.threads, device=str(ff.device))
         return _rebuild, (self.system, self.temperature, options)
 
     def __repr__(self) -> str:
@@ -131,7 +138,8 @@ def torch_target(target, **options) -> TorchForceFieldTarget:
     Args:
         target: an object with ``system``, ``temperature`` and optionally ``topology``,
             ``positions``, ``name`` (e.g. :class:`boltzgen.targets.OpenMMTarget`).
-        **options: ``dtype``, ``chunk_size``, ``compile``, ``threads`` of :class:`TorchForceFieldTarget`.
+        **options: ``dtype``, ``chunk_size``, ``compile``, ``threads``, ``device`` of
+            :class:`TorchForceFieldTarget`.
 
     Raises:
         UnsupportedForceError: the system has a force the torch force field cannot evaluate.
