@@ -66,7 +66,7 @@ def mcmc_alone(space, target, n_chains: int, rounds: int, *, mixing: MixingSetti
             (e.g. frames from both sides of a barrier, to check that the kernel relaxes to one answer).
     """
     n_chains, rounds = check_count(n_chains, "n_chains"), check_count(rounds, "rounds")
-    start = time.perf_counter()
+    began = time.perf_counter()
     reduced = target.reduced_energy if target_energy is None else target_energy
     u = CountedEnergy(space.flat_energy(reduced))
     if start is None:
@@ -90,4 +90,4 @@ def mcmc_alone(space, target, n_chains: int, rounds: int, *, mixing: MixingSetti
 
     options = StepOptions(0.0, "systematic", True, space.projection, chunk_size)
     run(state, [Mixing(u, rounds, mixing.block, options)], as_generator(seed, device), on_step=snapshot)
-    return McmcRun(np.stack(snapshots), np.array(at), u.count, time.perf_counter() - start)
+    return McmcRun(np.stack(snapshots), np.array(at), u.count, time.perf_counter() - began)

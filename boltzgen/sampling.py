@@ -116,7 +116,10 @@ class SampleSettings:
     see docs/benchmarks.md; the Cartesian model needs about 1,000 levels and 1,500 mixing rounds).
 
     Attributes:
-        n_levels: reverse-diffusion levels from t = 1 to t_min (uniform in log SNR).
+        n_levels: reverse-diffusion levels from t = 1 to t_min (uniform in log SNR) when ``level_cess``
+            is None.
+        level_cess: choose each next level so the conditional ESS fraction stays at this
+            (:class:`~boltzgen.smc.denoising.AdaptiveLevels`); None: the fixed grid of ``n_levels``.
         level_moves: MALA moves per level.
         resample_threshold: resample the levels when ESS / N falls below this.
         bridge: :class:`BridgeSettings` of the bridge to u.
@@ -130,6 +133,7 @@ class SampleSettings:
     """
 
     n_levels: int = 100
+    level_cess: float | None = None
     level_moves: int = 1
     resample_threshold: float = 0.1
     bridge: BridgeSettings = BridgeSettings()
@@ -139,6 +143,8 @@ class SampleSettings:
 
     def __post_init__(self):
         check_count(self.n_levels, "n_levels")
+        if self.level_cess is not None:
+            _fraction(self.level_cess, "level_cess")
         check_count(self.level_moves, "level_moves", minimum=0)
         check_count(self.chunk_size, "chunk_size")
         check_count(self.memory_budget, "memory_budget (bytes)", allow_none=True)
@@ -239,7 +245,7 @@ def run_stages(model_file: ModelFile, u, model_energy, topology, settings: Sampl
     t_min = float(model.schedule.t_min)
     levels = levels_stages(model, n_levels=settings.n_levels, n_moves=settings.level_moves,
                            options=StepOptions(settings.resample_threshold, "systematic", True, project,
-                                               settings.chunk_size), energy=model_energy)
+                                               settings.chunk_size), energy=model_energy, cess=settings.level_cess)
     b = settings.bridge
     bridge_path = geometric_path(lambda y: model_energy(t_min, y), u, cess_target=b.cess)
     bridge = PathStage(bridge_path.segments[0], StepOptions(b.resample_threshold, "systematic", True, project,

@@ -228,6 +228,11 @@ class WrappedReverseDiffusion:
     x0_variance: bool = True
 
     def __call__(self, particles: ParticleState, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        z = particles.x
+        return self.propose(particles, torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device))
+
+    def propose(self, particles: ParticleState, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step with given standard normal ``noise`` (n, d) (e.g. for a trial): z' and the log ratio."""
         z, model = particles.x, self.model
         score = -particles.grad.to(z.dtype)
         v0 = model.coordinate_variance.to(z.dtype)
@@ -252,7 +257,6 @@ class WrappedReverseDiffusion:
             tau2_per = tau2_per + (d / st2) ** 2 * st2 * v0 / (v0 + st2)
         mean = torch.where(periodic, mean_per, mean_lin)
         tau2 = torch.where(periodic, tau2_per, tau2_lin)
-        noise = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
         z_next = mean + tau2.sqrt() * noise
         z_next = torch.where(periodic, wrap(z_next), z_next)
         # log q(z | z') - log r(z' | z)

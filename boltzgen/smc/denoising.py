@@ -112,6 +112,11 @@ class ReverseDiffusion:
     x0_variance: bool = True
 
     def __call__(self, particles: ParticleState, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        like = particles.x
+        return self.propose(particles, torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device))
+
+    def propose(self, particles: ParticleState, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step with given standard normal ``noise`` (n, d) (e.g. for a trial): x' and the log ratio."""
         P = self.project or (lambda v: v)
         like, model, t, t_next = particles.x, self.model, self.t, self.t_next
         data_variance = float(model.data_variance)
@@ -125,8 +130,7 @@ class ReverseDiffusion:
         if self.x0_variance:  # Var[x0 | x] of Gaussian data with the model's variance: exact for such data
             v_t = alpha_t**2 * data_variance + sigma_t**2
             tau2 = tau2 + (alpha_n * s2 / sigma_t**2) ** 2 * sigma_t**2 * data_variance / v_t
-        noise = P(torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device))
-        x_next = mean + math.sqrt(tau2) * noise
+        x_next = mean + math.sqrt(tau2) * P(noise)
         log_ratio = _log_gaussian(particles.x - a * x_next, s2, self.k) - _log_gaussian(x_next - mean, tau2, self.k)
         return x_next, log_ratio
 
@@ -174,23 +178,108 @@ class Levels:
         energy = self.model.energy if self.energy is None else self.energy
         return lambda x: energy(t, x)
 
-    def next(self, state, position: float):
+    def next(self, state, position: float, generator: torch.Generator | None = None):
         i = int(position)
         if i + 1 >= len(self.times):
             return None
         t, t_next = self.times[i], self.times[i + 1]
-        own = getattr(self.model, "reverse_proposal", None)  # a model with its own kernels (e.g. wrapped dihedrals)
-        proposal = own(t, t_next, self.options.project, self._k, self.x0_variance) if own is not None else \
-            ReverseDiffusion(self.model, t, t_next, self.options.project, self._k, self.x0_variance)
-        return Transition(self.level(t_next), "t", t_next, proposal=proposal, n_moves=self.n_moves,
+        return Transition(self.level(t_next), "t", t_next, proposal=self._proposal(t, t_next), n_moves=self.n_moves,
                           kernel=self.kernel if i == 0 else None), float(i + 1)
+
+    def _proposal(self, t: float, t_next: float):
+        own = getattr(self.model, "reverse_proposal", None)  # a model with its own kernels (e.g. wrapped dihedrals)
+        if own is not None:
+            return own(t, t_next, self.options.project, self._k, self.x0_variance)
+        return ReverseDiffusion(self.model, t, t_next, self.options.project, self._k, self.x0_variance)
+
+
+@dataclass(frozen=True)
+class AdaptiveLevels:
+    """The model's levels from t = 1 down to t_min, each next level chosen on the conditional ESS.
+
+    From level t, the next level t' < t is the lowest one (to 1% in the log of the remaining range)
+    whose reverse-diffusion step keeps the conditional ESS fraction at least ``cess_target``: trial
+    steps with their own noise (energies only) are bisected, then the real step is taken with fresh
+    noise. Levels crowd where the model's density changes fastest (where the dihedrals' structure
+    appears) and are sparse elsewhere, instead of a fixed grid. Position: the current t.
+
+    Attributes:
+        model, options, n_moves, kernel, x0_variance, energy: as for :class:`Levels`.
+        cess_target: conditional ESS fraction each step aims at.
+        max_steps: bound on the number of levels (then the last step goes to t_min).
+    """
+
+    model: object
+    options: StepOptions = StepOptions()
+    n_moves: int = 0
+    kernel: object = None
+    x0_variance: bool = True
+    energy: Callable | None = None
+    cess_target: float = 0.9
+    max_steps: int = 1000
+    name: str = "levels"
+    start: float = 1.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "kernel", MALA() if self.kernel is None else self.kernel)
+        object.__setattr__(self, "_fixed", Levels(self.model, (1.0, float(self.model.schedule.t_min)), self.options,
+                                                  self.n_moves, self.kernel, self.x0_variance, self.energy))
+        if not 0.0 < self.cess_target < 1.0:
+            raise ValueError(f"cess_target must lie in (0, 1), got {self.cess_target!r}")
+
+    @property
+    def t_min(self) -> float:
+        return float(self.model.schedule.t_min)
+
+    def level(self, t: float):
+        """The energy x -> E(t, x) of one level."""
+        return self._fixed.level(t)
+
+    def _proposal(self, t: float, t_next: float):
+        return self._fixed._proposal(t, t_next)
+
+    def _next_time(self, state, t: float, generator) -> float:
+        """The lowest t' in [t_min, t) whose trial step keeps the conditional ESS at the target."""
+        from .stages import largest_step
+        from . import weights as W
+        from .energy import evaluate
+
+        particles, log_w, t_min = state.particles, state.log_weights, self.t_min
+        noise = torch.randn(particles.x.shape, generator=generator, dtype=particles.x.dtype,
+                            device=particles.x.device)
+        goal = self.cess_target * log_w.numel()
+        span = math.log(t / t_min)  # steps are found on a log scale of t: the low levels are the finest
+
+        def at(fraction: float) -> float:
+            return t_min if fraction >= 1.0 else t * math.exp(-fraction * span)
+
+        def good(fraction: float) -> bool:
+            t_next = at(fraction)
+            x_next, log_ratio = self._proposal(t, t_next).propose(particles, noise)
+            increment = particles.energy - evaluate(self.level(t_next), x_next, self.options.chunk_size) + log_ratio
+            return W.conditional_ess(log_w, increment) >= goal
+
+        return at(min(largest_step(good, 1.0), 1.0))
+
+    def next(self, state, position: float, generator: torch.Generator | None = None):
+        t = float(position)
+        if t <= self.t_min:
+            return None
+        t_next = self._next_time(state, t, generator)
+        transition = Transition(self.level(t_next), "t", t_next, proposal=self._proposal(t, t_next),
+                                n_moves=self.n_moves, kernel=self.kernel if t >= 1.0 else None)
+        return transition, t_next
 
 
 def levels_stages(model, *, n_levels: int = 1000, n_moves: int = 0, x0_variance: bool = True,
-                  kernel=None, options: StepOptions = StepOptions(), energy: Callable | None = None) -> list:
-    """The two stages of a model's levels: the draw from its Gaussian at t = 1, then :class:`Levels`."""
+                  kernel=None, options: StepOptions = StepOptions(), energy: Callable | None = None,
+                  cess: float | None = None) -> list:
+    """The two stages of a model's levels: the draw from its Gaussian at t = 1, then :class:`Levels`
+    (``n_levels`` uniform in t) or, with ``cess``, :class:`AdaptiveLevels` aiming at that conditional ESS."""
     times = level_grid(float(model.schedule.t_min), n_levels)
     levels = Levels(model, times, options, n_moves, kernel, x0_variance, energy)
+    if cess is not None:
+        levels = AdaptiveLevels(model, options, n_moves, kernel, x0_variance, energy, cess)
     top = getattr(model, "top_level", None)  # a model with its own top level (e.g. uniform dihedrals)
     draw = Draw(top(options.project) if top is not None else initial_gaussian(model, options.project))
     return [Initial(draw, levels.level(times[0]), options, "t", times[0], resample=False), levels]

@@ -357,8 +357,9 @@ def step(state: SMCState, transition: Transition, generator: torch.Generator,
 class Stage(Protocol):
     """A part of a run: from its position and the state, the next transition (None when done).
 
-    ``start`` is the position before the first step; ``next(state, position)`` returns
-    ``(transition, new_position)`` or None. ``options`` are the :class:`StepOptions` of its steps.
+    ``start`` is the position before the first step; ``next(state, position, generator)`` returns
+    ``(transition, new_position)`` or None (a stage that chooses its next target by trials draws their
+    random numbers from the run's ``generator``). ``options`` are the :class:`StepOptions` of its steps.
     ``total`` (optional, float) is the position at which the stage ends, for progress displays.
     """
 
@@ -366,7 +367,8 @@ class Stage(Protocol):
     start: float
     options: StepOptions
 
-    def next(self, state: SMCState, position: float) -> tuple[Transition, float] | None: ...
+    def next(self, state: SMCState, position: float,
+             generator: torch.Generator | None = None) -> tuple[Transition, float] | None: ...
 
 
 @dataclass(frozen=True)
@@ -439,7 +441,7 @@ def run(state: SMCState, stages: Sequence[Stage], generator: torch.Generator, *,
     for k in range(first, len(stages)):
         stage = stages[k]
         position = stage.start if position is None else position
-        while (nxt := stage.next(state, position)) is not None:
+        while (nxt := stage.next(state, position, generator)) is not None:
             if len(records) >= max_steps:
                 raise RuntimeError(f"SMC stopped after max_steps={max_steps} steps in stage {stage.name!r}")
             transition, position = nxt

@@ -49,7 +49,7 @@ class Initial:
     name: str = "initial"
     start: float = 0.0
 
-    def next(self, state: SMCState, position: float):
+    def next(self, state: SMCState, position: float, generator: torch.Generator | None = None):
         if position >= 1.0:
             return None
         return Transition(self.target, self.label, self.value, proposal=self.proposal, n_moves=self.n_moves,
@@ -130,7 +130,7 @@ class PathStage:
         return Transition(target, self.segment.name, value, evaluated=evaluated, n_moves=self.n_moves,
                           kernel=self.kernel if first else None, gradients=self.gradients, extra=extra or {})
 
-    def next(self, state: SMCState, position: float):
+    def next(self, state: SMCState, position: float, generator: torch.Generator | None = None):
         seg, x = self.segment, state.particles.x
         first = position == self.start
         if position < 0:  # a step to the segment's start only if it is another target
@@ -235,7 +235,7 @@ class Mixing:
         """Moves per particle when the stage ends."""
         return float(self.block * math.ceil(self.n_moves / self.block))
 
-    def next(self, state: SMCState, position: float):
+    def next(self, state: SMCState, position: float, generator: torch.Generator | None = None):
         if position >= self.total:
             return None
         first = position == 0.0
