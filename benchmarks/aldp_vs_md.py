@@ -123,10 +123,10 @@ def bench_biased_md(args, work: Path) -> dict:
             seconds += time.perf_counter() - start
             dirs.append(out)
     figures = run_figures([str(d) for d in dirs])
-    e = figures.delta_f_phi_positive
+    e = figures.delta_f_phi_positive  # None when no frame reached phi > 0 (too short to estimate)
     ns_total = args.biased_runs * (args.biased_ns + args.deposition_ps / 1000)
-    return _row("biased MD", e.mean, e.standard_error, seconds, int(ns_total * STEPS_PER_NS), runs=args.biased_runs,
-                ns=ns_total)
+    return _row("biased MD", None if e is None else e.mean, None if e is None else e.standard_error, seconds,
+                int(ns_total * STEPS_PER_NS), runs=args.biased_runs, ns=ns_total)
 
 
 def fmt(v, spec: str) -> str:
