@@ -107,9 +107,10 @@ def bench_mcmc(model_path: Path, args) -> dict:
             estimates.append(-math.log(p / (1 - p)) if 0 < p < 1 else math.inf)
             seconds += chains.seconds
             evaluations += chains.target_evaluations
-    df, se = mean_and_error(estimates)
+    # a set whose chains never reached phi > 0 has no finite estimate: then the arm is not estimable
+    df, se = mean_and_error(estimates) if all(math.isfinite(e) for e in estimates) else (None, None)
     return _row("MCMC alone", df, se, seconds, evaluations, runs=args.runs, chains=args.particles,
-                rounds=args.mcmc_rounds, per_run_dF_kT=estimates)
+                rounds=args.mcmc_rounds, per_run_dF_kT=[e if math.isfinite(e) else None for e in estimates])
 
 
 def bench_biased_md(args, work: Path) -> dict:
