@@ -134,6 +134,10 @@ def test_run_range_and_seed_lists_parse():
         with pytest.raises(ValueError, match="--seeds"):
             parse_seeds(bad)
     assert Spread(workers=4, threads=8).threads_per_task() == 2 and Spread(workers=4, threads=2).threads_per_task() == 1
+
+
+def test_ray_tasks_take_one_thread_unless_told():
+    pytest.importorskip("ray")  # Spread(ray=...) refuses at once without Ray
     assert Spread(ray="auto").threads_per_task() == 1 and Spread(ray="auto", threads=3).threads_per_task() == 3
 
 
