@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .units import format_in_molar_units
+
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
@@ -615,7 +617,9 @@ def format_sample_summary(summary: dict) -> str:
                                             f"{summary['model_system']})" if summary["recalibration"] else "")]
     for fe in summary.get("free_energies", []):  # those the molecule declares
         key, label = fe["key"], f"dF({fe['state']} vs {fe['reference']})"
-        lines.append(f"  {label:<23} {pm(summary[f'delta_f_{key}_kT'], summary[f'delta_f_{key}_err_kT'])} kT")
+        value, err = summary[f"delta_f_{key}_kT"], summary[f"delta_f_{key}_err_kT"]
+        lines.append(f"  {label:<23} {pm(value, err)} kT {format_in_molar_units(value, err, summary.get('temperature_K'))}"
+                     .rstrip())
     lines += [f"  log Z                   {pm(summary['log_z'], summary['log_z_err'])}",
               f"  final ESS fraction      {summary['ess_fraction']:.3f}   one-step bridge ESS {summary['bridge_ess_fraction']:.4f}"
               f"   ESS at the model's last level {summary['levels_ess_fraction']:.3f}",
@@ -734,6 +738,9 @@ def _free_energy(args) -> int:
 
 def format_free_energy_summary(summary: dict) -> str:
     """The table printed at the end of ``boltzgen free-energy``."""
+    def in_molar(value, err):
+        return format_in_molar_units(value, err, summary.get("temperature_K"))
+
     def pm(value, err):
         if value is None:
             return "n/a"
@@ -741,12 +748,15 @@ def format_free_energy_summary(summary: dict) -> str:
 
     lines = [f"F({summary['to']}) - F({summary['from']}): {summary['n_runs']} runs x "
              f"{summary['n_particles_per_run']} particles, model {summary['model']}",
-             f"  SMC bridge A -> B       {pm(summary['delta_f_kT'], summary['delta_f_err_kT'])} kT",
-             f"  log Z_A - log Z_B       {pm(summary['delta_f_log_z_kT'], summary['delta_f_log_z_err_kT'])} kT",
+             f"  SMC bridge A -> B       {pm(summary['delta_f_kT'], summary['delta_f_err_kT'])} kT "
+             f"{in_molar(summary['delta_f_kT'], summary['delta_f_err_kT'])}".rstrip(),
+             f"  log Z_A - log Z_B       {pm(summary['delta_f_log_z_kT'], summary['delta_f_log_z_err_kT'])} kT "
+             f"{in_molar(summary['delta_f_log_z_kT'], summary['delta_f_log_z_err_kT'])}".rstrip(),
              f"  bridge ESS              final {summary['ess_fraction']:.3f}, lowest {summary['min_ess_fraction']:.3f}"]
     ref = summary.get("reference")
     if ref is not None:
-        lines.append(f"  reference               {pm(ref['delta_f_kT'], ref['delta_f_err_kT'])} kT ({ref['method']})")
+        lines.append(f"  reference               {pm(ref['delta_f_kT'], ref['delta_f_err_kT'])} kT "
+                     f"{in_molar(ref['delta_f_kT'], ref['delta_f_err_kT'])} ({ref['method']})".replace("  (", " ("))
     lines += [f"  evaluations             target {summary['target_evaluations']:,}   model {summary['model_evaluations']:,}",
               f"  time                    {summary['seconds']:.0f} s"]
     return "\n".join(lines)

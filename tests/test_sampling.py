@@ -216,8 +216,10 @@ def test_cli_run_prints_the_summary_and_writes_plots(tmp_path, capsys):
     assert "dF(phi>0 vs phi<0)" in text and "one-step bridge ESS" in text and "reference (" in text
     summary = json.loads((out / "summary.json").read_text())
     assert summary["reference"]["delta_f_phi_positive_kT"] == pytest.approx(3.576, abs=0.001)
-    for name in ("ramachandran.png", "phi_profile.png", "energy_histogram.png"):
+    for name in ("ramachandran.png", "phi_profile.png", "energy_histogram.png", "smc_diagnostics.png"):
         assert (out / name).is_file()
+    assert "smc diagnostics:" in text and "kJ/mol" in text and "kcal/mol" in text
+    assert summary["kT_kJ_per_mol"] == pytest.approx(2.4943, abs=1e-4)
 
 
 def test_cli_sample_takes_a_train_folder_a_config_file_and_a_temperature(tmp_path, capsys):

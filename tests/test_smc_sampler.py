@@ -253,6 +253,22 @@ def test_plot_helper_draws_three_panels():
         plot_smc_diagnostics(r.diagnostics)
 
 
+def test_run_diagnostics_plot_reads_diagnostics_json_records():
+    from dataclasses import asdict
+
+    from boltzgen.smc.plots import plot_run_diagnostics
+
+    q = GaussianProposal(2, variance=9.0)
+    runs = [smc(geometric_path(lambda x: -q.log_prob(x), mixture_2d().reduced_energy), q, 100, seed=s) for s in (0, 1)]
+    records = [{"steps": [asdict(d) for d in r.diagnostics]} for r in runs]
+    fig = plot_run_diagnostics(records, title="two runs")
+    ess, lineages, _ = fig.axes
+    assert len(ess.lines) == 2 and len(lineages.lines) == 2  # one line per run
+    assert list(lineages.lines[0].get_ydata()) == [d.n_ancestors / d.n_particles for d in runs[0].diagnostics]
+    with pytest.raises(ValueError, match="steps"):
+        plot_run_diagnostics([{"steps": []}])
+
+
 # --- bad input -------------------------------------------------------------------------------
 def test_nan_energies_give_zero_weight_never_nan_log_z():
     gmm = mixture_2d()

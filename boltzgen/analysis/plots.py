@@ -291,6 +291,47 @@ def plot_phi_profile(phi, log_weights=None, reference=None, bins: int | None = N
     return fig
 
 
+def plot_profiles(profiles, ax: Axes | None = None, name: str = "φ", max_free_energy: float = 12.0) -> Figure:
+    """Free-energy profiles F(cv) in kT with their error bands over runs, one line per entry.
+
+    Args:
+        profiles: a dict label -> :class:`~boltzgen.analysis.profiles.Profile` (e.g. "samples",
+            "reference"); each is drawn through its bin centres (degrees) with a band of +- one
+            standard error where it has one, minimum at 0.
+        ax: a matplotlib Axes to draw into, or None for a new figure.
+        name: the CV's name on the x axis.
+        max_free_energy: top of the y axis in kT at most (a biased reference reaches far higher
+            free energies than samples can).
+
+    Returns:
+        The Figure; ``ax.lines`` are the profiles in the order given.
+    """
+    from .profiles import Profile
+
+    check_positive(max_free_energy, "max_free_energy")
+    if not isinstance(profiles, Mapping) or not profiles:
+        raise ValueError("profiles must be a non-empty dict of label -> Profile")
+    for label, profile in profiles.items():
+        if not isinstance(profile, Profile):
+            raise TypeError(f"profiles[{label!r}] must be a Profile, got {type(profile).__name__}")
+    ax, fig = _axes(ax, (5.0, 3.5))
+    top = 0.0
+    for k, (label, profile) in enumerate(profiles.items()):
+        x, f, err = profile.centres_deg, profile.free_energy, profile.error
+        runs = f"{profile.n_runs} run{'s' if profile.n_runs != 1 else ''}"
+        ax.plot(x, f, color=f"C{k}", marker=".", label=f"{label} ({runs})")
+        ax.fill_between(x, f - err, f + err, color=f"C{k}", alpha=0.25, linewidth=0)
+        if np.any(np.isfinite(f)):
+            top = max(top, float(np.nanmax(f + np.nan_to_num(err))))
+    top = min(max(top, 1.0), max_free_energy)
+    ax.set(xlabel=f"{'φ' if name == 'phi' else name} (deg)", ylabel="F / kT", xlim=(-180.0, 180.0),
+           ylim=(-0.05 * top, 1.05 * top))
+    ax.xaxis.set_major_locator(MultipleLocator(90.0))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", title="band: +- 1 s.e. over runs", title_fontsize="x-small")
+    return fig
+
+
 def plot_energy_histogram(energies, log_weights=None, reference=None, bins: int | None = None,
                           ax: Axes | None = None) -> Figure:
     """Weighted density of reduced energies u in kT of the samples, and optionally of a reference.

@@ -18,7 +18,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -132,9 +132,26 @@ def compare_runs(runs: Sequence[WeightedRun], reference: Sequence[WeightedRun], 
         bond_length_max_diff_nm=bond_diff, delta_f_diff_kT=diffs)
 
 
-def _plots(runs, reference, figures, plot_dir: Path, label: str) -> dict:
+def _profiles(cv: str, runs, reference, shipped: Mapping) -> dict:
+    """The profiles of ``cv`` to draw: the runs', and the reference runs' or else a shipped one."""
+    from .profiles import compute_profile
+
+    bins = len(shipped[cv].edges) - 1 if cv in shipped else 36
+
+    def of(rs):
+        return compute_profile([r.cv_values[cv] for r in rs], [r.log_weights for r in rs], bins=bins)
+
+    profiles = {"samples": of(runs)}
+    if reference is not None and all(cv in r.cv_values for r in reference):
+        profiles["reference"] = of(reference)
+    elif cv in shipped:
+        profiles["shipped reference"] = shipped[cv]
+    return profiles
+
+
+def _plots(runs, reference, figures, plot_dir: Path, label: str, shipped_profiles=None) -> dict:
     """ramachandran.png (CVs phi and psi), <cv>_profile.png for every dihedral CV, energy_histogram.png."""
-    from .plots import plot_energy_histogram, plot_phi_profile, plot_ramachandran
+    from .plots import plot_energy_histogram, plot_profiles, plot_ramachandran
 
     plot_dir.mkdir(parents=True, exist_ok=True)
     a, lw = _pooled(runs, "angles"), _pooled_log_weights(runs)
@@ -147,12 +164,8 @@ def _plots(runs, reference, figures, plot_dir: Path, label: str) -> dict:
                                 title=f"{label}: {figures.n_frames} weighted samples")
         fig.savefig(paths["ramachandran"], dpi=120)
     for cv in figures.cvs.names:
-        values = np.concatenate([r.cv_values[cv] for r in runs])
-        ref = None
-        if reference is not None and all(cv in r.cv_values for r in reference):
-            ref = (np.concatenate([r.cv_values[cv] for r in reference]), rlw)
         paths[f"{cv}_profile"] = plot_dir / f"{cv}_profile.png"
-        fig = plot_phi_profile(values, lw, reference=ref, name=cv)
+        fig = plot_profiles(_profiles(cv, runs, reference, shipped_profiles or {}), name=cv)
         fig.savefig(paths[f"{cv}_profile"], dpi=120)
     ref = None if reference is None else (None, rlw)
     e = _pooled(runs, "energies")
@@ -165,7 +178,8 @@ def _plots(runs, reference, figures, plot_dir: Path, label: str) -> dict:
 
 
 def analyze_runs(run_dirs: Sequence, reference: Sequence | None = None, *, basins=None, blocks: int | None = None,
-                 plot_dir=None, label: str | None = None, cvs=None) -> AnalysisReport:
+                 plot_dir=None, label: str | None = None, cvs=None,
+                 shipped_profiles: Mapping | None = None) -> AnalysisReport:
     """Figures of the runs in ``run_dirs`` (MD or sample runs), optionally against ``reference`` runs.
 
     Args:
@@ -180,6 +194,8 @@ def analyze_runs(run_dirs: Sequence, reference: Sequence | None = None, *, basin
         label: title of the plots (default: the number of runs).
         cvs: the :class:`~boltzgen.cvs.MoleculeCVs` to report (e.g.
             ``systems.collective_variables(name)``); None: those of the system each run recorded.
+        shipped_profiles: CV name -> :class:`~boltzgen.analysis.profiles.Profile` of a shipped
+            reference, drawn in the profile plots when no reference runs are given.
     """
     runs = [load_run(d, cvs) for d in run_dirs]
     figures = run_figures(runs, basins=basins, blocks=blocks)
@@ -189,7 +205,7 @@ def analyze_runs(run_dirs: Sequence, reference: Sequence | None = None, *, basin
     plots = {}
     if plot_dir is not None:
         label = label or (str(run_dirs[0]) if len(runs) == 1 else f"{len(runs)} runs")
-        plots = _plots(runs, ref_runs, figures, Path(plot_dir), label)
+        plots = _plots(runs, ref_runs, figures, Path(plot_dir), label, shipped_profiles)
     return AnalysisReport(figures, ref_figures, comparison, plots, tuple(r.kind for r in runs), _weighting(runs))
 
 

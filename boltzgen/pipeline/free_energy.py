@@ -23,7 +23,7 @@ from .._checks import as_device
 from .jobs import file_digest, open_job, run_seeds
 from .progress import RunProgress
 from .sample import _loaded, _runs_bar, check_written, fast_target
-from .summary import versions
+from .summary import molar_units, versions
 from .tasks import Spread, SystemRef, built, run_tasks, task_device
 
 
@@ -158,7 +158,8 @@ def free_energy_summary(run_dirs, manifest: dict, reference: dict | None) -> dic
             "target_evaluations": int(sum(r["target_evaluations"] for r in per_run)),
             "model_evaluations": int(sum(r["model_evaluations"] for r in per_run)),
             "seconds": float(sum(r["seconds"] for r in per_run)), "reference": reference, "per_run": per_run,
-            **{k: v for k, v in manifest.items() if k not in ("from", "to")}, "versions": versions()}
+            **{k: v for k, v in manifest.items() if k not in ("from", "to")}, **molar_units(manifest),
+            "versions": versions()}
 
 
 def free_energy_between(target_a, target_b, model_path, out, *, particles: int = 1000, runs: int = 4,
@@ -225,7 +226,8 @@ def _free_energy(target_a, target_b, refs, model_path, out, particles, runs, set
         check_compatible(model_file, target)
     manifest = {"job": "free-energy", "from": target_a.name, "to": target_b.name,
                 "from_fingerprint": system_fingerprint(target_a.system),
-                "to_fingerprint": system_fingerprint(target_b.system), "model": str(model_path),
+                "to_fingerprint": system_fingerprint(target_b.system), "temperature_K": float(target_a.temperature),
+                "model": str(model_path),
                 "model_sha256": file_digest(model_path), "model_system": model_file.metadata.get("system"),
                 "particles": int(particles), "runs": int(runs), "seed": int(seed), "device": str(device),
                 "settings": asdict(settings), "switch_settings": asdict(switch_settings),

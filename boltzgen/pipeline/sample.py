@@ -16,6 +16,8 @@ import torch
 
 from .._checks import as_device
 from ..models import check_compatible, load_model_file
+from ..io.sample_runs import load_sample_run
+from ..units import format_in_molar_units
 from .jobs import file_digest, open_job, run_seeds
 from .progress import RunProgress
 from .summary import sample_summary
@@ -226,6 +228,17 @@ def shipped_reference(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _diagnostics_plot(report: SampleReport, name: str) -> Path:
+    """``smc_diagnostics.png`` in the job folder: ESS, lineages and acceptance of every run, per step."""
+    from ..smc.plots import plot_run_diagnostics
+
+    path = Path(report.out) / "smc_diagnostics.png"
+    fig = plot_run_diagnostics([load_sample_run(d).diagnostics for d in report.run_dirs],
+                               title=f"{name}: {len(report.run_dirs)} runs")
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def run_named(name: str, out, *, particles: int = 1000, runs: int = 4, settings=None, seed: int = 0,
               device: str | torch.device | None = None, progress: bool = False, compile: bool = True,
               checkpoint_every: float = 30.0, temperature: float | None = None, spread: Spread | None = None,
@@ -238,6 +251,7 @@ def run_named(name: str, out, *, particles: int = 1000, runs: int = 4, settings=
     :func:`sample_model`; ``spread`` and ``run_range`` as there.
     """
     from .. import systems
+    from ..analysis.profiles import Profile
     from ..analysis.report import analyze_runs, format_analysis
     from ..io.sample_runs import write_json
 
@@ -246,16 +260,22 @@ def run_named(name: str, out, *, particles: int = 1000, runs: int = 4, settings=
     report = sample_model(SystemRef(name, temperature), model, out, particles=particles, runs=runs, settings=settings,
                           seed=seed, device=device, progress=progress, compile=compile,
                           checkpoint_every=checkpoint_every, spread=spread, run_range=run_range)
-    analysis = analyze_runs([str(d) for d in report.run_dirs], plot_dir=report.out, label=name)
     reference = shipped_reference(name)
-    text = format_analysis(analysis)
-    if reference is not None and temperature is not None and temperature != own_temperature:
+    at_own_temperature = temperature is None or temperature == own_temperature
+    shipped = (reference or {}).get("profiles", {}) if at_own_temperature else {}
+    analysis = analyze_runs([str(d) for d in report.run_dirs], plot_dir=report.out, label=name,
+                            shipped_profiles={cv: Profile.from_dict(p) for cv, p in shipped.items()})
+    diagnostics_plot = _diagnostics_plot(report, name)
+    text = format_analysis(analysis) + f"\n  smc diagnostics: {diagnostics_plot}"
+    if reference is not None and not at_own_temperature:
         text += (f"\n  no shipped reference at {temperature:g} K (the reference of {name} is at "
                  f"{own_temperature:g} K)")
         reference = None
     if reference is not None:
         text += (f"\n  reference ({reference['source']}): dF(phi>0 vs phi<0) = "
-                 f"{reference['delta_f_phi_positive_kT']:.3f} +- {reference['delta_f_phi_positive_err_kT']:.3f} kT")
+                 f"{reference['delta_f_phi_positive_kT']:.3f} +- {reference['delta_f_phi_positive_err_kT']:.3f} kT "
+                 + format_in_molar_units(reference["delta_f_phi_positive_kT"],
+                                         reference["delta_f_phi_positive_err_kT"], own_temperature))
         summary = {**report.summary, "reference": reference}
         write_json(report.out / "summary.json", summary)
         report = SampleReport(report.out, report.run_dirs, summary)

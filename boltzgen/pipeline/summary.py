@@ -28,6 +28,17 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
+def molar_units(manifest: dict) -> dict:
+    """kT in kJ/mol and kcal/mol at the job's temperature, so that every ``*_kT`` figure of a summary
+    converts by one multiplication (empty for a manifest without ``temperature_K``)."""
+    from ..units import kt_in_kcal_per_mol, kt_in_kj_per_mol
+
+    temperature = manifest.get("temperature_K")
+    if temperature is None:
+        return {}
+    return {"kT_kJ_per_mol": kt_in_kj_per_mol(temperature), "kT_kcal_per_mol": kt_in_kcal_per_mol(temperature)}
+
+
 def _mean(values) -> float:
     finite = [float(v) for v in values if v is not None and np.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
@@ -56,7 +67,7 @@ def sample_summary(run_dirs, manifest: dict, cvs=None) -> dict:
         "model_evaluations": int(sum(t["model_evaluations"] for t in totals)),
         "seconds": float(sum(t["seconds"] for t in totals)),
         "per_run": totals, "run_dirs": [d.name for d in dirs],
-        **manifest, "versions": versions(), "command": " ".join(sys.argv),
+        **manifest, **molar_units(manifest), "versions": versions(), "command": " ".join(sys.argv),
     }
 
 
