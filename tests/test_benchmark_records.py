@@ -94,3 +94,26 @@ def test_smc_gmm_record_option(tmp_path):
     assert record["command"] == "python benchmarks/smc_gmm.py --dim 2 --modes 2 --particles 64 --repeats 2"
     assert record["figures"]["logz_error"] == pytest.approx(printed["logz_error"])
     assert "noised_logz_error" in record["figures"] and "record" not in printed["config"]
+
+
+def test_record_job_turns_a_summary_into_a_record(tmp_path):
+    from record_job import main
+
+    summary = {"command": "/x/bin/boltzgen sample butane --runs 2", "system": "butane", "n_runs": 2,
+               "n_particles_per_run": 100, "settings": {"mixing": {"moves": 0}, "n_levels": 50},
+               "free_energies": [{"key": "gauche", "state": "gauche", "reference": "trans"}],
+               "delta_f_gauche_kT": 0.66321, "delta_f_gauche_err_kT": 0.01234, "log_z": -27.3851, "log_z_err": 0.0041,
+               "bridge_ess_fraction": 0.88612, "levels_ess_fraction": 0.9, "ess_fraction": 0.8, "lineages": [90, 100],
+               "target_evaluations": 1000, "model_evaluations": 500, "seconds": 12.34}
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(summary))
+    out = tmp_path / "r.jsonl"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main([str(path), "--name", "butane", "--record", str(out), "--commit", "abc"]) == 0
+    (record,) = read_records(out)
+    assert record["command"] == "boltzgen sample butane --runs 2" and record["commit"] == "abc"
+    f = record["figures"]
+    assert (f["delta_f_gauche_kT"], f["delta_f_gauche_kT_err"], f["one_step_bridge_ess_fraction"]) == (0.663, 0.012, 0.8861)
+    assert f["lineages_fraction_mean"] == 0.95 and f["lineages"] == "90, 100"
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert main([str(tmp_path / "missing.json"), "--name", "x", "--record", str(out)]) == 2

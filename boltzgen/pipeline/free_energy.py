@@ -8,6 +8,7 @@ states (given, or made here by metadynamics).
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -159,7 +160,7 @@ def free_energy_summary(run_dirs, manifest: dict, reference: dict | None) -> dic
             "model_evaluations": int(sum(r["model_evaluations"] for r in per_run)),
             "seconds": float(sum(r["seconds"] for r in per_run)), "reference": reference, "per_run": per_run,
             **{k: v for k, v in manifest.items() if k not in ("from", "to")}, **molar_units(manifest),
-            "versions": versions()}
+            "versions": versions(), "command": " ".join(sys.argv)}
 
 
 def free_energy_between(target_a, target_b, model_path, out, *, particles: int = 1000, runs: int = 4,
