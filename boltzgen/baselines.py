@@ -47,7 +47,7 @@ class McmcRun:
 
 def mcmc_alone(space, target, n_chains: int, rounds: int, *, mixing: MixingSettings = MixingSettings(),
                step_size: float = 1e-4, target_energy=None, seed: int = 0, chunk_size: int = 1000,
-               device="cpu", start=None) -> McmcRun:
+               device=None, start=None) -> McmcRun:
     """Run ``n_chains`` chains of the mixing kernel from the structure for ``rounds`` rounds.
 
     Args:
@@ -61,7 +61,7 @@ def mcmc_alone(space, target, n_chains: int, rounds: int, *, mixing: MixingSetti
         target_energy: the reduced energy (default ``target.reduced_energy``), (n, n_atoms, 3) nm -> (n,) kT.
         seed: seeds the chains.
         chunk_size: configurations per energy evaluation.
-        device: where the chains live.
+        device: where the chains live (None: torch's default device).
         start: optional starting positions (n_chains, n_atoms, 3) nm instead of copies of the structure
             (e.g. frames from both sides of a barrier, to check that the kernel relaxes to one answer).
     """
