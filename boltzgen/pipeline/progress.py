@@ -1,42 +1,62 @@
 """One progress bar over a whole SMC run, with stage names and an ETA."""
 from __future__ import annotations
 
+#: A model energy + gradient costs about this many force-field evaluations (IC model, hidden 256,
+#: against the compiled torch force field; docs/benchmarks.md, model_cost), so the model's levels
+#: get their share of the bar by time, not by count.
+MODEL_COST = 3.0
+#: The bridge's length is not known in advance: it is budgeted as this many steps.
+BRIDGE_STEPS = 40
+
+
+def stage_shares(settings) -> dict[str, float]:
+    """Each stage's estimated cost in force-field evaluations per particle, in run order."""
+    m = settings.mixing
+    return {"levels": settings.n_levels * (1 + settings.level_moves) * MODEL_COST,
+            "bridge": BRIDGE_STEPS * (2 + settings.bridge.moves),
+            "mixing": m.moves * (1 + m.torsions.moves)}
+
+
+def stage_fraction(stage, position: float) -> float:
+    """How far through ``stage`` its ``position`` is, in [0, 1]: from ``stage.start`` to ``stage.total``
+    (1.0 for stages without one), whichever way positions run."""
+    start, end = float(stage.start), float(getattr(stage, "total", 1.0))
+    if end == start:
+        return 1.0
+    return min(max((float(position) - start) / (end - start), 0.0), 1.0)
+
+
+def describe(step) -> str:
+    """The bar's text for a step record: stage, position, ESS, lineages and acceptance rates."""
+    rates = ", ".join(f"{key.replace('.acceptance', '').replace('acceptance', 'moves')} acc {value:.2f}"
+                      for key, value in step.moves.items() if key.endswith("acceptance"))
+    return (f"{step.stage} {step.name}={step.value:.3g} ESS={step.ess_fraction:.2f} lineages={step.n_ancestors}"
+            + (f", {rates}" if rates else ""))
+
 
 class RunProgress:
-    """One tqdm bar over a whole run (levels, bridge, mixing), in estimated energy evaluations, with an ETA.
+    """One tqdm bar over a whole run (levels, bridge, mixing), with an ETA.
 
-    Levels cost 1 + level_moves evaluations per step, mixing 1 + torsion moves per move; the bridge's
-    length is not known in advance, so it is budgeted as 40 steps and advanced by its lambda.
+    Each stage owns a share of the bar by its estimated cost (:func:`stage_shares`); within a stage
+    the bar follows the stage's own position (:func:`stage_fraction`). A stage the settings do not
+    name (e.g. a free-energy switch) moves the text, not the bar.
     """
-
-    _BRIDGE_STEPS = 40
 
     def __init__(self, label: str, settings):
         from tqdm.auto import tqdm
 
-        m = settings.mixing
-        self.level_cost = 1 + settings.level_moves
-        self.bridge_cost = self._BRIDGE_STEPS * (2 + settings.bridge.moves)
-        self.mixing_cost = 1 + m.torsions.moves
-        total = settings.n_levels * self.level_cost + self.bridge_cost + m.moves * self.mixing_cost
+        self.shares = stage_shares(settings)
+        self.offsets, total = {}, 0.0
+        for name, share in self.shares.items():
+            self.offsets[name], total = total, total + share
         self.bar = tqdm(total=total, desc=label, unit="eval", leave=False, unit_scale=True,
                         bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}")
-        self.bridge_done = 0.0
 
     def __call__(self, stage, position: float, step) -> None:
-        if step.stage == "levels":
-            self.bar.update(self.level_cost)
-            self.bar.set_postfix_str(f"levels t={step.value:.3f} ESS={step.ess_fraction:.2f} "
-                                     f"lineages={step.n_ancestors}", refresh=False)
-        elif step.stage == "bridge":
-            self.bar.update(self.bridge_cost * (position - self.bridge_done))
-            self.bridge_done = position
-            self.bar.set_postfix_str(f"bridge lambda={step.value:.3f} ESS={step.ess_fraction:.2f}", refresh=False)
-        elif step.stage == "mixing":
-            block = getattr(stage, "block", 0)
-            self.bar.update(block * self.mixing_cost)
-            self.bar.set_postfix_str(f"mixing {int(step.value)} moves, torsion acceptance "
-                                     f"{step.moves.get('torsion.acceptance', float('nan')):.2f}", refresh=False)
+        if step.stage in self.shares:
+            done = self.offsets[step.stage] + self.shares[step.stage] * stage_fraction(stage, position)
+            self.bar.update(max(done - self.bar.n, 0.0))
+        self.bar.set_postfix_str(describe(step), refresh=False)
 
     def close(self) -> None:
         self.bar.close()

@@ -231,6 +231,11 @@ class AdaptiveLevels:
     def t_min(self) -> float:
         return float(self.model.schedule.t_min)
 
+    @property
+    def total(self) -> float:
+        """The position (t) at the last level: positions run down from 1 to t_min."""
+        return self.t_min
+
     def level(self, t: float):
         """The energy x -> E(t, x) of one level."""
         return self._fixed.level(t)
