@@ -13,7 +13,9 @@ fall as 1 / sqrt(cost)):
     mixing rounds);
   * the internal-coordinate generator (the shipped model) at the defaults, and without its mixing
     stage.
-"Training included" adds each model's measured data generation and training time, read from its
+Every arm is compared with the shipped reference (z = (dF - reference) / combined s.e.); a baseline
+with |z| > 2 (e.g. MCMC alone not yet relaxed) gets no ratio: its cost to 0.1 kT is the cost of a
+wrong answer. "Training included" adds each model's measured data generation and training time, read from its
 provenance file (not re-measured here).
 
 Evaluations: configurations at which the force field (target) or the model was evaluated; MD
@@ -50,6 +52,7 @@ from boltzgen.sampling import MixingSettings, SampleSettings
 TARGET_SE_KT = 0.1
 STEPS_PER_NS = 1_000_000  # 1 fs time step, one force evaluation per step
 CARTESIAN = systems.DEFAULT_SYSTEMS_DIR / "alanine-dipeptide" / "alanine-dipeptide-cartesian.model.pt"
+REFERENCE = json.loads((systems.DEFAULT_SYSTEMS_DIR / "alanine-dipeptide" / "alanine-dipeptide.reference.json").read_text())
 
 
 def extrapolated(cost: float, se: float | None) -> float | None:
@@ -59,9 +62,18 @@ def extrapolated(cost: float, se: float | None) -> float | None:
     return cost * (se / TARGET_SE_KT) ** 2
 
 
+def z_vs_reference(df, se, reference: dict) -> float | None:
+    """(dF - reference) / combined standard error: |z| > 2 marks an arm whose estimate is off (e.g. not
+    relaxed), whose cost to 0.1 kT is then the cost of a wrong answer."""
+    if df is None or se is None:
+        return None
+    return (df - reference["delta_f_phi_positive_kT"]) / math.hypot(se, reference["delta_f_phi_positive_err_kT"])
+
+
 def _row(method: str, df, se, seconds, target_evals, model_evals=0, **extra) -> dict:
     evaluations = target_evals + model_evals
-    return {"method": method, "dF_kT": df, "se_kT": se, "seconds": seconds, "target_evaluations": int(target_evals),
+    return {"method": method, "dF_kT": df, "se_kT": se, "z_vs_reference": z_vs_reference(df, se, REFERENCE),
+            "seconds": seconds, "target_evaluations": int(target_evals),
             "model_evaluations": int(model_evals), "seconds_to_0.1": extrapolated(seconds, se),
             "evaluations_to_0.1": extrapolated(evaluations, se), **extra}
 
@@ -135,15 +147,23 @@ def fmt(v, spec: str) -> str:
     return "n/a".rjust(width) if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
 
+def _sound(rows: list[dict], method: str) -> bool:
+    """Whether ``method``'s estimate agrees with the reference (|z| <= 2): a baseline that does not is
+    left out of the ratios (its cost to 0.1 kT is the cost of a wrong answer)."""
+    z = next(r["z_vs_reference"] for r in rows if r["method"] == method)
+    return z is not None and abs(z) <= 2
+
+
 def _ratios(rows: list[dict]) -> dict:
-    """seconds to 0.1 kT of each baseline / of each generator (> 1: the generator is faster)."""
+    """seconds to 0.1 kT of each baseline / of each generator (> 1: the generator is faster); baselines
+    off the reference by more than 2 combined standard errors are left out (see :func:`_sound`)."""
     base = {r["method"]: r["seconds_to_0.1"] for r in rows if r["method"] in ("MCMC alone", "biased MD")}
     out = {}
     for r in rows:
         if r["method"] in base or not r["seconds_to_0.1"]:
             continue
         for name, b in base.items():
-            if b:
+            if b and _sound(rows, name):
                 out[f"{name} / {r['method']}"] = b / r["seconds_to_0.1"]
                 if r.get("training_seconds"):
                     out[f"{name} / {r['method']} (training included)"] = b / (r["seconds_to_0.1"]
@@ -184,17 +204,24 @@ def main(argv: list[str] | None = None) -> None:
                                 replace(defaults, mixing=replace(defaults.mixing, moves=0)), args, work)]
     print(f"cost to a standard error of {TARGET_SE_KT} kT on dF(phi>0 vs phi<0), {args.threads} torch threads "
           f"(MD: OpenMM, one core); {args.runs} runs x {args.particles} particles per sampler")
-    print(f"{'method':<26} {'dF kT':>7} {'se kT':>6} {'measured s':>10} {'s to 0.1':>9} {'evals to 0.1':>12} "
+    print(f"reference: {REFERENCE['delta_f_phi_positive_kT']:.3f} +- {REFERENCE['delta_f_phi_positive_err_kT']:.3f} kT "
+          f"({REFERENCE['source']}); z = (dF - reference) / combined s.e.")
+    print(f"{'method':<26} {'dF kT':>7} {'se kT':>6} {'z':>5} {'measured s':>10} {'s to 0.1':>9} {'evals to 0.1':>12} "
           f"{'+training s':>11} {'1-step ESS':>10}  lineages")
     for r in rows:
         incl = None if r["seconds_to_0.1"] is None or not r.get("training_seconds") else \
             r["seconds_to_0.1"] + r["training_seconds"]
-        print(f"{r['method']:<26} {fmt(r['dF_kT'], '7.3f')} {fmt(r['se_kT'], '6.3f')} {r['seconds']:10.0f} "
+        print(f"{r['method']:<26} {fmt(r['dF_kT'], '7.3f')} {fmt(r['se_kT'], '6.3f')} {fmt(r['z_vs_reference'], '5.1f')} "
+              f"{r['seconds']:10.0f} "
               f"{fmt(r['seconds_to_0.1'], '9.0f')} {fmt(r['evaluations_to_0.1'], '12.3g')} {fmt(incl, '11.0f')} "
               f"{fmt(r.get('bridge_ess_fraction'), '10.3f')}  {r.get('lineages', '')}")
     ratios = _ratios(rows)
     for name, value in ratios.items():
         print(f"  {name}: {value:.2f}  (seconds to 0.1 kT; > 1: the generator is faster)")
+    for r in rows:
+        if r["method"] in ("MCMC alone", "biased MD") and not _sound(rows, r["method"]):
+            print(f"  {r['method']}: no ratio: its estimate is not within 2 s.e. of the reference (z = "
+                  f"{fmt(r['z_vs_reference'], '.1f')}), so its cost to 0.1 kT is the cost of a wrong answer")
     print(json.dumps({"target_se_kT": TARGET_SE_KT, "quick": args.quick, "threads": args.threads, "rows": rows,
                       "ratios": ratios}))
     if args.record:
@@ -208,6 +235,7 @@ def record_figures(rows: list[dict], ratios: dict) -> dict:
     for r in rows:
         key = r["method"].lower().replace(",", "").replace(" ", "_")
         figures[f"{key}_dF_kT"], figures[f"{key}_dF_kT_err"] = r["dF_kT"], r["se_kT"]
+        figures[f"{key}_z_vs_reference"] = r["z_vs_reference"]
         figures[f"{key}_seconds"] = r["seconds"]
         figures[f"{key}_seconds_to_0.1"] = r["seconds_to_0.1"]
         figures[f"{key}_evaluations_to_0.1"] = r["evaluations_to_0.1"]

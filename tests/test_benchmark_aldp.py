@@ -26,3 +26,16 @@ def test_quick_benchmark_runs_every_arm_and_records_them(tmp_path):
     assert record["name"] == "aldp_vs_md" and record["command"] == "python benchmarks/aldp_vs_md.py --quick --threads 1"
     assert record["figures"]["ic_generator_seconds"] == result["rows"][3]["seconds"]
     assert "figures meaningless" in record["note"]
+
+
+def test_ratios_leave_out_a_baseline_that_misses_the_reference():
+    import benchmarks_path  # noqa: F401
+    from aldp_vs_md import REFERENCE, _ratios, _row
+
+    ref = REFERENCE["delta_f_phi_positive_kT"]
+    rows = [_row("biased MD", ref, 0.05, 100.0, 1000), _row("MCMC alone", ref + 1.3, 0.07, 200.0, 1000),
+            _row("IC generator", ref + 0.1, 0.2, 50.0, 1000, 500)]
+    assert abs(rows[1]["z_vs_reference"]) > 2 and abs(rows[0]["z_vs_reference"]) < 1e-9
+    ratios = _ratios(rows)
+    # biased MD needs 100 * (0.05 / 0.1)^2 = 25 s, the generator 50 * (0.2 / 0.1)^2 = 200 s
+    assert ratios == {"biased MD / IC generator": 25.0 / 200.0}
