@@ -338,10 +338,11 @@ def sample_molecule(model_file: ModelFile, target, n_particles: int, settings: S
                  on_step=_saver(path, checkpoint_every, (u, model_energy), start, done_before, asdict(requested)))
     positions, mirror_fraction = space.finish(space.to_positions(result.particles).detach().to(torch.float64),
                                               target.topology)
-    energies = evaluate(reduced, positions, settings.chunk_size).cpu().numpy()
+    final = CountedEnergy(reduced)  # the finished positions' energies, for the run folder
+    energies = evaluate(final, positions, settings.chunk_size).cpu().numpy()
     run_result = MolecularRun(positions=positions.cpu().numpy(), log_weights=result.log_weights.detach().cpu().numpy(),
                               energies=energies, result=result, mirror_fraction=mirror_fraction,
-                              target_evaluations=u.count + n_particles, model_evaluations=model_energy.count,
+                              target_evaluations=u.count + final.count, model_evaluations=model_energy.count,
                               seconds=done_before + time.perf_counter() - start, chunk_size=settings.chunk_size,
                               bytes_per_particle=per_particle)
     if path is not None and path.exists():

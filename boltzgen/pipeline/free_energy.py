@@ -95,6 +95,7 @@ def _one_run(k: int, job, model_file, fast_a, fast_b, target_a, target_b, partic
     from .. import switching
     from ..sampling import sample_molecule
     from ..smc import evaluate
+    from ..smc.energy import CountedEnergy
 
     runs = job.manifest["runs"]
     bar = RunProgress(f"run {k + 1}/{runs}: {target_a.name}", settings) if progress else None
@@ -118,12 +119,13 @@ def _one_run(k: int, job, model_file, fast_a, fast_b, target_a, target_b, partic
         bar.close()
     space = model_file.space
     positions, _ = space.finish(space.to_positions(sw.result.particles).detach().to(torch.float64), target_b.topology)
-    energies = evaluate(fast_b.reduced_energy, positions, settings.chunk_size).cpu().numpy()
+    final = CountedEnergy(fast_b.reduced_energy)  # the bridged positions' energies, for the run folder
+    energies = evaluate(final, positions, settings.chunk_size).cpu().numpy()
     record = {"delta_f_kT": sw.delta_f, "delta_f_log_z_kT": run_a.log_z - run_b.log_z,
               "log_z_from": run_a.log_z, "log_z_to": run_b.log_z, "ess_fraction": sw.result.ess_fraction,
               "min_ess_fraction": sw.min_ess_fraction, "bridge_steps": len(sw.result.diagnostics),
               "lineages": sw.result.n_lineages, "target_evaluations": sw.target_evaluations
-              + run_a.target_evaluations + run_b.target_evaluations + particles,
+              + run_a.target_evaluations + run_b.target_evaluations + final.count,
               "model_evaluations": run_a.model_evaluations + run_b.model_evaluations,
               "seconds": sw.seconds + run_a.seconds + run_b.seconds}
     diagnostics = {"run": "free-energy bridge", "from": target_a.name, "to": target_b.name,
