@@ -55,13 +55,14 @@ def rich_start(frames: torch.Tensor, phi: torch.Tensor, n: int, generator: torch
 
 def relaxation_rounds(poor: np.ndarray, rich: np.ndarray, rounds: np.ndarray) -> float | None:
     """The first snapshot round after which the two sides' mean traces stay within 2 combined
-    standard errors (over sets) of each other; None if they never do."""
+    standard errors (over sets) of each other, for at least the last quarter of the snapshots;
+    None if they do not (not relaxed within the run)."""
     def mean_se(t):
         return t.mean(axis=0), t.std(axis=0, ddof=1) / math.sqrt(len(t))
 
     (mp, sp), (mr, sr) = mean_se(poor), mean_se(rich)
     close = np.abs(mp - mr) <= 2 * np.hypot(sp, sr)
-    for k in range(len(close)):
+    for k in range(len(close) - max(1, len(close) // 4) + 1):
         if close[k:].all():
             return float(rounds[k])
     return None

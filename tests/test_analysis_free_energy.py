@@ -463,3 +463,32 @@ def test_lists_of_floats_keep_float64_precision():
     assert with_error(values).mean == pytest.approx(np.mean(values), abs=1e-15)
     ua, ub = [0.1, 0.2 + 1e-9], [0.3, 0.1]
     assert delta_f_exp(ua, ub).mean == delta_f_exp(np.array(ua), np.array(ub)).mean
+
+
+def test_delta_f_over_runs_takes_the_log_of_mean_populations():
+    from boltzgen.analysis.free_energy import delta_f_over_runs
+
+    p_state, p_ref = np.array([0.01, 0.03, 0.02, 0.02]), np.array([0.99, 0.97, 0.98, 0.98])
+    est = delta_f_over_runs(p_state, p_ref)
+    assert est.mean == pytest.approx(math.log(0.98 / 0.02), abs=1e-12) and est.n == 4
+    g = -(p_state - 0.02) / 0.02 + (p_ref - 0.98) / 0.98  # the delta method's influence per run
+    assert est.standard_error == pytest.approx(g.std(ddof=1) / 2, abs=1e-12)
+    assert delta_f_over_runs([0.0, 0.04], [1.0, 0.96]).mean == pytest.approx(math.log(0.98 / 0.02))  # P = 0 counts
+    with pytest.raises(ValueError, match="unbounded"):
+        delta_f_over_runs([0.0, 0.0], [1.0, 1.0])
+    with pytest.raises(ValueError, match="same shape"):
+        delta_f_over_runs([0.1], [0.9])
+
+
+def test_delta_f_over_runs_is_less_biased_than_the_mean_of_logs():
+    """Runs whose rare-state population scatters by 50 % (gamma, mean 0.02): the mean of per-run
+    -ln ratios is biased upward by ~Var/(2 P^2) ~ 0.12 kT; the log of mean populations by ~1/4 of that
+    with 4 runs (0.126 and 0.027 measured, +- 0.004 kT over the 4,000 sets of 4 runs)."""
+    from boltzgen.analysis.free_energy import delta_f_over_runs
+
+    rng = np.random.default_rng(0)
+    truth = math.log(0.98 / 0.02)
+    p = rng.gamma(4.0, 0.02 / 4.0, size=(4000, 4))  # mean 0.02, relative spread 0.5
+    mean_of_logs = np.mean(np.log((1 - p) / p), axis=1).mean() - truth
+    ratio = np.mean([delta_f_over_runs(row, 1 - row).mean for row in p]) - truth
+    assert 0.09 < mean_of_logs < 0.2 and abs(ratio) < 0.06 and abs(ratio) < mean_of_logs / 3

@@ -68,3 +68,13 @@ def test_sides_pool_only_when_they_agree():
     assert apart["sides_agree"] is False and "dF_pooled_kT" not in apart
     stuck = side_figures({"poor": [float("inf"), 3.6], "rich": [3.6, 3.7]})
     assert stuck["dF_poor_kT"] is None and stuck["sides_agree"] is None
+
+
+def test_agreement_at_the_last_snapshot_alone_is_not_relaxation():
+    import benchmarks_path  # noqa: F401
+    from kernel_reference import relaxation_rounds
+
+    rounds = np.arange(1, 9) * 50
+    poor = np.array([[0.0] * 7 + [0.02], [0.0] * 7 + [0.021]])
+    rich = np.array([[0.5] * 7 + [0.02], [0.5] * 7 + [0.021]])
+    assert relaxation_rounds(poor, rich, rounds) is None

@@ -35,7 +35,7 @@ import torch
 from .._checks import check_count
 from ..cvs import MoleculeCVs, Region, atom_indices
 from ..smc.weights import clean_log_weights, ess, normalized_log_weights
-from .free_energy import Basin, Estimate, with_error
+from .free_energy import Basin, Estimate, delta_f_over_runs, with_error
 from .timeseries import CorrelatedError, correlated_error, suggested_burn_in
 
 
@@ -423,6 +423,7 @@ def _unit_figures(run: WeightedRun, cvs: MoleculeCVs, basins: dict[str, Region])
         log_p_state = _log_probability(cvs.region(fe.state).contains(run.cv_values), lw)
         log_p_reference = _log_probability(cvs.region(fe.reference).contains(run.cv_values), lw)
         figures[f"p_{fe.key}"] = math.exp(log_p_state)
+        figures[f"p_reference_{fe.key}"] = math.exp(log_p_reference)
         both = log_p_state > -math.inf and log_p_reference > -math.inf
         figures[f"delta_f_{fe.key}"] = log_p_reference - log_p_state if both else None
     if run.energies is not None:
@@ -527,7 +528,8 @@ def run_figures(runs: Sequence, basins: Mapping | None = None, blocks: int | Non
         units = [_unit_figures(r, declared, regions) for r in runs]
         whole = None
         labels = [str(r.path) for r in runs]
-        method = f"standard error over {len(runs)} independent runs (figures: mean over runs)"
+        method = (f"standard error over {len(runs)} independent runs (figures: mean over runs; free energies: "
+                  "-ln of the ratio of mean populations)")
     elif runs[0].kind == "samples":  # SMC particles are correlated: no error bar from one run
         run = runs[0]
         whole = _unit_figures(run, declared, regions)
@@ -571,9 +573,18 @@ def run_figures(runs: Sequence, basins: Mapping | None = None, blocks: int | Non
         e = with_error(values)
         return Estimate(mean=whole[key], standard_error=e.standard_error, n=e.n) if whole is not None else e
 
+    def over_runs(key):
+        """Several runs: dF from the populations averaged over runs (see delta_f_over_runs)."""
+        try:
+            return delta_f_over_runs([u[f"p_{key}"] for u in units], [u[f"p_reference_{key}"] for u in units])
+        except ValueError:
+            notes.append(f"delta_f_{key}: no run holds weighted frames on one side ({sides[f'delta_f_{key}']})")
+            return None
+
     populations = {name: estimate(f"p[{name}]") for name in regions}
     state_populations = {f.key: estimate(f"p_{f.key}") for f in declared.free_energies}
-    free_energies = {f.key: estimate(f"delta_f_{f.key}") for f in declared.free_energies}
+    free_energies = {f.key: over_runs(f.key) if whole is None and len(units) > 1 else estimate(f"delta_f_{f.key}")
+                     for f in declared.free_energies}
     energy = estimate("energy_mean") if all("energy_mean" in u for u in units) else None
     per_unit = {key: tuple(u[key] for u in units) for key in units[0]}
     ess_per_run = tuple(ess(torch.from_numpy(np.asarray(r.log_weights, dtype=np.float64))) for r in runs)
