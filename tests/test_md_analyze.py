@@ -197,3 +197,14 @@ def test_cli_analyze_basins_in_degrees_or_radians_agree(biased_runs, tmp_path, c
     err = capsys.readouterr().err
     assert "basins_deg 'left': arcs must be [low, high] in degrees" in err and "[-200, 0] deg" in err
     assert err.count("\n") == 1
+
+
+def test_the_table_gives_kt_in_molar_units_at_the_runs_temperature():
+    from boltzgen.analysis.report import AnalysisReport, format_analysis
+
+    runs = [_synthetic(np.tile([-1.5, 1.0], 10), np.where(np.tile([-1.5, 1.0], 10) > 0, -math.log(k), 0.0),
+                       path=f"run{k}") for k in (4.0, 9.0)]
+    figures = run_figures(runs)
+    at_300 = format_analysis(AnalysisReport(figures, None, None, kinds=("md", "md"), temperature_K=300.0))
+    assert "at 300 K, 1 kT = 2.4943 kJ/mol = 0.5962 kcal/mol" in at_300
+    assert "kJ/mol" not in format_analysis(AnalysisReport(figures, None, None, kinds=("md", "md")))

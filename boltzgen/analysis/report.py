@@ -78,10 +78,12 @@ class AnalysisReport:
     plots: dict = field(default_factory=dict)
     kinds: tuple[str, ...] = ()
     weighting: str = ""
+    temperature_K: float | None = None  # the runs' common temperature (None: unknown or mixed)
 
     def to_dict(self) -> dict:
         data = self.figures.to_dict()
         data["kinds"] = list(self.kinds)
+        data["temperature_K"] = self.temperature_K
         if self.reference is not None:
             data["reference"] = self.reference.to_dict()
         if self.comparison is not None:
@@ -206,7 +208,10 @@ def analyze_runs(run_dirs: Sequence, reference: Sequence | None = None, *, basin
     if plot_dir is not None:
         label = label or (str(run_dirs[0]) if len(runs) == 1 else f"{len(runs)} runs")
         plots = _plots(runs, ref_runs, figures, Path(plot_dir), label, shipped_profiles)
-    return AnalysisReport(figures, ref_figures, comparison, plots, tuple(r.kind for r in runs), _weighting(runs))
+    temperatures = {r.temperature_K for r in runs}
+    temperature = temperatures.pop() if len(temperatures) == 1 else None
+    return AnalysisReport(figures, ref_figures, comparison, plots, tuple(r.kind for r in runs), _weighting(runs),
+                          temperature)
 
 
 def _weighting(runs) -> str:
@@ -269,6 +274,12 @@ def format_analysis(report: AnalysisReport) -> str:
     for fe in f.cvs.free_energies:
         row(f"dF({fe.state} vs {fe.reference}) kT", _estimate(f.free_energies[fe.key]),
             _estimate(r.free_energies.get(fe.key)) if r else None)
+    if report.temperature_K is not None and f.cvs.free_energies:
+        from ..units import kt_in_kcal_per_mol, kt_in_kj_per_mol
+
+        kelvin = report.temperature_K
+        lines.append(f"  (free energies in kT; at {kelvin:g} K, 1 kT = {kt_in_kj_per_mol(kelvin):.4f} kJ/mol = "
+                     f"{kt_in_kcal_per_mol(kelvin):.4f} kcal/mol)")
     if f.energy is not None:
         row("<u> kT", _estimate(f.energy), _estimate(r.energy) if r else None)
     if f.l_fraction is not None:

@@ -57,6 +57,7 @@ class WeightedRun:
         bond_lengths: (n, n_bonds) float64 bond lengths in nm (topology order), or None.
         system: the system the run recorded, or None.
         note: why the run has no CVs (the system's declaration is unknown or does not fit), or None.
+        temperature_K: the temperature the run (or its job) recorded, in K, or None.
     """
 
     path: str
@@ -70,6 +71,7 @@ class WeightedRun:
     bond_lengths: np.ndarray | None = None
     system: str | None = None
     note: str | None = None
+    temperature_K: float | None = None
 
     @property
     def n_frames(self) -> int:
@@ -87,7 +89,8 @@ class WeightedRun:
         pick = (lambda a: None if a is None else np.asarray(a)[index])
         return WeightedRun(self.path, np.asarray(self.log_weights)[index], self.biased,
                            {k: v[index] for k, v in self.cv_values.items()}, self.cvs, pick(self.is_l),
-                           pick(self.energies), self.kind, pick(self.bond_lengths), self.system, self.note)
+                           pick(self.energies), self.kind, pick(self.bond_lengths), self.system, self.note,
+                           self.temperature_K)
 
 
 def _bond_lengths(traj) -> np.ndarray | None:
@@ -145,16 +148,18 @@ def load_run(out_dir, cvs: MoleculeCVs | None = None) -> WeightedRun:
         ValueError: naming a missing or damaged file, or (``cvs`` given) a CV atom the molecule lacks.
     """
     from ..coordinates import is_l_amino_acid
-    from ..io.md_runs import load_energies, load_log_weights, load_trajectory, recorded_system
-    from ..io.sample_runs import load_sample_run, looks_like_sample_run
+    from ..io.md_runs import load_energies, load_log_weights, load_trajectory, recorded_system, recorded_temperature
+    from ..io.sample_runs import job_temperature, load_sample_run, looks_like_sample_run
 
     if looks_like_sample_run(out_dir):  # a damaged one too: its error names the damaged file
         run = load_sample_run(out_dir)
         traj, log_weights, energies, kind = run.trajectory, run.log_weights, run.energies, "samples"
         system = run.diagnostics.get("system") or run.diagnostics.get("to")
+        temperature = job_temperature(out_dir)
     else:
         traj, log_weights, kind = load_trajectory(out_dir), load_log_weights(out_dir), "md"
         energies, system = load_energies(out_dir), recorded_system(out_dir)
+        temperature = recorded_temperature(out_dir)
     x = torch.from_numpy(traj.xyz.astype(np.float64))
     declared, note = _run_cvs(system, cvs, traj.topology, out_dir)
     try:
@@ -164,7 +169,8 @@ def load_run(out_dir, cvs: MoleculeCVs | None = None) -> WeightedRun:
     return WeightedRun(path=str(out_dir), log_weights=log_weights,
                        biased=kind == "md" and bool(np.any(log_weights != 0)),
                        cv_values=cv_values(x, traj.topology, declared), cvs=declared, is_l=is_l, energies=energies,
-                       kind=kind, bond_lengths=_bond_lengths(traj), system=system, note=note)
+                       kind=kind, bond_lengths=_bond_lengths(traj), system=system, note=note,
+                       temperature_K=temperature)
 
 
 def transitions(values, cores) -> int:

@@ -111,6 +111,12 @@ def recorded_system(out_dir) -> str | None:
     return str(name) if name else None
 
 
+def recorded_temperature(out_dir) -> float | None:
+    """The temperature in K a :func:`run_md` folder was run at, or None if it did not record one."""
+    value = started_record(out_dir)[1].get("temperature_K")
+    return float(value) if value is not None else None
+
+
 def is_md_folder(path) -> bool:
     """Whether ``path`` is a folder in which :func:`run_md` has started a run (it holds progress.json)."""
     return (Path(path) / PROGRESS).is_file()

@@ -154,6 +154,16 @@ def write_sample_run(out_dir, positions, log_weights, energies, topology, diagno
     return out
 
 
+def job_temperature(run_dir) -> float | None:
+    """The temperature in K of the job a sample-run folder belongs to (its parent's job.json), or None."""
+    job = Path(run_dir).parent / "job.json"
+    try:
+        value = json.loads(job.read_text()).get("temperature_K")
+    except (OSError, ValueError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def load_sample_run(path) -> SampleRun:
     """Read a folder written by :func:`write_sample_run` (ValueError naming a missing or damaged file)."""
     out = Path(path)

@@ -38,8 +38,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     all_frames = frames(args.log.read_text(encoding="utf-8", errors="replace"))
     if args.final:
-        last_bar = max(k for k, f in enumerate(all_frames) if f.lstrip().startswith("run "))
-        shown = all_frames[last_bar + 1:]
+        bars = [k for k, f in enumerate(all_frames) if f.lstrip().startswith("run ")]
+        shown = all_frames[max(bars) + 1:] if bars else all_frames  # a command without a bar: all it printed
     else:
         shown = [next(f for f in all_frames if f.startswith(args.pick))]
     render([f"$ {args.command}", *shown], args.out)
