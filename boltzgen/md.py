@@ -45,8 +45,8 @@ Time step: the system has no constraints, so bonds to hydrogen vibrate freely; t
 period with ~10 steps, the usual limit for unconstrained Amber-type systems (2 fs needs
 constrained H bonds); LangevinMiddleIntegrator's configurational error is second order in the
 step, but not negligible at 1 fs for free energies: on alanine dipeptide in vacuum, 1 fs gave
-dF(phi > 0) 3.586 +- 0.015 kT (6 x 30 ns) and 0.5 fs 3.678 +- 0.023 (4 x 30 ns), which the exact
-MCMC kernel confirms (3.677 +- 0.023; docs/benchmarks.md, reference_md and kernel_reference).
+dF(phi > 0) 3.586 +- 0.015 kT and 0.5 fs 3.651 +- 0.022 (6 x 30 ns each), nearer the exact MCMC
+kernel's 3.677 +- 0.023 (docs/benchmarks.md, reference_md and kernel_reference).
 Use ``timestep_fs=0.5`` for references good to 0.1 kT. A run whose energy or
 positions become non-finite stops with :class:`MDInstabilityError` (the chunks before stay).
 """
@@ -280,7 +280,7 @@ def run_md(target: OpenMMTarget, ns: float, out_dir, seed: int, *, timestep_fs: 
         out_dir: output folder (created if needed); see the module docstring for its files.
         seed: integer in [0, 2**31 - 2] for initial velocities and the thermostat noise.
         timestep_fs: integration step in fs (default 1 fs: stable without constraints, but it biases
-            free energies by ~0.1 kT; 0.5 fs for references, see above).
+            free energies by ~0.07 kT; 0.5 fs for references, see above).
         friction_per_ps: Langevin friction coefficient in 1/ps.
         save_every_ps: simulated time between saved frames, ps (a multiple of the step).
         chunk_frames: frames per chunk file; a killed run loses at most one chunk of work.
