@@ -23,9 +23,9 @@ from ..models import check_compatible, load_model_file
 from .._checks import as_device
 from .jobs import file_digest, open_job, run_seeds
 from .progress import RunProgress
-from .sample import _loaded, _runs_bar, check_written, fast_target
+from .sample import _loaded, fast_target, run_job_tasks
 from .summary import molar_units, versions
-from .tasks import Spread, SystemRef, built, run_tasks, task_device
+from .tasks import Spread, SystemRef, built, task_device
 
 
 @dataclass(frozen=True)
@@ -246,17 +246,10 @@ def _free_energy(target_a, target_b, refs, model_path, out, particles, runs, set
             _one_run(k, job, model_file, fast_a, fast_b, target_a, target_b, particles, settings, switch_settings,
                      seeds, device, progress, checkpoint_every)
     else:
-        bar = _runs_bar(f"{len(todo)} runs", len(todo), progress)
         where, gpus = task_device(device, spread)
         calls = [(job, k, refs[0], refs[1], str(model_path), particles, settings, switch_settings, seeds, where,
                   compile, checkpoint_every, spread.threads_per_task()) for k in todo]
-        try:
-            run_tasks(free_energy_task, calls, spread, on_done=None if bar is None else (lambda i: bar.update(1)),
-                      gpus=gpus)
-        finally:
-            if bar is not None:
-                bar.close()
-        check_written(job, todo)
+        run_job_tasks(free_energy_task, calls, job, todo, spread, gpus, progress)
     if reference_ns is not None:
         md_from, md_to = _md_reference(target_a, target_b, job.out, runs, reference_ns, seed)
     reference = None if md_from is None else _reference(md_from, md_to, fast_a, fast_b)

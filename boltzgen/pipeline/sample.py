@@ -111,13 +111,20 @@ def check_written(job, runs) -> None:
                          "on several machines --out must be a folder every node sees (a shared file system)")
 
 
-def _runs_bar(label: str, total: int, progress: bool):
-    """A bar over whole runs, for runs that other processes make (their own steps are not seen here)."""
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
+def run_job_tasks(task, calls: list, job, todo: list, spread: Spread, gpus: float, progress: bool) -> None:
+    """Run the job's runs ``todo`` as tasks of other processes (``run_tasks``), one bar over whole runs
+    (their own steps are not seen here), then check that every run folder is in the job folder."""
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=label, unit="run", leave=False)
+        bar = tqdm(total=len(todo), desc=f"{len(todo)} runs", unit="run", leave=False)
+    try:
+        run_tasks(task, calls, spread, on_done=None if bar is None else (lambda i: bar.update(1)), gpus=gpus)
+    finally:
+        if bar is not None:
+            bar.close()
+    check_written(job, todo)
 
 
 def sample_model(target, model_path, out, *, particles: int = 2500, runs: int = 4, settings=None,
@@ -187,17 +194,10 @@ def sample_model(target, model_path, out, *, particles: int = 2500, runs: int = 
                 sample_run(job, k, seeds[k], target, fast, model_file, model_path, particles, settings, progress,
                            checkpoint_every)
         else:
-            bar = _runs_bar(f"{len(todo)} runs", len(todo), progress)
             where, gpus = task_device(device, spread)
             calls = [(job, k, seeds[k], ref, str(model_path), particles, settings, where, compile,
                       checkpoint_every, spread.threads_per_task()) for k in todo]
-            try:
-                run_tasks(sample_task, calls, spread, on_done=None if bar is None else (lambda i: bar.update(1)),
-                          gpus=gpus)
-            finally:
-                if bar is not None:
-                    bar.close()
-            check_written(job, todo)
+            run_job_tasks(sample_task, calls, job, todo, spread, gpus, progress)
         dirs = job.run_dirs()
         summary = sample_summary(dirs, manifest, cvs)
         export_pooled(job.out, float(target.temperature),
