@@ -3,7 +3,7 @@
 Measured one after the other on the same cores, each arm as R independent runs whose spread gives
 its standard error s_R; with R runs of cost c each, 0.1 kT takes R c (s_R / 0.1)^2 (standard errors
 fall as 1 / sqrt(cost)):
-  * biased MD: well-tempered metadynamics on phi (the reference method): --biased-runs runs of
+  * biased MD: well-tempered metadynamics on phi (the reference method, at md's default 0.5 fs step): --biased-runs runs of
     --biased-ns ns each (the 1 ns deposition counts);
   * MCMC alone: the generator's mixing kernel (MALA + torsion moves, in the internal-coordinate
     model's space) started from the structure, no model (:func:`boltzgen.baselines.mcmc_alone`):
@@ -50,7 +50,8 @@ from boltzgen.pipeline import fast_target, sample_model
 from boltzgen.sampling import MixingSettings, SampleSettings
 
 TARGET_SE_KT = 0.1
-STEPS_PER_NS = 1_000_000  # 1 fs time step, one force evaluation per step
+STEPS_PER_NS = round(1e6 / md.DEFAULT_TIMESTEP_FS)  # biased MD at md's default step, one force evaluation per step
+DATA_STEPS_PER_NS = 1_000_000  # the shipped models' training data was made at 1 fs (their provenance commands)
 CARTESIAN = systems.DEFAULT_SYSTEMS_DIR / "alanine-dipeptide" / "alanine-dipeptide-cartesian.model.pt"
 REFERENCE = json.loads((systems.DEFAULT_SYSTEMS_DIR / "alanine-dipeptide" / "alanine-dipeptide.reference.json").read_text())
 
@@ -87,7 +88,7 @@ def _training_cost(model_path: Path) -> tuple[float | None, int | None]:
     data = [v for k, v in p.get("data_seconds_per_run", {}).items() if k.startswith("seed")]
     n_data_runs, ns_per_run = p.get("data_runs", 3), p.get("data_ns_per_run", 31)
     seconds = n_data_runs * float(np.mean(data)) + float(p["train_seconds"]) if data else None
-    evaluations = n_data_runs * ns_per_run * STEPS_PER_NS + int(p["training_report"]["n_train"])
+    evaluations = n_data_runs * ns_per_run * DATA_STEPS_PER_NS + int(p["training_report"]["n_train"])
     return seconds, evaluations
 
 

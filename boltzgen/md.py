@@ -40,14 +40,14 @@ stored energies are always the physical U (the bias force lives in its own force
 resumed run rebuilds the same bias from ``bias.npy``; a run killed during deposition or
 equilibration starts over (nothing was recorded yet).
 
-Time step: the system has no constraints, so bonds to hydrogen vibrate freely; the fastest
-(C-H/N-H stretches, ~3000-3400 cm^-1) have a period of ~10 fs. The default 1 fs resolves that
-period with ~10 steps, the usual limit for unconstrained Amber-type systems (2 fs needs
-constrained H bonds); LangevinMiddleIntegrator's configurational error is second order in the
-step, but not negligible at 1 fs for free energies: on alanine dipeptide in vacuum, 1 fs gave
-dF(phi > 0) 3.586 +- 0.015 kT and 0.5 fs 3.651 +- 0.022 (6 x 30 ns each), nearer the exact MCMC
-kernel's 3.677 +- 0.023 (docs/benchmarks.md, reference_md and kernel_reference).
-Use ``timestep_fs=0.5`` for references good to 0.1 kT. A run whose energy or
+Time step (default :data:`DEFAULT_TIMESTEP_FS`, 0.5 fs): the system has no constraints, so bonds to
+hydrogen vibrate freely; the fastest (C-H/N-H stretches, ~3000-3400 cm^-1) have a period of ~10 fs.
+LangevinMiddleIntegrator's configurational error is second order in the step and measurable at
+1 fs: on alanine dipeptide in vacuum, 1 fs gave dF(phi > 0) 3.586 +- 0.015 kT and 0.5 fs
+3.651 +- 0.022 (6 x 30 ns each), nearer the exact MCMC kernel's 3.677 +- 0.023 (docs/benchmarks.md,
+reference_md and kernel_reference). So the default is 0.5 fs, good for references to 0.1 kT;
+``timestep_fs=1`` is twice as fast and biases such free energies by ~0.07 kT (2 fs needs
+constrained H bonds and blows up here). A run whose energy or
 positions become non-finite stops with :class:`MDInstabilityError` (the chunks before stay).
 """
 from __future__ import annotations
@@ -78,6 +78,8 @@ from .io.md_runs import (FORMAT, LOG, LOG_COLUMNS, PROGRESS, TOPOLOGY, atomic_wr
 from .targets.openmm import OpenMMTarget, kT_kj_per_mol, system_fingerprint
 
 _BIAS = "bias.npy"
+#: The default integration step, fs (see the module docstring for why 0.5 and not 1).
+DEFAULT_TIMESTEP_FS = 0.5
 _DIHEDRALS = ("phi", "psi")
 # Settings that define the trajectory; a resumed run must use the same ones. Records written
 # before the bias settings existed are read with the values of an unbiased run.
@@ -265,7 +267,7 @@ class MDResult:
     biased: bool = False
 
 
-def run_md(target: OpenMMTarget, ns: float, out_dir, seed: int, *, timestep_fs: float = 1.0,
+def run_md(target: OpenMMTarget, ns: float, out_dir, seed: int, *, timestep_fs: float = DEFAULT_TIMESTEP_FS,
            friction_per_ps: float = 1.0, save_every_ps: float = 1.0, chunk_frames: int = 100,
            equilibration_ps: float = 100.0, minimize: bool = True, platform: str | None = None,
            bias: Metadynamics | None = None, max_chunks: int | None = None,
@@ -279,8 +281,8 @@ def run_md(target: OpenMMTarget, ns: float, out_dir, seed: int, *, timestep_fs: 
             one it does nothing (``MDResult.frames_requested < n_frames`` says so).
         out_dir: output folder (created if needed); see the module docstring for its files.
         seed: integer in [0, 2**31 - 2] for initial velocities and the thermostat noise.
-        timestep_fs: integration step in fs (default 1 fs: stable without constraints, but it biases
-            free energies by ~0.07 kT; 0.5 fs for references, see above).
+        timestep_fs: integration step in fs (default 0.5 fs; 1 fs is twice as fast but biases free
+            energies by ~0.07 kT, see above).
         friction_per_ps: Langevin friction coefficient in 1/ps.
         save_every_ps: simulated time between saved frames, ps (a multiple of the step).
         chunk_frames: frames per chunk file; a killed run loses at most one chunk of work.

@@ -100,7 +100,8 @@ def test_md_log_has_one_row_per_saved_frame(target, uninterrupted):
     assert lines[0] == "step,time_ps,potential_kJ_per_mol,kinetic_kJ_per_mol,temperature_K,speed_ns_per_day"
     log = md.load_log(out)
     assert len(log["step"]) == 24  # one row per saved frame, not per chunk
-    np.testing.assert_array_equal(log["step"], 250 * np.arange(1, 25))  # 0.25 ps of 1 fs steps per frame
+    steps_per_frame = round(SHORT["save_every_ps"] * 1000 / md.DEFAULT_TIMESTEP_FS)
+    np.testing.assert_array_equal(log["step"], steps_per_frame * np.arange(1, 25))
     np.testing.assert_allclose(log["time_ps"], md.load_trajectory(out).time)
     np.testing.assert_allclose(log["potential_kJ_per_mol"], md.load_energies(out) * target.kT, rtol=1e-9)
     # 22 atoms, no constraints, no CMMotionRemover: 66 degrees of freedom
@@ -138,7 +139,8 @@ def test_md_log_is_appended_across_resumed_chunks_and_cut_back_after_a_kill(targ
     assert len(md.load_log(tmp_path)["step"]) == 10
     # A kill after appending chunk 2's rows but before recording the chunk: rows progress.json does not list.
     with open(tmp_path / "md.log", "a") as fh:
-        fh.write("2750,2.75,1.0,2.0,3.0,4.0\n3000,3.0,1.0,2.0,3.0,4.0\n3250,3.2")
+        step = round(SHORT["save_every_ps"] * 1000 / md.DEFAULT_TIMESTEP_FS)
+        fh.write(f"{11 * step},2.75,1.0,2.0,3.0,4.0\n{12 * step},3.0,1.0,2.0,3.0,4.0\n{13 * step},3.2")
     md.run_md(target, NS, tmp_path, seed=11, **SHORT)
     resumed, whole = md.load_log(tmp_path), md.load_log(full)
     np.testing.assert_array_equal(resumed["step"], whole["step"])
@@ -159,7 +161,7 @@ def test_bad_arguments(target, tmp_path):
     with pytest.raises(ValueError, match="seed must be an integer"):
         md.run_md(target, 0.001, tmp_path, seed=-1)
     with pytest.raises(ValueError, match="save_every_ps=0.0015 ps must be a positive multiple of the time step"):
-        md.run_md(target, 0.001, tmp_path, seed=0, save_every_ps=0.0015)
+        md.run_md(target, 0.001, tmp_path, seed=0, save_every_ps=0.0015, timestep_fs=1.0)
     with pytest.raises(ValueError, match="ns must be a finite positive number"):
         md.run_md(target, 0.0, tmp_path, seed=0)
     with pytest.raises(TypeError, match="target must be an OpenMMTarget"):
@@ -255,3 +257,18 @@ def test_dihedrals_of_a_100_ps_run_are_sensible(target, tmp_path):
     _, psi = mdtraj.compute_psi(traj)
     assert phi.shape == psi.shape == (200, 1)
     assert (phi < 0).mean() > 0.95
+
+
+def test_default_time_step_is_the_reference_one(uninterrupted):
+    """The default step is 0.5 fs (1 fs biased alanine dipeptide's dF(phi>0) by ~0.07 kT, see md's
+    docstring), the same in run_md and the CLI, and recorded in the run."""
+    import inspect
+
+    from boltzgen.cli import build_parser
+
+    out, _ = uninterrupted
+    assert md.DEFAULT_TIMESTEP_FS == 0.5
+    assert inspect.signature(md.run_md).parameters["timestep_fs"].default == md.DEFAULT_TIMESTEP_FS
+    args = build_parser().parse_args(["md", "alanine-dipeptide", "--ns", "1", "--out", "x"])
+    assert args.timestep == md.DEFAULT_TIMESTEP_FS
+    assert json.loads((out / "progress.json").read_text())["timestep_fs"] == md.DEFAULT_TIMESTEP_FS

@@ -75,7 +75,8 @@ def test_blow_up_in_production_keeps_earlier_chunks(target, tmp_path, monkeypatc
     monkeypatch.setattr(md, "_step", blow_up)
     expected = "production frame 5 \\(1.25 ps into production, step 1250 of production\\)"
     with pytest.raises(md.MDInstabilityError, match=expected) as info:
-        md.run_md(target, 0.003, tmp_path, seed=4, save_every_ps=0.25, chunk_frames=2, equilibration_ps=1.0)
+        md.run_md(target, 0.003, tmp_path, seed=4, save_every_ps=0.25, chunk_frames=2, equilibration_ps=1.0,
+                  timestep_fs=1.0)
     assert "the 2 complete chunk(s) before it are kept" in str(info.value)
     assert "with a 1 fs time step the likely cause is the structure" in str(info.value)
     monkeypatch.undo()
