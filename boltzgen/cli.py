@@ -107,7 +107,8 @@ def add_md_command(sub) -> None:
         "--deposition ps, then the bias is frozen and every production frame carries the log-weight +V/kT "
         "(boltzgen.md.load_log_weights; `boltzgen analyze` uses it)")
     b.add_argument("--bias", default=None, metavar="VARS",
-                   help="bias these dihedrals: phi, psi or phi,psi (default: none)")
+                   help="bias these backbone dihedrals: phi, psi, phi,psi (one joint bias) or a sum of 1-D "
+                        "biases such as phi1+phi2+phi3 (phiN: the N-th residue's; default: none)")
     b.add_argument("--bias-factor", type=float, default=None, metavar="GAMMA",
                    help="well-tempered bias factor gamma > 1 (default 6)")
     b.add_argument("--bias-height", type=float, default=None, metavar="KJ_PER_MOL",

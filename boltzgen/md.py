@@ -31,7 +31,8 @@ OpenMM System (``system_sha256``), and resuming with another System (an edited Y
 force field files or ``system_kwargs``) is refused, as is resuming with other run settings.
 
 Metadynamics (``bias=Metadynamics(("phi",))``): after minimisation, well-tempered metadynamics
-(OpenMM's ``openmm.app.Metadynamics``) deposits Gaussians on the chosen backbone dihedrals for
+(OpenMM's ``openmm.app.Metadynamics`` for one joint grid; a sum of 1-D biases, one per dihedral,
+for ``Metadynamics("phi1+phi2+phi3")``) deposits Gaussians on the chosen backbone dihedrals for
 ``deposition_ps``; those frames are not saved. The bias is then frozen (saved to ``bias.npy``),
 the system is equilibrated under the frozen bias and production samples exp(-(U + V)/kT). Every
 production frame therefore carries the exact importance log-weight +V(x)/kT toward the
@@ -57,6 +58,7 @@ import json
 import math
 import numbers
 import os
+import re
 import tempfile
 import time
 import warnings
@@ -80,16 +82,21 @@ from .targets.openmm import OpenMMTarget, kT_kj_per_mol, system_fingerprint
 _BIAS = "bias.npy"
 #: The default integration step, fs (see the module docstring for why 0.5 and not 1).
 DEFAULT_TIMESTEP_FS = 0.5
-_DIHEDRALS = ("phi", "psi")
 # Settings that define the trajectory; a resumed run must use the same ones. Records written
 # before the bias settings existed are read with the values of an unbiased run.
 _RUN_SETTINGS = ("system", "n_atoms", "temperature_K", "seed", "timestep_fs", "friction_per_ps",
-                 "save_every_ps", "chunk_frames", "equilibration_ps", "minimize", "bias", "bias_atoms",
+                 "save_every_ps", "chunk_frames", "equilibration_ps", "minimize", "bias", "bias_combine", "bias_atoms",
                  "bias_factor", "bias_height_kj_per_mol", "bias_width_rad", "bias_frequency_steps",
                  "bias_grid_points", "deposition_ps")
-_UNBIASED = {"bias": [], "bias_atoms": None, "bias_factor": None, "bias_height_kj_per_mol": None,
+_UNBIASED = {"bias": [], "bias_combine": None, "bias_atoms": None, "bias_factor": None, "bias_height_kj_per_mol": None,
              "bias_width_rad": None, "bias_frequency_steps": None, "bias_grid_points": None,
              "deposition_ps": None}
+
+
+def _residue_dihedral(name: str) -> tuple[str, int]:
+    """("phi" | "psi", 0-based residue row of :func:`boltzgen.cvs.backbone_atoms`) of a bias variable name."""
+    angle, number = name[:3], name[3:]
+    return angle, int(number) - 1 if number else 0
 
 
 #: OpenMM platforms on an accelerator: asked for and missing, MD falls back to the fastest available
@@ -142,9 +149,15 @@ class Metadynamics:
     6 (phi sampled as at 1800 K) flattens it to ~2 kT within a few hundred ps of deposition.
 
     Attributes:
-        variables: the dihedrals to bias, ("phi",) or ("phi", "psi") (a string "phi,psi" is
-            read too); those of the first residue that has both (as :func:`boltzgen.analysis.phi_psi`
-            and ``boltzgen analyze`` use).
+        variables: the backbone dihedrals to bias: "phi" and "psi" are those of the first residue that
+            has both (as :func:`boltzgen.analysis.phi_psi` and ``boltzgen analyze`` use), "phiN" /
+            "psiN" those of the N-th such residue (phi1 = phi). A string is read too: "phi,psi" is
+            one joint bias, "phi1+phi2+phi3" a sum of 1-D biases.
+        combine: "joint": one bias on a grid over all variables (1 or 2 of them; OpenMM's
+            ``openmm.app.Metadynamics``), or "sum": V = sum_i V_i(s_i), one well-tempered 1-D bias
+            per variable, each Gaussian's height tempered by its own V_i (any number of variables;
+            the choice for several slow dihedrals, e.g. the three phi of alanine tetrapeptide, whose
+            joint grid would be 90^3 points and slow to fill). A single variable is always "joint".
         bias_factor: gamma > 1; the variables are sampled as if at gamma times the temperature.
         height_kj_per_mol: initial height of each Gaussian, kJ/mol.
         width_rad: standard deviation of each Gaussian, radians.
@@ -155,6 +168,7 @@ class Metadynamics:
     """
 
     variables: tuple[str, ...] = ("phi",)
+    combine: str = "joint"
     bias_factor: float = 6.0
     height_kj_per_mol: float = 1.0
     width_rad: float = 0.35
@@ -163,17 +177,31 @@ class Metadynamics:
     grid_points: int | None = None
 
     def __post_init__(self):
-        variables = self.variables
+        variables, combine = self.variables, self.combine
         if isinstance(variables, str):
-            variables = [v.strip() for v in variables.split(",")]
+            if "+" in variables:
+                variables, combine = variables.split("+"), "sum"
+            else:
+                variables = variables.split(",")
+            variables = [v.strip() for v in variables]
         try:
             variables = tuple(str(v) for v in variables)
         except TypeError as exc:
-            raise ValueError(f"variables must be 'phi', 'phi,psi' or a tuple of those, got {self.variables!r}") from exc
-        distinct = len(set(variables)) == len(variables)
-        if not 1 <= len(variables) <= 2 or not distinct or not set(variables) <= set(_DIHEDRALS):
-            raise ValueError(f"variables must be ('phi',), ('psi',) or ('phi', 'psi') (distinct backbone dihedrals), "
-                             f"got {self.variables!r}")
+            raise ValueError(f"variables must be 'phi', 'phi,psi', 'phi1+phi2' or a tuple of names, "
+                             f"got {self.variables!r}") from exc
+        if combine not in ("joint", "sum"):
+            raise ValueError(f"combine must be 'joint' or 'sum', got {self.combine!r}")
+        named = all(re.fullmatch(r"(phi|psi)([1-9][0-9]*)?", v) for v in variables)
+        distinct = len({_residue_dihedral(v) for v in variables}) == len(variables) if named else False
+        if not variables or not named or not distinct:
+            raise ValueError(f"variables must be distinct backbone dihedrals named phi, psi, phiN or psiN "
+                             f"(N-th residue), e.g. 'phi', 'phi,psi' or 'phi1+phi2+phi3'; got {self.variables!r}")
+        if len(variables) == 1:
+            combine = "joint"
+        if combine == "joint" and len(variables) > 2:
+            raise ValueError(f"a joint bias takes one or two variables (a grid over {len(variables)} is too large "
+                             f"to fill); bias them as a sum, e.g. {'+'.join(variables)!r}")
+        object.__setattr__(self, "combine", combine)
         object.__setattr__(self, "variables", variables)
         gamma = self.bias_factor
         if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or not math.isfinite(gamma) or gamma <= 1:
@@ -198,25 +226,29 @@ class FrozenBias:
     """The metadynamics bias of a run after deposition, exactly as its production used it.
 
     V is OpenMM's periodic cubic-spline interpolation of ``grid`` (a ``Continuous1DFunction`` or
-    ``Continuous2DFunction``, as ``openmm.app.Metadynamics`` builds it), in kJ/mol.
+    ``Continuous2DFunction``, as ``openmm.app.Metadynamics`` builds it), in kJ/mol; for a "sum"
+    bias, the sum of one such 1-D spline per variable.
 
     Attributes:
-        variables: ("phi",) or ("phi", "psi").
+        variables: the biased dihedrals' names, e.g. ("phi",), ("phi", "psi"), ("phi1", "phi2", "phi3").
         atoms: int64 (k, 4) atom indices of each variable's dihedral, in the order of ``variables``.
         grid: float64 kJ/mol on the periodic grid linspace(-pi, pi, g) of each variable (its last
-            point repeats the first): shape (g,) for one variable; (g, g) for two, indexed
-            [second variable, first variable] (OpenMM's layout).
+            point repeats the first): "joint" bias: shape (g,) for one variable, (g, g) for two,
+            indexed [second variable, first variable] (OpenMM's layout); "sum" bias: shape (k, g),
+            row i the 1-D bias of variable i.
         temperature_K: the run's temperature in K (for kT).
+        combine: "joint" or "sum" (see :class:`Metadynamics`).
     """
 
     variables: tuple[str, ...]
     atoms: np.ndarray
     grid: np.ndarray
     temperature_K: float
+    combine: str = "joint"
 
     def force(self) -> openmm.CustomCVForce:
         """A new OpenMM force whose energy is V(x) (kJ/mol); it keeps force group 0."""
-        return _bias_force(self.atoms, self.grid)
+        return _bias_force(self.atoms, self.grid, self.combine)
 
     def reduced_energy(self, x) -> np.ndarray:
         """V(x)/kT (float64, shape (n,)) of positions ``x`` (n, n_atoms, 3) in nm, evaluated by OpenMM."""
@@ -443,7 +475,16 @@ def _bias_settings(target: OpenMMTarget, bias: Metadynamics) -> dict:
     from .cvs import backbone_atoms
 
     quads = backbone_atoms(target.topology)
-    return {"bias": list(bias.variables), "bias_atoms": [[int(i) for i in quads[v][0]] for v in bias.variables],
+    atoms = []
+    for name in bias.variables:
+        angle, row = _residue_dihedral(name)
+        if row >= len(quads[angle]):
+            raise ValueError(f"bias variable {name!r}: {target.name} has {len(quads[angle])} residue(s) with both "
+                             f"phi and psi ({angle}1..{angle}{len(quads[angle])})")
+        atoms.append([int(i) for i in quads[angle][row]])
+    if len({tuple(a) for a in atoms}) != len(atoms):
+        raise ValueError(f"bias variables {list(bias.variables)} name the same dihedral twice (phi is phi1)")
+    return {"bias": list(bias.variables), "bias_combine": bias.combine, "bias_atoms": atoms,
             "bias_factor": bias.bias_factor, "bias_height_kj_per_mol": bias.height_kj_per_mol,
             "bias_width_rad": bias.width_rad, "bias_frequency_steps": bias.frequency_steps,
             "bias_grid_points": bias.grid_points, "deposition_ps": bias.deposition_ps}
@@ -455,19 +496,25 @@ def _torsion(quad) -> openmm.CustomTorsionForce:
     return force
 
 
-def _bias_force(atoms: np.ndarray, grid: np.ndarray) -> openmm.CustomCVForce:
-    """The bias table on the dihedrals ``atoms``, built exactly as openmm.app.Metadynamics builds it."""
+def _bias_force(atoms: np.ndarray, grid: np.ndarray, combine: str = "joint") -> openmm.CustomCVForce:
+    """The bias table(s) on the dihedrals ``atoms``: one joint table built exactly as
+    openmm.app.Metadynamics builds it, or (``combine="sum"``) the sum of one periodic 1-D table per row."""
     names = [f"cv{i}" for i in range(len(atoms))]
-    force = openmm.CustomCVForce(f"table({', '.join(names)})")
+    if combine == "sum":
+        force = openmm.CustomCVForce(" + ".join(f"table{i}(cv{i})" for i in range(len(atoms))))
+    else:
+        force = openmm.CustomCVForce(f"table({', '.join(names)})")
     for name, quad in zip(names, atoms):
         force.addCollectiveVariable(name, _torsion(quad))
-    values = np.asarray(grid, dtype=np.float64).flatten()
-    if len(atoms) == 1:
-        table = openmm.Continuous1DFunction(values, -math.pi, math.pi, True)
+    grid = np.asarray(grid, dtype=np.float64)
+    if combine == "sum":
+        for i, row in enumerate(grid):
+            force.addTabulatedFunction(f"table{i}", openmm.Continuous1DFunction(row, -math.pi, math.pi, True))
+    elif len(atoms) == 1:
+        force.addTabulatedFunction("table", openmm.Continuous1DFunction(grid.flatten(), -math.pi, math.pi, True))
     else:
-        table = openmm.Continuous2DFunction(grid.shape[1], grid.shape[0], values, -math.pi, math.pi,
-                                            -math.pi, math.pi, True)
-    force.addTabulatedFunction("table", table)
+        force.addTabulatedFunction("table", openmm.Continuous2DFunction(
+            grid.shape[1], grid.shape[0], grid.flatten(), -math.pi, math.pi, -math.pi, math.pi, True))
     return force
 
 
@@ -512,8 +559,9 @@ def _unstable(out: Path, where: str, timestep_fs: float, n_chunks: int) -> MDIns
         cause = (f"the time step of {timestep_fs:g} fs is likely too large for a system without constraints "
                  "(bonds to hydrogen vibrate with a ~10 fs period); try timestep_fs=1 or 0.5 (--timestep 1)")
     else:
+        smaller = "" if timestep_fs <= 0.5 else ", or try timestep_fs=0.5 (--timestep 0.5)"
         cause = (f"with a {timestep_fs:g} fs time step the likely cause is the structure or force field "
-                 "(overlapping atoms, missing parameters); check them, or try timestep_fs=0.5 (--timestep 0.5)")
+                 f"(overlapping atoms, missing parameters); check them{smaller}")
     kept = f"the {n_chunks} complete chunk(s) before it are kept" if n_chunks else "no frame was saved"
     return MDInstabilityError(f"MD in {out} blew up: non-finite energy or positions at {where}; {cause}; "
                               f"{kept} and the run is not complete")
@@ -547,16 +595,10 @@ def _start(out, target, physical_xml, settings, bias, platform_name, properties,
     timestep_fs = settings["timestep_fs"]
     steps_per_ps = round(1000.0 / timestep_fs)
     if bias:
-        system = openmm.XmlSerializer.deserialize(physical_xml)
         atoms = np.array(settings["bias_atoms"], dtype=np.int64)
-        variables = [app.BiasVariable(_torsion(q), -math.pi, math.pi, bias.width_rad, True, bias.grid_points)
-                     for q in atoms]
-        numpy_state = np.random.get_state()  # Metadynamics draws a file id from numpy's global RNG
-        meta = app.Metadynamics(system, variables, settings["temperature_K"] * unit.kelvin, bias.bias_factor,
-                                bias.height_kj_per_mol * unit.kilojoule_per_mole, bias.frequency_steps)
-        np.random.set_state(numpy_state)
-        simulation = app.Simulation(target.topology, system, _make_integrator(settings), platform, dict(properties))
-        context = simulation.context
+        deposit = (_SumDeposition if bias.combine == "sum" else _JointDeposition)(
+            physical_xml, settings, bias, atoms, platform, properties, target.topology)
+        context = deposit.context
     else:
         context, integrator = _make_context(openmm.XmlSerializer.deserialize(physical_xml), settings,
                                             platform_name, properties)
@@ -573,24 +615,22 @@ def _start(out, target, physical_xml, settings, bias, platform_name, properties,
             n = min(steps_per_ps, deposition_steps - done)
             where = f"deposition step {done + n} ({(done + n) * timestep_fs / 1000.0:g} ps)"
             try:
-                meta.step(simulation, n)
+                deposit.step(n)
             except openmm.OpenMMException as exc:
                 raise _unstable(out, where, timestep_fs, 0) from exc
             done += n
             _check_finite(context, out, where, timestep_fs)
             if progress is not None:
                 progress(MDProgress("deposition", done * timestep_fs / 1000.0, deposition_steps * timestep_fs / 1000.0))
-        # The bias grid (kJ/mol) from the public free energy F = -(T + dT)/dT * V.
-        t, dt = settings["temperature_K"], settings["temperature_K"] * (bias.bias_factor - 1.0)
-        grid = -meta.getFreeEnergy().value_in_unit(unit.kilojoule_per_mole) * dt / (t + dt)
-        frozen = FrozenBias(tuple(settings["bias"]), atoms, np.ascontiguousarray(grid, dtype=np.float64), t)
+        frozen = FrozenBias(tuple(settings["bias"]), atoms, np.ascontiguousarray(deposit.bias_grid(), dtype=np.float64),
+                            settings["temperature_K"], bias.combine)
         with open(out / (_BIAS + ".tmp"), "wb") as fh:
             np.save(fh, frozen.grid)
         fsync_replace(out / (_BIAS + ".tmp"), out / _BIAS)
         # Production integrates the frozen bias in a fresh context started from this state; a
         # resumed run does the same from its checkpoint, so both follow the same path.
         checkpoint = context.createCheckpoint()
-        del simulation, context, meta
+        del context, deposit
         context, integrator = _make_context(_production_system(physical_xml, frozen), settings, platform_name,
                                             properties)
         context.loadCheckpoint(checkpoint)
@@ -610,6 +650,76 @@ def _start(out, target, physical_xml, settings, bias, platform_name, properties,
         record["bias_file"] = _BIAS
         record["bias_sha256"] = hashlib.sha256((out / _BIAS).read_bytes()).hexdigest()
     return record, context, integrator, frozen
+
+
+class _JointDeposition:
+    """Well-tempered deposition of one bias on the joint grid of all variables, by openmm.app.Metadynamics."""
+
+    def __init__(self, physical_xml, settings, bias, atoms, platform, properties, topology):
+        system = openmm.XmlSerializer.deserialize(physical_xml)
+        variables = [app.BiasVariable(_torsion(q), -math.pi, math.pi, bias.width_rad, True, bias.grid_points)
+                     for q in atoms]
+        numpy_state = np.random.get_state()  # Metadynamics draws a file id from numpy's global RNG
+        self._meta = app.Metadynamics(system, variables, settings["temperature_K"] * unit.kelvin, bias.bias_factor,
+                                      bias.height_kj_per_mol * unit.kilojoule_per_mole, bias.frequency_steps)
+        np.random.set_state(numpy_state)
+        self._simulation = app.Simulation(topology, system, _make_integrator(settings), platform, dict(properties))
+        self.context = self._simulation.context
+        self._temperature, self._delta_t = settings["temperature_K"], settings["temperature_K"] * (bias.bias_factor - 1)
+
+    def step(self, n: int) -> None:
+        self._meta.step(self._simulation, n)
+
+    def bias_grid(self) -> np.ndarray:
+        """The bias V on the grid, kJ/mol, from OpenMM's public free energy F = -(T + dT)/dT * V."""
+        free_energy = self._meta.getFreeEnergy().value_in_unit(unit.kilojoule_per_mole)
+        return -free_energy * self._delta_t / (self._temperature + self._delta_t)
+
+
+class _SumDeposition:
+    """Well-tempered deposition of one 1-D bias per variable, V = sum_i V_i(s_i) (``combine="sum"``).
+
+    As openmm.app.Metadynamics does for one variable, every ``frequency_steps`` a Gaussian of width
+    ``width_rad`` is added to each V_i at the current s_i, of height h exp(-V_i(s_i) / (k_B dT)) with
+    dT = (gamma - 1) T; V_i(s_i) is read off its grid by linear interpolation (the rule only shapes
+    the bias: production weights use the frozen bias exactly).
+    """
+
+    def __init__(self, physical_xml, settings, bias, atoms, platform, properties, topology):
+        system = openmm.XmlSerializer.deserialize(physical_xml)
+        self._axis = np.linspace(-math.pi, math.pi, bias.grid_points)
+        self._grid = np.zeros((len(atoms), bias.grid_points))
+        self._force = _bias_force(atoms, self._grid, "sum")
+        self._force.setForceGroup(_bias_group(_force_groups(system)))
+        system.addForce(self._force)
+        self._integrator = _make_integrator(settings)
+        self.context = openmm.Context(system, self._integrator, platform, dict(properties))
+        self._bias, self._since = bias, 0
+        self._kt_delta = kT_kj_per_mol(settings["temperature_K"]) * (bias.bias_factor - 1.0)  # k_B dT, kJ/mol
+
+    def step(self, n: int) -> None:
+        while n > 0:
+            k = min(n, self._bias.frequency_steps - self._since)
+            self._integrator.step(k)
+            n, self._since = n - k, self._since + k
+            if self._since == self._bias.frequency_steps:
+                self._since = 0
+                self._add_gaussians(np.asarray(self._force.getCollectiveVariableValues(self.context)))
+
+    def _add_gaussians(self, s: np.ndarray) -> None:
+        distance = np.abs(self._axis[None, :] - s[:, None]) % (2 * math.pi)
+        distance = np.minimum(distance, 2 * math.pi - distance)  # on the circle
+        distance[:, -1] = distance[:, 0]  # the last point is the first (OpenMM's periodic spline checks it exactly)
+        here = np.array([np.interp(si, self._axis, row) for si, row in zip(s, self._grid)])
+        heights = self._bias.height_kj_per_mol * np.exp(-here / self._kt_delta)
+        self._grid += heights[:, None] * np.exp(-0.5 * (distance / self._bias.width_rad) ** 2)
+        for i, row in enumerate(self._grid):
+            self._force.getTabulatedFunction(i).setFunctionParameters(row, -math.pi, math.pi)
+        self._force.updateParametersInContext(self.context)
+
+    def bias_grid(self) -> np.ndarray:
+        """(k, g) the 1-D biases V_i on their grids, kJ/mol."""
+        return self._grid.copy()
 
 
 def _degrees_of_freedom(system: openmm.System) -> int:
@@ -715,7 +825,7 @@ def _load_frozen_bias(out: Path, record: dict) -> FrozenBias:
     except Exception as exc:
         raise ValueError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from exc
     return FrozenBias(tuple(record["bias"]), np.array(record["bias_atoms"], dtype=np.int64), grid,
-                      float(record["temperature_K"]))
+                      float(record["temperature_K"]), record.get("bias_combine", "joint"))
 
 
 def _check_resume(record: dict, settings: dict, platform: str | None, out: Path) -> None:
@@ -726,8 +836,10 @@ def _check_resume(record: dict, settings: dict, platform: str | None, out: Path)
         raise ValueError(f"{out} holds a run of another Hamiltonian: its OpenMM System differs from this one "
                          f"(system {record.get('system')!r} on disk, {settings['system']!r} now; an edited YAML, "
                          "force field or system_kwargs?); resume with the same system or choose another out_dir")
-    changed = [f"{k}: {record.get(k, _UNBIASED.get(k))!r} on disk, {settings[k]!r} now" for k in _RUN_SETTINGS
-               if record.get(k, _UNBIASED.get(k)) != settings[k]]
+    # records written before a setting existed are read with its value then ("joint" biases)
+    before = {**_UNBIASED, "bias_combine": "joint" if record.get("bias") else None}
+    changed = [f"{k}: {record.get(k, before.get(k))!r} on disk, {settings[k]!r} now" for k in _RUN_SETTINGS
+               if record.get(k, before.get(k)) != settings[k]]
     if changed:
         raise ValueError(f"{out} holds a run with other settings ({'; '.join(changed)}); resume with the same "
                          "settings or choose another out_dir")

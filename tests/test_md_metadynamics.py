@@ -196,3 +196,98 @@ def test_cli_bias_options_need_bias(tmp_path, capsys):
 def test_is_biased_refuses_a_folder_without_a_run(tmp_path):
     with pytest.raises(ValueError, match="no MD run yet"):
         md.is_biased(tmp_path)
+
+
+# ---- a sum of 1-D biases (several slow dihedrals) ----------------------------------------------
+SUM = md.Metadynamics("phi+psi", height_kj_per_mol=3.0, frequency_steps=50, deposition_ps=1.0, grid_points=36)
+
+
+@pytest.fixture(scope="module")
+def summed(target, tmp_path_factory):
+    out = tmp_path_factory.mktemp("meta-sum") / "run"
+    md.run_md(target, 0.003, out, seed=5, bias=SUM, save_every_ps=0.5, chunk_frames=3, equilibration_ps=1.0)
+    return out
+
+
+def test_sum_bias_is_one_periodic_1d_bias_per_variable(target, summed):
+    assert SUM.combine == "sum" and SUM.variables == ("phi", "psi")
+    record = json.loads((summed / "progress.json").read_text())
+    assert record["bias"] == ["phi", "psi"] and record["bias_combine"] == "sum"
+    frozen = md.load_bias(summed)
+    assert frozen.combine == "sum" and frozen.grid.shape == (2, 36)
+    assert frozen.atoms.tolist() == [[4, 6, 8, 14], [6, 8, 14, 16]]
+    np.testing.assert_allclose(frozen.grid[:, 0], frozen.grid[:, -1])  # each row repeats its first point
+    # 40 Gaussians of 3 kJ/mol, tempered (gamma = 6): each row holds several heights' worth
+    assert (frozen.grid.max(axis=1) > 6.0).all()
+
+
+def test_sum_bias_log_weights_are_the_sum_of_the_1d_splines(target, summed):
+    traj = md.load_trajectory(summed)
+    log_w = md.load_log_weights(summed)
+    frozen = md.load_bias(summed)
+    np.testing.assert_allclose(frozen.reduced_energy(traj.xyz), log_w, atol=1e-4)
+    _, phi = mdtraj.compute_phi(traj)
+    _, psi = mdtraj.compute_psi(traj)
+    axis = np.linspace(-np.pi, np.pi, frozen.grid.shape[1])
+    spline = [CubicSpline(axis, row, bc_type="periodic") for row in frozen.grid]
+    expected = spline[0](phi[:, 0].astype(np.float64)) + spline[1](psi[:, 0].astype(np.float64))
+    np.testing.assert_allclose(expected / target.kT, log_w, atol=1e-3)
+    assert log_w.std() > 0.01
+
+
+def test_sum_bias_resumes_and_refuses_the_joint_one(target, summed, tmp_path):
+    first = tmp_path / "killed"
+    md.run_md(target, 0.003, first, seed=5, bias=SUM, save_every_ps=0.5, chunk_frames=3, equilibration_ps=1.0,
+              max_chunks=1)
+    md.run_md(target, 0.003, first, seed=5, bias=SUM, save_every_ps=0.5, chunk_frames=3, equilibration_ps=1.0)
+    np.testing.assert_array_equal(md.load_trajectory(first).xyz, md.load_trajectory(summed).xyz)
+    np.testing.assert_array_equal(md.load_log_weights(first), md.load_log_weights(summed))
+    joint = md.Metadynamics("phi,psi", height_kj_per_mol=3.0, frequency_steps=50, deposition_ps=1.0, grid_points=36)
+    with pytest.raises(ValueError, match="bias_combine: 'sum' on disk, 'joint' now"):
+        md.run_md(target, 0.003, first, seed=5, bias=joint, save_every_ps=0.5, chunk_frames=3, equilibration_ps=1.0)
+
+
+def test_sum_deposition_tempers_each_height_by_its_own_bias(target):
+    """Two Gaussians at the same point: the second is h exp(-V_i/(k_B dT)) per variable, V_i its own row."""
+    settings = {"temperature_K": target.temperature, "friction_per_ps": 1.0, "timestep_fs": 0.5, "seed": 1}
+    bias = md.Metadynamics("phi+psi", height_kj_per_mol=2.0, grid_points=37)
+    deposit = md._SumDeposition(md.openmm.XmlSerializer.serialize(target.system), settings, bias,
+                                np.array([[4, 6, 8, 14], [6, 8, 14, 16]]), md.openmm.Platform.getPlatformByName(
+                                    "Reference"), {}, target.topology)
+    at = np.array([0.0, np.pi / 2])  # grid points 18 and 27 of linspace(-pi, pi, 37)
+    deposit._add_gaussians(at)
+    np.testing.assert_allclose(deposit.bias_grid()[[0, 1], [18, 27]], [2.0, 2.0])
+    deposit._add_gaussians(np.array([0.0, -np.pi]))
+    k_dt = md.kT_kj_per_mol(target.temperature) * 5.0
+    first_row_peak = 2.0 + 2.0 * np.exp(-2.0 / k_dt)
+    assert deposit.bias_grid()[0, 18] == pytest.approx(first_row_peak, rel=1e-12)
+    # psi's second Gaussian sits at -pi, where its first one left exp(-(3 pi/2)^2 / (2 w^2)) * 2 ~ 0
+    v_psi = 2.0 * np.exp(-0.5 * (np.pi / 2 / bias.width_rad) ** 2)
+    assert deposit.bias_grid()[1, 0] == pytest.approx(v_psi + 2.0 * np.exp(-v_psi / k_dt), rel=1e-9)
+
+
+def test_bad_sum_bias_settings(target, tmp_path):
+    with pytest.raises(ValueError, match="a joint bias takes one or two variables.*'phi1\\+phi2\\+phi3'"):
+        md.Metadynamics("phi1,phi2,phi3")
+    with pytest.raises(ValueError, match="variables must be distinct"):
+        md.Metadynamics("phi+phi1")  # phi is the first residue's phi
+    with pytest.raises(ValueError, match="combine must be 'joint' or 'sum'"):
+        md.Metadynamics(("phi", "psi"), combine="product")
+    assert md.Metadynamics("phi2").combine == "joint"  # one variable: nothing to sum
+    with pytest.raises(ValueError, match="bias variable 'phi2': alanine-dipeptide has 1 residue"):
+        md.run_md(target, 0.001, tmp_path, seed=1, bias=md.Metadynamics("phi+phi2"))
+    assert not (tmp_path / "progress.json").exists()
+
+
+def test_cli_tetrapeptide_sum_of_the_three_phi(tmp_path, capsys):
+    from boltzgen.cvs import atom_indices
+
+    assert main(["md", "alanine-tetrapeptide", "--bias", "phi1+phi2+phi3", "--deposition", "0.5",
+                 "--bias-frequency", "50", "--ns", "0.001", "--out", str(tmp_path), "--save-every", "0.5",
+                 "--equilibration", "0.5", "--platform", "Reference"]) == 0
+    frozen = md.load_bias(tmp_path)
+    declared = atom_indices(systems.collective_variables("alanine-tetrapeptide"), md.load_topology(tmp_path))
+    assert frozen.combine == "sum" and frozen.grid.shape[0] == 3
+    assert frozen.atoms.tolist() == [declared[f"phi{i}"].tolist() for i in (1, 2, 3)]
+    np.testing.assert_allclose(frozen.reduced_energy(md.load_trajectory(tmp_path).xyz), md.load_log_weights(tmp_path),
+                               atol=1e-4)
