@@ -188,8 +188,11 @@ def test_md_and_analyze_report_the_six_cvs_and_three_free_energies(tmp_path, cap
                  "--save-every", "0.5", "--equilibration", "1", "--platform", "Reference"]) == 0
     assert "4 frames (0.002 ns, Reference platform)" in capsys.readouterr().out
     report = tmp_path / "figures.json"
-    assert main(["analyze", str(run), "--blocks", "2", "--json", str(report)]) == 0
+    plots = tmp_path / "plots"
+    assert main(["analyze", str(run), "--blocks", "2", "--json", str(report), "--plots", str(plots)]) == 0
     out = capsys.readouterr().out
+    # a Ramachandran plot per residue (no plain phi/psi pair here)
+    assert {p.name for p in plots.glob("ramachandran*.png")} == {f"ramachandran_phi{i}_psi{i}.png" for i in (1, 2, 3)}
     assert all(re.search(rf"\b{cv} = dihedral \[", out) for cv in CVS)
     for i in (1, 2, 3):
         assert f"dF(phi{i}>0 vs phi{i}<0) kT" in out

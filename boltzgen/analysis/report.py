@@ -23,7 +23,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .compare import KL_BINS, energy_w2, ramachandran_kl, torus_w2
-from .runs import RunFigures, WeightedRun, load_run, run_figures
+from ..cvs import Region
+from .runs import RunFigures, WeightedRun, load_run, ramachandran_pairs, run_figures
 
 
 def _pooled_log_weights(runs: Sequence[WeightedRun]) -> np.ndarray:
@@ -151,20 +152,30 @@ def _profiles(cv: str, runs, reference, shipped: Mapping) -> dict:
     return profiles
 
 
+def _pair_basins(basins: Mapping, phi: str, psi: str) -> dict:
+    """The basins that restrict only ``phi`` and ``psi``, as regions on the CVs "phi" and "psi" (to draw)."""
+    rename = {phi: "phi", psi: "psi"}
+    return {name: Region(name, tuple((rename[cv], low, high) for cv, low, high in b.arcs))
+            for name, b in basins.items() if b.cvs and set(b.cvs) <= set(rename)}
+
+
 def _plots(runs, reference, figures, plot_dir: Path, label: str, shipped_profiles=None) -> dict:
-    """ramachandran.png (CVs phi and psi), <cv>_profile.png for every dihedral CV, energy_histogram.png."""
+    """ramachandran.png (CVs phi and psi; ramachandran_phiN_psiN.png for every residue's pair), <cv>_profile.png
+    for every dihedral CV, energy_histogram.png."""
     from .plots import plot_energy_histogram, plot_profiles, plot_ramachandran
 
     plot_dir.mkdir(parents=True, exist_ok=True)
-    a, lw = _pooled(runs, "angles"), _pooled_log_weights(runs)
+    lw = _pooled_log_weights(runs)
     rlw = None if reference is None else _pooled_log_weights(reference)
     paths = {}
-    if a is not None:
-        paths["ramachandran"] = plot_dir / "ramachandran.png"
-        torus_basins = {n: b for n, b in figures.basins.items() if set(b.cvs) <= {"phi", "psi"}}
-        fig = plot_ramachandran(a, lw, basins=torus_basins or None,
-                                title=f"{label}: {figures.n_frames} weighted samples")
-        fig.savefig(paths["ramachandran"], dpi=120)
+    for phi, psi in ramachandran_pairs(figures.cvs.names):
+        key = "ramachandran" if (phi, psi) == ("phi", "psi") else f"ramachandran_{phi}_{psi}"
+        paths[key] = plot_dir / f"{key}.png"
+        angles = np.concatenate([r.angle_pair(phi, psi) for r in runs])
+        fig = plot_ramachandran(angles, lw, basins=_pair_basins(figures.basins, phi, psi) or None,
+                                title=f"{label}: {figures.n_frames} weighted samples"
+                                      + ("" if key == "ramachandran" else f" ({phi}, {psi})"))
+        fig.savefig(paths[key], dpi=120)
     for cv in figures.cvs.names:
         paths[f"{cv}_profile"] = plot_dir / f"{cv}_profile.png"
         fig = plot_profiles(_profiles(cv, runs, reference, shipped_profiles or {}), name=cv)

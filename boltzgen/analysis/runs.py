@@ -84,6 +84,10 @@ class WeightedRun:
             return np.stack([self.cv_values["phi"], self.cv_values["psi"]], axis=1)
         return None
 
+    def angle_pair(self, phi: str, psi: str) -> np.ndarray:
+        """(n, 2) float64 the CVs ``phi`` and ``psi`` (e.g. "phi2", "psi2") in radians, stacked."""
+        return np.stack([self.cv_values[phi], self.cv_values[psi]], axis=1)
+
     def __getitem__(self, index) -> "WeightedRun":
         """The frames ``index`` (an index array or slice) of this run, as a run of their own."""
         pick = (lambda a: None if a is None else np.asarray(a)[index])
@@ -91,6 +95,16 @@ class WeightedRun:
                            {k: v[index] for k, v in self.cv_values.items()}, self.cvs, pick(self.is_l),
                            pick(self.energies), self.kind, pick(self.bond_lengths), self.system, self.note,
                            self.temperature_K)
+
+
+def ramachandran_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+    """The (phi, psi) CV name pairs among ``names`` that a Ramachandran plot takes: ("phi", "psi") and
+    every ("phiN", "psiN") with both declared, in the order of ``names``' phi."""
+    pairs = []
+    for name in names:
+        if name.startswith("phi") and (name == "phi" or name[3:].isdigit()) and "psi" + name[3:] in names:
+            pairs.append((name, "psi" + name[3:]))
+    return pairs
 
 
 def _bond_lengths(traj) -> np.ndarray | None:
@@ -613,4 +627,5 @@ def run_figures(runs: Sequence, basins: Mapping | None = None, blocks: int | Non
         burn_in_frames=burn_in)
 
 
-__all__ = ["RunFigures", "WeightedRun", "cv_values", "load_basins", "load_run", "run_figures", "transitions"]
+__all__ = ["RunFigures", "WeightedRun", "cv_values", "load_basins", "load_run", "ramachandran_pairs", "run_figures",
+           "transitions"]
