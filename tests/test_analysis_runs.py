@@ -1,5 +1,6 @@
 """analysis.runs helpers that need no run folder."""
 
+
 def test_ramachandran_pairs_are_each_residues_phi_and_psi():
     from boltzgen.analysis.runs import ramachandran_pairs
 
