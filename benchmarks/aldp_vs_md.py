@@ -3,8 +3,9 @@
 Measured one after the other on the same cores, each arm as R independent runs whose spread gives
 its standard error s_R; with R runs of cost c each, 0.1 kT takes R c (s_R / 0.1)^2 (standard errors
 fall as 1 / sqrt(cost)):
-  * biased MD: well-tempered metadynamics on phi (the reference method, at md's default 0.5 fs step): --biased-runs runs of
-    --biased-ns ns each (the 1 ns deposition counts);
+  * biased MD: well-tempered metadynamics on phi (the reference method): --biased-runs runs of
+    --biased-ns ns each (the 1 ns deposition counts), at md's default 0.5 fs step and, as "biased MD
+    (1 fs)", at 1 fs: twice as fast per ns, but ~0.07 kT low (--biased-timesteps);
   * MCMC alone: the generator's mixing kernel (MALA + torsion moves, in the internal-coordinate
     model's space) started from the structure, no model (:func:`boltzgen.baselines.mcmc_alone`):
     --runs sets of --particles chains for --mcmc-rounds rounds; the rule, fixed in advance, drops the
@@ -23,7 +24,7 @@ evaluates one configuration per step, SMC and MCMC in batches (torch force field
 the fair comparison.
 
 Run:  python benchmarks/aldp_vs_md.py [--quick] [--runs 4] [--particles 2500] [--biased-runs 4]
-      [--biased-ns 3] [--mcmc-rounds 1000] [--threads 2] [--record FILE]
+      [--biased-ns 3] [--biased-timesteps 0.5,1] [--mcmc-rounds 1000] [--threads 2] [--record FILE]
 --quick: seconds per arm, to check the script (figures meaningless). The last line is one JSON
 object with all figures; --record FILE also appends them as a result record (benchmarks/_record.py).
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import tempfile
 import time
 from dataclasses import replace
@@ -50,7 +52,6 @@ from boltzgen.pipeline import fast_target, sample_model
 from boltzgen.sampling import MixingSettings, SampleSettings
 
 TARGET_SE_KT = 0.1
-STEPS_PER_NS = round(1e6 / md.DEFAULT_TIMESTEP_FS)  # biased MD at md's default step, one force evaluation per step
 DATA_STEPS_PER_NS = 1_000_000  # the shipped models' training data was made at 1 fs (their provenance commands)
 CARTESIAN = systems.DEFAULT_SYSTEMS_DIR / "alanine-dipeptide" / "alanine-dipeptide-cartesian.model.pt"
 REFERENCE = json.loads((systems.DEFAULT_SYSTEMS_DIR / "alanine-dipeptide" / "alanine-dipeptide.reference.json").read_text())
@@ -126,21 +127,27 @@ def bench_mcmc(model_path: Path, args) -> dict:
                 rounds=args.mcmc_rounds, per_run_dF_kT=[e if math.isfinite(e) else None for e in estimates])
 
 
-def bench_biased_md(args, work: Path) -> dict:
+def bench_biased_md(args, work: Path, timestep_fs: float) -> dict:
     bias = md.Metadynamics(("phi",), deposition_ps=args.deposition_ps)
     dirs, seconds = [], 0.0
     with systems.load("alanine-dipeptide") as target:
         for k in range(args.biased_runs):
-            out = work / f"biased-{k}"
+            out = work / f"biased-{timestep_fs:g}fs-{k}"
             start = time.perf_counter()
-            md.run_md(target, args.biased_ns, out, seed=args.seed + 1 + k, chunk_frames=500, bias=bias)
+            md.run_md(target, args.biased_ns, out, seed=args.seed + 1 + k, chunk_frames=500, bias=bias,
+                      timestep_fs=timestep_fs)
             seconds += time.perf_counter() - start
             dirs.append(out)
     figures = run_figures([str(d) for d in dirs])
     e = figures.delta_f_phi_positive  # None when no frame reached phi > 0 (too short to estimate)
     ns_total = args.biased_runs * (args.biased_ns + args.deposition_ps / 1000)
-    return _row("biased MD", None if e is None else e.mean, None if e is None else e.standard_error, seconds,
-                int(ns_total * STEPS_PER_NS), runs=args.biased_runs, ns=ns_total)
+    label = "biased MD" if timestep_fs == md.DEFAULT_TIMESTEP_FS else f"biased MD ({timestep_fs:g} fs)"
+    return _row(label, None if e is None else e.mean, None if e is None else e.standard_error, seconds,
+                round(ns_total * 1e6 / timestep_fs), runs=args.biased_runs, ns=ns_total, timestep_fs=timestep_fs)
+
+
+def _is_baseline(method: str) -> bool:
+    return method == "MCMC alone" or method.startswith("biased MD")
 
 
 def fmt(v, spec: str) -> str:
@@ -158,7 +165,7 @@ def _sound(rows: list[dict], method: str) -> bool:
 def _ratios(rows: list[dict]) -> dict:
     """seconds to 0.1 kT of each baseline / of each generator (> 1: the generator is faster); baselines
     off the reference by more than 2 combined standard errors are left out (see :func:`_sound`)."""
-    base = {r["method"]: r["seconds_to_0.1"] for r in rows if r["method"] in ("MCMC alone", "biased MD")}
+    base = {r["method"]: r["seconds_to_0.1"] for r in rows if _is_baseline(r["method"])}
     out = {}
     for r in rows:
         if r["method"] in base or not r["seconds_to_0.1"]:
@@ -181,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--biased-runs", type=int, default=4)
     parser.add_argument("--biased-ns", type=float, default=3.0)
     parser.add_argument("--deposition-ps", type=float, default=1000.0)
+    parser.add_argument("--biased-timesteps", default="0.5,1", help="biased MD arms, one per time step in fs")
     parser.add_argument("--model", default=str(systems.shipped_model("alanine-dipeptide")),
                         help="the internal-coordinate model (default: the shipped one)")
     parser.add_argument("--cartesian-model", default=str(CARTESIAN), help="the Cartesian model to compare")
@@ -198,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        rows = [bench_biased_md(args, work), bench_mcmc(Path(args.model), args),
+        steps = [float(v) for v in args.biased_timesteps.split(",")]
+        rows = [*(bench_biased_md(args, work, dt) for dt in steps), bench_mcmc(Path(args.model), args),
                 bench_generator("Cartesian generator", Path(args.cartesian_model), cartesian_defaults, args, work),
                 bench_generator("IC generator", Path(args.model), defaults, args, work),
                 bench_generator("IC generator, no mixing", Path(args.model),
@@ -220,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, value in ratios.items():
         print(f"  {name}: {value:.2f}  (seconds to 0.1 kT; > 1: the generator is faster)")
     for r in rows:
-        if r["method"] in ("MCMC alone", "biased MD") and not _sound(rows, r["method"]):
+        if _is_baseline(r["method"]) and not _sound(rows, r["method"]):
             print(f"  {r['method']}: no ratio: its estimate is not within 2 s.e. of the reference (z = "
                   f"{fmt(r['z_vs_reference'], '.1f')}), so its cost to 0.1 kT is the cost of a wrong answer")
     print(json.dumps({"target_se_kT": TARGET_SE_KT, "quick": args.quick, "threads": args.threads, "rows": rows,
@@ -234,7 +243,7 @@ def record_figures(rows: list[dict], ratios: dict) -> dict:
     """The figures of a --record line: per method dF, its standard error, cost to 0.1 kT; the ratios."""
     figures = {}
     for r in rows:
-        key = r["method"].lower().replace(",", "").replace(" ", "_")
+        key = re.sub(r"[^a-z0-9]+", "_", r["method"].lower()).strip("_")  # "biased MD (1 fs)" -> biased_md_1_fs
         figures[f"{key}_dF_kT"], figures[f"{key}_dF_kT_err"] = r["dF_kT"], r["se_kT"]
         figures[f"{key}_z_vs_reference"] = r["z_vs_reference"]
         figures[f"{key}_seconds"] = r["seconds"]

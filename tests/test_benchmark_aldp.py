@@ -15,16 +15,20 @@ def test_quick_benchmark_runs_every_arm_and_records_them(tmp_path):
     lines = out.getvalue().strip().splitlines()
     result = json.loads(lines[-1])
     methods = [r["method"] for r in result["rows"]]
-    assert methods == ["biased MD", "MCMC alone", "Cartesian generator", "IC generator", "IC generator, no mixing"]
-    mcmc = result["rows"][1]
+    assert methods == ["biased MD", "biased MD (1 fs)", "MCMC alone", "Cartesian generator", "IC generator",
+                       "IC generator, no mixing"]
+    assert [r["timestep_fs"] for r in result["rows"][:2]] == [0.5, 1.0]
+    assert result["rows"][0]["target_evaluations"] == 2 * result["rows"][1]["target_evaluations"]  # steps per ns
+    mcmc = result["rows"][2]
     assert len(mcmc["per_run_dF_kT"]) == mcmc["runs"] == 2  # one estimate per independent set of chains
-    generators = result["rows"][2:]
+    generators = result["rows"][3:]
     assert all(r["model_evaluations"] > 0 and len(r["lineages"]) == r["runs"] for r in generators)
     table = [line for line in lines if line.startswith(("biased MD", "MCMC alone", "Cartesian", "IC generator"))]
-    assert len(table) == 5  # one printed row per arm
+    assert len(table) == 6  # one printed row per arm
     (record,) = read_records(tmp_path / "r.jsonl")  # --record: the figures as one result record
     assert record["name"] == "aldp_vs_md" and record["command"] == "python benchmarks/aldp_vs_md.py --quick --threads 1"
-    assert record["figures"]["ic_generator_seconds"] == result["rows"][3]["seconds"]
+    assert record["figures"]["ic_generator_seconds"] == result["rows"][4]["seconds"]
+    assert "biased_md_1_fs_dF_kT" in record["figures"]
     assert "figures meaningless" in record["note"]
 
 
@@ -34,8 +38,8 @@ def test_ratios_leave_out_a_baseline_that_misses_the_reference():
 
     ref = REFERENCE["delta_f_phi_positive_kT"]
     rows = [_row("biased MD", ref, 0.05, 100.0, 1000), _row("MCMC alone", ref + 1.3, 0.07, 200.0, 1000),
-            _row("IC generator", ref + 0.1, 0.2, 50.0, 1000, 500)]
+            _row("IC generator", ref + 0.1, 0.2, 50.0, 1000, 500), _row("biased MD (1 fs)", ref - 0.05, 0.05, 50.0, 500)]
     assert abs(rows[1]["z_vs_reference"]) > 2 and abs(rows[0]["z_vs_reference"]) < 1e-9
     ratios = _ratios(rows)
     # biased MD needs 100 * (0.05 / 0.1)^2 = 25 s, the generator 50 * (0.2 / 0.1)^2 = 200 s
-    assert ratios == {"biased MD / IC generator": 25.0 / 200.0}
+    assert ratios == {"biased MD / IC generator": 25.0 / 200.0, "biased MD (1 fs) / IC generator": 12.5 / 200.0}
