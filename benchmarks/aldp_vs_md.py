@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import tempfile
 import time
 from dataclasses import replace
@@ -41,8 +40,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
+from _arms import TARGET_SE_KT, print_table, record_figures, row
 from _record import append_record, command_line
+
 from boltzgen import md, systems
 from boltzgen.analysis import phi_psi, run_figures
 from boltzgen.analysis.free_energy import mean_and_error
@@ -51,33 +51,14 @@ from boltzgen.models import load_model_file
 from boltzgen.pipeline import fast_target, sample_model
 from boltzgen.sampling import MixingSettings, SampleSettings
 
-TARGET_SE_KT = 0.1
 DATA_STEPS_PER_NS = 1_000_000  # the shipped models' training data was made at 1 fs (their provenance commands)
 CARTESIAN = systems.DEFAULT_SYSTEMS_DIR / "alanine-dipeptide" / "alanine-dipeptide-cartesian.model.pt"
 REFERENCE = json.loads((systems.DEFAULT_SYSTEMS_DIR / "alanine-dipeptide" / "alanine-dipeptide.reference.json").read_text())
 
 
-def extrapolated(cost: float, se: float | None) -> float | None:
-    """Cost to reach TARGET_SE_KT when the standard error falls as 1 / sqrt(cost)."""
-    if se is None or not math.isfinite(se) or se <= 0:
-        return None
-    return cost * (se / TARGET_SE_KT) ** 2
-
-
-def z_vs_reference(df, se, reference: dict) -> float | None:
-    """(dF - reference) / combined standard error: |z| > 2 marks an arm whose estimate is off (e.g. not
-    relaxed), whose cost to 0.1 kT is then the cost of a wrong answer."""
-    if df is None or se is None:
-        return None
-    return (df - reference["delta_f_phi_positive_kT"]) / math.hypot(se, reference["delta_f_phi_positive_err_kT"])
-
-
 def _row(method: str, df, se, seconds, target_evals, model_evals=0, **extra) -> dict:
-    evaluations = target_evals + model_evals
-    return {"method": method, "dF_kT": df, "se_kT": se, "z_vs_reference": z_vs_reference(df, se, REFERENCE),
-            "seconds": seconds, "target_evaluations": int(target_evals),
-            "model_evaluations": int(model_evals), "seconds_to_0.1": extrapolated(seconds, se),
-            "evaluations_to_0.1": extrapolated(evaluations, se), **extra}
+    reference = (REFERENCE["delta_f_phi_positive_kT"], REFERENCE["delta_f_phi_positive_err_kT"])
+    return row(method, df, se, reference, seconds, target_evals, model_evals, **extra)
 
 
 def _training_cost(model_path: Path) -> tuple[float | None, int | None]:
@@ -146,39 +127,6 @@ def bench_biased_md(args, work: Path, timestep_fs: float) -> dict:
                 round(ns_total * 1e6 / timestep_fs), runs=args.biased_runs, ns=ns_total, timestep_fs=timestep_fs)
 
 
-def _is_baseline(method: str) -> bool:
-    return method == "MCMC alone" or method.startswith("biased MD")
-
-
-def fmt(v, spec: str) -> str:
-    width = int(spec.split(".")[0].rstrip("fg") or 0)
-    return "n/a".rjust(width) if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
-
-
-def _sound(rows: list[dict], method: str) -> bool:
-    """Whether ``method``'s estimate agrees with the reference (|z| <= 2): a baseline that does not is
-    left out of the ratios (its cost to 0.1 kT is the cost of a wrong answer)."""
-    z = next(r["z_vs_reference"] for r in rows if r["method"] == method)
-    return z is not None and abs(z) <= 2
-
-
-def _ratios(rows: list[dict]) -> dict:
-    """seconds to 0.1 kT of each baseline / of each generator (> 1: the generator is faster); baselines
-    off the reference by more than 2 combined standard errors are left out (see :func:`_sound`)."""
-    base = {r["method"]: r["seconds_to_0.1"] for r in rows if _is_baseline(r["method"])}
-    out = {}
-    for r in rows:
-        if r["method"] in base or not r["seconds_to_0.1"]:
-            continue
-        for name, b in base.items():
-            if b and _sound(rows, name):
-                out[f"{name} / {r['method']}"] = b / r["seconds_to_0.1"]
-                if r.get("training_seconds"):
-                    out[f"{name} / {r['method']} (training included)"] = b / (r["seconds_to_0.1"]
-                                                                              + r["training_seconds"])
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny runs that only check the script")
@@ -212,48 +160,16 @@ def main(argv: list[str] | None = None) -> None:
                 bench_generator("IC generator", Path(args.model), defaults, args, work),
                 bench_generator("IC generator, no mixing", Path(args.model),
                                 replace(defaults, mixing=replace(defaults.mixing, moves=0)), args, work)]
-    print(f"cost to a standard error of {TARGET_SE_KT} kT on dF(phi>0 vs phi<0), {args.threads} torch threads "
-          f"(MD: OpenMM, one core); {args.runs} runs x {args.particles} particles per sampler")
-    print(f"reference: {REFERENCE['delta_f_phi_positive_kT']:.3f} +- {REFERENCE['delta_f_phi_positive_err_kT']:.3f} kT "
-          f"({REFERENCE['source']}); z = (dF - reference) / combined s.e.")
-    print(f"{'method':<26} {'dF kT':>7} {'se kT':>6} {'z':>5} {'measured s':>10} {'s to 0.1':>9} {'evals to 0.1':>12} "
-          f"{'+training s':>11} {'1-step ESS':>10}  lineages")
-    for r in rows:
-        incl = None if r["seconds_to_0.1"] is None or not r.get("training_seconds") else \
-            r["seconds_to_0.1"] + r["training_seconds"]
-        print(f"{r['method']:<26} {fmt(r['dF_kT'], '7.3f')} {fmt(r['se_kT'], '6.3f')} {fmt(r['z_vs_reference'], '5.1f')} "
-              f"{r['seconds']:10.0f} "
-              f"{fmt(r['seconds_to_0.1'], '9.0f')} {fmt(r['evaluations_to_0.1'], '12.3g')} {fmt(incl, '11.0f')} "
-              f"{fmt(r.get('bridge_ess_fraction'), '10.3f')}  {r.get('lineages', '')}")
-    ratios = _ratios(rows)
-    for name, value in ratios.items():
-        print(f"  {name}: {value:.2f}  (seconds to 0.1 kT; > 1: the generator is faster)")
-    for r in rows:
-        if _is_baseline(r["method"]) and not _sound(rows, r["method"]):
-            print(f"  {r['method']}: no ratio: its estimate is not within 2 s.e. of the reference (z = "
-                  f"{fmt(r['z_vs_reference'], '.1f')}), so its cost to 0.1 kT is the cost of a wrong answer")
+    found = print_table(rows, [
+        (f"cost to a standard error of {TARGET_SE_KT} kT on dF(phi>0 vs phi<0), {args.threads} torch threads "
+        f"(MD: OpenMM, one core); {args.runs} runs x {args.particles} particles per sampler"),
+        (f"reference: {REFERENCE['delta_f_phi_positive_kT']:.3f} +- {REFERENCE['delta_f_phi_positive_err_kT']:.3f} kT "
+        f"({REFERENCE['source']}); z = (dF - reference) / combined s.e.")])
     print(json.dumps({"target_se_kT": TARGET_SE_KT, "quick": args.quick, "threads": args.threads, "rows": rows,
-                      "ratios": ratios}))
+                      "ratios": found}))
     if args.record:
-        append_record(args.record, "aldp_vs_md", command_line(__file__, argv), record_figures(rows, ratios),
+        append_record(args.record, "aldp_vs_md", command_line(__file__, argv), record_figures(rows, found),
                       "--quick: checks the script, figures meaningless" if args.quick else "")
-
-
-def record_figures(rows: list[dict], ratios: dict) -> dict:
-    """The figures of a --record line: per method dF, its standard error, cost to 0.1 kT; the ratios."""
-    figures = {}
-    for r in rows:
-        key = re.sub(r"[^a-z0-9]+", "_", r["method"].lower()).strip("_")  # "biased MD (1 fs)" -> biased_md_1_fs
-        figures[f"{key}_dF_kT"], figures[f"{key}_dF_kT_err"] = r["dF_kT"], r["se_kT"]
-        figures[f"{key}_z_vs_reference"] = r["z_vs_reference"]
-        figures[f"{key}_seconds"] = r["seconds"]
-        figures[f"{key}_seconds_to_0.1"] = r["seconds_to_0.1"]
-        figures[f"{key}_evaluations_to_0.1"] = r["evaluations_to_0.1"]
-        if "bridge_ess_fraction" in r:
-            figures[f"{key}_bridge_ess_fraction"] = r["bridge_ess_fraction"]
-    for name, value in ratios.items():
-        figures["ratio " + name] = value
-    return figures
 
 
 if __name__ == "__main__":

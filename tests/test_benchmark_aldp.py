@@ -34,7 +34,8 @@ def test_quick_benchmark_runs_every_arm_and_records_them(tmp_path):
 
 def test_ratios_leave_out_a_baseline_that_misses_the_reference():
     import benchmarks_path  # noqa: F401
-    from aldp_vs_md import REFERENCE, _ratios, _row
+    from _arms import ratios as _ratios
+    from aldp_vs_md import REFERENCE, _row
 
     ref = REFERENCE["delta_f_phi_positive_kT"]
     rows = [_row("biased MD", ref, 0.05, 100.0, 1000), _row("MCMC alone", ref + 1.3, 0.07, 200.0, 1000),
