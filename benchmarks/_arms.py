@@ -22,10 +22,11 @@ def extrapolated(cost: float, se: float | None) -> float | None:
 
 
 def z_score(value, se, reference: float, reference_se: float) -> float | None:
-    """(value - reference) / combined standard error; None when the arm has no estimate."""
-    if value is None or se is None:
+    """(value - reference) / combined standard error; None when the arm has no estimate or no error."""
+    if value is None or se is None or reference is None:
         return None
-    return (value - reference) / math.hypot(se, reference_se)
+    combined = math.hypot(se, reference_se)
+    return (value - reference) / combined if combined > 0 else None
 
 
 def row(method: str, value, se, reference: tuple[float, float], seconds: float, target_evals: int,
@@ -87,8 +88,10 @@ def print_table(rows: list[dict], header: list[str]) -> dict:
         print(f"  {name}: {value:.2f}  (seconds to 0.1 kT; > 1: the generator is faster)")
     for r in rows:
         if is_baseline(r["method"]) and not sound(rows, r["method"]):
-            print(f"  {r['method']}: no ratio: its estimate is not within 2 s.e. of the reference (z = "
-                  f"{fmt(r['z_vs_reference'], '.1f')}), so its cost to 0.1 kT is the cost of a wrong answer")
+            why = ("it has no estimate with an error bar" if r["z_vs_reference"] is None else
+                   f"its estimate is not within 2 s.e. of the reference (z = {fmt(r['z_vs_reference'], '.1f')}), "
+                   "so its cost to 0.1 kT is the cost of a wrong answer")
+            print(f"  {r['method']}: no ratio: {why}")
     return found
 
 

@@ -1,0 +1,219 @@
+"""Cost to a 0.1 kT standard error on the rarest phi-sign state of alanine tetrapeptide: every arm, one run.
+
+Alanine tetrapeptide (ACE-(ALA)3-NME) has three slow phi; its eight phi-sign states ("---" ... "+++",
+the signs of phi1, phi2, phi3) are declared in alanine-tetrapeptide.molecule.yaml. The figure of merit is
+F(s) = -ln P(s) of the rarest state s holding at least 1 % of the reference's mass, with its standard
+error over independent runs (delta method: se(P) / P); each arm also reports every residue's
+dF(phi_i > 0 vs phi_i < 0). Arms, measured one after the other on the same cores:
+  * biased MD: well-tempered metadynamics on the three phi, a sum of 1-D biases (the reference
+    method, `boltzgen md alanine-tetrapeptide --bias phi1+phi2+phi3`): --biased-runs runs of
+    --biased-ns ns each (the deposition counts), at md's default 0.5 fs step;
+  * MCMC alone: the mixing kernel (MALA + torsion moves) from the structure, no model, in the
+    model's coordinate space (without --model: Cartesian): --runs sets of --particles chains for
+    --mcmc-rounds rounds; the first half of the snapshots is dropped (rule fixed in advance);
+  * the generator (--model, internal coordinates) at the sampler defaults, and without its mixing
+    stage; left out, and said so, without --model.
+The reference is the shipped alanine-tetrapeptide.reference.json when there is one, else the biased MD
+arm itself (its z is then 0 by construction, and the table says so). See benchmarks/_arms.py for the
+cost arithmetic and when a baseline gets no ratio.
+
+Run:  python benchmarks/tetrapeptide_vs_md.py [--quick] [--model FILE] [--runs 4] [--particles 1000]
+      [--biased-runs 4] [--biased-ns 10] [--mcmc-rounds 2000] [--threads 2] [--record FILE]
+--quick: seconds per arm, to check the script (figures meaningless). The last line is one JSON object
+with all figures; --record FILE also appends them as a result record (benchmarks/_record.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from _arms import TARGET_SE_KT, print_table, record_figures, row
+from _record import append_record, command_line
+
+from boltzgen import md, systems
+from boltzgen.analysis import cv_values, run_figures
+from boltzgen.analysis.free_energy import mean_and_error
+from boltzgen.baselines import mcmc_alone
+from boltzgen.coordinates.cartesian import MolecularSpace
+from boltzgen.models import load_model_file
+from boltzgen.pipeline import fast_target, sample_model
+from boltzgen.sampling import MixingSettings, SampleSettings
+
+SYSTEM = "alanine-tetrapeptide"
+STATES = ("---", "--+", "-+-", "-++", "+--", "+-+", "++-", "+++")
+RESIDUES = ("phi1_positive", "phi2_positive", "phi3_positive")
+MIN_MASS = 0.01
+REFERENCE_FILE = systems.DEFAULT_SYSTEMS_DIR / SYSTEM / f"{SYSTEM}.reference.json"
+
+
+def state_free_energy(p: float | None, p_se: float | None) -> tuple[float | None, float | None]:
+    """F = -ln P (kT) and its standard error se(P) / P; (None, None) without an estimate."""
+    if p is None or not p > 0:
+        return None, None
+    return -math.log(p), None if p_se is None else p_se / p
+
+
+def figures_of_runs(dirs: list[Path]) -> dict:
+    """{state: (P, se)} for the eight states and {residue free energy: (dF, se)} of MD or sample run folders."""
+    f = run_figures([str(d) for d in dirs])
+    out = {s: (f.populations[s].mean, f.populations[s].standard_error) for s in STATES}
+    for key in RESIDUES:
+        e = f.free_energies.get(key)
+        out[key] = (None, None) if e is None else (e.mean, e.standard_error)
+    return out
+
+
+def figures_of_sets(per_set: list[dict[str, float]]) -> dict:
+    """The same from per-set populations {state: P} of independent chain sets (mean and s.e. over sets)."""
+    out = {s: mean_and_error([p[s] for p in per_set]) for s in STATES}
+    for i, key in enumerate(RESIDUES):
+        sign = [s for s in STATES if s[i] == "+"]
+        dfs = [-math.log(q / (1 - q)) if 0 < q < 1 else math.inf for q in (sum(p[s] for s in sign) for p in per_set)]
+        out[key] = mean_and_error(dfs) if all(math.isfinite(v) for v in dfs) else (None, None)
+    return out
+
+
+def reference_figures(biased: dict) -> tuple[dict, str]:
+    """The reference's {state: (P, se)} and {residue: (dF, se)}, and where it comes from."""
+    if REFERENCE_FILE.is_file():
+        ref = json.loads(REFERENCE_FILE.read_text())
+        out = {s: (ref["populations"][s]["p"], ref["populations"][s]["err"]) for s in STATES}
+        out.update({k: (ref[f"delta_f_{k}_kT"], ref[f"delta_f_{k}_err_kT"]) for k in RESIDUES})
+        return out, ref.get("source", str(REFERENCE_FILE))
+    return biased, "the biased MD arm itself (no shipped reference yet): its z is 0 by construction"
+
+
+def rarest_state(reference: dict) -> str:
+    """The state of least reference population among those holding at least MIN_MASS."""
+    held = [s for s in STATES if reference[s][0] is not None and reference[s][0] >= MIN_MASS]
+    return min(held, key=lambda s: reference[s][0])
+
+
+def arm(method: str, figures: dict, state: str, reference: dict, seconds: float, target_evals: int,
+        model_evals: int = 0, **extra) -> dict:
+    value, se = state_free_energy(*figures[state])
+    ref_value, ref_se = state_free_energy(*reference[state])
+    residues = {f"delta_f_{k}_kT": figures[k][0] for k in RESIDUES}
+    residues.update({f"delta_f_{k}_err_kT": figures[k][1] for k in RESIDUES})
+    return row(method, value, se, (ref_value, ref_se or 0.0), seconds, target_evals, model_evals,
+               populations={s: figures[s][0] for s in STATES}, **residues, **extra)
+
+
+def run_biased_md(args, work: Path) -> tuple[dict, float, int]:
+    bias = md.Metadynamics("phi1+phi2+phi3", deposition_ps=args.deposition_ps)
+    dirs, seconds = [], 0.0
+    with systems.load(SYSTEM) as target:
+        for k in range(args.biased_runs):
+            out = work / f"biased-{k}"
+            start = time.perf_counter()
+            md.run_md(target, args.biased_ns, out, seed=args.seed + 1 + k, chunk_frames=500, bias=bias,
+                      equilibration_ps=1.0 if args.quick else 100.0)
+            seconds += time.perf_counter() - start
+            dirs.append(out)
+    steps = round(args.biased_runs * (args.biased_ns + args.deposition_ps / 1000) * 1e6 / md.DEFAULT_TIMESTEP_FS)
+    return figures_of_runs(dirs), seconds, steps
+
+
+def run_mcmc(space, args) -> tuple[dict, float, int]:
+    per_set, seconds, evaluations = [], 0.0, 0
+    with systems.load(SYSTEM) as target:
+        fast = fast_target(target, compile=not args.quick)
+        cvs = systems.collective_variables(SYSTEM)
+        regions = {r.name: r for r in cvs.basins}
+        for k in range(args.runs):
+            chains = mcmc_alone(space, target, args.particles, args.mcmc_rounds, mixing=MixingSettings(),
+                                target_energy=fast.reduced_energy, seed=args.seed + 1000 + k)
+            x = torch.from_numpy(chains.kept().reshape(-1, target.n_atoms, 3)).to(torch.float64)
+            values = cv_values(x, target.topology, cvs)
+            per_set.append({s: float(regions[s].contains(values).mean()) for s in STATES})
+            seconds += chains.seconds
+            evaluations += chains.target_evaluations
+    return figures_of_sets(per_set), seconds, evaluations
+
+
+def run_generator(model: Path, settings, args, work: Path, label: str) -> tuple[dict, float, dict]:
+    with systems.load(SYSTEM) as target:
+        start = time.perf_counter()
+        report = sample_model(target, model, work / label.replace(" ", "-").replace(",", ""), particles=args.particles,
+                              runs=args.runs, settings=settings, seed=args.seed, compile=not args.quick)
+        seconds = time.perf_counter() - start
+    return figures_of_runs(list(report.run_dirs)), seconds, report.summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny runs that only check the script")
+    parser.add_argument("--model", default=None, help="an internal-coordinate model of alanine-tetrapeptide "
+                                                      "(without it the generator arms are left out)")
+    parser.add_argument("--runs", type=int, default=4)
+    parser.add_argument("--particles", type=int, default=1000, help="particles per SMC run and chains per MCMC set")
+    parser.add_argument("--mcmc-rounds", type=int, default=2000)
+    parser.add_argument("--biased-runs", type=int, default=4)
+    parser.add_argument("--biased-ns", type=float, default=10.0)
+    parser.add_argument("--deposition-ps", type=float, default=1000.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--record", metavar="FILE", default=None,
+                        help="also append the figures as one JSON line to FILE (benchmarks/_record.py)")
+    args = parser.parse_args(argv)
+    defaults = SampleSettings()
+    if args.quick:
+        args.runs, args.particles, args.mcmc_rounds = 2, 16, 40
+        args.biased_runs, args.biased_ns, args.deposition_ps = 2, 0.01, 5.0
+        defaults = replace(defaults, n_levels=8, mixing=replace(defaults.mixing, moves=min(defaults.mixing.moves, 10)))
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        biased, biased_seconds, biased_steps = run_biased_md(args, work)
+        reference, source = reference_figures(biased)
+        state = rarest_state(reference)
+        rows = [arm("biased MD", biased, state, reference, biased_seconds, biased_steps, runs=args.biased_runs,
+                    ns=args.biased_runs * (args.biased_ns + args.deposition_ps / 1000))]
+        if args.model:
+            space = load_model_file(args.model).space
+        else:
+            with systems.load(SYSTEM) as target:
+                space = MolecularSpace.fit(torch.as_tensor(np.asarray(target.positions))[None])
+        mcmc, seconds, evaluations = run_mcmc(space, args)
+        rows.append(arm("MCMC alone", mcmc, state, reference, seconds, evaluations, runs=args.runs,
+                        chains=args.particles, rounds=args.mcmc_rounds))
+        for label, settings in (("generator", defaults),
+                                ("generator, no mixing", replace(defaults, mixing=replace(defaults.mixing, moves=0)))):
+            if not args.model:
+                break
+            figures, seconds, s = run_generator(Path(args.model), settings, args, work, label)
+            rows.append(arm(label, figures, state, reference, seconds, s["target_evaluations"], s["model_evaluations"],
+                            runs=args.runs, particles=args.particles, bridge_ess_fraction=s["bridge_ess_fraction"],
+                            lineages=s["lineages"]))
+    found = print_table(rows, [
+        f"cost to a standard error of {TARGET_SE_KT} kT on F({state}) = -ln P({state}), the rarest phi-sign state "
+        f"with >= {MIN_MASS:.0%} of the mass; {args.threads} torch threads (MD: OpenMM, one core)",
+        f"reference: {source}; z = (F - reference) / combined s.e.",
+        *([] if args.model else ["generator arms left out: no --model given"])])
+    for r in rows:
+        print(f"  {r['method']}: " + ", ".join(
+            f"dF(phi{i}>0) {_pm(r[f'delta_f_phi{i}_positive_kT'], r[f'delta_f_phi{i}_positive_err_kT'])}"
+            for i in (1, 2, 3)))
+    print(json.dumps({"target_se_kT": TARGET_SE_KT, "quick": args.quick, "state": state, "reference": source,
+                      "rows": rows, "ratios": found}))
+    if args.record:
+        append_record(args.record, "tetrapeptide_vs_md", command_line(__file__, argv),
+                      {"state": state, **record_figures(rows, found)},
+                      "--quick: checks the script, figures meaningless" if args.quick else "")
+
+
+def _pm(value, se) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" + ("" if se is None else f" +- {se:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""benchmarks/tetrapeptide_vs_md.py --quick runs every arm end to end (a tiny model for the generator arms;
+figures meaningless), and its state arithmetic."""
+import contextlib
+import io
+import json
+import math
+
+import pytest
+
+from boltzgen import md, systems
+from boltzgen.pipeline import TrainSettings, train_model
+
+TINY = TrainSettings(dsm_steps=12, clf_steps=6, batch_size=16, clf_batch_size=4, clf_levels=3, hidden=16, n_blocks=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    work = tmp_path_factory.mktemp("tp")
+    with systems.load("alanine-tetrapeptide") as target:
+        md.run_md(target, 0.02, work / "md", seed=3, equilibration_ps=1.0, chunk_frames=10)
+        report = train_model(target, [work / "md"], work / "m.pt", TINY)
+    return report.model_path
+
+
+def test_quick_benchmark_runs_every_arm_and_records_them(tmp_path, tiny_model):
+    import benchmarks_path  # noqa: F401  (adds benchmarks/ to sys.path)
+    from _record import read_records
+    from tetrapeptide_vs_md import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(["--quick", "--threads", "1", "--model", str(tiny_model), "--record", str(tmp_path / "r.jsonl")])
+    lines = out.getvalue().strip().splitlines()
+    result = json.loads(lines[-1])
+    assert [r["method"] for r in result["rows"]] == ["biased MD", "MCMC alone", "generator", "generator, no mixing"]
+    for r in result["rows"]:
+        assert sum(r["populations"].values()) == pytest.approx(1.0)  # the eight states tile the torus
+    assert all(r["model_evaluations"] > 0 for r in result["rows"][2:])
+    (record,) = read_records(tmp_path / "r.jsonl")
+    assert record["name"] == "tetrapeptide_vs_md" and record["figures"]["state"] == result["state"]
+    assert "figures meaningless" in record["note"]
+
+
+def test_state_arithmetic():
+    import benchmarks_path  # noqa: F401
+    from tetrapeptide_vs_md import STATES, figures_of_sets, rarest_state, state_free_energy
+
+    assert state_free_energy(0.02, 0.002) == (pytest.approx(-math.log(0.02)), pytest.approx(0.1))
+    assert state_free_energy(0.0, 0.0) == (None, None)
+    reference = {s: (p, 0.001) for s, p in zip(STATES, (0.9, 0.03, 0.03, 0.005, 0.02, 0.004, 0.01, 0.001))}
+    assert rarest_state(reference) == "++-"  # 0.01 holds 1 % of the mass; 0.005 and below do not
+    one = dict(zip(STATES, (0.9, 0.03, 0.03, 0.005, 0.02, 0.004, 0.01, 0.001)))
+    two = dict(zip(STATES, (0.88, 0.04, 0.03, 0.005, 0.03, 0.004, 0.01, 0.001)))
+    figures = figures_of_sets([one, two])
+    assert figures["---"][0] == pytest.approx(0.89) and figures["---"][1] == pytest.approx(0.01)
+    # residue 1 at phi > 0 in states +--, +-+, ++-, +++: 0.035 and 0.045
+    expected = [-math.log(q / (1 - q)) for q in (0.035, 0.045)]
+    assert figures["phi1_positive"][0] == pytest.approx(sum(expected) / 2)
