@@ -51,7 +51,6 @@ from boltzgen.models import load_model_file
 from boltzgen.pipeline import fast_target, sample_model
 from boltzgen.sampling import MixingSettings, SampleSettings
 
-DATA_STEPS_PER_NS = 1_000_000  # the shipped models' training data was made at 1 fs (their provenance commands)
 CARTESIAN = systems.DEFAULT_SYSTEMS_DIR / "alanine-dipeptide" / "alanine-dipeptide-cartesian.model.pt"
 REFERENCE = json.loads((systems.DEFAULT_SYSTEMS_DIR / "alanine-dipeptide" / "alanine-dipeptide.reference.json").read_text())
 
@@ -70,7 +69,8 @@ def _training_cost(model_path: Path) -> tuple[float | None, int | None]:
     data = [v for k, v in p.get("data_seconds_per_run", {}).items() if k.startswith("seed")]
     n_data_runs, ns_per_run = p.get("data_runs", 3), p.get("data_ns_per_run", 31)
     seconds = n_data_runs * float(np.mean(data)) + float(p["train_seconds"]) if data else None
-    evaluations = n_data_runs * ns_per_run * DATA_STEPS_PER_NS + int(p["training_report"]["n_train"])
+    steps_per_ns = 1e6 / p.get("data_timestep_fs", 1.0)  # the data's time step (1 fs, md's default then)
+    evaluations = round(n_data_runs * ns_per_run * steps_per_ns) + int(p["training_report"]["n_train"])
     return seconds, evaluations
 
 
