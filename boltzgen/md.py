@@ -153,11 +153,6 @@ class Metadynamics:
             has both (as :func:`boltzgen.analysis.phi_psi` and ``boltzgen analyze`` use), "phiN" /
             "psiN" those of the N-th such residue (phi1 = phi). A string is read too: "phi,psi" is
             one joint bias, "phi1+phi2+phi3" a sum of 1-D biases.
-        combine: "joint": one bias on a grid over all variables (1 or 2 of them; OpenMM's
-            ``openmm.app.Metadynamics``), or "sum": V = sum_i V_i(s_i), one well-tempered 1-D bias
-            per variable, each Gaussian's height tempered by its own V_i (any number of variables;
-            the choice for several slow dihedrals, e.g. the three phi of alanine tetrapeptide, whose
-            joint grid would be 90^3 points and slow to fill). A single variable is always "joint".
         bias_factor: gamma > 1; the variables are sampled as if at gamma times the temperature.
         height_kj_per_mol: initial height of each Gaussian, kJ/mol.
         width_rad: standard deviation of each Gaussian, radians.
@@ -165,16 +160,21 @@ class Metadynamics:
         deposition_ps: how long Gaussians are deposited before the bias is frozen, ps.
         grid_points: points of the periodic bias grid per variable (default ceil(5 * 2 pi / width),
             OpenMM's choice).
+        combine: "joint": one bias on a grid over all variables (1 or 2 of them; OpenMM's
+            ``openmm.app.Metadynamics``), or "sum": V = sum_i V_i(s_i), one well-tempered 1-D bias
+            per variable, each Gaussian's height tempered by its own V_i (any number of variables;
+            the choice for several slow dihedrals, e.g. the three phi of alanine tetrapeptide, whose
+            joint grid would be 90^3 points and slow to fill). A single variable is always "joint".
     """
 
     variables: tuple[str, ...] = ("phi",)
-    combine: str = "joint"
     bias_factor: float = 6.0
     height_kj_per_mol: float = 1.0
     width_rad: float = 0.35
     frequency_steps: int = 500
     deposition_ps: float = 1000.0
     grid_points: int | None = None
+    combine: str = "joint"  # last, so that positional arguments keep their meaning
 
     def __post_init__(self):
         variables, combine = self.variables, self.combine
