@@ -121,7 +121,7 @@ def bench_biased_md(args, work: Path, timestep_fs: float) -> dict:
             dirs.append(out)
     figures = run_figures([str(d) for d in dirs])
     e = figures.delta_f_phi_positive  # None when no frame reached phi > 0 (too short to estimate)
-    ns_total = args.biased_runs * (args.biased_ns + args.deposition_ps / 1000)
+    ns_total = args.biased_runs * (args.biased_ns + args.deposition_ps / 1000 + 0.1)  # + 100 ps equilibration
     label = "biased MD" if timestep_fs == md.DEFAULT_TIMESTEP_FS else f"biased MD ({timestep_fs:g} fs)"
     return _row(label, None if e is None else e.mean, None if e is None else e.standard_error, seconds,
                 round(ns_total * 1e6 / timestep_fs), runs=args.biased_runs, ns=ns_total, timestep_fs=timestep_fs)
@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         steps = [float(v) for v in args.biased_timesteps.split(",")]
+        if len(set(steps)) != len(steps):
+            parser.error(f"--biased-timesteps must not repeat a step, got {args.biased_timesteps}")
         rows = [*(bench_biased_md(args, work, dt) for dt in steps), bench_mcmc(Path(args.model), args),
                 bench_generator("Cartesian generator", Path(args.cartesian_model), cartesian_defaults, args, work),
                 bench_generator("IC generator", Path(args.model), defaults, args, work),

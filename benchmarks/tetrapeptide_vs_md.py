@@ -71,12 +71,13 @@ def figures_of_runs(dirs: list[Path]) -> dict:
 
 
 def figures_of_sets(per_set: list[dict[str, float]]) -> dict:
-    """The same from per-set populations {state: P} of independent chain sets (mean and s.e. over sets)."""
+    """The same from per-set populations {state: P} of independent chain sets: mean and s.e. over sets;
+    a residue's dF is -ln of the ratio of its mean populations (as for runs), with s.e. se(q) / (q (1 - q))."""
     out = {s: mean_and_error([p[s] for p in per_set]) for s in STATES}
     for i, key in enumerate(RESIDUES):
-        sign = [s for s in STATES if s[i] == "+"]
-        dfs = [-math.log(q / (1 - q)) if 0 < q < 1 else math.inf for q in (sum(p[s] for s in sign) for p in per_set)]
-        out[key] = mean_and_error(dfs) if all(math.isfinite(v) for v in dfs) else (None, None)
+        q, q_se = mean_and_error([sum(p[s] for s in STATES if s[i] == "+") for p in per_set])
+        out[key] = ((-math.log(q / (1 - q)), None if q_se is None else q_se / (q * (1 - q))) if 0 < q < 1
+                    else (None, None))
     return out
 
 
@@ -108,16 +109,18 @@ def arm(method: str, figures: dict, state: str, reference: dict, seconds: float,
 
 def run_biased_md(args, work: Path) -> tuple[dict, float, int]:
     bias = md.Metadynamics("phi1+phi2+phi3", deposition_ps=args.deposition_ps)
+    equilibration_ns = 0.001 if args.quick else 0.1
     dirs, seconds = [], 0.0
     with systems.load(SYSTEM) as target:
         for k in range(args.biased_runs):
             out = work / f"biased-{k}"
             start = time.perf_counter()
             md.run_md(target, args.biased_ns, out, seed=args.seed + 1 + k, chunk_frames=500, bias=bias,
-                      equilibration_ps=1.0 if args.quick else 100.0)
+                      equilibration_ps=1000 * equilibration_ns)
             seconds += time.perf_counter() - start
             dirs.append(out)
-    steps = round(args.biased_runs * (args.biased_ns + args.deposition_ps / 1000) * 1e6 / md.DEFAULT_TIMESTEP_FS)
+    steps = round(args.biased_runs * (args.biased_ns + args.deposition_ps / 1000 + equilibration_ns) * 1e6
+                  / md.DEFAULT_TIMESTEP_FS)
     return figures_of_runs(dirs), seconds, steps
 
 

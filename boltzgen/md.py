@@ -160,8 +160,8 @@ class Metadynamics:
         deposition_ps: how long Gaussians are deposited before the bias is frozen, ps.
         grid_points: points of the periodic bias grid per variable (default ceil(5 * 2 pi / width),
             OpenMM's choice).
-        combine: "joint": one bias on a grid over all variables (1 or 2 of them; OpenMM's
-            ``openmm.app.Metadynamics``), or "sum": V = sum_i V_i(s_i), one well-tempered 1-D bias
+        combine: "joint" (the default for a tuple; a string says it with "," or "+"): one bias on a
+            grid over all variables (1 or 2 of them; OpenMM's ``openmm.app.Metadynamics``), or "sum": V = sum_i V_i(s_i), one well-tempered 1-D bias
             per variable, each Gaussian's height tempered by its own V_i (any number of variables;
             the choice for several slow dihedrals, e.g. the three phi of alanine tetrapeptide, whose
             joint grid would be 90^3 points and slow to fill). A single variable is always "joint".
@@ -174,21 +174,22 @@ class Metadynamics:
     frequency_steps: int = 500
     deposition_ps: float = 1000.0
     grid_points: int | None = None
-    combine: str = "joint"  # last, so that positional arguments keep their meaning
+    combine: str | None = None  # last, so that positional arguments keep their meaning
 
     def __post_init__(self):
         variables, combine = self.variables, self.combine
         if isinstance(variables, str):
-            if "+" in variables:
-                variables, combine = variables.split("+"), "sum"
-            else:
-                variables = variables.split(",")
-            variables = [v.strip() for v in variables]
+            spelled = "sum" if "+" in variables else "joint"
+            if combine is not None and combine != spelled:
+                raise ValueError(f"variables {variables!r} spell a {spelled} bias ('+': sum, ',': joint) but combine="
+                                 f"{combine!r}; give one of them")
+            variables, combine = [v.strip() for v in variables.split("+" if spelled == "sum" else ",")], spelled
         try:
             variables = tuple(str(v) for v in variables)
         except TypeError as exc:
             raise ValueError(f"variables must be 'phi', 'phi,psi', 'phi1+phi2' or a tuple of names, "
                              f"got {self.variables!r}") from exc
+        combine = "joint" if combine is None else combine
         if combine not in ("joint", "sum"):
             raise ValueError(f"combine must be 'joint' or 'sum', got {self.combine!r}")
         named = all(re.fullmatch(r"(phi|psi)([1-9][0-9]*)?", v) for v in variables)
@@ -824,8 +825,13 @@ def _load_frozen_bias(out: Path, record: dict) -> FrozenBias:
         grid = np.load(path)
     except Exception as exc:
         raise ValueError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from exc
-    return FrozenBias(tuple(record["bias"]), np.array(record["bias_atoms"], dtype=np.int64), grid,
-                      float(record["temperature_K"]), record.get("bias_combine", "joint"))
+    atoms, combine = np.array(record["bias_atoms"], dtype=np.int64), record.get("bias_combine", "joint")
+    g = record.get("bias_grid_points") or grid.shape[-1]
+    expected = (len(atoms), g) if combine == "sum" else (g,) * len(atoms)
+    if grid.shape != expected:
+        raise ValueError(f"{path} holds a grid of shape {grid.shape}; this run's {combine} bias on {len(atoms)} "
+                         f"variable(s) needs {expected}: the file is damaged or from another run")
+    return FrozenBias(tuple(record["bias"]), atoms, grid, float(record["temperature_K"]), combine)
 
 
 def _check_resume(record: dict, settings: dict, platform: str | None, out: Path) -> None:
@@ -841,8 +847,10 @@ def _check_resume(record: dict, settings: dict, platform: str | None, out: Path)
     changed = [f"{k}: {record.get(k, before.get(k))!r} on disk, {settings[k]!r} now" for k in _RUN_SETTINGS
                if record.get(k, before.get(k)) != settings[k]]
     if changed:
+        hint = ("; md's default step was 1 fs before 0.5 fs: add timestep_fs=1 (--timestep 1) to resume it"
+                if record.get("timestep_fs") == 1.0 and settings["timestep_fs"] == DEFAULT_TIMESTEP_FS else "")
         raise ValueError(f"{out} holds a run with other settings ({'; '.join(changed)}); resume with the same "
-                         "settings or choose another out_dir")
+                         f"settings or choose another out_dir{hint}")
     if platform is not None and platform != record["platform"]:
         raise ValueError(f"{out} was run on the {record['platform']} platform and its checkpoints only load "
                          f"there; resume with platform={record['platform']!r} (or None)")

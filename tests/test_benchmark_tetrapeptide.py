@@ -53,6 +53,6 @@ def test_state_arithmetic():
     two = dict(zip(STATES, (0.88, 0.04, 0.03, 0.005, 0.03, 0.004, 0.01, 0.001)))
     figures = figures_of_sets([one, two])
     assert figures["---"][0] == pytest.approx(0.89) and figures["---"][1] == pytest.approx(0.01)
-    # residue 1 at phi > 0 in states +--, +-+, ++-, +++: 0.035 and 0.045
-    expected = [-math.log(q / (1 - q)) for q in (0.035, 0.045)]
-    assert figures["phi1_positive"][0] == pytest.approx(sum(expected) / 2)
+    # residue 1 at phi > 0 in states +--, +-+, ++-, +++: 0.035 and 0.045; -ln of the ratio of the means
+    assert figures["phi1_positive"][0] == pytest.approx(-math.log(0.04 / 0.96))
+    assert figures["phi1_positive"][1] == pytest.approx(0.005 / (0.04 * 0.96))

@@ -157,6 +157,12 @@ def test_resume_refuses_other_settings(target, uninterrupted):
         md.run_md(target, NS, out, seed=11, platform="CPU", **SHORT)
 
 
+def test_a_run_made_at_the_old_default_step_says_how_to_resume(target, tmp_path):
+    md.run_md(target, 0.001, tmp_path, seed=1, save_every_ps=0.5, equilibration_ps=1.0, timestep_fs=1.0, max_chunks=0)
+    with pytest.raises(ValueError, match="timestep_fs: 1.0 on disk, 0.5 now.*add timestep_fs=1 \(--timestep 1\)"):
+        md.run_md(target, 0.001, tmp_path, seed=1, save_every_ps=0.5, equilibration_ps=1.0)
+
+
 def test_bad_arguments(target, tmp_path):
     with pytest.raises(ValueError, match="seed must be an integer"):
         md.run_md(target, 0.001, tmp_path, seed=-1)

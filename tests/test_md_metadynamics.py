@@ -266,6 +266,35 @@ def test_sum_deposition_tempers_each_height_by_its_own_bias(target):
     assert deposit.bias_grid()[1, 0] == pytest.approx(v_psi + 2.0 * np.exp(-v_psi / k_dt), rel=1e-9)
 
 
+def test_sum_deposition_adds_a_gaussian_every_frequency_steps(target, monkeypatch):
+    """As openmm.app.Metadynamics: one deposition per ``frequency_steps`` steps, however the steps are split."""
+    settings = {"temperature_K": target.temperature, "friction_per_ps": 1.0, "timestep_fs": 0.5, "seed": 1}
+    bias = md.Metadynamics("phi+psi", frequency_steps=7)
+    deposit = md._SumDeposition(md.openmm.XmlSerializer.serialize(target.system), settings, bias,
+                                np.array([[4, 6, 8, 14], [6, 8, 14, 16]]),
+                                md.openmm.Platform.getPlatformByName("Reference"), {}, target.topology)
+    deposit.context.setPositions(target.positions)
+    calls = []
+    monkeypatch.setattr(deposit, "_add_gaussians", lambda s: calls.append(deposit.context.getStepCount()))
+    for n in (3, 10, 1, 20, 6):  # 40 steps
+        deposit.step(n)
+    assert calls == [7, 14, 21, 28, 35]
+
+
+def test_a_bias_grid_of_the_wrong_shape_is_named(target, summed, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(summed, copy)
+    record = json.loads((copy / "progress.json").read_text())
+    np.save(copy / "bias.npy", np.zeros(36))
+    record.pop("bias_sha256")
+    (copy / "progress.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="bias.npy holds a grid of shape \(36,\); this run's sum bias on 2 "
+                                         "variable\(s\) needs \(2, 36\)"):
+        md.load_bias(copy)
+
+
 def test_bad_sum_bias_settings(target, tmp_path):
     with pytest.raises(ValueError, match="a joint bias takes one or two variables.*'phi1\\+phi2\\+phi3'"):
         md.Metadynamics("phi1,phi2,phi3")
@@ -273,6 +302,10 @@ def test_bad_sum_bias_settings(target, tmp_path):
         md.Metadynamics("phi+phi1")  # phi is the first residue's phi
     with pytest.raises(ValueError, match="combine must be 'joint' or 'sum'"):
         md.Metadynamics(("phi", "psi"), combine="product")
+    with pytest.raises(ValueError, match="spell a sum bias .* but combine='joint'"):
+        md.Metadynamics("phi+psi", combine="joint")
+    assert md.Metadynamics(("phi", "psi"), combine="sum").combine == "sum"
+    assert md.Metadynamics(("phi", "psi")).combine == "joint"
     assert md.Metadynamics("phi2").combine == "joint"  # one variable: nothing to sum
     with pytest.raises(ValueError, match="bias variable 'phi2': alanine-dipeptide has 1 residue"):
         md.run_md(target, 0.001, tmp_path, seed=1, bias=md.Metadynamics("phi+phi2"))
