@@ -51,6 +51,7 @@ from boltzgen.models import load_model_file
 from boltzgen.pipeline import fast_target, sample_model
 from boltzgen.sampling import MixingSettings, SampleSettings
 
+EQUILIBRATION_PS = 100.0  # each biased run's equilibration under the frozen bias: simulated, so counted
 CARTESIAN = systems.DEFAULT_SYSTEMS_DIR / "alanine-dipeptide" / "alanine-dipeptide-cartesian.model.pt"
 REFERENCE = json.loads((systems.DEFAULT_SYSTEMS_DIR / "alanine-dipeptide" / "alanine-dipeptide.reference.json").read_text())
 
@@ -116,12 +117,12 @@ def bench_biased_md(args, work: Path, timestep_fs: float) -> dict:
             out = work / f"biased-{timestep_fs:g}fs-{k}"
             start = time.perf_counter()
             md.run_md(target, args.biased_ns, out, seed=args.seed + 1 + k, chunk_frames=500, bias=bias,
-                      timestep_fs=timestep_fs)
+                      timestep_fs=timestep_fs, equilibration_ps=EQUILIBRATION_PS)
             seconds += time.perf_counter() - start
             dirs.append(out)
     figures = run_figures([str(d) for d in dirs])
     e = figures.delta_f_phi_positive  # None when no frame reached phi > 0 (too short to estimate)
-    ns_total = args.biased_runs * (args.biased_ns + args.deposition_ps / 1000 + 0.1)  # + 100 ps equilibration
+    ns_total = args.biased_runs * (args.biased_ns + (args.deposition_ps + EQUILIBRATION_PS) / 1000)
     label = "biased MD" if timestep_fs == md.DEFAULT_TIMESTEP_FS else f"biased MD ({timestep_fs:g} fs)"
     return _row(label, None if e is None else e.mean, None if e is None else e.standard_error, seconds,
                 round(ns_total * 1e6 / timestep_fs), runs=args.biased_runs, ns=ns_total, timestep_fs=timestep_fs)
