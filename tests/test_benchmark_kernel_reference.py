@@ -54,8 +54,9 @@ def test_relaxation_is_where_the_sides_stay_together():
     rounds = np.array([50, 100, 150, 200])
     poor = np.array([[0.0, 0.01, 0.02, 0.02], [0.0, 0.012, 0.021, 0.019]])
     rich = np.array([[0.5, 0.1, 0.021, 0.02], [0.5, 0.12, 0.02, 0.021]])
-    assert relaxation_rounds(poor, rich, rounds) == 150.0
-    assert relaxation_rounds(poor, rich + 1.0, rounds) is None
+    # one snapshot per block: the sides agree from the third block on, which starts after 100 rounds
+    assert relaxation_rounds(poor, rich, rounds, block_rounds=50) == 100.0
+    assert relaxation_rounds(poor, rich + 1.0, rounds, block_rounds=50) is None
 
 
 def test_sides_pool_only_when_they_agree():
@@ -77,4 +78,35 @@ def test_agreement_at_the_last_snapshot_alone_is_not_relaxation():
     rounds = np.arange(1, 9) * 50
     poor = np.array([[0.0] * 7 + [0.02], [0.0] * 7 + [0.021]])
     rich = np.array([[0.5] * 7 + [0.02], [0.5] * 7 + [0.021]])
-    assert relaxation_rounds(poor, rich, rounds) is None
+    assert relaxation_rounds(poor, rich, rounds, block_rounds=50) is None
+
+
+def test_relaxation_reads_block_means_with_an_allowance_for_many_blocks():
+    import benchmarks_path  # noqa: F401
+    from kernel_reference import relaxation_rounds
+
+    # 3 sets per side, 4 snapshots in each of 6 blocks of 200 rounds; the sides agree from the third block on
+    rng = np.random.default_rng(0)
+    rounds = np.arange(1, 25) * 50
+    poor = 0.025 + 0.002 * rng.standard_normal((3, 24))
+    rich = 0.025 + 0.002 * rng.standard_normal((3, 24))
+    rich[:, :8] += 0.05
+    assert relaxation_rounds(poor, rich, rounds, block_rounds=200) == 400.0
+
+
+def test_one_noisy_block_among_many_is_allowed_for():
+    import benchmarks_path  # noqa: F401
+    from kernel_reference import relaxation_rounds
+
+    # 3 sets per side, one snapshot per block; spread [-s, 0, s] gives a combined s.e. of s * sqrt(2/3)
+    s, rounds = 0.003, np.arange(1, 7) * 50
+    spread = np.array([[-s], [0.0], [s]])
+
+    def sides(z_per_block):
+        gap = np.asarray(z_per_block) * s * np.sqrt(2 / 3)
+        return np.broadcast_to(0.025 + spread, (3, 6)), 0.025 + spread + gap
+
+    # z = 2.3 in block 3 breaks a 2-s.e. rule but not the Bonferroni bound for 5 blocks (2.58)
+    assert relaxation_rounds(*sides([20, 0, 0, 2.3, 0, 0]), rounds, block_rounds=50) == 50.0
+    # z = 3.0 breaks it: agreement starts after that block
+    assert relaxation_rounds(*sides([20, 0, 0, 3.0, 0, 0]), rounds, block_rounds=50) == 200.0
