@@ -96,8 +96,9 @@ class MixingSettings:
     """The mixing stage at u after the bridge.
 
     The kernel alone relaxes alanine dipeptide's phi populations slowly: an e-folding time of ~650
-    rounds in the internal-coordinate model's space, ~1,550 rounds until runs from both sides of the
-    barrier agree in Cartesian coordinates (benchmarks/kernel_reference.py). So the default 100 rounds
+    rounds in the internal-coordinate model's space; in Cartesian coordinates, runs from both sides of
+    the barrier agree after 1,000 rounds in vacuum and 500 in OBC implicit solvent (500-round block
+    means, benchmarks/kernel_reference.py). So the default 100 rounds
     polish the particles but do not move basin mass: the model's levels and the SMC weights do.
 
     Attributes:
