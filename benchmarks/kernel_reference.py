@@ -80,9 +80,12 @@ def relaxation_rounds(poor: np.ndarray, rich: np.ndarray, rounds: np.ndarray, bl
 
 
 def _block_z(poor: np.ndarray, rich: np.ndarray) -> float:
-    """|mean difference| / combined standard error of two sides' (n_sets,) block means."""
-    diff = abs(poor.mean() - rich.mean())
-    se = math.hypot(poor.std(ddof=1) / math.sqrt(len(poor)), rich.std(ddof=1) / math.sqrt(len(rich)))
+    """|mean difference| / combined standard error of two sides' (n_sets,) block means (inf with one
+    set on a side: no error bar, so no claim of agreement)."""
+    (mean_poor, se_poor), (mean_rich, se_rich) = mean_and_error(poor), mean_and_error(rich)
+    if se_poor is None or se_rich is None:
+        return math.inf
+    diff, se = abs(mean_poor - mean_rich), math.hypot(se_poor, se_rich)
     if se == 0:
         return 0.0 if diff == 0 else math.inf
     return diff / se
