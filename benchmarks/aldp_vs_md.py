@@ -10,8 +10,8 @@ fall as 1 / sqrt(cost)):
     model's space) started from the structure, no model (:func:`boltzgen.baselines.mcmc_alone`):
     --runs sets of --particles chains for --mcmc-rounds rounds; the rule, fixed in advance, drops the
     first half of the snapshots (taken every 50 rounds) and averages the rest;
-  * the Cartesian generator (the previous shipped model), at its own defaults (1,000 levels, 1,500
-    mixing rounds);
+  * the Cartesian generator (the previous shipped model), at its own defaults (1,000 levels without
+    torsion moves, resampling below ESS/N 0.1, 1,500 mixing rounds);
   * the internal-coordinate generator (the shipped model) at the defaults, and without its mixing
     stage.
 Every arm is compared with the shipped reference (z = (dF - reference) / combined s.e.); a baseline
@@ -146,12 +146,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--record", metavar="FILE", default=None,
                         help="also append the figures as one JSON line to FILE (benchmarks/_record.py)")
     args = parser.parse_args(argv)
-    defaults, cartesian_defaults = SampleSettings(), SampleSettings(n_levels=1000, mixing=MixingSettings(moves=1500))
+    # the Cartesian model keeps the settings it was measured with: no level torsions, resampling at 0.1
+    defaults = SampleSettings()
+    cartesian_defaults = SampleSettings(n_levels=1000, level_torsions=0, resample_threshold=0.1,
+                                        mixing=MixingSettings(moves=1500))
     if args.quick:
         args.runs, args.particles, args.mcmc_rounds = 2, 32, 100
         args.biased_runs, args.biased_ns, args.deposition_ps = 2, 0.02, 20.0
         defaults = replace(defaults, n_levels=10, mixing=replace(defaults.mixing, moves=min(defaults.mixing.moves, 20)))
-        cartesian_defaults = SampleSettings(n_levels=10, mixing=MixingSettings(moves=20))
+        cartesian_defaults = replace(cartesian_defaults, n_levels=10, mixing=MixingSettings(moves=20))
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

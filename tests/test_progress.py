@@ -23,7 +23,8 @@ def test_shares_weigh_model_levels_by_their_cost():
     s = SampleSettings()
     shares = stage_shares(s)
     assert list(shares) == ["levels", "bridge", "mixing"]
-    assert shares["levels"] == s.n_levels * (1 + s.level_moves) * MODEL_COST
+    # per level: the reverse step, then each MALA move with its torsion moves (each one model evaluation)
+    assert shares["levels"] == s.n_levels * (1 + s.level_moves * (1 + s.level_torsions)) * MODEL_COST
     assert shares["mixing"] == s.mixing.moves * (1 + s.mixing.torsions.moves)
 
 

@@ -97,7 +97,7 @@ def test_a_run_counts_its_evaluations_and_steps(run):
     assert bridge[-1].name == "lambda" and bridge[-1].value == 1.0
     # levels: one draw, then per level one proposal evaluation and one per move; bridge: its endpoints and
     # moves (the last step, at lambda = 1, is u alone)
-    per_particle_levels = 1 + TINY.n_levels * (1 + TINY.level_moves)
+    per_particle_levels = 1 + TINY.n_levels * (1 + TINY.level_moves * (1 + TINY.level_torsions))
     assert run.model_evaluations == 40 * (per_particle_levels + (len(bridge) - 1) * (1 + TINY.bridge.moves) + 1)
     assert run.target_evaluations >= 40 * (len(bridge) * (1 + TINY.bridge.moves))
     assert 1 <= run.n_lineages <= run.result.stage_end("levels").n_lineages <= 40
@@ -256,3 +256,23 @@ def test_cli_run_at_another_temperature_leaves_out_the_shipped_reference(tmp_pat
     assert "no shipped reference at 350 K (the reference of alanine-dipeptide is at 300 K)" in text
     summary = json.loads((out / "summary.json").read_text())
     assert summary["temperature_K"] == 350.0 and "reference" not in summary
+
+
+def test_level_torsions_turn_dihedrals_at_every_level(run, vacuum, model_file):
+    """``level_torsions``: after each level's MALA move, torsion moves on E(t, .) (each one model evaluation,
+    counted by test_a_run_counts_its_evaluations_and_steps); the levels report their acceptance, and
+    with level_torsions=0 there are none."""
+    target, fast = vacuum
+    rates = [s.moves["torsion.acceptance"] for s in run.result.steps("levels")]
+    assert TINY.level_torsions > 0 and all(0 <= r <= 1 for r in rates) and max(rates) > 0
+    plain = sample_molecule(model_file, target, 40, replace(TINY, level_torsions=0), seed=3,
+                            target_energy=fast.reduced_energy)
+    assert all("torsion.acceptance" not in s.moves for s in plain.result.steps("levels"))
+    bridge = plain.result.steps("bridge")
+    per_particle_levels = 1 + TINY.n_levels * (1 + TINY.level_moves)
+    assert plain.model_evaluations == 40 * (per_particle_levels + (len(bridge) - 1) * (1 + TINY.bridge.moves) + 1)
+
+
+def test_level_torsions_must_be_a_count():
+    with pytest.raises(ValueError, match="level_torsions"):
+        SampleSettings(level_torsions=-1)

@@ -13,7 +13,8 @@ BRIDGE_STEPS = 40
 def stage_shares(settings) -> dict[str, float]:
     """Each stage's estimated cost in force-field evaluations per particle, in run order."""
     m = settings.mixing
-    return {"levels": settings.n_levels * (1 + settings.level_moves) * MODEL_COST,
+    level_evaluations = 1 + settings.level_moves * (1 + settings.level_torsions)
+    return {"levels": settings.n_levels * level_evaluations * MODEL_COST,
             "bridge": BRIDGE_STEPS * (2 + settings.bridge.moves),
             "mixing": m.moves * (1 + m.torsions.moves)}
 
