@@ -374,7 +374,7 @@ def _check_device(device: str, label: str = "--device") -> None:
 #: Flags that set one field of a settings dataclass: dest -> field path in its config section. The value
 #: comes from the command line, else the config file's section, else the dataclass default.
 SAMPLING_FLAGS = {"levels": ("n_levels",), "level_moves": ("level_moves",), "level_torsions": ("level_torsions",),
-                  "bridge_moves": ("bridge", "moves"),
+                  "bridge_moves": ("bridge", "moves"), "bridge_torsions": ("bridge", "torsions"),
                   "mixing_moves": ("mixing", "moves"), "torsion_moves": ("mixing", "torsions", "moves"),
                   "torsion_reflect": ("mixing", "torsions", "reflect"), "memory_budget": ("memory_budget",)}
 TRAINING_FLAGS = {"dsm_steps": ("dsm_steps",), "clf_steps": ("clf_steps",), "hidden": ("hidden",),
@@ -507,6 +507,8 @@ def _add_sampling_options(p, particles: int, runs: int, run_range: bool = True) 
                    help=f"torsion moves on the model's energy after each level MALA move (default {d.level_torsions})")
     p.add_argument("--bridge-moves", type=int, default=None,
                    help=f"MALA moves per bridge step (default {d.bridge.moves})")
+    p.add_argument("--bridge-torsions", type=int, default=None,
+                   help=f"torsion moves after each bridge MALA move (default {d.bridge.torsions})")
     p.add_argument("--mixing-moves", type=int, default=None,
                    help=f"MALA moves per particle at the force field after the bridge (default {d.mixing.moves}; 0: none)")
     p.add_argument("--torsion-moves", type=int, default=None,
@@ -554,7 +556,7 @@ def _sample_settings(args, base):
             raise ValueError(f"{args.labels[name]} must be at least 1, got {getattr(args, name)}")
     if args.levels is not None:
         check_count(args.levels, "--levels")
-    for flag in ("level_moves", "level_torsions", "bridge_moves", "mixing_moves", "torsion_moves"):
+    for flag in ("level_moves", "level_torsions", "bridge_moves", "bridge_torsions", "mixing_moves", "torsion_moves"):
         if getattr(args, flag) is not None:
             check_count(getattr(args, flag), "--" + flag.replace("_", "-"), minimum=0)
     if args.torsion_reflect is not None:

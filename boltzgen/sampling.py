@@ -76,16 +76,20 @@ class BridgeSettings:
         moves: MALA moves per step.
         step_size: initial MALA step size (model units squared; adapted after every move).
         resample_threshold: resample when ESS / N falls below this.
+        torsions: torsion moves after each MALA move (on the step's energy; each costs one evaluation of
+            the model and one of the force field in the generator's bridge); 0: MALA only.
     """
 
     cess: float = 0.9
     moves: int = 10
     step_size: float = 1e-4
     resample_threshold: float = 0.1
+    torsions: int = 0
 
     def __post_init__(self):
         _fraction(self.cess, "bridge cess")
         check_count(self.moves, "bridge moves", minimum=0)
+        check_count(self.torsions, "bridge torsions", minimum=0)
         _fraction(self.resample_threshold, "bridge resample_threshold", low_open=False)
         if not self.step_size > 0:
             raise ValueError(f"bridge step_size must be positive, got {self.step_size!r}")
@@ -259,20 +263,23 @@ def run_stages(model_file: ModelFile, u, model_energy, topology, settings: Sampl
     project = space.projection
     t_min = float(model.schedule.t_min)
     m = settings.mixing
-    turn = space.torsion_kernel(topology, m.torsions.reflect) if settings.level_torsions or m.torsions.moves else None
+    b = settings.bridge
+    wanted = settings.level_torsions or b.torsions or m.torsions.moves
+    turn = space.torsion_kernel(topology, m.torsions.reflect) if wanted else None
 
     def with_turns(kernel, n: int):  # a gradient move, then n torsion moves (the kernel alone without any)
+        if isinstance(kernel, Sequence):  # a stage before added turns: keep its adapted gradient move only
+            kernel = kernel.kernels[0]
         return kernel if turn is None or n == 0 else Sequence((kernel,) + (turn,) * n)
 
     levels = levels_stages(model, n_levels=settings.n_levels, n_moves=settings.level_moves,
                            kernel=with_turns(MALA(), settings.level_torsions),
                            options=StepOptions(settings.resample_threshold, "systematic", True, project,
                                                settings.chunk_size), energy=model_energy, cess=settings.level_cess)
-    b = settings.bridge
     bridge_path = geometric_path(lambda y: model_energy(t_min, y), u, cess_target=b.cess)
     bridge = PathStage(bridge_path.segments[0], StepOptions(b.resample_threshold, "systematic", True, project,
                                                             settings.chunk_size),
-                       n_moves=b.moves, kernel=MALA(step_size=b.step_size), name="bridge")
+                       n_moves=b.moves, kernel=with_turns(MALA(step_size=b.step_size), b.torsions), name="bridge")
     stages = levels + [bridge]
     if m.moves:
         add_turns = (lambda kernel: with_turns(kernel, m.torsions.moves)) if turn is not None and m.torsions.moves else None

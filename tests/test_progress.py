@@ -2,7 +2,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from boltzgen.pipeline.progress import MODEL_COST, RunProgress, describe, stage_fraction, stage_shares
+from boltzgen.pipeline.progress import BRIDGE_STEPS, MODEL_COST, RunProgress, describe, stage_fraction, stage_shares
 from boltzgen.sampling import SampleSettings
 
 
@@ -25,6 +25,7 @@ def test_shares_weigh_model_levels_by_their_cost():
     assert list(shares) == ["levels", "bridge", "mixing"]
     # per level: the reverse step, then each MALA move with its torsion moves (each one model evaluation)
     assert shares["levels"] == s.n_levels * (1 + s.level_moves * (1 + s.level_torsions)) * MODEL_COST
+    assert shares["bridge"] == BRIDGE_STEPS * (2 + s.bridge.moves * (1 + s.bridge.torsions))
     assert shares["mixing"] == s.mixing.moves * (1 + s.mixing.torsions.moves)
 
 

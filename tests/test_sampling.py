@@ -273,6 +273,22 @@ def test_level_torsions_turn_dihedrals_at_every_level(run, vacuum, model_file):
     assert plain.model_evaluations == 40 * (per_particle_levels + (len(bridge) - 1) * (1 + TINY.bridge.moves) + 1)
 
 
-def test_level_torsions_must_be_a_count():
+def test_bridge_torsions_turn_dihedrals_at_every_bridge_step(vacuum, model_file):
+    """``bridge.torsions``: torsion moves after each bridge MALA move, on the bridge's energy; the mixing
+    stage then adds its own turns to the bridge's gradient move, not to the bridge's turns."""
+    target, fast = vacuum
+    turns = replace(TINY, bridge=replace(TINY.bridge, torsions=2))
+    run = sample_molecule(model_file, target, 40, turns, seed=3, target_energy=fast.reduced_energy)
+    rates = [s.moves["torsion.acceptance"] for s in run.result.steps("bridge") if s.moves]
+    assert rates and all(0 <= r <= 1 for r in rates)
+    stages = run_stages(model_file, model_file.space.flat_energy(fast.reduced_energy), model_file.model.energy,
+                        target.topology, turns)
+    mixing_kernel = stages[-1].kernel(stages[2].kernel)  # what the mixing stage makes of the bridge's kernel
+    assert [k.name for k in mixing_kernel.kernels] == ["mala"] + ["torsion"] * TINY.mixing.torsions.moves
+
+
+def test_level_and_bridge_torsions_must_be_counts():
     with pytest.raises(ValueError, match="level_torsions"):
         SampleSettings(level_torsions=-1)
+    with pytest.raises(ValueError, match="bridge torsions"):
+        BridgeSettings(torsions=-1)

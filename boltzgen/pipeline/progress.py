@@ -15,7 +15,7 @@ def stage_shares(settings) -> dict[str, float]:
     m = settings.mixing
     level_evaluations = 1 + settings.level_moves * (1 + settings.level_torsions)
     return {"levels": settings.n_levels * level_evaluations * MODEL_COST,
-            "bridge": BRIDGE_STEPS * (2 + settings.bridge.moves),
+            "bridge": BRIDGE_STEPS * (2 + settings.bridge.moves * (1 + settings.bridge.torsions)),
             "mixing": m.moves * (1 + m.torsions.moves)}
 
 
