@@ -124,8 +124,9 @@ class MixingSettings:
 
 @dataclass(frozen=True)
 class SampleSettings:
-    """Choices of one SMC run (defaults: measured on alanine dipeptide with its internal-coordinate model,
-    see docs/benchmarks.md; the Cartesian model needs about 1,000 levels and 1,500 mixing rounds).
+    """Choices of one SMC run (defaults: measured on alanine dipeptide with its internal-coordinate model by
+    benchmarks/sampler_stages.py, see docs/benchmarks.md; the Cartesian model was measured with about 1,000
+    levels without level torsions, resampling below 0.1 and 1,500 mixing rounds).
 
     Attributes:
         n_levels: reverse-diffusion levels from t = 1 to t_min (uniform in log SNR) when ``level_cess``
