@@ -78,7 +78,8 @@ def summarise(per_run: list[dict], seconds: list[float]) -> dict:
     for name in per_run[0]:
         p = np.array([r[name]["p"] for r in per_run])
         mean, se = mean_and_error(p.tolist())
-        row = {"p": mean, "relative_sd": float(p.std(ddof=1) / mean) if mean > 0 and len(p) > 1 else None,
+        relative_sd = se * math.sqrt(len(p)) / mean if se is not None and mean > 0 else None  # SD over runs / mean
+        row = {"p": mean, "relative_sd": relative_sd,
                "n_in": float(np.mean([r[name]["n_in"] for r in per_run])),
                "ancestors_in": float(np.mean([r[name]["ancestors_in"] for r in per_run]))}
         if 0 < mean < 1:

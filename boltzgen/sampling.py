@@ -269,7 +269,7 @@ def run_stages(model_file: ModelFile, u, model_energy, topology, settings: Sampl
     turn = space.torsion_kernel(topology, m.torsions.reflect) if wanted else None
 
     def with_turns(kernel, n: int):  # a gradient move, then n torsion moves (the kernel alone without any)
-        if isinstance(kernel, Sequence):  # a stage before added turns: keep its adapted gradient move only
+        if isinstance(kernel, Sequence):  # the previous stage's MALA + turns: keep only its adapted MALA
             kernel = kernel.kernels[0]
         return kernel if turn is None or n == 0 else Sequence((kernel,) + (turn,) * n)
 
@@ -283,7 +283,8 @@ def run_stages(model_file: ModelFile, u, model_energy, topology, settings: Sampl
                        n_moves=b.moves, kernel=with_turns(MALA(step_size=b.step_size), b.torsions), name="bridge")
     stages = levels + [bridge]
     if m.moves:
-        add_turns = (lambda kernel: with_turns(kernel, m.torsions.moves)) if turn is not None and m.torsions.moves else None
+        turns = m.torsions.moves if turn is not None else 0
+        add_turns = (lambda kernel: with_turns(kernel, turns)) if turns else None
         stages.append(Mixing(u, m.moves, m.block, StepOptions(0.0, "systematic", True, project, settings.chunk_size),
                              kernel=add_turns))
     return stages
