@@ -9,7 +9,9 @@ fall as 1 / sqrt(cost)):
   * MCMC alone: the generator's mixing kernel (MALA + torsion moves, in the internal-coordinate
     model's space) started from the structure, no model (:func:`boltzgen.baselines.mcmc_alone`):
     --runs sets of --particles chains for --mcmc-rounds rounds; the rule, fixed in advance, drops the
-    first half of the snapshots (taken every 50 rounds) and averages the rest;
+    first half of the snapshots (taken every 50 rounds) and averages the rest; 4,000 rounds by default,
+    so that the dropped half is ~3 e-folding times of the kernel's phi relaxation (~650 rounds,
+    benchmarks/kernel_reference.py; at 1,000 rounds the arm was 17 s.e. off, unrelaxed);
   * the Cartesian generator (the previous shipped model), at its own defaults (1,000 levels without
     torsion moves, resampling below ESS/N 0.1, 1,500 mixing rounds);
   * the internal-coordinate generator (the shipped model) at the defaults, and without its mixing
@@ -24,7 +26,7 @@ evaluates one configuration per step, SMC and MCMC in batches (torch force field
 the fair comparison.
 
 Run:  python benchmarks/aldp_vs_md.py [--quick] [--runs 4] [--particles 2500] [--biased-runs 4]
-      [--biased-ns 3] [--biased-timesteps 0.5,1] [--mcmc-rounds 1000] [--threads 2] [--record FILE]
+      [--biased-ns 3] [--biased-timesteps 0.5,1] [--mcmc-rounds 4000] [--threads 2] [--record FILE]
 --quick: seconds per arm, to check the script (figures meaningless). The last line is one JSON
 object with all figures; --record FILE also appends them as a result record (benchmarks/_record.py).
 """
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny runs that only check the script")
     parser.add_argument("--runs", type=int, default=4)
     parser.add_argument("--particles", type=int, default=2500, help="particles per SMC run and chains per MCMC set")
-    parser.add_argument("--mcmc-rounds", type=int, default=1000)
+    parser.add_argument("--mcmc-rounds", type=int, default=4000)
     parser.add_argument("--biased-runs", type=int, default=4)
     parser.add_argument("--biased-ns", type=float, default=3.0)
     parser.add_argument("--deposition-ps", type=float, default=1000.0)

@@ -379,7 +379,8 @@ SAMPLING_FLAGS = {"levels": ("n_levels",), "level_moves": ("level_moves",), "lev
                   "torsion_reflect": ("mixing", "torsions", "reflect"), "memory_budget": ("memory_budget",)}
 TRAINING_FLAGS = {"dsm_steps": ("dsm_steps",), "clf_steps": ("clf_steps",), "hidden": ("hidden",),
                   "network_blocks": ("n_blocks",), "coordinates": ("coordinates",), "weighting": ("weighting",),
-                  "tsm_weight": ("tsm_weight",), "energy_weight": ("energy_weight",), "seed": ("seed",)}
+                  "tsm_weight": ("tsm_weight",), "energy_weight": ("energy_weight",), "seed": ("seed",),
+                  "learning_rate": ("learning_rate",)}
 #: The config sections and the commands that read them (a shared file's key for another command is named).
 SECTION_COMMANDS = {"sampling": "sample, run and free-energy", "switching": "free-energy", "training": "train"}
 
@@ -817,6 +818,13 @@ def add_train_command(sub) -> None:
     p.add_argument("--dsm-steps", type=int, default=None, help=f"DSM steps (default {d.dsm_steps})")
     p.add_argument("--clf-steps", type=int, default=None,
                    help=f"DSM + DiffCLF steps after them (default {d.clf_steps})")
+    p.add_argument("--learning-rate", type=float, default=None, metavar="LR",
+                   help=f"peak learning rate of the DSM phase (default {d.learning_rate}; lower, e.g. "
+                        f"{d.clf_learning_rate}, when fine-tuning with --init)")
+    _option(p, "--init", default=None, metavar="MODEL",
+            help="start from this model (a model file, a `boltzgen train` folder or a named system's shipped model) "
+                 "instead of a fresh network: fine-tuning, e.g. a vacuum model on implicit-solvent frames; its "
+                 "network, noise schedule and coordinate standardisation are kept")
     p.add_argument("--hidden", type=int, default=None, help=f"network width (default {d.hidden})")
     p.add_argument("--network-blocks", type=int, default=None, metavar="N",
                    help=f"residual blocks of the network (default {d.n_blocks})")
@@ -870,10 +878,11 @@ def _train(args) -> int:
     _check_device(args.device, args.labels["device"])
     settings = _apply_flags(sections["training"], args, TRAINING_FLAGS)
     settings.training_config()  # validate the step counts before any data is read
+    init = None if args.init is None else systems.resolve_model(args.init)
     target = systems.load(args.system, **_temperature(args))
     try:
         report = train_model(target, args.data, model_path, settings, holdout_dirs=args.holdout,
-                             baseline=args.baseline, device=args.device, progress=True)
+                             baseline=args.baseline, device=args.device, progress=True, init=init)
     except KeyboardInterrupt:
         print(f"interrupted; run the same command again to resume from {output_paths(model_path)['checkpoint']}",
               file=sys.stderr)

@@ -1,10 +1,12 @@
 """boltzgen.pipeline.train_model and `boltzgen train`: files written, the quality report, bad data."""
 import json
 import shutil
+from dataclasses import replace
 
 import mdtraj
 import numpy as np
 import pytest
+import torch
 
 from boltzgen import md, systems
 from boltzgen.cli import main
@@ -89,3 +91,33 @@ def test_bad_settings_are_named():
         TrainSettings(weighting="uniform")
     with pytest.raises(ValueError, match="holdout_fraction"):
         TrainSettings(holdout_fraction=1.0)
+
+
+def test_init_fine_tunes_the_given_model_on_another_force_field(tmp_path, md_run):
+    """--init starts from the model's weights (step 0 of the fine-tune is that model) and keeps its space."""
+    with systems.load("alanine-dipeptide") as target:
+        first = train_model(target, [md_run], tmp_path / "a.pt", TINY)
+    start = load_model_file(first.model_path)
+    with systems.load("alanine-dipeptide-implicit") as implicit:  # same molecule, another Hamiltonian
+        untouched = train_model(implicit, [md_run], tmp_path / "b.pt", replace(TINY, dsm_steps=0, clf_steps=0),
+                                init=first.model_path)
+        tuned = train_model(implicit, [md_run], tmp_path / "c.pt", TINY, init=first.model_path)
+    same = load_model_file(untouched.model_path)
+    for k, v in start.model.state_dict().items():
+        assert torch.equal(v, same.model.state_dict()[k]), k
+    assert same.space.config() == start.space.config()
+    moved = load_model_file(tuned.model_path)
+    assert any(not torch.equal(v, moved.model.state_dict()[k]) for k, v in start.model.state_dict().items())
+    assert moved.metadata["init"] == str(first.model_path) and moved.metadata["system"] == "alanine-dipeptide-implicit"
+
+
+def test_init_refuses_settings_the_model_cannot_keep_and_another_molecule(tmp_path, md_run, capsys):
+    with systems.load("alanine-dipeptide") as target:
+        first = train_model(target, [md_run], tmp_path / "a.pt", TINY)
+        with pytest.raises(ValueError, match="hidden 16 but the settings ask for 32"):
+            train_model(target, [md_run], tmp_path / "b.pt", replace(TINY, hidden=32), init=first.model_path)
+    assert not (tmp_path / "b.pt").exists()
+    code = main(["train", "butane", "--data", str(md_run), "--out", str(tmp_path / "m"), "--init",
+                 str(first.model_path), "--dsm-steps", "2", "--clf-steps", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "only applies to the molecule it was trained on" in err and "Traceback" not in err

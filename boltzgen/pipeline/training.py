@@ -6,6 +6,7 @@ with its quality report on held-out frames.
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -21,7 +22,8 @@ from ..diffusion.networks import MolecularEnergy
 from ..diffusion.schedule import LogSNRSchedule
 from ..diffusion.training import TrainingConfig, train
 from ..io.md_runs import load_log_weights, load_trajectory
-from ..models import CHIRALITY_FOLD, CHIRALITY_KEPT, load_model_file, model_metadata, save_model_file
+from ..models import (CHIRALITY_FOLD, CHIRALITY_KEPT, check_compatible, load_model_file, model_metadata,
+                      save_model_file)
 
 WEIGHTINGS = ("boltzmann", "biased")
 COORDINATES = ("internal", "cartesian")
@@ -220,6 +222,27 @@ def _build(settings, target, positions, weights, schedule):
     return space, y, model
 
 
+def _checked_init(init, settings: "TrainSettings", target):
+    """The model file ``init`` to fine-tune, checked against ``target`` and ``settings`` before any data is read.
+
+    The model keeps its own network, noise schedule and coordinate standardisation (the weights
+    only mean something with them), so settings that would change those must agree with it.
+    """
+    init_file = load_model_file(init)
+    check_compatible(init_file, target)  # ValueError for another molecule; another force field is fine
+    kind = "cartesian" if isinstance(init_file.space, MolecularSpace) else "internal"
+    config = init_file.model.config
+    schedule = config["schedule"]
+    for name, mine, theirs in (("coordinates", settings.coordinates, kind), ("hidden", settings.hidden, config["hidden"]),
+                               ("n_blocks", settings.n_blocks, config["n_blocks"]),
+                               ("log_snr_max", settings.log_snr_max, schedule.get("log_snr_max")),
+                               ("log_snr_min", settings.log_snr_min, schedule.get("log_snr_min"))):
+        if mine != theirs:
+            raise ValueError(f"--init {init}: the model has {name} {theirs!r} but the settings ask for {mine!r}; "
+                             "a fine-tuned model keeps its network and schedule (drop that setting or match it)")
+    return init_file
+
+
 def _energy_ms_per_1000(model, space, positions) -> float:
     y = space.to_flat(torch.as_tensor(positions[:1000])).to(model.data_mean)
     y = y.repeat((1000 + len(y) - 1) // len(y), 1)[:1000]
@@ -231,7 +254,7 @@ def _energy_ms_per_1000(model, space, positions) -> float:
 
 def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(), *, holdout_dirs=None,
                 baseline: bool = False, device: str | torch.device | None = None,
-                progress: bool = False) -> TrainReport:
+                progress: bool = False, init=None) -> TrainReport:
     """Train a molecular diffusion EBM (DSM, then DSM + DiffCLF) on MD frames of ``target``.
 
     Resumable: the checkpoint next to ``out`` is continued when the same call is made again.
@@ -249,11 +272,16 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
             report compares DiffCLF with DSM on the same budget.
         device: where to train, e.g. cuda (default: torch's default device, the CPU unless set otherwise).
         progress: tqdm progress bars (stderr).
+        init: a model file to start from instead of a fresh network (fine-tuning, e.g. a vacuum
+            model on implicit-solvent frames): its network, schedule and coordinate space are kept,
+            so ``settings`` must agree with them (ValueError otherwise); the baseline starts from
+            it too.
     """
     start = time.perf_counter()
     device = as_device(device)
     data_dirs = [Path(d) for d in data_dirs]
     paths = output_paths(out)
+    init_file = None if init is None else _checked_init(init, settings, target)
     paths["model"].parent.mkdir(parents=True, exist_ok=True)
     if holdout_dirs:
         train_frames = load_frames(data_dirs, target.n_atoms)
@@ -266,14 +294,21 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
         raise ValueError("no held-out frames: give --holdout runs or a holdout_fraction > 0")
     # the space's statistics and the model's base come from the training frames
     schedule = LogSNRSchedule(settings.log_snr_max, settings.log_snr_min)
-    space, y, model = _space_and_model(settings, target, train_frames, schedule)
+    def start_model():  # a fresh network, or a trainable copy of the --init model in its own space
+        if init_file is None:
+            return _space_and_model(settings, target, train_frames, schedule)
+        y = init_file.space.to_flat(torch.from_numpy(train_frames.positions)).to(torch.float32)
+        return init_file.space, y, copy.deepcopy(init_file.model).train().requires_grad_(True)
+
+    space, y, model = start_model()
     model = model.to(device)
     log_weights = train_frames.log_weights if settings.weighting == "boltzmann" else None
     energies, scores = _scores(target, space, train_frames.positions) \
         if settings.tsm_weight > 0 or settings.energy_weight > 0 else (None, None)
     energies = energies if settings.energy_weight > 0 else None
     chirality = CHIRALITY_FOLD if settings.coordinates == "cartesian" else CHIRALITY_KEPT
-    meta = model_metadata(target, chirality, training_data=[str(d) for d in data_dirs], settings=asdict(settings))
+    meta = model_metadata(target, chirality, training_data=[str(d) for d in data_dirs], settings=asdict(settings),
+                          **({} if init is None else {"init": str(init)}))
 
     held_u = target.reduced_energy(held.positions)  # once: every model is scored on the same frames
 
@@ -295,7 +330,7 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
     dsm_quality = evaluate(load_model_file(paths["dsm_model"], device=device).model)
     baseline_quality = None
     if baseline:
-        _, _, base = _space_and_model(settings, target, train_frames, schedule)
+        _, _, base = start_model()
         base = base.to(device)
         base_config = replace(config, dsm_steps=config.total_steps, clf_steps=0)
         base_result = train(base, y, base_config, paths["baseline_checkpoint"], progress=progress,
