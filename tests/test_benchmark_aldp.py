@@ -44,3 +44,16 @@ def test_ratios_leave_out_a_baseline_that_misses_the_reference():
     ratios = _ratios(rows)
     # biased MD needs 100 * (0.05 / 0.1)^2 = 25 s, the generator 50 * (0.2 / 0.1)^2 = 200 s
     assert ratios == {"biased MD / IC generator": 25.0 / 200.0, "biased MD (1 fs) / IC generator": 12.5 / 200.0}
+
+
+def test_a_baseline_that_misses_the_reference_bounds_the_ratio_from_below():
+    import benchmarks_path  # noqa: F401
+    from _arms import lower_bounds
+    from aldp_vs_md import REFERENCE, _row
+
+    ref = REFERENCE["delta_f_phi_positive_kT"]
+    rows = [_row("biased MD", ref, 0.05, 100.0, 1000), _row("MCMC alone", ref + 1.3, 0.07, 800.0, 1000),
+            _row("IC generator", ref + 0.1, 0.2, 50.0, 1000, 500)]
+    # MCMC alone ran 800 s without a right answer; the generator needs 50 * (0.2 / 0.1)^2 = 200 s
+    assert lower_bounds(rows) == {"MCMC alone / IC generator": 800.0 / 200.0}
+    assert lower_bounds(rows[:1] + rows[2:]) == {}  # every baseline sound: no bound
