@@ -239,7 +239,7 @@ def _checked_init(init, settings: "TrainSettings", target):
                                ("log_snr_min", settings.log_snr_min, schedule.get("log_snr_min"))):
         if mine != theirs:
             raise ValueError(f"--init {init}: the model has {name} {theirs!r} but the settings ask for {mine!r}; "
-                             "a fine-tuned model keeps its network and schedule (drop that setting or match it)")
+                             f"a fine-tuned model keeps its network and schedule: set {name} to {theirs!r} (its flag or the config)")
     return init_file
 
 
