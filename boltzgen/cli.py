@@ -878,7 +878,7 @@ def _train(args) -> int:
     _check_device(args.device, args.labels["device"])
     settings = _apply_flags(sections["training"], args, TRAINING_FLAGS)
     settings.training_config()  # validate the step counts before any data is read
-    init = None if args.init is None else systems.resolve_model(args.init)
+    init = None if args.init is None else systems.resolve_model(args.init, flag="--init")
     target = systems.load(args.system, **_temperature(args))
     try:
         report = train_model(target, args.data, model_path, settings, holdout_dirs=args.holdout,

@@ -163,7 +163,7 @@ def shipped_model(name: str, systems_dir: str | Path | None = None) -> Path:
 TRAINED_MODEL_FILE = "model.pt"
 
 
-def resolve_model(model, fallbacks=(), systems_dir: str | Path | None = None) -> Path:
+def resolve_model(model, fallbacks=(), systems_dir: str | Path | None = None, flag: str = "--model") -> Path:
     """A model file from a ``--model`` value: a file, a ``boltzgen train`` folder, or a named system.
 
     Args:
@@ -171,15 +171,16 @@ def resolve_model(model, fallbacks=(), systems_dir: str | Path | None = None) ->
             ``model.pt`` is used), a system name (its shipped model), or None (then the shipped
             model of the first of ``fallbacks`` that has one).
         fallbacks: system names (or YAML paths) to take a shipped model from when ``model`` is None.
+        flag: the option the value came from, named in the errors (e.g. ``--init`` of ``train``).
     Raises:
-        ValueError: naming --model, if it is neither a file nor a system that ships a model.
+        ValueError: naming ``flag``, if it is neither a file nor a system that ships a model.
     """
     known = specs(systems_dir)
     if model is None:
         for name in fallbacks:
             if name in known and known[name].model is not None:
                 return shipped_model(name, systems_dir)
-        raise ValueError(f"--model: none of {', '.join(map(str, fallbacks))} ships a model; pass a model file "
+        raise ValueError(f"{flag}: none of {', '.join(map(str, fallbacks))} ships a model; pass a model file "
                          "written by `boltzgen train`")
     path = Path(str(model))
     if path.is_file():
@@ -189,11 +190,11 @@ def resolve_model(model, fallbacks=(), systems_dir: str | Path | None = None) ->
     if str(model) in known:
         return shipped_model(str(model), systems_dir)
     if path.is_dir():
-        raise FileNotFoundError(f"--model {path}: the folder holds no {TRAINED_MODEL_FILE} (`boltzgen train --out DIR` "
+        raise FileNotFoundError(f"{flag} {path}: the folder holds no {TRAINED_MODEL_FILE} (`boltzgen train --out DIR` "
                                 f"writes DIR/{TRAINED_MODEL_FILE})")
     if path.suffix or len(path.parts) > 1:  # meant as a file
         raise FileNotFoundError(f"model file not found: {path}")
-    raise ValueError(f"--model {model}: neither a model file nor a named system (named systems with a model: "
+    raise ValueError(f"{flag} {model}: neither a model file nor a named system (named systems with a model: "
                      f"{', '.join(sorted(n for n, s in known.items() if s.model is not None)) or 'none'})")
 
 

@@ -121,3 +121,11 @@ def test_init_refuses_settings_the_model_cannot_keep_and_another_molecule(tmp_pa
                  str(first.model_path), "--dsm-steps", "2", "--clf-steps", "0"])
     err = capsys.readouterr().err
     assert code == 2 and "only applies to the molecule it was trained on" in err and "Traceback" not in err
+
+
+def test_an_unknown_init_model_is_named_by_its_own_flag(tmp_path, md_run, capsys):
+    code = main(["train", "alanine-dipeptide", "--data", str(md_run), "--out", str(tmp_path / "m"),
+                 "--init", "no-such-model"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--init no-such-model" in err and "--model" not in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists()

@@ -233,13 +233,13 @@ def _checked_init(init, settings: "TrainSettings", target):
     kind = "cartesian" if isinstance(init_file.space, MolecularSpace) else "internal"
     config = init_file.model.config
     schedule = config["schedule"]
-    for name, mine, theirs in (("coordinates", settings.coordinates, kind), ("hidden", settings.hidden, config["hidden"]),
-                               ("n_blocks", settings.n_blocks, config["n_blocks"]),
-                               ("log_snr_max", settings.log_snr_max, schedule.get("log_snr_max")),
-                               ("log_snr_min", settings.log_snr_min, schedule.get("log_snr_min"))):
+    kept = {"coordinates": kind, "hidden": config["hidden"], "n_blocks": config["n_blocks"],
+            "log_snr_max": schedule.get("log_snr_max"), "log_snr_min": schedule.get("log_snr_min")}
+    for name, theirs in kept.items():
+        mine = getattr(settings, name)
         if mine != theirs:
-            raise ValueError(f"--init {init}: the model has {name} {theirs!r} but the settings ask for {mine!r}; "
-                             f"a fine-tuned model keeps its network and schedule: set {name} to {theirs!r} (its flag or the config)")
+            raise ValueError(f"--init {init}: the model has {name} {theirs!r} but the settings ask for {mine!r}; a "
+                             f"fine-tuned model keeps its network and schedule: set {name} to {theirs!r} (flag or config)")
     return init_file
 
 
