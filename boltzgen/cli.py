@@ -380,6 +380,7 @@ SAMPLING_FLAGS = {"levels": ("n_levels",), "level_moves": ("level_moves",), "lev
 TRAINING_FLAGS = {"dsm_steps": ("dsm_steps",), "clf_steps": ("clf_steps",), "hidden": ("hidden",),
                   "network_blocks": ("n_blocks",), "coordinates": ("coordinates",), "weighting": ("weighting",),
                   "tsm_weight": ("tsm_weight",), "energy_weight": ("energy_weight",), "seed": ("seed",),
+                  "regression_frames": ("regression_frames",),
                   "learning_rate": ("learning_rate",)}
 #: The config sections and the commands that read them (a shared file's key for another command is named).
 SECTION_COMMANDS = {"sampling": "sample, run and free-energy", "switching": "free-energy", "training": "train"}
@@ -841,6 +842,10 @@ def add_train_command(sub) -> None:
     p.add_argument("--energy-weight", type=float, default=None,
                    help="weight of energy matching with the force field's energies at low noise, which fixes the "
                         f"basins' relative masses (0: off; default {d.energy_weight})")
+    p.add_argument("--regression-frames", choices=("weighted", "drawn"), default=None,
+                   help="frames that target score matching and energy matching fit: weighted (the DSM batch, drawn by "
+                        "Boltzmann weight) or drawn (uniform over the frames as MD sampled them, so a rare basin that "
+                        f"biased MD visited still counts; default {d.regression_frames})")
     _option(p, "--baseline", action="store_true", default=False,
             help="also train a DSM-only model for the same number of steps and compare")
     p.add_argument("--seed", type=int, default=None, help=f"random seed (default {d.seed})")

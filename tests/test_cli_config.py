@@ -87,10 +87,12 @@ def test_train_settings_and_flags(tmp_path):
     config.write_text("threads: 1\ntraining: {dsm_steps: 4, clf_steps: 2, hidden: 8, n_blocks: 1, "
                       "coordinates: internal, learning_rate: 0.002}\n")
     args = cli.build_parser().parse_args(["train", "alanine-dipeptide", "--data", "d", "--out", "m",
-                                          "--config", str(config), "--hidden", "12", "--network-blocks", "2"])
+                                          "--config", str(config), "--hidden", "12", "--network-blocks", "2",
+                                          "--regression-frames", "drawn"])
     sections = cli._resolve_options(args, {"training": TrainSettings()})
     settings = cli._apply_flags(sections["training"], args, cli.TRAINING_FLAGS)
     assert (settings.dsm_steps, settings.hidden, settings.n_blocks) == (4, 12, 2)
+    assert settings.training_config().regression_frames == "drawn"
     assert settings.coordinates == "internal" and settings.learning_rate == 0.002 and args.threads == 1
 
 

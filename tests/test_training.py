@@ -184,3 +184,65 @@ def test_energy_matching_pins_the_offset_between_two_modes_that_scores_cannot_se
     assert abs(float(model.b) - true_b) < 0.05
     with pytest.raises(ValueError, match="energy0"):
         energy_matching_loss(model, x0, u0[:10])
+
+
+def test_drawn_regression_frames_ignore_the_weights_and_dsm_frames_keep_them():
+    """With regression_frames="drawn" TSM and energy matching see frames drawn uniformly over the data
+    as given, while the DSM batch stays drawn by weight (here all weight on frame 0)."""
+    from boltzgen.diffusion.training import _training_data
+
+    model, data = small_problem()
+    log_weights = torch.full((data.shape[0],), -float("inf"))
+    log_weights[0] = 0.0
+    batches = _training_data(model, data, log_weights, None, None, None, torch.device("cpu"), CONFIG)
+    g = torch.Generator().manual_seed(0)
+    weighted, _, _ = batches.batch(400, g)
+    drawn, _, _ = batches.batch(400, g, drawn=True)
+    assert torch.equal(weighted, data[:1].expand(400, 2))
+    assert torch.unique(drawn, dim=0).shape[0] > 200  # ~ 500 (1 - e^-0.8) = 275 distinct frames expected
+
+
+def test_combined_loss_fits_the_regressions_on_the_frames_it_is_given():
+    """x_regression: TSM and energy matching are computed on those frames (the same numbers as the
+    separate losses with the same random stream), DSM on x0."""
+    from boltzgen.diffusion.losses import combined_loss, dsm_loss, energy_matching_loss, target_score_loss
+
+    model, data = small_problem()
+    x0, xr = data[:32], data[100:140]
+    scores, energies = -xr, 0.5 * (xr**2).sum(1)
+    _, parts = combined_loss(model, x0, torch.Generator().manual_seed(5), clf_weight=0.0, score0=scores,
+                             tsm_weight=1.0, tsm_max_sigma=0.05, energy0=energies, energy_weight=1.0,
+                             x_regression=xr)
+    g = torch.Generator().manual_seed(5)
+    dsm = dsm_loss(model, x0, g)
+    tsm = target_score_loss(model, xr, scores, g, max_sigma=0.05)
+    energy = energy_matching_loss(model, xr, energies, g, max_sigma=0.05)
+    assert parts.dsm == pytest.approx(float(dsm)) and parts.tsm == pytest.approx(float(tsm))
+    assert parts.energy == pytest.approx(float(energy))
+    with pytest.raises(ValueError, match="score0"):  # the scores must belong to the regression frames
+        combined_loss(model, x0, score0=scores, tsm_weight=1.0)
+
+
+def test_regression_frames_option_trains_resumes_and_is_checked(tmp_path):
+    from dataclasses import asdict
+
+    model, data = small_problem()
+    log_weights = torch.linspace(-3.0, 0.0, data.shape[0])
+    energies = 0.5 * (data.double() ** 2).sum(1)
+    config = TrainingConfig(**{**CONFIG.__dict__, "energy_weight": 1.0, "tsm_max_sigma": 0.05,
+                                            "regression_frames": "drawn"})
+    drawn = train(model, data, config, log_weights=log_weights, energies=energies)
+    weighted = train(*small_problem(), TrainingConfig(**{**config.__dict__, "regression_frames": "weighted"}),
+                     log_weights=log_weights, energies=energies)
+    assert not torch.equal(params(drawn.model), params(weighted.model))
+    # a checkpoint written before the option existed resumes as "weighted"
+    ckpt = tmp_path / "old.pt"
+    old = TrainingConfig(**{**CONFIG.__dict__, "dsm_steps": 2, "clf_steps": 0})
+    train(*small_problem(), old, checkpoint=ckpt)
+    payload = torch.load(ckpt, weights_only=False)
+    del payload["training_config"]["regression_frames"]
+    torch.save(payload, ckpt)
+    resumed = train(*small_problem(), TrainingConfig(**{**asdict(old), "dsm_steps": 2}), checkpoint=ckpt)
+    assert resumed.step == 2
+    with pytest.raises(ValueError, match="regression_frames must be one of"):
+        TrainingConfig(regression_frames="uniform")

@@ -17,7 +17,7 @@ analytic target in tests). Data ``x0`` is a batch of flat vectors (n, d).
   an unbiased regression target whose variance vanishes as the noise does, exactly where DSM's
   target -eps / sigma_t carries almost no signal about the energy's fine structure. Used only below
   a noise level ``max_sigma`` (above it the conditional spread of s_0 makes it noisier than DSM).
-* :func:`combined_loss`: DSM + lambda CLF (+ mu TSM).
+* :func:`combined_loss`: DSM + lambda CLF (+ mu TSM + energy matching, optionally on other frames).
 """
 from __future__ import annotations
 
@@ -225,15 +225,19 @@ class LossParts:
 
 def combined_loss(model, x0, generator=None, clf_weight: float = 1.0, n_levels: int = 2, project=None,
                   window: float = 1.0, score0=None, tsm_weight: float = 0.0, tsm_max_sigma: float = 5e-3,
-                  energy0=None, energy_weight: float = 0.0):
+                  energy0=None, energy_weight: float = 0.0, x_regression=None):
     """DSM + clf_weight * DiffCLF + tsm_weight * TSM + energy_weight * energy matching. Returns (loss tensor, LossParts).
 
-    A zero weight skips that pass; TSM needs ``score0`` (n, d), the data's scores; energy matching
-    needs ``energy0`` (n,), the data's target energies (kT).
+    A zero weight skips that pass; TSM needs ``score0`` (m, d), the scores of the regression frames;
+    energy matching needs ``energy0`` (m,), their target energies (kT). The regression frames are
+    ``x_regression`` (m, d) when given, else ``x0``: TSM and energy matching are regressions on known
+    per-frame targets whose optimum does not depend on which frames they see, so they may take frames
+    drawn differently (e.g. as sampled by biased MD, covering every basin) from the DSM/DiffCLF batch.
     """
     if clf_weight < 0 or tsm_weight < 0 or energy_weight < 0:
         raise ValueError(f"clf_weight, tsm_weight and energy_weight must be >= 0, got {clf_weight}, {tsm_weight}, "
                          f"{energy_weight}")
+    xr = x0 if x_regression is None else x_regression
     total = dsm = dsm_loss(model, x0, generator, project)
     clf = tsm = float("nan")
     if clf_weight > 0:
@@ -242,12 +246,12 @@ def combined_loss(model, x0, generator=None, clf_weight: float = 1.0, n_levels: 
     if tsm_weight > 0:
         if score0 is None:
             raise ValueError("tsm_weight > 0 needs score0, the scores of the data")
-        m = target_score_loss(model, x0, score0, generator, project, tsm_max_sigma)
+        m = target_score_loss(model, xr, score0, generator, project, tsm_max_sigma)
         total, tsm = total + tsm_weight * m, m.item()
     energy = float("nan")
     if energy_weight > 0:
         if energy0 is None:
             raise ValueError("energy_weight > 0 needs energy0, the target energies of the data")
-        e = energy_matching_loss(model, x0, energy0, generator, project, tsm_max_sigma)
+        e = energy_matching_loss(model, xr, energy0, generator, project, tsm_max_sigma)
         total, energy = total + energy_weight * e, e.item()
     return total, LossParts(total.item(), dsm.item(), clf, tsm, energy)

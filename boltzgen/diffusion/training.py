@@ -25,6 +25,9 @@ from ..coordinates.cartesian import random_rotations
 from .networks import EnergyModel, model_from_config
 
 
+REGRESSION_FRAMES = ("weighted", "drawn")
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """Hyper-parameters of one training run.
@@ -34,6 +37,10 @@ class TrainingConfig:
     classification (2 = binary). clf_batch_size: x_0 per CLF step (each costs clf_levels^2
     energies); None uses batch_size. tsm_weight, tsm_max_sigma: weight and noise range of target
     score matching in both phases (needs the data's scores; see losses.target_score_loss).
+    regression_frames: which frames TSM and energy matching see when the data are weighted:
+    "weighted" (the DSM batch, drawn by weight) or "drawn" (a second batch drawn uniformly over the
+    samples as given, e.g. biased MD frames covering every basin; their optimum is the same, but a
+    rare basin then counts in the fit of its offset). Without log_weights both are the same.
     clf_learning_rate: peak learning rate of the second phase
     (None: learning_rate); a gentler one keeps the low-noise fit of the DSM phase intact while
     DiffCLF moves the relative mode masses.
@@ -52,6 +59,7 @@ class TrainingConfig:
     tsm_weight: float = 0.0
     tsm_max_sigma: float = 5e-3
     energy_weight: float = 0.0
+    regression_frames: str = "weighted"
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     seed: int = 0
@@ -71,6 +79,8 @@ class TrainingConfig:
             raise ValueError(f"clf_weight must be >= 0, got {self.clf_weight}")
         if not self.energy_weight >= 0:
             raise ValueError(f"energy_weight must be >= 0, got {self.energy_weight}")
+        if self.regression_frames not in REGRESSION_FRAMES:
+            raise ValueError(f"regression_frames must be one of {REGRESSION_FRAMES}, got {self.regression_frames!r}")
         if self.tsm_weight < 0 or not self.tsm_max_sigma > 0:
             raise ValueError(f"need tsm_weight >= 0 and tsm_max_sigma > 0, got {self.tsm_weight}, {self.tsm_max_sigma}")
         if not (0 < self.clf_window <= 1):
@@ -141,7 +151,8 @@ def save_checkpoint(path: str | os.PathLike, state: _State, config: TrainingConf
 
 def _load_state(path, model: EnergyModel, config: TrainingConfig) -> _State:
     payload = torch.load(path, weights_only=False, map_location=_device(model))
-    if payload["training_config"] != asdict(config):
+    # a key added to TrainingConfig after the checkpoint was written reads as its default
+    if {**asdict(TrainingConfig()), **payload["training_config"]} != asdict(config):
         raise ValueError(f"checkpoint {path} was written with a different training config; "
                          f"use the same config to resume or a new checkpoint path to start over")
     if payload["model_config"] != model.config:
@@ -199,9 +210,12 @@ class _Data:
     project: object  # projection of the noise, or None
     space: object  # a MolecularSpace: batches are randomly rotated; or None
 
-    def batch(self, size: int, generator: torch.Generator) -> tuple:
-        """``size`` samples, their scores and energies (or None), rotated at random for a molecular space."""
-        if self.probabilities is None:
+    def batch(self, size: int, generator: torch.Generator, drawn: bool = False) -> tuple:
+        """``size`` samples, their scores and energies (or None), rotated at random for a molecular space.
+
+        Samples are drawn by their probabilities, or uniformly over the data as given when ``drawn``.
+        """
+        if self.probabilities is None or drawn:
             idx = torch.randint(self.x.shape[0], (size,), generator=generator, device=generator.device)
         else:
             idx = torch.multinomial(self.probabilities, size, replacement=True, generator=generator)
@@ -219,11 +233,15 @@ def _step(state: _State, data: _Data, config: TrainingConfig) -> LossParts:
     in_clf_phase = state.step >= config.dsm_steps and config.clf_weight > 0
     size = (config.clf_batch_size or config.batch_size) if in_clf_phase else config.batch_size
     x, scores, energies = data.batch(size, state.generator)
+    x_regression = None
+    regressions = config.tsm_weight > 0 or config.energy_weight > 0
+    if regressions and config.regression_frames == "drawn" and data.probabilities is not None:
+        x_regression, scores, energies = data.batch(size, state.generator, drawn=True)
     loss, parts = combined_loss(state.model, x, state.generator,
                                 clf_weight=config.clf_weight if in_clf_phase else 0.0,
                                 n_levels=config.clf_levels, project=data.project, window=config.clf_window,
                                 score0=scores, tsm_weight=config.tsm_weight, tsm_max_sigma=config.tsm_max_sigma,
-                                energy0=energies, energy_weight=config.energy_weight)
+                                energy0=energies, energy_weight=config.energy_weight, x_regression=x_regression)
     for group in state.optimizer.param_groups:
         group["lr"] = learning_rate(state.step, config)
     state.optimizer.zero_grad(set_to_none=True)

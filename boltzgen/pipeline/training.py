@@ -44,6 +44,9 @@ class TrainSettings:
             below tsm_max_sigma (model units); 0 trains with DSM (+ DiffCLF) alone.
         energy_weight: energy matching at the same low noise: the variance of E_theta - u over a
             batch (kT^2), which pins the offsets between basins that the scores cannot see.
+        regression_frames: the frames target score matching and energy matching see: "weighted"
+            (the DSM batch) or "drawn" (frames drawn uniformly as the MD sampled them, so a basin
+            that biased MD visited but that holds little Boltzmann weight still counts in the fit).
         log_snr_max, log_snr_min: the noise schedule (LogSNRSchedule) in model units.
         weighting: "boltzmann" draws frames with probability proportional to their weights
             (biased MD's exp(+V/kT)), so the model learns the Boltzmann distribution; "biased"
@@ -72,6 +75,7 @@ class TrainSettings:
     tsm_weight: float = 1.0
     tsm_max_sigma: float = 5e-3
     energy_weight: float = 1.0
+    regression_frames: str = "weighted"
     log_snr_max: float = 13.5
     log_snr_min: float = -10.0
     weighting: str = "boltzmann"
@@ -93,7 +97,7 @@ class TrainSettings:
                               clf_learning_rate=self.clf_learning_rate, clf_weight=self.clf_weight,
                               clf_levels=self.clf_levels, clf_window=self.clf_window, ema_decay=self.ema_decay,
                               tsm_weight=self.tsm_weight, tsm_max_sigma=self.tsm_max_sigma,
-                              energy_weight=self.energy_weight,
+                              energy_weight=self.energy_weight, regression_frames=self.regression_frames,
                               seed=self.seed, checkpoint_every=checkpoint_every)
 
 
