@@ -6,6 +6,11 @@ error, extrapolated as cost * (se / 0.1)^2 (standard errors fall as 1 / sqrt(cos
 (biased MD, MCMC alone) whose estimate is more than 2 combined standard errors off the reference gets
 no ratio: its cost to 0.1 kT would be the cost of a wrong answer. It had no right answer after the
 seconds it ran, though, so those seconds over a generator's cost to 0.1 kT bound the ratio from below.
+
+A ratio is only as good as the two standard errors it is made of: each arm's cost to 0.1 kT is
+proportional to its estimated variance, and a variance from k runs is uncertain by a factor
+exp(sqrt(2 / (k - 1))) at one standard error (the delta method on ln s^2 for normal estimates), so
+with 4 runs per arm a ratio is known to within x/÷ 3.2 only. :func:`ratio_factors` gives that factor.
 """
 from __future__ import annotations
 
@@ -66,6 +71,24 @@ def ratios(rows: list[dict]) -> dict:
     return out
 
 
+def variance_log_se(runs) -> float | None:
+    """Standard error of ln s^2 for a variance estimated from ``runs`` independent runs: sqrt(2 / (runs - 1))."""
+    return math.sqrt(2.0 / (runs - 1)) if isinstance(runs, int) and runs > 1 else None
+
+
+def ratio_factors(rows: list[dict]) -> dict:
+    """For each ratio of :func:`ratios`: the multiplicative one-standard-error spread of the ratio,
+    exp(sqrt(2 / (k_a - 1) + 2 / (k_b - 1))) for arms of k_a and k_b runs (each row's ``runs``);
+    the ratio's 68 % range is ratio / factor to ratio * factor. None when an arm does not say its runs."""
+    by_method = {r["method"]: r for r in rows}
+    out = {}
+    for name in ratios(rows):
+        baseline, method = name.removesuffix(" (training included)").split(" / ", 1)
+        se = [variance_log_se(by_method[m].get("runs")) for m in (baseline, method)]
+        out[name] = None if None in se else math.exp(math.hypot(*se))
+    return out
+
+
 def lower_bounds(rows: list[dict]) -> dict:
     """For each baseline that missed the reference (see :func:`sound`) and each generator: the baseline's
     measured seconds / the generator's seconds to 0.1 kT. The baseline had no right answer after its
@@ -95,9 +118,11 @@ def print_table(rows: list[dict], header: list[str]) -> dict:
               f"{r['seconds']:10.0f} "
               f"{fmt(r['seconds_to_0.1'], '9.0f')} {fmt(r['evaluations_to_0.1'], '12.3g')} {fmt(incl, '11.0f')} "
               f"{fmt(r.get('bridge_ess_fraction'), '10.3f')}  {r.get('lineages', '')}")
-    found = ratios(rows)
+    found, factors = ratios(rows), ratio_factors(rows)
     for name, value in found.items():
-        print(f"  {name}: {value:.2f}  (seconds to 0.1 kT; > 1: the generator is faster)")
+        spread = "" if factors[name] is None else \
+            f", 68 % range {value / factors[name]:.2f}-{value * factors[name]:.2f} (x/÷ {factors[name]:.1f}: runs per arm)"
+        print(f"  {name}: {value:.2f}  (seconds to 0.1 kT; > 1: the generator is faster{spread})")
     for r in rows:
         if is_baseline(r["method"]) and not sound(rows, r["method"]):
             why = ("it has no estimate with an error bar" if r["z_vs_reference"] is None else
@@ -107,7 +132,8 @@ def print_table(rows: list[dict], header: list[str]) -> dict:
     bounds = lower_bounds(rows)
     for name, value in bounds.items():
         print(f"  {name}: at least {value:.2f}  (its measured seconds / the generator's seconds to 0.1 kT)")
-    return {**found, **{f"{name} (lower bound)": value for name, value in bounds.items()}}
+    return {**found, **{f"{name} (x/÷ at 1 s.e.)": f for name, f in factors.items() if f is not None},
+            **{f"{name} (lower bound)": value for name, value in bounds.items()}}
 
 
 def record_figures(rows: list[dict], found_ratios: dict) -> dict:

@@ -57,3 +57,19 @@ def test_a_baseline_that_misses_the_reference_bounds_the_ratio_from_below():
     # MCMC alone ran 800 s without a right answer; the generator needs 50 * (0.2 / 0.1)^2 = 200 s
     assert lower_bounds(rows) == {"MCMC alone / IC generator": 800.0 / 200.0}
     assert lower_bounds(rows[:1] + rows[2:]) == {}  # every baseline sound: no bound
+
+
+def test_a_ratio_comes_with_the_spread_its_runs_allow():
+    import math
+
+    import benchmarks_path  # noqa: F401
+    from _arms import ratio_factors
+    from aldp_vs_md import REFERENCE, _row
+
+    ref = REFERENCE["delta_f_phi_positive_kT"]
+    rows = [_row("biased MD", ref, 0.05, 100.0, 1000, runs=4), _row("IC generator", ref, 0.2, 50.0, 1000, 500, runs=16),
+            _row("biased MD (1 fs)", ref, 0.05, 50.0, 500)]
+    factors = ratio_factors(rows)
+    # ln s^2 from k runs has s.e. sqrt(2 / (k - 1)): 4 and 16 runs give exp(sqrt(2/3 + 2/15))
+    assert math.isclose(factors["biased MD / IC generator"], math.exp(math.sqrt(2 / 3 + 2 / 15)))
+    assert factors["biased MD (1 fs) / IC generator"] is None  # an arm that does not say its runs
