@@ -29,6 +29,7 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+from _arms import variance_log_se
 from _record import append_record, command_line
 
 from boltzgen import systems
@@ -79,7 +80,7 @@ def summarise(per_run: list[dict], seconds: list[float]) -> dict:
         p = np.array([r[name]["p"] for r in per_run])
         mean, se = mean_and_error(p.tolist())
         relative_sd = se * math.sqrt(len(p)) / mean if se is not None and mean > 0 else None  # SD over runs / mean
-        row = {"p": mean, "relative_sd": relative_sd,
+        row = {"p": mean, "relative_sd": relative_sd, "p_per_run": p.tolist(),
                "n_in": float(np.mean([r[name]["n_in"] for r in per_run])),
                "ancestors_in": float(np.mean([r[name]["ancestors_in"] for r in per_run]))}
         if 0 < mean < 1:
@@ -90,8 +91,9 @@ def summarise(per_run: list[dict], seconds: list[float]) -> dict:
     per_run_sd = None if last.get("dF_se_kT") is None else last["dF_se_kT"] * math.sqrt(len(per_run))
     per_run_seconds = float(np.mean(seconds))
     cost = None if per_run_sd is None else per_run_sd**2 * per_run_seconds / 0.1**2
+    log_se = variance_log_se(len(per_run))  # the cost is proportional to an estimated variance
     return {"stages": table, "seconds_per_run": per_run_seconds, "per_run_sd_kT": per_run_sd,
-            "seconds_to_0.1": cost}
+            "seconds_to_0.1": cost, "seconds_to_0.1_factor": None if log_se is None else math.exp(log_se)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -143,13 +145,15 @@ def main(argv: list[str] | None = None) -> None:
         rel = "n/a" if row["relative_sd"] is None else f"{row['relative_sd']:.3f}"
         print(f"  {name:8s} P {row['p']:.4f}  relative SD {rel}{df}  in state {row['n_in']:.0f} particles "
               f"from {row['ancestors_in']:.0f} ancestors")
-    cost = result["seconds_to_0.1"]
+    cost, factor = result["seconds_to_0.1"], result["seconds_to_0.1_factor"]
+    spread = "" if cost is None or factor is None else \
+        f" (68 % range {cost / factor:.0f}-{cost * factor:.0f} s from {args.runs} runs)"
     print(f"  {result['seconds_per_run']:.1f} s per run; cost to a 0.1 kT standard error: "
-          + ("n/a" if cost is None else f"{cost:.0f} s"))
+          + ("n/a" if cost is None else f"{cost:.0f} s{spread}"))
     figures = {"runs": args.runs, "particles": args.particles, "levels": args.levels,
                "level_torsions": args.level_torsions, "resample_threshold": args.resample_threshold,
                "mixing_moves": args.mixing_moves, "seconds_per_run": round(result["seconds_per_run"], 1),
-               "per_run_sd_kT": result["per_run_sd_kT"], "seconds_to_0.1": cost}
+               "per_run_sd_kT": result["per_run_sd_kT"], "seconds_to_0.1": cost, "seconds_to_0.1_factor": factor}
     for name, row in result["stages"].items():
         figures[f"{name}_relative_sd"] = row["relative_sd"]
         if row.get("dF_kT") is not None:

@@ -40,3 +40,6 @@ def test_summary_arithmetic():
     # cost to 0.1 kT: per-run SD of dF squared times seconds per run, over 0.1^2
     assert s["per_run_sd_kT"] == pytest.approx(row["dF_se_kT"] * 2)
     assert s["seconds_to_0.1"] == pytest.approx(s["per_run_sd_kT"] ** 2 * 10.0 / 0.01)
+    # the variance behind that cost comes from 4 runs: uncertain by a factor exp(sqrt(2 / 3))
+    assert s["seconds_to_0.1_factor"] == pytest.approx(math.exp(math.sqrt(2 / 3)))
+    assert row["p_per_run"] == p  # printed, so that runs at other seeds can be pooled
