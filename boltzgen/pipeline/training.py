@@ -49,7 +49,7 @@ class TrainSettings:
             that biased MD visited but that holds little Boltzmann weight still counts in the fit).
             Default "drawn" (measured on alanine dipeptide, 6,000-step fine-tunes of the shipped model:
             held-out importance ESS 0.558 vs 0.550, model dF(phi>0) 0.58 vs 0.64 kT off, SD of u - E
-            over the phi > 0 frames 0.93 vs 2.02 kT; docs/benchmarks.md, training_choices).
+            over the phi > 0 frames 0.93 vs 2.02 kT; docs/benchmarks.md, regression_frames).
         log_snr_max, log_snr_min: the noise schedule (LogSNRSchedule) in model units.
         weighting: "boltzmann" draws frames with probability proportional to their weights
             (biased MD's exp(+V/kT)), so the model learns the Boltzmann distribution; "biased"
