@@ -228,6 +228,50 @@ def shipped_reference(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def reference_comparison(summary: dict, reference: dict) -> dict[str, dict]:
+    """Every free energy that a sample summary and a reference both give, side by side.
+
+    Args:
+        summary: a sample job's summary (``delta_f_<key>_kT`` / ``delta_f_<key>_err_kT``, kT).
+        reference: a shipped reference file's figures, same keys (e.g. ``<system>.reference.json``).
+
+    Returns:
+        {key: {"sample", "sample_err", "reference", "reference_err", "z"}} in kT, in the summary's order
+        (sample None where the runs put no weight on one side); z = (sample - reference) / the combined
+        standard error, None where a value or an error is missing.
+    """
+    out = {}
+    for name, value in summary.items():
+        if not (name.startswith("delta_f_") and name.endswith("_kT")) or name.endswith("_err_kT"):
+            continue
+        key = name[len("delta_f_"):-len("_kT")]
+        ref = reference.get(name)
+        if ref is None:
+            continue
+        err, ref_err = summary.get(f"delta_f_{key}_err_kT"), reference.get(f"delta_f_{key}_err_kT")
+        combined = None if value is None or err is None or ref_err is None else (err ** 2 + ref_err ** 2) ** 0.5
+        z = None if not combined else (value - ref) / combined
+        out[key] = {"sample": value, "sample_err": err, "reference": ref, "reference_err": ref_err, "z": z}
+    return out
+
+
+def format_reference_comparison(comparison: dict[str, dict], source: str, temperature: float) -> str:
+    """The printed lines of :func:`reference_comparison`: one per free energy, the reference also in molar
+    units at ``temperature`` (K)."""
+    def estimate(value, err) -> str:
+        if value is None:
+            return "none (no weight on one side)"
+        return f"{value:.3f}" + ("" if err is None else f" +- {err:.3f}")
+
+    lines = [f"\n  reference ({source}):"]
+    for key, c in comparison.items():
+        z = "" if c["z"] is None else f"  z = {c['z']:+.2f}"
+        lines.append(f"    dF({key}): this run {estimate(c['sample'], c['sample_err'])} kT; reference "
+                     f"{estimate(c['reference'], c['reference_err'])} kT "
+                     f"{format_in_molar_units(c['reference'], c['reference_err'], temperature)}{z}")
+    return "\n".join(lines)
+
+
 def _diagnostics_plot(report: SampleReport, name: str) -> Path:
     """``smc_diagnostics.png`` in the job folder: ESS, lineages and acceptance of every run, per step."""
     from ..smc.plots import plot_run_diagnostics
@@ -272,11 +316,9 @@ def run_named(name: str, out, *, particles: int = 1000, runs: int = 4, settings=
                  f"{own_temperature:g} K)")
         reference = None
     if reference is not None:
-        text += (f"\n  reference ({reference['source']}): dF(phi>0 vs phi<0) = "
-                 f"{reference['delta_f_phi_positive_kT']:.3f} +- {reference['delta_f_phi_positive_err_kT']:.3f} kT "
-                 + format_in_molar_units(reference["delta_f_phi_positive_kT"],
-                                         reference["delta_f_phi_positive_err_kT"], own_temperature))
-        summary = {**report.summary, "reference": reference}
+        comparison = reference_comparison(report.summary, reference)
+        text += format_reference_comparison(comparison, reference["source"], own_temperature)
+        summary = {**report.summary, "reference": reference, "reference_comparison": comparison}
         write_json(report.out / "summary.json", summary)
         report = SampleReport(report.out, report.run_dirs, summary)
     return NamedRunResult(report, analysis, text, reference)
