@@ -208,3 +208,12 @@ def test_the_table_gives_kt_in_molar_units_at_the_runs_temperature():
     at_300 = format_analysis(AnalysisReport(figures, None, None, kinds=("md", "md"), temperature_K=300.0))
     assert "at 300 K, 1 kT = 2.4943 kJ/mol = 0.5962 kcal/mol" in at_300
     assert "kJ/mol" not in format_analysis(AnalysisReport(figures, None, None, kinds=("md", "md")))
+
+
+def test_rare_populations_print_with_significant_digits():
+    from boltzgen.analysis.free_energy import Estimate
+    from boltzgen.analysis.report import _population
+
+    assert _population(Estimate(0.0015, 0.00002, 2)) == "0.0015 +- 2e-05"  # not 0.002 +- 0.000
+    assert _population(Estimate(0.351, 0.011, 2)) == "0.351 +- 0.011"
+    assert _population(Estimate(0.0, 0.0, 2)) == "0.000 +- 0.000" and _population(None) == "not estimable"

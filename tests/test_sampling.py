@@ -218,7 +218,7 @@ def test_cli_run_prints_the_summary_and_writes_plots(tmp_path, capsys):
     shipped = json.loads((systems.DEFAULT_SYSTEMS_DIR / "alanine-dipeptide" / "alanine-dipeptide.reference.json")
                          .read_text())
     assert summary["reference"]["delta_f_phi_positive_kT"] == shipped["delta_f_phi_positive_kT"]
-    compared = summary["reference_comparison"]["phi_positive"]
+    compared = summary["reference_comparison"]["dF(phi_positive)"]
     assert compared["reference"] == shipped["delta_f_phi_positive_kT"] and "dF(phi_positive): this run" in text
     for name in ("ramachandran.png", "phi_profile.png", "energy_histogram.png", "smc_diagnostics.png"):
         assert (out / name).is_file()
@@ -301,13 +301,15 @@ def test_reference_comparison_pairs_every_shared_free_energy_with_its_z():
 
     summary = {"delta_f_a_kT": 1.3, "delta_f_a_err_kT": 0.3, "delta_f_b_kT": 2.0, "delta_f_b_err_kT": None,
                "delta_f_c_kT": 5.0, "delta_f_c_err_kT": 0.1, "delta_f_d_kT": None, "delta_f_d_err_kT": None,
-               "log_z": -3.0}
+               "log_z": -3.0, "populations": {"s": {"p": 0.02, "err": 0.003}, "t": {"p": 0.98, "err": 0.003}}}
     reference = {"delta_f_a_kT": 1.0, "delta_f_a_err_kT": 0.4, "delta_f_b_kT": 2.5, "delta_f_b_err_kT": 0.1,
-                 "delta_f_d_kT": 4.0, "delta_f_d_err_kT": 0.1}
+                 "delta_f_d_kT": 4.0, "delta_f_d_err_kT": 0.1, "populations": {"s": {"p": 0.026, "err": 0.004}}}
     c = reference_comparison(summary, reference)
-    assert list(c) == ["a", "b", "d"]  # c has no reference value
-    assert c["d"]["sample"] is None and c["d"]["z"] is None
-    assert c["a"]["z"] == pytest.approx(0.3 / 0.5) and c["b"]["z"] is None  # one run: no error, no z
+    assert list(c) == ["dF(a)", "dF(b)", "dF(d)", "P(s)"]  # c and t have no reference value
+    assert c["dF(d)"]["sample"] is None and c["dF(d)"]["z"] is None
+    assert c["dF(a)"]["z"] == pytest.approx(0.3 / 0.5) and c["dF(b)"]["z"] is None  # one run: no error, no z
+    assert c["P(s)"]["z"] == pytest.approx(-0.006 / 0.005)
     text = format_reference_comparison(c, "test MD", 300.0)
     assert "dF(a): this run 1.300 +- 0.300 kT; reference 1.000 +- 0.400 kT" in text and "z = +0.60" in text
     assert "dF(b): this run 2.000 kT" in text and "dF(d): this run none" in text
+    assert "P(s): this run 0.0200 +- 0.0030; reference 0.0260 +- 0.0040  z = -1.20" in text

@@ -238,6 +238,14 @@ def _estimate(e) -> str:
     return f"{e.mean:.3f} +- {err}"
 
 
+def _population(e) -> str:
+    """A population to three decimals, or to two significant digits below 0.01 (rare states stay readable)."""
+    if e is None or not (math.isfinite(e.mean) and 0 < abs(e.mean) < 0.01):
+        return _estimate(e)
+    err = f"{e.standard_error:.1g}" if math.isfinite(e.standard_error) else "n/a (one SMC run)"
+    return f"{e.mean:.2g} +- {err}"
+
+
 def _correlation_lines(f) -> list[str]:
     """Effective samples (n / g) of the headline figures and the suggested burn-in of one MD run."""
     if not f.statistical_inefficiency:
@@ -281,7 +289,7 @@ def format_analysis(report: AnalysisReport) -> str:
         lines.append("  collective variables: " + "; ".join(f"{d.name} = dihedral [{', '.join(map(str, d.atoms))}]"
                                                               for d in f.cvs.dihedrals))
     for name, e in f.populations.items():
-        row(f"P({name})", _estimate(e), _estimate(r.populations.get(name)) if r is not None else None)
+        row(f"P({name})", _population(e), _population(r.populations.get(name)) if r is not None else None)
     for fe in f.cvs.free_energies:
         row(f"dF({fe.state} vs {fe.reference}) kT", _estimate(f.free_energies[fe.key]),
             _estimate(r.free_energies.get(fe.key)) if r else None)

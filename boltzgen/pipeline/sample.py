@@ -228,47 +228,58 @@ def shipped_reference(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _row(value, err, ref, ref_err) -> dict:
+    combined = None if value is None or err is None or ref_err is None else (err ** 2 + ref_err ** 2) ** 0.5
+    z = None if not combined else (value - ref) / combined
+    return {"sample": value, "sample_err": err, "reference": ref, "reference_err": ref_err, "z": z}
+
+
 def reference_comparison(summary: dict, reference: dict) -> dict[str, dict]:
-    """Every free energy that a sample summary and a reference both give, side by side.
+    """Every free energy and population that a sample summary and a reference both give, side by side.
 
     Args:
-        summary: a sample job's summary (``delta_f_<key>_kT`` / ``delta_f_<key>_err_kT``, kT).
-        reference: a shipped reference file's figures, same keys (e.g. ``<system>.reference.json``).
+        summary: a sample job's summary (``delta_f_<key>_kT`` / ``delta_f_<key>_err_kT`` in kT;
+            ``populations``: {state: {"p", "err"}}).
+        reference: a shipped reference file's figures, the same keys (e.g. ``<system>.reference.json``).
 
     Returns:
-        {key: {"sample", "sample_err", "reference", "reference_err", "z"}} in kT, in the summary's order
-        (sample None where the runs put no weight on one side); z = (sample - reference) / the combined
-        standard error, None where a value or an error is missing.
+        {"dF(<key>)" (kT) or "P(<state>)": {"sample", "sample_err", "reference", "reference_err", "z"}},
+        free energies first, each in the summary's order (sample None where the runs put no weight on one
+        side); z = (sample - reference) / the combined standard error, None where a value or an error is
+        missing.
     """
     out = {}
     for name, value in summary.items():
-        if not (name.startswith("delta_f_") and name.endswith("_kT")) or name.endswith("_err_kT"):
-            continue
-        key = name[len("delta_f_"):-len("_kT")]
-        ref = reference.get(name)
-        if ref is None:
-            continue
-        err, ref_err = summary.get(f"delta_f_{key}_err_kT"), reference.get(f"delta_f_{key}_err_kT")
-        combined = None if value is None or err is None or ref_err is None else (err ** 2 + ref_err ** 2) ** 0.5
-        z = None if not combined else (value - ref) / combined
-        out[key] = {"sample": value, "sample_err": err, "reference": ref, "reference_err": ref_err, "z": z}
+        if name.startswith("delta_f_") and name.endswith("_kT") and not name.endswith("_err_kT"):
+            key = name[len("delta_f_"):-len("_kT")]
+            if reference.get(name) is not None:
+                out[f"dF({key})"] = _row(value, summary.get(f"delta_f_{key}_err_kT"), reference[name],
+                                         reference.get(f"delta_f_{key}_err_kT"))
+    shipped = reference.get("populations", {})
+    for state, pop in summary.get("populations", {}).items():
+        if state in shipped and shipped[state].get("p") is not None:
+            out[f"P({state})"] = _row(pop.get("p"), pop.get("err"), shipped[state]["p"], shipped[state].get("err"))
     return out
 
 
 def format_reference_comparison(comparison: dict[str, dict], source: str, temperature: float) -> str:
-    """The printed lines of :func:`reference_comparison`: one per free energy, the reference also in molar
-    units at ``temperature`` (K)."""
-    def estimate(value, err) -> str:
+    """The printed lines of :func:`reference_comparison`: one per figure, free energies in kT and, for the
+    reference, also in molar units at ``temperature`` (K)."""
+    def estimate(value, err, digits) -> str:
         if value is None:
             return "none (no weight on one side)"
-        return f"{value:.3f}" + ("" if err is None else f" +- {err:.3f}")
+        return f"{value:.{digits}f}" + ("" if err is None else f" +- {err:.{digits}f}")
 
     lines = [f"\n  reference ({source}):"]
-    for key, c in comparison.items():
+    for label, c in comparison.items():
         z = "" if c["z"] is None else f"  z = {c['z']:+.2f}"
-        lines.append(f"    dF({key}): this run {estimate(c['sample'], c['sample_err'])} kT; reference "
-                     f"{estimate(c['reference'], c['reference_err'])} kT "
-                     f"{format_in_molar_units(c['reference'], c['reference_err'], temperature)}{z}")
+        if label.startswith("dF("):
+            lines.append(f"    {label}: this run {estimate(c['sample'], c['sample_err'], 3)} kT; reference "
+                         f"{estimate(c['reference'], c['reference_err'], 3)} kT "
+                         f"{format_in_molar_units(c['reference'], c['reference_err'], temperature)}{z}")
+        else:
+            lines.append(f"    {label}: this run {estimate(c['sample'], c['sample_err'], 4)}; reference "
+                         f"{estimate(c['reference'], c['reference_err'], 4)}{z}")
     return "\n".join(lines)
 
 
