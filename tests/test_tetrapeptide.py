@@ -215,3 +215,23 @@ def test_the_branch_sign_at_the_alpha_carbons_decides_l_or_d(make, monkeypatch):
     monkeypatch.setattr(make, "SP3_SIGN", -make.SP3_SIGN)
     topology, x0, _ = make.build_unminimised()
     assert chirality(torch.from_numpy(x0)[None], alpha_carbon_centers(topology)).tolist() == [[-1.0, -1.0, -1.0]]
+
+
+# ---- the shipped model: boltzgen run end to end -----------------------------------------------------------
+def test_run_samples_with_the_shipped_model_and_reports_every_residue(tmp_path, capsys):
+    """`boltzgen run alanine-tetrapeptide` on tiny settings: every residue's dF, the eight phi-sign states,
+    a Ramachandran plot per residue, the SMC diagnostics (figures meaningless at this size)."""
+    out = tmp_path / "run"
+    code = main(["run", "alanine-tetrapeptide", "--out", str(out), "--particles", "16", "--runs", "2",
+                 "--levels", "6", "--level-moves", "1", "--bridge-moves", "1", "--mixing-moves", "4",
+                 "--threads", "1", "--no-compile"])
+    text = capsys.readouterr().out
+    assert code == 0 and "one-step bridge ESS" in text
+    for i in (1, 2, 3):
+        assert f"dF(phi{i}>0 vs phi{i}<0) kT" in text
+    for state in ("---", "+++"):
+        assert f"P({state})" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_runs"] == 2 and set(summary["populations"]) >= {"---", "+--", "phi3>0"}
+    assert {p.name for p in out.glob("ramachandran*.png")} == {f"ramachandran_phi{i}_psi{i}.png" for i in (1, 2, 3)}
+    assert (out / "smc_diagnostics.png").is_file()
