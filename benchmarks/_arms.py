@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 import re
 
+from boltzgen.analysis.free_energy import z_score
+
 TARGET_SE_KT = 0.1
 
 
@@ -25,14 +27,6 @@ def extrapolated(cost: float, se: float | None) -> float | None:
     if se is None or not math.isfinite(se) or se <= 0:
         return None
     return cost * (se / TARGET_SE_KT) ** 2
-
-
-def z_score(value, se, reference: float, reference_se: float) -> float | None:
-    """(value - reference) / combined standard error; None when the arm has no estimate or no error."""
-    if value is None or se is None or reference is None:
-        return None
-    combined = math.hypot(se, reference_se)
-    return (value - reference) / combined if combined > 0 else None
 
 
 def row(method: str, value, se, reference: tuple[float, float], seconds: float, target_evals: int,

@@ -211,9 +211,10 @@ def test_the_table_gives_kt_in_molar_units_at_the_runs_temperature():
 
 
 def test_rare_populations_print_with_significant_digits():
-    from boltzgen.analysis.free_energy import Estimate
-    from boltzgen.analysis.report import _population
+    from boltzgen.analysis.report import format_population
 
-    assert _population(Estimate(0.0015, 0.00002, 2)) == "0.0015 +- 2e-05"  # not 0.002 +- 0.000
-    assert _population(Estimate(0.351, 0.011, 2)) == "0.351 +- 0.011"
-    assert _population(Estimate(0.0, 0.0, 2)) == "0.000 +- 0.000" and _population(None) == "not estimable"
+    assert format_population(0.0015, 0.00002) == "0.00150 +- 0.00002"  # not 0.002 +- 0.000
+    assert format_population(0.000029, 0.00002) == "0.000029 +- 0.000020"
+    assert format_population(0.0010, 0.0004) == "0.0010 +- 0.0004"  # two significant digits of the value
+    assert format_population(0.351, 0.011) == "0.351 +- 0.011" and format_population(0.0, 0.0) == "0.000 +- 0.000"
+    assert format_population(0.02, None) == "0.020" and format_population(None, 0.1) == "n/a"

@@ -218,8 +218,10 @@ def test_cli_run_prints_the_summary_and_writes_plots(tmp_path, capsys):
     shipped = json.loads((systems.DEFAULT_SYSTEMS_DIR / "alanine-dipeptide" / "alanine-dipeptide.reference.json")
                          .read_text())
     assert summary["reference"]["delta_f_phi_positive_kT"] == shipped["delta_f_phi_positive_kT"]
-    compared = summary["reference_comparison"]["dF(phi_positive)"]
-    assert compared["reference"] == shipped["delta_f_phi_positive_kT"] and "dF(phi_positive): this run" in text
+    compared = summary["reference_comparison"]
+    assert compared["free_energies"]["phi_positive"]["reference"] == shipped["delta_f_phi_positive_kT"]
+    assert set(compared["populations"]) == set(shipped["populations"])  # beta/C7eq, alpha_R, alpha_L/C7ax
+    assert "dF(phi>0 vs phi<0): samples" in text and "P(alpha_R): samples" in text
     for name in ("ramachandran.png", "phi_profile.png", "energy_histogram.png", "smc_diagnostics.png"):
         assert (out / name).is_file()
     assert "smc diagnostics:" in text and "kJ/mol" in text and "kcal/mol" in text
@@ -296,20 +298,41 @@ def test_level_and_bridge_torsions_must_be_counts():
         BridgeSettings(torsions=-1)
 
 
-def test_reference_comparison_pairs_every_shared_free_energy_with_its_z():
+def test_reference_comparison_pairs_every_shared_figure_with_its_z():
     from boltzgen.pipeline.sample import format_reference_comparison, reference_comparison
 
-    summary = {"delta_f_a_kT": 1.3, "delta_f_a_err_kT": 0.3, "delta_f_b_kT": 2.0, "delta_f_b_err_kT": None,
+    declared = [{"key": k, "state": f"{k}+", "reference": f"{k}-"} for k in "abcde"]
+    summary = {"free_energies": declared,
+               "delta_f_a_kT": 1.3, "delta_f_a_err_kT": 0.3, "delta_f_b_kT": 2.0, "delta_f_b_err_kT": None,
                "delta_f_c_kT": 5.0, "delta_f_c_err_kT": 0.1, "delta_f_d_kT": None, "delta_f_d_err_kT": None,
-               "log_z": -3.0, "populations": {"s": {"p": 0.02, "err": 0.003}, "t": {"p": 0.98, "err": 0.003}}}
+               "delta_f_e_kT": 0.5, "delta_f_e_err_kT": float("nan"),
+               "populations": {"s": {"p": 0.02, "err": 0.003}, "t": {"p": 0.98, "err": 0.003},
+                               "r": {"p": 0.0015, "err": 0.00002}}}
     reference = {"delta_f_a_kT": 1.0, "delta_f_a_err_kT": 0.4, "delta_f_b_kT": 2.5, "delta_f_b_err_kT": 0.1,
-                 "delta_f_d_kT": 4.0, "delta_f_d_err_kT": 0.1, "populations": {"s": {"p": 0.026, "err": 0.004}}}
+                 "delta_f_d_kT": 4.0, "delta_f_d_err_kT": 0.1, "delta_f_e_kT": 0.4, "delta_f_e_err_kT": 0.0,
+                 "populations": {"s": {"p": 0.026, "err": 0.004}, "r": {"p": 0.0012, "err": None}}}
     c = reference_comparison(summary, reference)
-    assert list(c) == ["dF(a)", "dF(b)", "dF(d)", "P(s)"]  # c and t have no reference value
-    assert c["dF(d)"]["sample"] is None and c["dF(d)"]["z"] is None
-    assert c["dF(a)"]["z"] == pytest.approx(0.3 / 0.5) and c["dF(b)"]["z"] is None  # one run: no error, no z
-    assert c["P(s)"]["z"] == pytest.approx(-0.006 / 0.005)
-    text = format_reference_comparison(c, "test MD", 300.0)
-    assert "dF(a): this run 1.300 +- 0.300 kT; reference 1.000 +- 0.400 kT" in text and "z = +0.60" in text
-    assert "dF(b): this run 2.000 kT" in text and "dF(d): this run none" in text
-    assert "P(s): this run 0.0200 +- 0.0030; reference 0.0260 +- 0.0040  z = -1.20" in text
+    energies, pops = c["free_energies"], c["populations"]
+    assert list(energies) == ["a", "b", "d", "e"] and list(pops) == ["s", "r"]  # c and t have no reference value
+    assert energies["a"]["z"] == pytest.approx(0.3 / 0.5)
+    assert energies["b"]["z"] is None and energies["d"]["z"] is None  # one run: no error; no weight: no value
+    assert energies["e"]["z"] is None  # a NaN error gives no z, not z = nan
+    assert pops["s"]["z"] == pytest.approx(-0.006 / 0.005) and pops["r"]["z"] is None
+    lines = format_reference_comparison(c, summary, "test MD", 300.0)
+    text = "\n".join(lines)
+    assert lines[0] == "  reference (test MD), beside these samples:"
+    assert "dF(a+ vs a-): samples 1.300 +- 0.300 kT; reference 1.000 +- 0.400 kT" in text and "z = +0.60" in text
+    assert "dF(b+ vs b-): samples 2.000 kT (one run: no error bar)" in text
+    assert "dF(d+ vs d-): samples n/a (no weight on one side)" in text
+    assert "P(s): samples 0.020 +- 0.003; reference 0.026 +- 0.004  z = -1.20" in text
+    assert "P(r): samples 0.00150 +- 0.00002; reference 0.0012\n" in text + "\n"
+    assert format_reference_comparison(reference_comparison(summary, {}), summary, "none", 300.0) == []
+
+
+def test_z_score_needs_finite_values_and_a_nonzero_error():
+    from boltzgen.analysis.free_energy import z_score
+
+    assert z_score(1.3, 0.3, 1.0, 0.4) == pytest.approx(0.6)
+    assert z_score(1.0, 0.0, 2.0, 0.0) is None  # exact against exact: no z
+    assert z_score(1.0, 0.5, 2.0, 0.0) == pytest.approx(-2.0)  # against an exact reference (butane's)
+    assert z_score(None, 0.1, 1.0, 0.1) is None and z_score(1.0, float("nan"), 1.0, 0.1) is None

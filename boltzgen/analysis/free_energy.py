@@ -407,6 +407,21 @@ def delta_f_over_runs(p_state, p_reference) -> Estimate:
                     standard_error=float(influence.std(ddof=1) / math.sqrt(n)), n=n)
 
 
+def z_score(value, standard_error, reference, reference_error) -> float | None:
+    """(value - reference) / their combined standard error sqrt(se^2 + se_ref^2); None when a value or an
+    error is missing or not finite, or the combined error is zero (an exact value against an exact one).
+
+    Args:
+        value, standard_error: an estimate and its standard error (any one unit, e.g. kT).
+        reference, reference_error: the reference and its standard error, same unit (0 for an exact one).
+    """
+    numbers = (value, standard_error, reference, reference_error)
+    if any(v is None or not math.isfinite(v) for v in numbers):
+        return None
+    combined = math.hypot(standard_error, reference_error)
+    return (value - reference) / combined if combined > 0 else None
+
+
 def mean_and_error(values) -> tuple[float, float | None]:
     """Mean of per-run values and its standard error over the runs (None with one run or a NaN error).
 
@@ -606,5 +621,5 @@ def delta_f_from_log_z(log_z_a, log_z_b) -> Estimate:
 __all__ = [
     "Basin", "Estimate", "FreeEnergySurface", "basin_free_energy", "basin_free_energy_runs", "basin_probabilities",
     "delta_f_bar", "delta_f_exp", "delta_f_from_log_z", "delta_f_mbar", "delta_f_phi_positive", "free_energy_surface",
-    "with_error",
+    "with_error", "z_score",
 ]

@@ -238,12 +238,29 @@ def _estimate(e) -> str:
     return f"{e.mean:.3f} +- {err}"
 
 
+def format_population(p: float | None, err: float | None) -> str:
+    """A population and its standard error with the same decimals: three, or more below 0.01 so that the
+    value keeps two significant digits and the error one (at most eight); ``"n/a"`` for a missing value,
+    no error part for a missing error. E.g. 0.351 +- 0.011, 0.00150 +- 0.00002."""
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    digits = 3
+    if 0 < abs(p) < 0.01:
+        digits = 1 - math.floor(math.log10(abs(p)))
+        if err is not None and math.isfinite(err) and err > 0:
+            digits = max(digits, -math.floor(math.log10(err)))
+        digits = min(digits, 8)
+    if err is None or not math.isfinite(err):
+        return f"{p:.{digits}f}"
+    return f"{p:.{digits}f} +- {err:.{digits}f}"
+
+
 def _population(e) -> str:
-    """A population to three decimals, or to two significant digits below 0.01 (rare states stay readable)."""
-    if e is None or not (math.isfinite(e.mean) and 0 < abs(e.mean) < 0.01):
-        return _estimate(e)
-    err = f"{e.standard_error:.1g}" if math.isfinite(e.standard_error) else "n/a (one SMC run)"
-    return f"{e.mean:.2g} +- {err}"
+    if e is None:
+        return "not estimable"
+    if not math.isfinite(e.standard_error):
+        return f"{format_population(e.mean, None)} +- n/a (one SMC run)"
+    return format_population(e.mean, e.standard_error)
 
 
 def _correlation_lines(f) -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .._checks import as_device
+from ..analysis.free_energy import z_score
 from ..models import check_compatible, load_model_file
 from ..io.sample_runs import load_sample_run
 from ..units import format_in_molar_units
@@ -228,59 +229,68 @@ def shipped_reference(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _row(value, err, ref, ref_err) -> dict:
-    combined = None if value is None or err is None or ref_err is None else (err ** 2 + ref_err ** 2) ** 0.5
-    z = None if not combined else (value - ref) / combined
-    return {"sample": value, "sample_err": err, "reference": ref, "reference_err": ref_err, "z": z}
+def _compared(value, err, reference, reference_err) -> dict:
+    """One figure beside its reference: the four numbers and their z (None where one is missing)."""
+    return {"sample": value, "sample_err": err, "reference": reference, "reference_err": reference_err,
+            "z": z_score(value, err, reference, reference_err)}
 
 
 def reference_comparison(summary: dict, reference: dict) -> dict[str, dict]:
-    """Every free energy and population that a sample summary and a reference both give, side by side.
+    """Every declared free energy and every population that a sample summary and a reference both give.
 
     Args:
-        summary: a sample job's summary (``delta_f_<key>_kT`` / ``delta_f_<key>_err_kT`` in kT;
-            ``populations``: {state: {"p", "err"}}).
-        reference: a shipped reference file's figures, the same keys (e.g. ``<system>.reference.json``).
+        summary: a sample job's summary: ``free_energies`` (the molecule's declaration, a list of
+            {"key", "state", "reference"}), ``delta_f_<key>_kT`` / ``delta_f_<key>_err_kT`` (kT) and
+            ``populations`` ({state: {"p", "err"}}).
+        reference: a shipped reference's figures under the same keys (e.g. ``<system>.reference.json``).
 
     Returns:
-        {"dF(<key>)" (kT) or "P(<state>)": {"sample", "sample_err", "reference", "reference_err", "z"}},
-        free energies first, each in the summary's order (sample None where the runs put no weight on one
-        side); z = (sample - reference) / the combined standard error, None where a value or an error is
-        missing.
+        {"free_energies": {key: figure} (kT), "populations": {state: figure}}, each in the summary's order,
+        a figure being {"sample", "sample_err", "reference", "reference_err", "z"}: z = (sample - reference)
+        / the combined standard error, None where a value or an error is missing (e.g. one run, or no
+        weight on one side) or both errors are zero. What the reference does not give is left out.
     """
-    out = {}
-    for name, value in summary.items():
-        if name.startswith("delta_f_") and name.endswith("_kT") and not name.endswith("_err_kT"):
-            key = name[len("delta_f_"):-len("_kT")]
-            if reference.get(name) is not None:
-                out[f"dF({key})"] = _row(value, summary.get(f"delta_f_{key}_err_kT"), reference[name],
-                                         reference.get(f"delta_f_{key}_err_kT"))
+    free_energies = {}
+    for declared in summary.get("free_energies", []):
+        key = declared["key"]
+        if reference.get(f"delta_f_{key}_kT") is not None:
+            free_energies[key] = _compared(summary.get(f"delta_f_{key}_kT"), summary.get(f"delta_f_{key}_err_kT"),
+                                           reference[f"delta_f_{key}_kT"], reference.get(f"delta_f_{key}_err_kT"))
     shipped = reference.get("populations", {})
-    for state, pop in summary.get("populations", {}).items():
-        if state in shipped and shipped[state].get("p") is not None:
-            out[f"P({state})"] = _row(pop.get("p"), pop.get("err"), shipped[state]["p"], shipped[state].get("err"))
-    return out
+    populations = {state: _compared(pop.get("p"), pop.get("err"), shipped[state]["p"], shipped[state].get("err"))
+                   for state, pop in summary.get("populations", {}).items()
+                   if shipped.get(state, {}).get("p") is not None}
+    return {"free_energies": free_energies, "populations": populations}
 
 
-def format_reference_comparison(comparison: dict[str, dict], source: str, temperature: float) -> str:
-    """The printed lines of :func:`reference_comparison`: one per figure, free energies in kT and, for the
-    reference, also in molar units at ``temperature`` (K)."""
-    def estimate(value, err, digits) -> str:
+def format_reference_comparison(comparison: dict, summary: dict, source: str, temperature: float) -> list[str]:
+    """The printed lines of a :func:`reference_comparison`: a header naming the reference's ``source``,
+    then one line per free energy (labelled as the summary declares it; the reference's value also in molar
+    units at ``temperature`` in K) and per population. No lines when nothing was compared."""
+    from ..analysis.report import format_population
+
+    if not (comparison["free_energies"] or comparison["populations"]):
+        return []
+
+    def energy(value, err) -> str:
         if value is None:
-            return "none (no weight on one side)"
-        return f"{value:.{digits}f}" + ("" if err is None else f" +- {err:.{digits}f}")
+            return "n/a (no weight on one side)"
+        return f"{value:.3f} kT (one run: no error bar)" if err is None else f"{value:.3f} +- {err:.3f} kT"
 
-    lines = [f"\n  reference ({source}):"]
-    for label, c in comparison.items():
-        z = "" if c["z"] is None else f"  z = {c['z']:+.2f}"
-        if label.startswith("dF("):
-            lines.append(f"    {label}: this run {estimate(c['sample'], c['sample_err'], 3)} kT; reference "
-                         f"{estimate(c['reference'], c['reference_err'], 3)} kT "
-                         f"{format_in_molar_units(c['reference'], c['reference_err'], temperature)}{z}")
-        else:
-            lines.append(f"    {label}: this run {estimate(c['sample'], c['sample_err'], 4)}; reference "
-                         f"{estimate(c['reference'], c['reference_err'], 4)}{z}")
-    return "\n".join(lines)
+    def z(c) -> str:
+        return "" if c["z"] is None else f"  z = {c['z']:+.2f}"
+
+    declared = {f["key"]: f for f in summary.get("free_energies", [])}
+    lines = [f"  reference ({source}), beside these samples:"]
+    for key, c in comparison["free_energies"].items():
+        label = f"dF({declared[key]['state']} vs {declared[key]['reference']})"
+        lines.append(f"    {label}: samples {energy(c['sample'], c['sample_err'])}; reference "
+                     f"{energy(c['reference'], c['reference_err'])} "
+                     f"{format_in_molar_units(c['reference'], c['reference_err'], temperature)}{z(c)}")
+    for state, c in comparison["populations"].items():
+        lines.append(f"    P({state}): samples {format_population(c['sample'], c['sample_err'])}; reference "
+                     f"{format_population(c['reference'], c['reference_err'])}{z(c)}")
+    return lines
 
 
 def _diagnostics_plot(report: SampleReport, name: str) -> Path:
@@ -328,7 +338,8 @@ def run_named(name: str, out, *, particles: int = 1000, runs: int = 4, settings=
         reference = None
     if reference is not None:
         comparison = reference_comparison(report.summary, reference)
-        text += format_reference_comparison(comparison, reference["source"], own_temperature)
+        lines = format_reference_comparison(comparison, report.summary, reference["source"], own_temperature)
+        text += "".join("\n" + line for line in lines)
         summary = {**report.summary, "reference": reference, "reference_comparison": comparison}
         write_json(report.out / "summary.json", summary)
         report = SampleReport(report.out, report.run_dirs, summary)
