@@ -60,10 +60,18 @@ def state_free_energy(p: float | None, p_se: float | None) -> tuple[float | None
     return -math.log(p), None if p_se is None else p_se / p
 
 
+def empty_units(values) -> int:
+    """How many runs (or chain sets) have none of a state's mass: with any, F's delta-method s.e. is unreliable
+    (one non-empty run of k gives se(P) / P = 1 exactly, whatever the state's true spread)."""
+    return sum(1 for v in values if not v > 0)
+
+
 def figures_of_runs(dirs: list[Path]) -> dict:
-    """{state: (P, se)} for the eight states and {residue free energy: (dF, se)} of MD or sample run folders."""
+    """{state: (P, se)} for the eight states, {residue free energy: (dF, se)} and {"empty": {state: runs
+    without the state}} of MD or sample run folders."""
     f = run_figures([str(d) for d in dirs])
     out = {s: (f.populations[s].mean, f.populations[s].standard_error) for s in STATES}
+    out["empty"] = {s: empty_units(f.per_unit[f"p[{s}]"]) for s in STATES}
     for key in RESIDUES:
         e = f.free_energies.get(key)
         out[key] = (None, None) if e is None else (e.mean, e.standard_error)
@@ -74,6 +82,7 @@ def figures_of_sets(per_set: list[dict[str, float]]) -> dict:
     """The same from per-set populations {state: P} of independent chain sets: mean and s.e. over sets;
     a residue's dF is -ln of the ratio of its mean populations (as for runs), with s.e. se(q) / (q (1 - q))."""
     out = {s: mean_and_error([p[s] for p in per_set]) for s in STATES}
+    out["empty"] = {s: empty_units([p[s] for p in per_set]) for s in STATES}
     for i, key in enumerate(RESIDUES):
         q, q_se = mean_and_error([sum(p[s] for s in STATES if s[i] == "+") for p in per_set])
         out[key] = ((-math.log(q / (1 - q)), None if q_se is None else q_se / (q * (1 - q))) if 0 < q < 1
@@ -104,7 +113,7 @@ def arm(method: str, figures: dict, state: str, reference: dict, seconds: float,
     residues = {f"delta_f_{k}_kT": figures[k][0] for k in RESIDUES}
     residues.update({f"delta_f_{k}_err_kT": figures[k][1] for k in RESIDUES})
     return row(method, value, se, (ref_value, ref_se or 0.0), seconds, target_evals, model_evals,
-               populations={s: figures[s][0] for s in STATES}, **residues, **extra)
+               populations={s: figures[s][0] for s in STATES}, empty_runs=figures["empty"][state], **residues, **extra)
 
 
 def run_biased_md(args, work: Path) -> tuple[dict, float, int]:
@@ -200,6 +209,10 @@ def main(argv: list[str] | None = None) -> None:
         f"with >= {MIN_MASS:.0%} of the mass; {args.threads} torch threads (MD: OpenMM, one core)",
         f"reference: {source}; z = (F - reference) / combined s.e.",
         *([] if args.model else ["generator arms left out: no --model given"])])
+    for r in rows:
+        if r["empty_runs"]:
+            print(f"  {r['method']}: {r['empty_runs']} of {r['runs']} runs have no mass in {state}: its s.e. (and cost "
+                  "to 0.1 kT) from the delta method is unreliable; more particles or runs are needed")
     for r in rows:
         print(f"  {r['method']}: " + ", ".join(
             f"dF(phi{i}>0) {_pm(r[f'delta_f_phi{i}_positive_kT'], r[f'delta_f_phi{i}_positive_err_kT'])}"

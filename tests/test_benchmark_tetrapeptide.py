@@ -56,3 +56,20 @@ def test_state_arithmetic():
     # residue 1 at phi > 0 in states +--, +-+, ++-, +++: 0.035 and 0.045; -ln of the ratio of the means
     assert figures["phi1_positive"][0] == pytest.approx(-math.log(0.04 / 0.96))
     assert figures["phi1_positive"][1] == pytest.approx(0.005 / (0.04 * 0.96))
+
+
+def test_empty_runs_are_counted_because_they_break_the_delta_method():
+    import benchmarks_path  # noqa: F401
+    from tetrapeptide_vs_md import STATES, empty_units, figures_of_sets, state_free_energy
+
+    # one run of four holds the state: se(P) / P is exactly 1 whatever the state's spread (session 9's
+    # "generator, no mixing" row printed F's s.e. as 1.000 for this reason)
+    per_run = [0.004, 0.0, 0.0, 0.0]
+    mean = sum(per_run) / 4
+    sd = math.sqrt(sum((v - mean) ** 2 for v in per_run) / 3)
+    se = sd / 2
+    assert state_free_energy(mean, se)[1] == pytest.approx(1.0)
+    assert empty_units(per_run) == 3 and empty_units([0.1, 0.2]) == 0
+    sets = [dict(zip(STATES, (0.9, 0.1, 0, 0, 0, 0, 0, 0))), dict(zip(STATES, (0.95, 0, 0.05, 0, 0, 0, 0, 0)))]
+    empty = figures_of_sets(sets)["empty"]
+    assert empty["--+"] == 1 and empty["-+-"] == 1 and empty["---"] == 0 and empty["+++"] == 2
