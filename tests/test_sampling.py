@@ -207,6 +207,20 @@ def test_a_vacuum_model_recalibrates_to_implicit_solvent(tmp_path):
     assert report.summary["log_z_err"] is None  # one run: no error bar
 
 
+def test_the_implicit_system_ships_a_model_trained_for_it(tmp_path):
+    """alanine-dipeptide-implicit's shipped model was fine-tuned on implicit MD: no recalibration, and its
+    provenance file names the command and the must-show run that shipped it."""
+    model = systems.shipped_model("alanine-dipeptide-implicit")
+    assert model != systems.shipped_model("alanine-dipeptide")
+    provenance = json.loads(model.with_suffix(".json").read_text())
+    assert "boltzgen train alanine-dipeptide-implicit" in provenance["train_command"]
+    assert abs(provenance["must_show"]["z_vs_reference"]) <= 2 and provenance["must_show"]["error_kT"] <= 0.1
+    with systems.load("alanine-dipeptide-implicit") as target:
+        report = sample_model(target, model, tmp_path / "s", particles=16, runs=1, settings=TINY, compile=False)
+    assert report.summary["recalibration"] is False
+    assert report.summary["model_system"] == "alanine-dipeptide-implicit"
+
+
 def test_cli_run_prints_the_summary_and_writes_plots(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["run", "alanine-dipeptide", "--out", str(out), "--particles", "16", "--runs", "2", "--levels", "8",
