@@ -1,7 +1,11 @@
 """benchmarks/aldp_vs_md.py --quick runs every arm end to end and ends with a JSON line (figures meaningless)."""
 import contextlib
+import functools
+import math
 import io
 import json
+
+import pytest
 
 
 def test_quick_benchmark_runs_every_arm_and_records_them(tmp_path):
@@ -35,9 +39,11 @@ def test_quick_benchmark_runs_every_arm_and_records_them(tmp_path):
 def test_ratios_leave_out_a_baseline_that_misses_the_reference():
     import benchmarks_path  # noqa: F401
     from _arms import ratios as _ratios
-    from aldp_vs_md import REFERENCE, _row
+    from aldp_vs_md import _row, reference_of
 
-    ref = REFERENCE["delta_f_phi_positive_kT"]
+    reference = reference_of("alanine-dipeptide")
+    ref = reference["delta_f_phi_positive_kT"]
+    _row = functools.partial(_row, reference=reference)
     rows = [_row("biased MD", ref, 0.05, 100.0, 1000), _row("MCMC alone", ref + 1.3, 0.07, 200.0, 1000),
             _row("IC generator", ref + 0.1, 0.2, 50.0, 1000, 500), _row("biased MD (1 fs)", ref - 0.05, 0.05, 50.0, 500)]
     assert abs(rows[1]["z_vs_reference"]) > 2 and abs(rows[0]["z_vs_reference"]) < 1e-9
@@ -49,9 +55,11 @@ def test_ratios_leave_out_a_baseline_that_misses_the_reference():
 def test_a_baseline_that_misses_the_reference_bounds_the_ratio_from_below():
     import benchmarks_path  # noqa: F401
     from _arms import lower_bounds
-    from aldp_vs_md import REFERENCE, _row
+    from aldp_vs_md import _row, reference_of
 
-    ref = REFERENCE["delta_f_phi_positive_kT"]
+    reference = reference_of("alanine-dipeptide")
+    ref = reference["delta_f_phi_positive_kT"]
+    _row = functools.partial(_row, reference=reference)
     rows = [_row("biased MD", ref, 0.05, 100.0, 1000), _row("MCMC alone", ref + 1.3, 0.07, 800.0, 1000),
             _row("IC generator", ref + 0.1, 0.2, 50.0, 1000, 500)]
     # MCMC alone ran 800 s without a right answer; the generator needs 50 * (0.2 / 0.1)^2 = 200 s
@@ -64,12 +72,36 @@ def test_a_ratio_comes_with_the_spread_its_runs_allow():
 
     import benchmarks_path  # noqa: F401
     from _arms import ratio_factors
-    from aldp_vs_md import REFERENCE, _row
+    from aldp_vs_md import _row, reference_of
 
-    ref = REFERENCE["delta_f_phi_positive_kT"]
+    reference = reference_of("alanine-dipeptide")
+    ref = reference["delta_f_phi_positive_kT"]
+    _row = functools.partial(_row, reference=reference)
     rows = [_row("biased MD", ref, 0.05, 100.0, 1000, runs=4), _row("IC generator", ref, 0.2, 50.0, 1000, 500, runs=16),
             _row("biased MD (1 fs)", ref, 0.05, 50.0, 500)]
     factors = ratio_factors(rows)
     # ln s^2 from k runs has s.e. sqrt(2 / (k - 1)): 4 and 16 runs give exp(sqrt(2/3 + 2/15))
     assert math.isclose(factors["biased MD / IC generator"], math.exp(math.sqrt(2 / 3 + 2 / 15)))
     assert factors["biased MD (1 fs) / IC generator"] is None  # an arm that does not say its runs
+
+
+def test_quick_benchmark_of_the_implicit_set_up_compares_with_its_own_reference(tmp_path):
+    import benchmarks_path  # noqa: F401
+    from aldp_vs_md import main, reference_of
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(["--quick", "--threads", "1", "--system", "alanine-dipeptide-implicit", "--cartesian-model", "none",
+              "--biased-timesteps", "0.5"])
+    result = json.loads(out.getvalue().strip().splitlines()[-1])
+    assert result["system"] == "alanine-dipeptide-implicit"
+    assert [r["method"] for r in result["rows"]] == ["biased MD", "MCMC alone", "IC generator", "IC generator, no mixing"]
+    implicit, vacuum = reference_of("alanine-dipeptide-implicit"), reference_of("alanine-dipeptide")
+    assert implicit["delta_f_phi_positive_kT"] != vacuum["delta_f_phi_positive_kT"]
+    row = result["rows"][0]
+    if row["dF_kT"] is not None and row["se_kT"]:  # z is against the implicit reference, not the vacuum one
+        expected = (row["dF_kT"] - implicit["delta_f_phi_positive_kT"]) / math.hypot(
+            row["se_kT"], implicit["delta_f_phi_positive_err_kT"])
+        assert row["z_vs_reference"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="ships no reference"):
+        reference_of("alanine-dipeptide-ff96-implicit")
