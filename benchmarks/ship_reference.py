@@ -27,14 +27,10 @@ from _record import append_record
 from boltzgen import systems
 from boltzgen.analysis import run_figures
 from boltzgen.io.md_runs import recorded_system
+from boltzgen.pipeline.sample import reference_file
 
 KEPT = ("populations", "energy_mean_kT", "energy_mean_err_kT", "n_frames", "n_frames_per_run", "error_method",
         "basins_rad")
-
-
-def reference_path(system: str) -> Path:
-    """Where ``boltzgen run SYSTEM`` looks for the reference: next to the system's YAML."""
-    return systems.spec(system).path.with_name(f"{system}.reference.json")
 
 
 def check_runs(system: str, dirs: list[str]) -> None:
@@ -80,15 +76,15 @@ def record_figures(ref: dict) -> dict:
             out[f"per_run_sd_{key}_kT"] = round(statistics.stdev(values), 3)
     for name, e in ref["populations"].items():
         out[f"P({name})"], out[f"P({name})_err"] = r(e["p"], 5), r(e["err"], 5)
-    out["runs"] = len(next(iter(ref["per_run_delta_f_kT"].values()), []))
+    out["runs"] = len(ref["n_frames_per_run"])
     return out
 
 
 def ship(system: str, dirs: list[str], source: str, command: str, note: str = "", replace: bool = False,
          out=None) -> dict:
-    """Reduce the runs and write ``out`` (default :func:`reference_path`); returns the file's content."""
+    """Reduce the runs and write ``out`` (default :func:`reference_file`); returns the file's content."""
     check_runs(system, dirs)
-    path = Path(out) if out is not None else reference_path(system)
+    path = Path(out) if out is not None else reference_file(system)
     if path.exists() and not replace:
         raise ValueError(f"{path} exists: give --replace to overwrite it")
     figures = run_figures(dirs).to_dict()
@@ -116,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as err:
         parser.error(str(err))
     figures = record_figures(ref)
-    print(f"wrote {args.out or reference_path(args.system)}")
+    print(f"wrote {args.out or reference_file(args.system)}")
     print(json.dumps(figures))
     if args.record:
         append_record(args.record, args.name or f"reference_md_{args.system.replace('-', '_')}", args.command,

@@ -45,6 +45,14 @@ def test_the_file_holds_the_runs_figures_with_errors_over_runs(tmp_path, two_run
     assert compared["free_energies"]["gauche"]["reference"] == ref["delta_f_gauche_kT"]
 
 
+def test_without_out_the_file_goes_where_boltzgen_run_reads_it():
+    from boltzgen.pipeline.sample import reference_file, shipped_reference
+
+    path = reference_file("butane")
+    assert path == systems.spec("butane").path.with_name("butane.reference.json") and path.is_file()
+    assert shipped_reference("butane") == json.loads(path.read_text())
+
+
 def test_bad_input_is_refused_and_nothing_is_written(tmp_path, two_runs):
     import benchmarks_path  # noqa: F401
     from ship_reference import main

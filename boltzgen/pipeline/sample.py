@@ -220,12 +220,16 @@ class NamedRunResult:
     reference: dict | None
 
 
-def shipped_reference(name: str) -> dict | None:
-    """The reference figures shipped next to a named system (``<name>.reference.json``), or None."""
+def reference_file(name: str) -> Path:
+    """Where a named system's reference figures live: ``<name>.reference.json`` next to its YAML."""
     from .. import systems
 
-    spec = systems.specs()[name]
-    path = spec.path.with_name(f"{name}.reference.json")
+    return systems.specs()[name].path.with_name(f"{name}.reference.json")
+
+
+def shipped_reference(name: str) -> dict | None:
+    """The reference figures shipped next to a named system (:func:`reference_file`), or None."""
+    path = reference_file(name)
     return json.loads(path.read_text()) if path.is_file() else None
 
 
