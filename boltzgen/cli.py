@@ -380,7 +380,7 @@ SAMPLING_FLAGS = {"levels": ("n_levels",), "level_moves": ("level_moves",), "lev
 TRAINING_FLAGS = {"dsm_steps": ("dsm_steps",), "clf_steps": ("clf_steps",), "hidden": ("hidden",),
                   "network_blocks": ("n_blocks",), "coordinates": ("coordinates",), "weighting": ("weighting",),
                   "tsm_weight": ("tsm_weight",), "energy_weight": ("energy_weight",), "seed": ("seed",),
-                  "regression_frames": ("regression_frames",),
+                  "regression_frames": ("regression_frames",), "calibration_harmonics": ("calibration_harmonics",),
                   "learning_rate": ("learning_rate",)}
 #: The config sections and the commands that read them (a shared file's key for another command is named).
 SECTION_COMMANDS = {"sampling": "sample, run and free-energy", "switching": "free-energy", "training": "train"}
@@ -846,6 +846,11 @@ def add_train_command(sub) -> None:
                    help="frames that target score matching and energy matching fit: weighted (the DSM batch, drawn by "
                         "Boltzmann weight) or drawn (uniform over the frames as MD sampled them, so a rare basin that "
                         f"biased MD visited still counts; default {d.regression_frames})")
+    p.add_argument("--calibration-harmonics", type=int, default=None, metavar="K",
+                   help="after training, tilt the model by a K-harmonic Fourier series of each rotatable dihedral, "
+                        "fitted by maximum likelihood on the training frames (with their Boltzmann weights), fixing "
+                        f"the masses of basins the scores cannot see (0: off; default {d.calibration_harmonics}); "
+                        "with --init and no steps it calibrates an existing model on --data")
     _option(p, "--baseline", action="store_true", default=False,
             help="also train a DSM-only model for the same number of steps and compare")
     p.add_argument("--seed", type=int, default=None, help=f"random seed (default {d.seed})")
@@ -900,10 +905,16 @@ def _train(args) -> int:
 
 def format_train_report(report) -> str:
     """The quality table printed at the end of ``boltzgen train``."""
-    if report.settings.clf_steps == 0:  # no DiffCLF phase: the final model is the DSM model
+    settings = report.settings
+    if settings.dsm_steps + settings.clf_steps == 0:  # an --init model scored (and calibrated) as it is
+        rows = [("model", report.quality)]
+    elif settings.clf_steps == 0:  # no DiffCLF phase: the final model is the DSM model
         rows = [("DSM only", report.quality)]
     else:
         rows = [("DSM + DiffCLF", report.quality), ("DSM phase snapshot", report.dsm_quality)]
+    if report.uncalibrated_quality is not None:
+        rows[0] = (f"{rows[0][0]}, calibrated", report.quality)
+        rows.insert(1, ("before calibration", report.uncalibrated_quality))
     if report.baseline_quality is not None:
         rows.append(("DSM only, same steps", report.baseline_quality))
     q = report.quality
@@ -914,6 +925,9 @@ def format_train_report(report) -> str:
         lines.append(f"  {name:<22} {m.std_kT:12.2f} {m.mean_kT:9.2f} {m.correlation:6.3f} "
                      f"{m.importance_ess_fraction:7.3f} {m.delta_f_phi_positive_model_kT:13.2f}")
     lines.append(f"  {'data (held-out)':<22} {'':>12} {'':>9} {'':>6} {'':>7} {q.delta_f_phi_positive_data_kT:13.2f}")
+    if len(q.residue_delta_f_data_kT) > 1:  # dF(phi>0) above is the first residue's: give each residue's
+        lines.append("  dF(phi_i>0) kT by residue, data: " + ", ".join(f"{v:.2f}" for v in q.residue_delta_f_data_kT))
+        lines += [f"    {name}: " + ", ".join(f"{v:.2f}" for v in m.residue_delta_f_model_kT) for name, m in rows]
     if q.score_errors:
         lines.append("  relative score error at t_min by coordinate kind: "
                      + ", ".join(f"{kind} {value:.3f}" for kind, value in q.score_errors.items()))

@@ -33,6 +33,9 @@ def test_train_model_writes_model_files_and_a_report(tmp_path, md_run):
     saved = json.loads(report.report_path.read_text())
     assert saved["quality"]["std_kT"] == pytest.approx(report.quality.std_kT)
     assert np.isfinite(report.quality.std_kT) and report.quality.n_frames == 3
+    q = report.quality  # one residue: its per-residue figures are the headline ones
+    assert len(q.residue_delta_f_model_kT) == len(q.residue_delta_f_data_kT) == 1
+    assert q.residue_delta_f_data_kT[0] == q.delta_f_phi_positive_data_kT
     loaded = load_model_file(report.model_path)
     assert loaded.metadata["phase"] == "dsm+diffclf" and loaded.metadata["steps"] == 18
     assert load_model_file(report.dsm_model_path).metadata["steps"] == 12
@@ -91,6 +94,29 @@ def test_bad_settings_are_named():
         TrainSettings(weighting="uniform")
     with pytest.raises(ValueError, match="holdout_fraction"):
         TrainSettings(holdout_fraction=1.0)
+
+
+def test_calibration_after_training_is_saved_reported_and_refuses_cartesian(tmp_path, md_run, capsys):
+    """--calibration-harmonics: the saved model carries the fit; the table shows it beside the model before it."""
+    with systems.load("alanine-dipeptide") as target:
+        report = train_model(target, [md_run], tmp_path / "m.pt", replace(TINY, calibration_harmonics=2))
+    loaded = load_model_file(report.model_path)
+    assert loaded.model.calibration is not None and loaded.model.config["calibration_harmonics"] == 2
+    assert loaded.model.calibration.cos_coefficients.abs().sum() > 0  # fitted, not the zero initialisation
+    assert report.uncalibrated_quality is not None and report.uncalibrated_quality.std_kT != report.quality.std_kT
+    saved = json.loads(report.report_path.read_text())
+    assert saved["uncalibrated_quality"]["std_kT"] == pytest.approx(report.uncalibrated_quality.std_kT)
+    assert load_model_file(report.dsm_model_path).model.calibration is None
+    # an existing model calibrated with no training steps (the flag path)
+    assert main(["train", "alanine-dipeptide", "--data", str(md_run), "--out", str(tmp_path / "c"), "--init",
+                 str(report.model_path), "--hidden", "16", "--network-blocks", "1", "--dsm-steps", "0",
+                 "--clf-steps", "0", "--calibration-harmonics", "3", "--threads", "1"]) == 0
+    assert "before calibration" in capsys.readouterr().out
+    assert load_model_file(tmp_path / "c" / "model.pt").model.calibration.n_harmonics == 3
+    with pytest.raises(ValueError, match="calibration_harmonics"):
+        TrainSettings(coordinates="cartesian", calibration_harmonics=2)
+    with pytest.raises(ValueError, match="calibration_harmonics"):
+        TrainSettings(calibration_harmonics=-1)
 
 
 def test_init_fine_tunes_the_given_model_on_another_force_field(tmp_path, md_run):

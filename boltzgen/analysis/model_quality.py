@@ -34,6 +34,8 @@ class ModelQuality:
         delta_f_phi_positive_data_kT: -ln(P(phi>0)/P(phi<0)) of the (weighted) frames (backbone phi of
             the first residue that has one; NaN for a molecule without a peptide backbone).
         delta_f_phi_positive_model_kT: the same under the model (frames reweighted by exp(Delta)).
+        residue_delta_f_data_kT, residue_delta_f_model_kT: the same two figures for every residue's
+            phi, in backbone order (empty without a peptide backbone); the first equals the above.
         score_errors: relative error of the model's score by kind of coordinate, when the target's
             gradient was given: sqrt(mean |grad(E_theta - u_y)|^2 / mean |grad u_y|^2) over the
             coordinates of each kind ("bonds", "angles", "dihedrals" in internal coordinates; "all"
@@ -49,6 +51,8 @@ class ModelQuality:
     delta_f_phi_positive_data_kT: float
     delta_f_phi_positive_model_kT: float
     score_errors: dict | None = None
+    residue_delta_f_data_kT: tuple = ()
+    residue_delta_f_model_kT: tuple = ()
 
     def as_dict(self) -> dict:
         """The figures as a plain dict (JSON)."""
@@ -134,9 +138,12 @@ def model_quality(model, space, reduced_energies, positions, topology, log_weigh
     corr = float((w * cu * ce).sum() / math.sqrt(float((w * cu**2).sum()) * float((w * ce**2).sum())))
     model_lw = torch.where(keep, lw + delta, torch.full_like(lw, -math.inf))
     try:
-        phi = phi_psi(x, topology)[:, 0, 0].numpy()
+        phis = phi_psi(x, topology)[:, :, 0].numpy()  # (n, residues)
     except ValueError:  # no peptide backbone: the phi > 0 figures do not apply (NaN)
-        phi = None
+        phis = np.zeros((n, 0))
+    data_w, model_w = w.numpy(), normalized_weights(model_lw).numpy()
+    data_df = tuple(_delta_f_phi_positive(phi, data_w) for phi in phis.T)
+    model_df = tuple(_delta_f_phi_positive(phi, model_w) for phi in phis.T)
     nan = float("nan")
     every = max(1, n // 5000)  # the gradients of the target cost one force evaluation per frame: at most ~5,000
     errors = None if target_energy is None else score_errors(model, space, target_energy, x[::every], lw[::every],
@@ -144,7 +151,7 @@ def model_quality(model, space, reduced_energies, positions, topology, log_weigh
     return ModelQuality(
         n_frames=int(n), data_ess=ess(lw), mean_kT=mean, std_kT=std, correlation=corr, score_errors=errors,
         importance_ess_fraction=ess(model_lw) / ess(lw),
-        delta_f_phi_positive_data_kT=nan if phi is None else _delta_f_phi_positive(phi, w.numpy()),
-        delta_f_phi_positive_model_kT=nan if phi is None else _delta_f_phi_positive(
-            phi, normalized_weights(model_lw).numpy()),
+        delta_f_phi_positive_data_kT=data_df[0] if data_df else nan,
+        delta_f_phi_positive_model_kT=model_df[0] if model_df else nan,
+        residue_delta_f_data_kT=data_df, residue_delta_f_model_kT=model_df,
     )

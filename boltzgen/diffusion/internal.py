@@ -18,7 +18,8 @@ fitted to the data (:class:`~boltzgen.diffusion.circular.WrappedMixture`), noise
 adding s_t^2 to every component's variance. The network g sees the noised linear coordinates
 standardised by v_t and cos/sin of every dihedral, so the energy is periodic in each dihedral;
 the factor (1 - t) makes E(1, .) the known base (Gaussian times uniform), which anchors the
-learned log-normaliser f(t) as for the Cartesian model: f(1) = (L / 2) log(2 pi v_1).
+learned log-normaliser f(t) as for the Cartesian model: f(1) = (L / 2) log(2 pi v_1). A model may
+carry a fitted dihedral calibration c_t (boltzgen.diffusion.calibration), added to E; it vanishes at t = 1.
 
 DSM in these coordinates regresses the conditional score of each coordinate's noising kernel:
 -eps / sigma_t on the line, the wrapped normal's score on the circle, weighted by sigma_t and s_t
@@ -29,6 +30,7 @@ forward kernels, so its weights stay exact.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -37,6 +39,7 @@ from torch import nn
 
 from .._checks import check_count, check_flat
 from ..smc.kernels import ParticleState
+from .calibration import DihedralCalibration
 from .circular import WrappedMixture, log_wrapped_normal, wrap, wrapped_normal_score
 from .networks import EnergyModel, ResidualBlock
 from .schedule import schedule_from_config
@@ -97,6 +100,8 @@ class InternalEnergy(EnergyModel):
         # per-coordinate data variance for the reverse steps: 1 for standardised coordinates, the
         # dihedral base's spread for dihedrals (set by fit)
         self.register_buffer("coordinate_variance", torch.ones(dim))
+        self.config.update(calibration_harmonics=0)
+        self.calibration = None  # a fitted DihedralCalibration (see with_calibration)
 
     @torch.no_grad()
     def fit(self, z0: torch.Tensor, weights: torch.Tensor | None = None) -> "InternalEnergy":
@@ -150,9 +155,22 @@ class InternalEnergy(EnergyModel):
         lin, per = z[:, :self.n_linear], z[:, self.n_linear:]
         base = 0.5 * (lin**2).sum(1) / v_t - self.dihedral_base.log_prob(per, (sigma / alpha) ** 2).sum(1)
         emb = self.embed(sigma**2 / v_t)
-        return base + (1.0 - t) * self.correction(z, v_t, emb)
+        energy = base + (1.0 - t) * self.correction(z, v_t, emb)
+        if self.calibration is not None:
+            energy = energy + self.calibration(per, (sigma / alpha) ** 2)
+        return energy
 
     forward = energy
+
+    def with_calibration(self, calibration: DihedralCalibration | None) -> "InternalEnergy":
+        """A copy of this model with ``calibration`` added to its energy (None: without one); self is unchanged."""
+        if calibration is not None and calibration.n_periodic != self.n_periodic:
+            raise ValueError(f"calibration has {calibration.n_periodic} dihedrals but the model has {self.n_periodic}")
+        calibrated = copy.deepcopy(self)
+        calibrated.calibration = None if calibration is None else \
+            copy.deepcopy(calibration).to(device=self.data_mean.device)
+        calibrated.config["calibration_harmonics"] = 0 if calibration is None else calibration.n_harmonics
+        return calibrated
 
     def base_energy(self, t, x) -> torch.Tensor:
         """The analytic base alone (Gaussian on the line, noised wrapped mixtures on the circle), (n,) kT."""
@@ -176,8 +194,10 @@ class InternalEnergy(EnergyModel):
     def from_config(cls, config: dict) -> "InternalEnergy":
         """Rebuild an (untrained, unfitted) model from ``model.config``."""
         c = dict(config)
-        return cls(c["n_linear"], c["n_periodic"], schedule_from_config(c["schedule"]), c["hidden"], c["n_blocks"],
-                   c["n_time_features"], c["n_components"])
+        model = cls(c["n_linear"], c["n_periodic"], schedule_from_config(c["schedule"]), c["hidden"], c["n_blocks"],
+                    c["n_time_features"], c["n_components"])
+        harmonics = c.get("calibration_harmonics", 0)  # absent in models saved before calibration existed
+        return model.with_calibration(DihedralCalibration(model.n_periodic, harmonics)) if harmonics else model
 
 
 _LOG_2PI = math.log(2.0 * math.pi)

@@ -18,6 +18,7 @@ import torch
 from .._checks import as_device
 from ..analysis.model_quality import ModelQuality, model_quality
 from ..coordinates.cartesian import MolecularSpace
+from ..diffusion.calibration import calibrate
 from ..diffusion.networks import MolecularEnergy
 from ..diffusion.schedule import LogSNRSchedule
 from ..diffusion.training import TrainingConfig, train
@@ -58,6 +59,10 @@ class TrainSettings:
         holdout_fraction: when no held-out runs are given, the last fraction of every run's
             frames is held out for the quality report.
         seed: initialisation, batches and noise.
+        calibration_harmonics: after training, fit a dihedral calibration with this many harmonics
+            per rotatable dihedral (boltzgen.diffusion.calibration: the maximum-likelihood tilt of
+            the model on the training frames with their Boltzmann weights, which fixes the basins'
+            offsets); 0: none. Internal coordinates only.
         coordinates: "internal" (bonds, angles and dihedrals from the bond graph; the model keeps
             chirality) or "cartesian" (centre-free positions, pair-distance network; mirror images
             are folded onto L).
@@ -85,8 +90,13 @@ class TrainSettings:
     holdout_fraction: float = 0.1
     seed: int = 0
     coordinates: str = "internal"
+    calibration_harmonics: int = 0
 
     def __post_init__(self):
+        if not (isinstance(self.calibration_harmonics, int) and self.calibration_harmonics >= 0):
+            raise ValueError(f"calibration_harmonics must be an integer >= 0, got {self.calibration_harmonics!r}")
+        if self.calibration_harmonics and self.coordinates != "internal":
+            raise ValueError("calibration_harmonics > 0 needs coordinates 'internal' (it corrects dihedral energies)")
         if self.coordinates not in COORDINATES:
             raise ValueError(f"coordinates must be one of {COORDINATES}, got {self.coordinates!r}")
         if self.weighting not in WEIGHTINGS:
@@ -149,7 +159,8 @@ class TrainReport:
 
     Attributes:
         model_path, dsm_model_path, checkpoint_path, report_path: files written.
-        quality: DSM + DiffCLF model on the held-out frames.
+        quality: DSM + DiffCLF model (calibrated, when asked) on the held-out frames.
+        uncalibrated_quality: the same model before its dihedral calibration (None without one).
         dsm_quality: the DSM-phase snapshot on the same frames.
         baseline_quality: a DSM-only model trained for the same number of steps (if asked).
         n_train, n_holdout: frames used; holdout: where the held-out frames came from.
@@ -170,6 +181,7 @@ class TrainReport:
     seconds: float
     energy_ms_per_1000: float
     settings: TrainSettings = field(repr=False)
+    uncalibrated_quality: ModelQuality | None = None
 
 
 def output_paths(out) -> dict:
@@ -310,9 +322,9 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
     space, y, model = start_model()
     model = model.to(device)
     log_weights = train_frames.log_weights if settings.weighting == "boltzmann" else None
-    energies, scores = _scores(target, space, train_frames.positions) \
-        if settings.tsm_weight > 0 or settings.energy_weight > 0 else (None, None)
-    energies = energies if settings.energy_weight > 0 else None
+    frame_energies, scores = _scores(target, space, train_frames.positions) \
+        if settings.tsm_weight > 0 or settings.energy_weight > 0 or settings.calibration_harmonics else (None, None)
+    energies = frame_energies if settings.energy_weight > 0 else None
     chirality = CHIRALITY_FOLD if settings.coordinates == "cartesian" else CHIRALITY_KEPT
     meta = model_metadata(target, chirality, training_data=[str(d) for d in data_dirs], settings=asdict(settings),
                           **({} if init is None else {"init": str(init)}))
@@ -330,10 +342,16 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
     augment = space if isinstance(space, MolecularSpace) else None  # Cartesian batches are randomly rotated
     result = train(model, y, config, paths["checkpoint"], progress=progress, log_weights=log_weights,
                    scores=scores, space=augment, on_dsm_end=save_dsm, energies=energies)
-    save_model_file(paths["model"], result.model, space, {**meta, "phase": "dsm+diffclf", "steps": result.step})
+    final, uncalibrated_quality = result.model, None
+    if settings.calibration_harmonics:
+        # the tilt is fitted to the Boltzmann distribution the frames represent, whatever the model learned
+        boltzmann = np.exp(train_frames.log_weights - np.max(train_frames.log_weights))
+        final = calibrate(result.model, y, frame_energies, settings.calibration_harmonics, boltzmann)
+        uncalibrated_quality = evaluate(result.model)
+    save_model_file(paths["model"], final, space, {**meta, "phase": "dsm+diffclf", "steps": result.step})
     if not paths["dsm_model"].exists():  # clf_steps = 0: the final model is the DSM model
         save_dsm(result.model)
-    quality = evaluate(result.model)
+    quality = evaluate(final)
     dsm_quality = evaluate(load_model_file(paths["dsm_model"], device=device).model)
     baseline_quality = None
     if baseline:
@@ -347,8 +365,8 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
         baseline_quality = evaluate(base_result.model)
     report = TrainReport(paths["model"], paths["dsm_model"], paths["checkpoint"], paths["report"], quality,
                          dsm_quality, baseline_quality, len(train_frames.positions), len(held.positions), holdout,
-                         time.perf_counter() - start, _energy_ms_per_1000(result.model, space, held.positions),
-                         settings)
+                         time.perf_counter() - start, _energy_ms_per_1000(final, space, held.positions),
+                         settings, uncalibrated_quality)
     _write_report(report)
     return report
 
@@ -359,6 +377,8 @@ def _write_report(report: TrainReport) -> None:
             "energy_ms_per_1000": report.energy_ms_per_1000, "quality": report.quality.as_dict(),
             "dsm_quality": report.dsm_quality.as_dict(),
             "baseline_quality": None if report.baseline_quality is None else report.baseline_quality.as_dict(),
+            "uncalibrated_quality": None if report.uncalibrated_quality is None
+            else report.uncalibrated_quality.as_dict(),
             "settings": asdict(report.settings)}
     tmp = report.report_path.with_name(report.report_path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))

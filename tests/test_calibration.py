@@ -1,0 +1,130 @@
+"""Dihedral calibration: the Fourier fit, its heat-kernel damping, and calibrated internal-coordinate models."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from boltzgen.diffusion.calibration import DihedralCalibration, calibrate, fit_dihedral_calibration
+from boltzgen.diffusion.internal import InternalEnergy
+from boltzgen.diffusion.networks import model_from_config
+from boltzgen.diffusion.schedule import LogSNRSchedule
+
+
+def known_calibration(n_periodic=3, n_harmonics=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = DihedralCalibration(n_periodic, n_harmonics).double()
+    c.cos_coefficients.copy_(torch.randn(n_periodic, n_harmonics, generator=g, dtype=torch.float64))
+    c.sin_coefficients.copy_(torch.randn(n_periodic, n_harmonics, generator=g, dtype=torch.float64))
+    return c
+
+
+def uniform_dihedrals(n, d, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (2 * torch.rand(n, d, generator=g, dtype=torch.float64) - 1) * math.pi
+
+
+def test_the_fit_recovers_a_known_fourier_series_up_to_a_constant():
+    # residuals that are exactly a tilt: the tilted model is the target (KL 0), whatever the frames' weights
+    truth = known_calibration()
+    phi = uniform_dihedrals(4000, 3)
+    residuals = truth(phi, torch.zeros(4000)) + 7.5  # the constant (log Z) is free
+    weights = torch.rand(4000, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    fitted = fit_dihedral_calibration(phi, residuals, 2, weights=weights, ridge=0.0)
+    assert torch.allclose(fitted.cos_coefficients.double(), truth.cos_coefficients, atol=1e-4)
+    assert torch.allclose(fitted.sin_coefficients.double(), truth.sin_coefficients, atol=1e-4)
+
+
+def test_the_tilted_model_matches_the_datas_fourier_moments():
+    # the optimum of KL(p || p_c) is moment matching: E_{p_c}[f] = E_p[f] for every fitted feature, where
+    # the tilted model reweighs the frames by exp(r - c); residuals here are not a Fourier series
+    g = torch.Generator().manual_seed(3)
+    phi = uniform_dihedrals(3000, 2)
+    residuals = 2.0 * (phi[:, 0] > 1.0).double() + 0.5 * torch.randn(3000, generator=g, dtype=torch.float64)
+    weights = torch.rand(3000, generator=g, dtype=torch.float64)
+    fitted = fit_dihedral_calibration(phi, residuals, 3, weights=weights, ridge=0.0).double()
+    cos, sin = fitted.features(phi)
+    features = torch.cat([cos.reshape(3000, -1), sin.reshape(3000, -1)], 1)
+    p = weights / weights.sum()
+    tilted = p * torch.exp(residuals - fitted(phi, torch.zeros(3000)))
+    tilted = tilted / tilted.sum()
+    assert torch.allclose(tilted @ features, p @ features, atol=1e-6)
+    # the mask leaves the other dihedrals untouched
+    only_first = fit_dihedral_calibration(phi, residuals, 3, weights=weights, fitted=torch.tensor([True, False]))
+    assert only_first.cos_coefficients[1].abs().max() == 0 and only_first.cos_coefficients[0].abs().max() > 0
+
+
+def test_damping_is_the_expectation_over_wrapped_normal_noise():
+    # c_t(phi) = E[c(phi + s eps)], eps ~ N(0, 1): Gauss-Hermite quadrature as the reference
+    truth = known_calibration(2, 3)
+    phi = uniform_dihedrals(50, 2)
+    nodes, quad_weights = np.polynomial.hermite_e.hermegauss(80)
+    for s in (0.0, 0.3, 1.0, 2.5):
+        shifted = torch.stack([truth(phi + s * float(x), torch.zeros(50)) for x in nodes])  # (q, n)
+        expected = (torch.as_tensor(quad_weights)[:, None] * shifted).sum(0) / math.sqrt(2 * math.pi)
+        got = truth(phi, torch.full((50,), s**2, dtype=torch.float64))
+        assert torch.allclose(got, expected, atol=1e-9), s
+
+
+def model_with_base(seed=0, n_linear=4, n_periodic=3):
+    torch.manual_seed(seed)
+    model = InternalEnergy(n_linear, n_periodic, LogSNRSchedule(), hidden=16, n_blocks=1).double()
+    z = torch.cat([torch.randn(500, n_linear, dtype=torch.float64), uniform_dihedrals(500, n_periodic, seed)], 1)
+    model.fit(z)
+    with torch.no_grad():  # a non-zero network, so the calibration must be told apart from it
+        for p in model.correction.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model, z
+
+
+def test_a_calibrated_model_adds_the_correction_at_low_noise_and_nothing_at_t_1():
+    model, z = model_with_base()
+    calibrated = model.with_calibration(known_calibration())
+    t_min = float(model.schedule.t_min)
+    added = calibrated.energy(t_min, z) - model.energy(t_min, z)
+    assert torch.allclose(added, known_calibration()(z[:, 4:], torch.zeros(500)), atol=1e-4)
+    assert torch.allclose(calibrated.energy(1.0, z), model.energy(1.0, z), atol=1e-12)
+    assert model.calibration is None  # the original is unchanged
+
+
+def test_calibrate_recovers_the_offsets_between_dihedral_basins():
+    model, z = model_with_base()
+    t_min = float(model.schedule.t_min)
+    truth = known_calibration()
+    energies = model.energy(t_min, z).detach() + truth(z[:, 4:], torch.zeros(500)) - 3.0
+    calibrated = calibrate(model, z, energies, 2)
+    residual = energies - calibrated.energy(t_min, z).detach()
+    # the default ridge (1e-4) shrinks each coefficient by ~ridge / Var(feature) ~ 2e-4 of itself: 1 % is ample
+    offsets = truth(z[:, 4:], torch.zeros(500))
+    assert float(residual.std()) < 0.01 * float(offsets.std())
+    # refitting a calibrated model starts from the bare one (no double counting)
+    again = calibrate(calibrated, z, energies, 2)
+    assert torch.allclose(again.calibration.cos_coefficients, calibrated.calibration.cos_coefficients, atol=1e-6)
+
+
+def test_a_calibrated_model_round_trips_through_its_config_and_state(tmp_path):
+    model, z = model_with_base()
+    calibrated = model.with_calibration(known_calibration())
+    rebuilt = model_from_config(calibrated.config).double()
+    rebuilt.load_state_dict(calibrated.state_dict())
+    assert torch.allclose(rebuilt.energy(0.3, z), calibrated.energy(0.3, z))
+    # a model saved before calibration existed (no key in its config) still loads, uncalibrated
+    old_config = {k: v for k, v in model.config.items() if k != "calibration_harmonics"}
+    plain = model_from_config(old_config).double()
+    plain.load_state_dict(model.state_dict())
+    assert plain.calibration is None and torch.allclose(plain.energy(0.3, z), model.energy(0.3, z))
+
+
+def test_bad_inputs_name_the_argument():
+    phi = uniform_dihedrals(10, 2)
+    with pytest.raises(ValueError, match="residuals"):
+        fit_dihedral_calibration(phi, torch.zeros(9), 2)
+    with pytest.raises(ValueError, match="weights"):
+        fit_dihedral_calibration(phi, torch.zeros(10), 2, weights=-torch.ones(10))
+    with pytest.raises(ValueError, match="n_harmonics"):
+        DihedralCalibration(2, 0)
+    model, _ = model_with_base()
+    with pytest.raises(ValueError, match="dihedrals"):
+        model.with_calibration(DihedralCalibration(5, 2))
+    with pytest.raises(TypeError, match="internal-coordinate"):
+        calibrate(object(), phi, torch.zeros(10), 2)
