@@ -151,6 +151,7 @@ def calibrate(model, z, energies, n_harmonics: int, weights=None, min_spread: fl
     phi = z[:, bare.n_linear:].double().cpu()
     spread = bare.coordinate_variance[bare.n_linear:].double().sqrt().cpu()
     if not (spread > min_spread).any():
-        raise ValueError(f"no dihedral of the model spreads more than min_spread={min_spread} rad: nothing to calibrate")
+        raise ValueError(f"no dihedral of the model spreads more than min_spread={min_spread} rad: "
+                         "nothing to calibrate")
     fitted = fit_dihedral_calibration(phi, residuals.cpu(), n_harmonics, weights, fitted=spread > min_spread)
     return bare.with_calibration(fitted)
