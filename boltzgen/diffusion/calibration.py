@@ -13,9 +13,11 @@ with c the maximum-likelihood tilt: it minimises KL(p || p_theta e^{-c}), a conv
 coefficients whose data are the residuals u_y - E_theta(t_min) (u_y: the force field in the model's
 coordinates, log-Jacobian included); see :func:`fit_dihedral_calibration`.
 The calibrated model is E_theta(t, z) + c_t(phi_t), where c_t damps harmonic k by
-exp(-k^2 s_t^2 / 2), s_t the dihedrals' noise at level t: convolving c with the wrapped-normal
-noising kernel, which is the exact noised correction for small c and makes it vanish at t = 1
-(s_1 ~ 150 rad), where the model must stay its analytic top level.
+exp(-k^2 s_t^2 / 2), s_t the dihedrals' noise at level t: c convolved with the wrapped-normal
+noising kernel. That is an approximation of the noised tilt (exact for small c only where the
+model's dihedral marginal is flat across the kernel); SMC's weights keep the result exact, but a
+poor intermediate tilt costs lineages. It vanishes at t = 1 (s_1 ~ 150 rad), where the model must
+stay its analytic top level.
 """
 from __future__ import annotations
 
@@ -83,12 +85,13 @@ def fit_dihedral_calibration(phi, residuals, n_harmonics: int, weights=None, rid
 
     Returns the fitted :class:`DihedralCalibration` (float32 buffers).
     """
-    phi = check_flat(phi, "phi").to(torch.float64)
+    phi = check_flat(phi, "phi").to(device="cpu", dtype=torch.float64)  # a small fit: on the CPU
     n, d = phi.shape
-    r = torch.as_tensor(residuals, dtype=torch.float64).reshape(-1)
+    r = torch.as_tensor(residuals, dtype=torch.float64).reshape(-1).cpu()
     if r.shape != (n,) or not torch.isfinite(r).all():
         raise ValueError(f"residuals must be finite with shape ({n},) (one per frame), got {tuple(r.shape)}")
-    w = torch.ones(n, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+    w = torch.ones(n, dtype=torch.float64) if weights is None \
+        else torch.as_tensor(weights, dtype=torch.float64).cpu()
     if w.shape != (n,) or not (w >= 0).all() or not w.sum() > 0:
         raise ValueError(f"weights must be non-negative with shape ({n},) and a positive sum")
     if not ridge >= 0:

@@ -100,8 +100,9 @@ class InternalEnergy(EnergyModel):
         # per-coordinate data variance for the reverse steps: 1 for standardised coordinates, the
         # dihedral base's spread for dihedrals (set by fit)
         self.register_buffer("coordinate_variance", torch.ones(dim))
-        self.config.update(calibration_harmonics=0)
-        self.calibration = None  # a fitted DihedralCalibration (see with_calibration)
+        # a fitted DihedralCalibration (see with_calibration); only a calibrated model has
+        # calibration_harmonics in its config, so uncalibrated configs (and checkpoints) are as before
+        self.calibration = None
 
     @torch.no_grad()
     def fit(self, z0: torch.Tensor, weights: torch.Tensor | None = None) -> "InternalEnergy":
@@ -163,13 +164,19 @@ class InternalEnergy(EnergyModel):
     forward = energy
 
     def with_calibration(self, calibration: DihedralCalibration | None) -> "InternalEnergy":
-        """A copy of this model with ``calibration`` added to its energy (None: without one); self is unchanged."""
+        """A copy of this model with ``calibration`` added to its energy (None: without one); self is unchanged.
+
+        The learned log-normaliser f(t) is not adjusted: a calibrated model's ``log_prob`` at t < 1 is
+        off by log E[exp(-c_t)] (SMC weights do not use it; further DiffCLF training refits f).
+        """
         if calibration is not None and calibration.n_periodic != self.n_periodic:
             raise ValueError(f"calibration has {calibration.n_periodic} dihedrals but the model has {self.n_periodic}")
         calibrated = copy.deepcopy(self)
         calibrated.calibration = None if calibration is None else \
             copy.deepcopy(calibration).to(device=self.data_mean.device)
-        calibrated.config["calibration_harmonics"] = 0 if calibration is None else calibration.n_harmonics
+        calibrated.config.pop("calibration_harmonics", None)
+        if calibration is not None:
+            calibrated.config["calibration_harmonics"] = calibration.n_harmonics
         return calibrated
 
     def base_energy(self, t, x) -> torch.Tensor:

@@ -62,7 +62,8 @@ class TrainSettings:
         calibration_harmonics: after training, fit a dihedral calibration with this many harmonics
             per rotatable dihedral (boltzgen.diffusion.calibration: the maximum-likelihood tilt of
             the model on the training frames with their Boltzmann weights, which fixes the basins'
-            offsets); 0: none. Internal coordinates only.
+            offsets); 0: none (an --init model keeps any calibration it carries, fixed during
+            training; K > 0 refits it from scratch). Internal coordinates only.
         coordinates: "internal" (bonds, angles and dihedrals from the bond graph; the model keeps
             chirality) or "cartesian" (centre-free positions, pair-distance network; mirror images
             are folded onto L).
@@ -325,6 +326,7 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
     frame_energies, scores = _scores(target, space, train_frames.positions) \
         if settings.tsm_weight > 0 or settings.energy_weight > 0 or settings.calibration_harmonics else (None, None)
     energies = frame_energies if settings.energy_weight > 0 else None
+    scores = scores if settings.tsm_weight > 0 else None  # computed with the energies, used by TSM only
     chirality = CHIRALITY_FOLD if settings.coordinates == "cartesian" else CHIRALITY_KEPT
     meta = model_metadata(target, chirality, training_data=[str(d) for d in data_dirs], settings=asdict(settings),
                           **({} if init is None else {"init": str(init)}))
