@@ -354,7 +354,9 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
     if not paths["dsm_model"].exists():  # clf_steps = 0: the final model is the DSM model
         save_dsm(result.model)
     quality = evaluate(final)
-    dsm_quality = evaluate(load_model_file(paths["dsm_model"], device=device).model)
+    # without a DiffCLF phase the DSM snapshot is the model before calibration: scored once
+    dsm_quality = uncalibrated_quality if settings.clf_steps == 0 and uncalibrated_quality is not None \
+        else evaluate(load_model_file(paths["dsm_model"], device=device).model)
     baseline_quality = None
     if baseline:
         _, _, base = start_model()
