@@ -72,3 +72,51 @@ def test_bad_input_is_refused_and_nothing_is_written(tmp_path, two_runs):
     assert out.read_text() == "{}"
     main(["butane", *two_runs, *base, "--replace"])
     assert "delta_f_gauche_kT" in json.loads(out.read_text())
+
+
+def test_runs_kept_as_per_run_files_ship_the_same_reference_as_their_folders(tmp_path, two_runs):
+    import benchmarks_path  # noqa: F401
+    from ship_reference import main
+
+    kept = main(["butane", *two_runs, "--keep-runs", str(tmp_path / "runs")])
+    files = sorted(kept)
+    assert [json.loads(open(f).read())["system"] for f in files] == ["butane", "butane"]
+    base = ["--source", "s", "--command", "c"]
+    from_dirs = main(["butane", *two_runs, *base, "--out", str(tmp_path / "a.json")])
+    from_files = main(["butane", *base, "--run-figures", files[0], "--run-figures", files[1],
+                       "--out", str(tmp_path / "b.json")])
+    mixed = main(["butane", two_runs[1], *base, "--run-figures", files[0], "--out", str(tmp_path / "c.json")])
+    expected = run_figures(two_runs).to_dict()  # the reduction `boltzgen analyze DIR DIR` makes
+    for ref in (from_dirs, from_files, mixed):
+        assert ref["delta_f_gauche_kT"] == pytest.approx(expected["delta_f_gauche_kT"], rel=1e-12)
+        assert ref["delta_f_gauche_err_kT"] == pytest.approx(expected["delta_f_gauche_err_kT"], rel=1e-9)
+        for name, e in expected["populations"].items():
+            assert ref["populations"][name]["p"] == pytest.approx(e["p"], rel=1e-12)
+            assert ref["populations"][name]["err"] == pytest.approx(e["err"], rel=1e-9)
+        assert ref["energy_mean_kT"] == pytest.approx(expected["energy_mean_kT"], rel=1e-12)
+        assert ref["n_frames"] == expected["n_frames"]
+        assert sorted(ref["per_run_delta_f_kT"]["gauche"]) == sorted(from_dirs["per_run_delta_f_kT"]["gauche"])
+
+
+def test_per_run_files_of_another_system_or_kind_are_refused(tmp_path, two_runs):
+    import benchmarks_path  # noqa: F401
+    from ship_reference import main
+
+    with pytest.raises(SystemExit):  # the runs are not of the system: nothing is kept
+        main(["alanine-dipeptide", *two_runs, "--keep-runs", str(tmp_path / "none")])
+    assert not (tmp_path / "none").exists()
+    (kept,) = main(["butane", two_runs[0], "--keep-runs", str(tmp_path / "runs")])
+    other = json.loads(open(kept).read())
+    other["system"] = "alanine-dipeptide"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    (tmp_path / "plain.json").write_text(json.dumps(other["figures"]))
+    out = tmp_path / "ref.json"
+    base = ["--source", "s", "--command", "c", "--out", str(out)]
+    for bad in ("other.json", "plain.json", "missing.json"):
+        with pytest.raises(SystemExit):
+            main(["butane", two_runs[1], *base, "--run-figures", str(tmp_path / bad)])
+    with pytest.raises(SystemExit):  # one run in all
+        main(["butane", *base, "--run-figures", kept])
+    with pytest.raises(SystemExit):  # shipping needs --source and --command
+        main(["butane", *two_runs, "--out", str(out)])
+    assert not out.exists()
