@@ -381,7 +381,7 @@ TRAINING_FLAGS = {"dsm_steps": ("dsm_steps",), "clf_steps": ("clf_steps",), "hid
                   "network_blocks": ("n_blocks",), "coordinates": ("coordinates",), "weighting": ("weighting",),
                   "tsm_weight": ("tsm_weight",), "energy_weight": ("energy_weight",), "seed": ("seed",),
                   "regression_frames": ("regression_frames",), "calibration_harmonics": ("calibration_harmonics",),
-                  "learning_rate": ("learning_rate",)}
+                  "learning_rate": ("learning_rate",), "own_samples": ("own_samples",)}
 #: The config sections and the commands that read them (a shared file's key for another command is named).
 SECTION_COMMANDS = {"sampling": "sample, run and free-energy", "switching": "free-energy", "training": "train"}
 
@@ -851,6 +851,10 @@ def add_train_command(sub) -> None:
                         "fitted by maximum likelihood on the training frames (with their Boltzmann weights), fixing "
                         f"the masses of basins the scores cannot see (0: off; default {d.calibration_harmonics}); "
                         "with --init and no steps it calibrates an existing model on --data")
+    p.add_argument("--own-samples", type=int, default=None, metavar="N",
+                   help="after training, score N of the model's own samples (the sampler's levels) against the force "
+                        "field: the one-step bridge ESS a run will see, and the share of samples it rates 20 kT "
+                        f"worse than typical, which held-out frames cannot show (0: skip; default {d.own_samples})")
     _option(p, "--baseline", action="store_true", default=False,
             help="also train a DSM-only model for the same number of steps and compare")
     p.add_argument("--seed", type=int, default=None, help=f"random seed (default {d.seed})")
@@ -931,6 +935,12 @@ def format_train_report(report) -> str:
     if q.score_errors:
         lines.append("  relative score error at t_min by coordinate kind: "
                      + ", ".join(f"{kind} {value:.3f}" for kind, value in q.score_errors.items()))
+    own = report.own_sample_quality
+    if own is not None:
+        spread = own.delta_quantiles_kT
+        lines.append(f"  the model's own {own.n_samples} samples at t_min (the sampler's levels): one-step bridge ESS "
+                     f"{own.one_step_ess_fraction:.3f}; u-E about its median: 25-75 % {spread['25%']:+.1f}..."
+                     f"{spread['75%']:+.1f} kT, {own.far_fraction:.0%} over +20 kT (mass the force field rejects)")
     lines.append(f"  model energy+gradient: {report.energy_ms_per_1000:.1f} ms per 1,000 particles")
     lines.append(f"model: {report.model_path}  DSM snapshot: {report.dsm_model_path}  report: {report.report_path}")
     return "\n".join(lines)

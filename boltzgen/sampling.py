@@ -265,29 +265,71 @@ def run_stages(model_file: ModelFile, u, model_energy, topology, settings: Sampl
     t_min = float(model.schedule.t_min)
     m = settings.mixing
     b = settings.bridge
-    wanted = settings.level_torsions or b.torsions or m.torsions.moves
-    turn = space.torsion_kernel(topology, m.torsions.reflect) if wanted else None
-
-    def with_turns(kernel, n: int):  # a gradient move, then n torsion moves (the kernel alone without any)
-        if isinstance(kernel, Sequence):  # the previous stage's MALA + turns: keep only its adapted MALA
-            kernel = kernel.kernels[0]
-        return kernel if turn is None or n == 0 else Sequence((kernel,) + (turn,) * n)
-
-    levels = levels_stages(model, n_levels=settings.n_levels, n_moves=settings.level_moves,
-                           kernel=with_turns(MALA(), settings.level_torsions),
-                           options=StepOptions(settings.resample_threshold, "systematic", True, project,
-                                               settings.chunk_size), energy=model_energy, cess=settings.level_cess)
+    with_turns = _turns(model_file, topology, settings)
+    levels = _level_stages(model_file, model_energy, settings, with_turns)
     bridge_path = geometric_path(lambda y: model_energy(t_min, y), u, cess_target=b.cess)
     bridge = PathStage(bridge_path.segments[0], StepOptions(b.resample_threshold, "systematic", True, project,
                                                             settings.chunk_size),
                        n_moves=b.moves, kernel=with_turns(MALA(step_size=b.step_size), b.torsions), name="bridge")
     stages = levels + [bridge]
     if m.moves:
-        turns = m.torsions.moves if turn is not None else 0
+        turns = m.torsions.moves  # > 0 makes _turns build the torsion kernel
         add_turns = (lambda kernel: with_turns(kernel, turns)) if turns else None
         stages.append(Mixing(u, m.moves, m.block, StepOptions(0.0, "systematic", True, project, settings.chunk_size),
                              kernel=add_turns))
     return stages
+
+
+def _turns(model_file: ModelFile, topology, settings: SampleSettings) -> Callable:
+    """with_turns(kernel, n): a gradient move, then n torsion moves (the kernel alone when there are none)."""
+    m, b = settings.mixing, settings.bridge
+    wanted = settings.level_torsions or b.torsions or m.torsions.moves
+    turn = model_file.space.torsion_kernel(topology, m.torsions.reflect) if wanted else None
+
+    def with_turns(kernel, n: int):
+        if isinstance(kernel, Sequence):  # the previous stage's MALA + turns: keep only its adapted MALA
+            kernel = kernel.kernels[0]
+        return kernel if turn is None or n == 0 else Sequence((kernel,) + (turn,) * n)
+
+    return with_turns
+
+
+def _level_stages(model_file: ModelFile, model_energy, settings: SampleSettings, with_turns) -> list:
+    """The draw at t = 1 and the model's levels down to t_min (stage 1 of the module docstring)."""
+    return levels_stages(model_file.model, n_levels=settings.n_levels, n_moves=settings.level_moves,
+                         kernel=with_turns(MALA(), settings.level_torsions),
+                         options=StepOptions(settings.resample_threshold, "systematic", True,
+                                             model_file.space.projection, settings.chunk_size),
+                         energy=model_energy, cess=settings.level_cess)
+
+
+def model_samples(model_file: ModelFile, topology, n: int, settings: SampleSettings = SampleSettings(), *,
+                  seed: int = 0) -> np.ndarray:
+    """The model's own distribution at t_min: ``n`` equally weighted configurations, (n, n_atoms, 3) float64 nm.
+
+    The levels of a run (stage 1 of the module docstring, with ``settings``' levels), then ``n`` draws
+    with replacement by the levels' final weights; no force field is evaluated. These are the
+    configurations the bridge starts from, so the force field's view of them
+    (:func:`boltzgen.analysis.model_quality.own_sample_quality`) predicts the one-step bridge ESS,
+    which held-out MD frames cannot: they only show where the data are, not where the model puts
+    mass that the data never visit.
+
+    Args:
+        model_file: a loaded model file; its model's device is where the particles live.
+        topology: the molecule's topology (for the level torsion moves).
+        n: configurations.
+        settings: :class:`SampleSettings` (only the levels' fields are used).
+        seed: seeds the levels and the draws.
+    """
+    n = check_count(n, "n")
+    device = model_file.model.data_mean.device
+    generator = as_generator(seed, device)
+    stages = _level_stages(model_file, model_file.model.energy, settings, _turns(model_file, topology, settings))
+    result = run(empty_state(n, device), stages, generator)
+    weights = torch.exp(result.log_weights - result.log_weights.max())
+    picks = torch.multinomial(weights.to(torch.float64), n, replacement=True, generator=generator)
+    y = result.particles.detach()[picks.to(result.particles.device)]
+    return model_file.space.to_positions(y.to(torch.float64)).cpu().numpy()
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ import pytest
 from boltzgen import md, systems
 from boltzgen.pipeline import TrainSettings, train_model
 
-TINY = TrainSettings(dsm_steps=12, clf_steps=6, batch_size=16, clf_batch_size=4, clf_levels=3, hidden=16, n_blocks=1)
+TINY = TrainSettings(dsm_steps=12, clf_steps=6, batch_size=16, clf_batch_size=4, clf_levels=3, hidden=16, n_blocks=1,
+                     own_samples=0)
 
 
 @pytest.fixture(scope="module")

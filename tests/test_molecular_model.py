@@ -239,6 +239,46 @@ def test_model_quality_of_the_exact_energy_and_of_a_shifted_one(aldp):
     assert shifted.delta_f_phi_positive_model_kT - shifted.delta_f_phi_positive_data_kT == pytest.approx(1.0)
 
 
+def test_own_sample_quality_of_the_exact_energy_and_of_one_that_wastes_mass(aldp):
+    """Scored on 'own samples': a model equal to the force field gives one-step ESS 1 and no spread; one that
+    rates the phi > 0 samples 30 kT too likely loses exactly them (weight e^-30), and so does a sample whose
+    force-field energy is not finite."""
+    from boltzgen.analysis import phi_psi
+    from boltzgen.analysis.model_quality import own_sample_quality
+
+    x = frames(aldp, 40, noise=0.004)
+    space = MolecularSpace.fit(x)
+    u = aldp.reduced_energy(x)
+    phi = phi_psi(x, aldp.topology)[:, 0, 0]
+    wasted = phi > 0
+    n_wasted = int(wasted.sum())
+    assert 0 < n_wasted < 20  # a minority, so the median stays with the others
+
+    class Model:
+        schedule = LogSNRSchedule()
+        data_mean = torch.zeros(1)
+
+        def __init__(self, extra):
+            self.extra = extra
+
+        def energy(self, t, y):  # u as a density over flat coordinates, plus extra
+            return aldp.reduced_energy(space.to_positions(y)) - space.log_jacobian + self.extra[: len(y)]
+
+    exact = own_sample_quality(Model(torch.zeros(40, dtype=torch.float64)), space, x, u)
+    assert exact.n_samples == 40 and exact.one_step_ess_fraction == pytest.approx(1.0)
+    assert exact.far_fraction == 0.0 and max(abs(v) for v in exact.delta_quantiles_kT.values()) < 1e-6
+    wasteful = own_sample_quality(Model(torch.where(wasted, -30.0, 0.0).double()), space, x, u)
+    assert wasteful.far_fraction == pytest.approx(n_wasted / 40)
+    assert wasteful.one_step_ess_fraction == pytest.approx((40 - n_wasted) / 40, rel=1e-6)
+    assert wasteful.delta_quantiles_kT["95%"] == pytest.approx(30.0, abs=1e-6)
+    broken = u.clone()
+    broken[0] = float("inf")
+    one_lost = own_sample_quality(Model(torch.zeros(40, dtype=torch.float64)), space, x, broken)
+    assert one_lost.far_fraction == pytest.approx(1 / 40) and one_lost.one_step_ess_fraction == pytest.approx(39 / 40)
+    with pytest.raises(ValueError, match="reduced_energies"):
+        own_sample_quality(Model(torch.zeros(40, dtype=torch.float64)), space, x, u[:39])
+
+
 def test_score_errors_split_by_coordinate_kind_vanish_for_a_model_of_itself():
     """In internal coordinates the score error is reported for bonds, angles and dihedrals; a target equal to
     the model's own last level (as a density over positions) gives zero error."""

@@ -13,7 +13,8 @@ from boltzgen.cli import main
 from boltzgen.models import load_model_file
 from boltzgen.pipeline import TrainSettings, load_frames, train_model
 
-TINY = TrainSettings(dsm_steps=12, clf_steps=6, batch_size=16, clf_batch_size=4, clf_levels=3, hidden=16, n_blocks=1)
+TINY = TrainSettings(dsm_steps=12, clf_steps=6, batch_size=16, clf_batch_size=4, clf_levels=3, hidden=16, n_blocks=1,
+                     own_samples=24)
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +41,19 @@ def test_train_model_writes_model_files_and_a_report(tmp_path, md_run):
     assert loaded.metadata["phase"] == "dsm+diffclf" and loaded.metadata["steps"] == 18
     assert load_model_file(report.dsm_model_path).metadata["steps"] == 12
     assert loaded.metadata["settings"]["tsm_weight"] == TINY.tsm_weight
+    own = report.own_sample_quality  # the reverse direction: the final model's own samples, scored
+    assert own.n_samples == 24 and 0 < own.one_step_ess_fraction <= 1 and 0 <= own.far_fraction <= 1
+    assert saved["own_sample_quality"]["one_step_ess_fraction"] == pytest.approx(own.one_step_ess_fraction)
 
 
 def test_cli_train_prints_the_quality_table(tmp_path, md_run, capsys):
     code = main(["train", "alanine-dipeptide", "--data", str(md_run), "--out", str(tmp_path / "m"),
-                 "--dsm-steps", "4", "--clf-steps", "2", "--hidden", "8", "--network-blocks", "1", "--threads", "1"])
+                 "--dsm-steps", "4", "--clf-steps", "2", "--hidden", "8", "--network-blocks", "1", "--threads", "1",
+                 "--own-samples", "16"])
     out = capsys.readouterr().out
     assert code == 0
     assert "std(u-E) kT" in out and "DSM + DiffCLF" in out and "ms per 1,000 particles" in out
+    assert "own 16 samples at t_min" in out and "one-step bridge ESS" in out
     # --out is a folder: the model files go inside it
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model-dsm.pt", "model.ckpt", "model.json",
                                                                    "model.pt"]
@@ -57,7 +63,7 @@ def test_cli_train_reads_a_config_file_under_the_flags(tmp_path, md_run, capsys)
     """training: mirrors TrainSettings; the flags given win over the file; --temperature reaches the target."""
     config = tmp_path / "train.yaml"
     config.write_text("threads: 1\ntemperature: 320\ntraining:\n  dsm_steps: 4\n  clf_steps: 2\n  hidden: 8\n"
-                      "  n_blocks: 1\n  batch_size: 8\n  tsm_weight: 0.0\n")
+                      "  n_blocks: 1\n  batch_size: 8\n  tsm_weight: 0.0\n  own_samples: 0\n")
     assert main(["train", "alanine-dipeptide", "--data", str(md_run), "--out", str(tmp_path / "m"),
                  "--config", str(config), "--hidden", "12"]) == 0
     report = json.loads((tmp_path / "m" / "model.json").read_text())
@@ -67,6 +73,7 @@ def test_cli_train_reads_a_config_file_under_the_flags(tmp_path, md_run, capsys)
     assert report["settings"]["clf_learning_rate"] == TrainSettings().clf_learning_rate  # neither: the default
     model = load_model_file(tmp_path / "m" / "model.pt")
     assert model.metadata["temperature_K"] == 320.0
+    assert report["own_sample_quality"] is None  # own_samples: 0 skips the reverse check
 
 
 def test_nan_frames_are_refused_with_the_folder_named(tmp_path, md_run, capsys):
@@ -110,7 +117,7 @@ def test_calibration_after_training_is_saved_reported_and_refuses_cartesian(tmp_
     # an existing model calibrated with no training steps (the flag path)
     assert main(["train", "alanine-dipeptide", "--data", str(md_run), "--out", str(tmp_path / "c"), "--init",
                  str(report.model_path), "--hidden", "16", "--network-blocks", "1", "--dsm-steps", "0",
-                 "--clf-steps", "0", "--calibration-harmonics", "3", "--threads", "1"]) == 0
+                 "--clf-steps", "0", "--calibration-harmonics", "3", "--threads", "1", "--own-samples", "0"]) == 0
     assert "before calibration" in capsys.readouterr().out
     assert load_model_file(tmp_path / "c" / "model.pt").model.calibration.n_harmonics == 3
     with pytest.raises(ValueError, match="calibration_harmonics"):

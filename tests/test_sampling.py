@@ -20,7 +20,8 @@ from boltzgen.coordinates import is_l_amino_acid
 from boltzgen.models import load_model_file
 from boltzgen.pipeline import run_seeds, sample_model
 from boltzgen.io.sample_runs import is_sample_run, load_sample_run, write_sample_run
-from boltzgen.sampling import BridgeSettings, MixingSettings, SampleSettings, run_stages, sample_molecule
+from boltzgen.sampling import (BridgeSettings, MixingSettings, SampleSettings, model_samples, run_stages,
+                               sample_molecule)
 from boltzgen.smc import evaluate
 from boltzgen.smc import weights as W
 from boltzgen.smc.energy import CountedEnergy
@@ -70,6 +71,23 @@ def test_the_one_step_bridge_ess_is_importance_sampling_u_from_the_last_level(ru
     by_hand = W.ess_fraction(levels.log_weights + e_model - evaluate(u, levels.particles))
     assert run.bridge_ess_fraction == pytest.approx(by_hand, rel=1e-9)
     assert run.result.stage_end("levels").ess_fraction == pytest.approx(levels.ess_fraction, rel=1e-12)
+
+
+def test_model_samples_are_draws_from_the_levels_by_their_weights(vacuum, model_file):
+    """model_samples: the levels alone (no force field), then draws with replacement by the final weights."""
+    target, fast = vacuum
+    space, model = model_file.space, model_file.model
+    x = model_samples(model_file, target.topology, 30, TINY, seed=4)
+    assert x.shape == (30, 22, 3) and x.dtype == np.float64 and np.isfinite(x).all()
+    generator = as_generator(4)
+    stages = run_stages(model_file, space.flat_energy(fast.reduced_energy), model.energy, target.topology, TINY)[:2]
+    levels = run_engine(empty_state(30), stages, generator)
+    picks = torch.multinomial(torch.exp(levels.log_weights - levels.log_weights.max()), 30, replacement=True,
+                              generator=generator)
+    by_hand = space.to_positions(levels.particles.detach()[picks].double()).numpy()
+    assert np.array_equal(x, by_hand)
+    with pytest.raises(ValueError, match="n"):
+        model_samples(model_file, target.topology, 0, TINY)
 
 
 def test_a_run_on_the_device_keeps_model_force_field_and_particles_there(vacuum, device):

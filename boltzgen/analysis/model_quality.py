@@ -8,6 +8,12 @@ On (held-out, optionally weighted) equilibrium frames x_i with physical reduced 
   s kT gives an importance ESS fraction of roughly exp(-s^2) for Gaussian Delta.
 * The model's implied population of phi > 0 against the data's, by reweighting the frames with
   p_theta / p = exp(Delta) (self-normalised), reported as Delta F = -ln(P(phi > 0) / P(phi < 0)).
+
+Held-out frames see the model only where the data are. The reverse direction -- where the model puts
+mass that the data never visit (for a peptide: clashes between groups that no MD frame brings
+together) -- is what SMC's bridge meets: :func:`own_sample_quality` scores the model's own samples at
+t_min (:func:`boltzgen.sampling.model_samples`) by the same Delta, and gives the one-step importance
+ESS of u from them.
 """
 from __future__ import annotations
 
@@ -155,3 +161,66 @@ def model_quality(model, space, reduced_energies, positions, topology, log_weigh
         delta_f_phi_positive_model_kT=model_df[0] if model_df else nan,
         residue_delta_f_data_kT=data_df, residue_delta_f_model_kT=model_df,
     )
+
+
+FAR_KT = 20.0  # Delta above its median by this much: weight below e^-20 of a typical sample
+
+
+@dataclass(frozen=True)
+class OwnSampleQuality:
+    """The force field's view of the model's own samples at t_min (energies in kT).
+
+    Attributes:
+        n_samples: samples scored.
+        one_step_ess_fraction: Kish ESS / n of the importance weights exp(-Delta) of u from the samples,
+            Delta = u - E_theta(t_min) (the log-Jacobian added): the one-step bridge ESS a run would see.
+        delta_quantiles_kT: {"5%", "25%", "50%", "75%", "95%"}: quantiles of Delta minus its median.
+        far_fraction: fraction of samples whose Delta exceeds its median by more than 20 kT (the force
+            field gives them under e^-20 of a typical sample's weight: mass the model wastes, e.g. on clashes);
+            non-finite energies count here.
+    """
+
+    n_samples: int
+    one_step_ess_fraction: float
+    delta_quantiles_kT: dict
+    far_fraction: float
+
+    def as_dict(self) -> dict:
+        """The figures as a plain dict (JSON)."""
+        return dict(self.__dict__)
+
+
+@torch.no_grad()
+def own_sample_quality(model, space, positions, reduced_energies, chunk_size: int = 2048) -> OwnSampleQuality:
+    """Score the model's own samples against the force field (see :class:`OwnSampleQuality`).
+
+    Args:
+        model: an EnergyModel on the flat coordinates of ``space``.
+        space: its coordinate space.
+        positions: (n, n_atoms, 3) samples of the model at t_min in nm (:func:`boltzgen.sampling.model_samples`).
+        reduced_energies: (n,) u of those samples in kT (may be +inf or NaN for broken geometry).
+        chunk_size: samples per model evaluation.
+    """
+    x = torch.as_tensor(positions, dtype=torch.float64)
+    n = x.shape[0]
+    u = torch.as_tensor(reduced_energies, dtype=torch.float64).reshape(-1)
+    if n == 0 or u.shape != (n,):
+        raise ValueError(f"reduced_energies must have shape ({n},), one per sample, and n >= 1; got {tuple(u.shape)}")
+    y = space.to_flat(x)
+    device = model.data_mean.device
+    e = torch.cat([model.energy(model.schedule.t_min, y[s:s + chunk_size].to(device)).double().cpu()
+                   for s in range(0, n, chunk_size)]) + space.log_det_jacobian(y).cpu()
+    delta = torch.where(torch.isfinite(u), u - e, torch.full_like(u, math.inf))
+    finite = torch.isfinite(delta)
+    levels = (0.05, 0.25, 0.5, 0.75, 0.95)
+    if not finite.any():
+        return OwnSampleQuality(int(n), 0.0, {f"{round(100 * q)}%": math.inf for q in levels}, 1.0)
+    median = float(delta[finite].median())
+    log_w = torch.where(finite, -(delta - median), torch.full_like(delta, -math.inf))
+    # non-finite Delta sorts as +inf: the quantiles (no interpolation) count them on the far side
+    shifted = torch.where(finite, delta - median, torch.full_like(delta, math.inf)).numpy()
+    quantiles = {f"{round(100 * q)}%": float(v)
+                 for q, v in zip(levels, np.quantile(shifted, levels, method="inverted_cdf"))}
+    return OwnSampleQuality(
+        n_samples=int(n), one_step_ess_fraction=ess(log_w) / n, delta_quantiles_kT=quantiles,
+        far_fraction=float((~finite | (delta - median > FAR_KT)).double().mean()))

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import as_device
-from ..analysis.model_quality import ModelQuality, model_quality
+from .._checks import as_device, check_count
+from ..analysis.model_quality import ModelQuality, OwnSampleQuality, model_quality, own_sample_quality
 from ..coordinates.cartesian import MolecularSpace
 from ..diffusion.calibration import calibrate
 from ..diffusion.networks import MolecularEnergy
@@ -25,6 +25,7 @@ from ..diffusion.training import TrainingConfig, train
 from ..io.md_runs import load_log_weights, load_trajectory
 from ..models import (CHIRALITY_FOLD, CHIRALITY_KEPT, check_compatible, load_model_file, model_metadata,
                       save_model_file)
+from ..sampling import model_samples
 
 WEIGHTINGS = ("boltzmann", "biased")
 COORDINATES = ("internal", "cartesian")
@@ -67,6 +68,10 @@ class TrainSettings:
         coordinates: "internal" (bonds, angles and dihedrals from the bond graph; the model keeps
             chirality) or "cartesian" (centre-free positions, pair-distance network; mirror images
             are folded onto L).
+        own_samples: after training, draw this many of the model's own samples at t_min (the
+            sampler's default levels) and score them against the force field
+            (:func:`~boltzgen.analysis.model_quality.own_sample_quality`): the one-step bridge ESS a
+            run will see, which held-out frames cannot show; 0 skips it.
     """
 
     hidden: int = 256
@@ -92,8 +97,10 @@ class TrainSettings:
     seed: int = 0
     coordinates: str = "internal"
     calibration_harmonics: int = 0
+    own_samples: int = 1000
 
     def __post_init__(self):
+        check_count(self.own_samples, "own_samples", minimum=0)
         if not (isinstance(self.calibration_harmonics, int) and self.calibration_harmonics >= 0):
             raise ValueError(f"calibration_harmonics must be an integer >= 0, got {self.calibration_harmonics!r}")
         if self.calibration_harmonics and self.coordinates != "internal":
@@ -167,6 +174,8 @@ class TrainReport:
         n_train, n_holdout: frames used; holdout: where the held-out frames came from.
         seconds: wall time of this call; energy_ms_per_1000: model energy+gradient time per
             1,000 particles (one call, after warm-up).
+        own_sample_quality: the final model's own samples against the force field (None when
+            ``settings.own_samples`` is 0).
     """
 
     model_path: Path
@@ -183,6 +192,7 @@ class TrainReport:
     energy_ms_per_1000: float
     settings: TrainSettings = field(repr=False)
     uncalibrated_quality: ModelQuality | None = None
+    own_sample_quality: OwnSampleQuality | None = None
 
 
 def output_paths(out) -> dict:
@@ -367,10 +377,15 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
         save_model_file(paths["baseline_model"], base_result.model, space,
                         {**meta, "phase": "dsm-baseline", "steps": base_result.step})
         baseline_quality = evaluate(base_result.model)
+    own = None
+    if settings.own_samples:  # the reverse direction: where the model puts mass (the sampler's default levels)
+        saved = load_model_file(paths["model"], device=device)
+        positions = model_samples(saved, target.topology, settings.own_samples, seed=settings.seed)
+        own = own_sample_quality(saved.model, saved.space, positions, target.reduced_energy(positions))
     report = TrainReport(paths["model"], paths["dsm_model"], paths["checkpoint"], paths["report"], quality,
                          dsm_quality, baseline_quality, len(train_frames.positions), len(held.positions), holdout,
                          time.perf_counter() - start, _energy_ms_per_1000(final, space, held.positions),
-                         settings, uncalibrated_quality)
+                         settings, uncalibrated_quality, own)
     _write_report(report)
     return report
 
@@ -383,6 +398,7 @@ def _write_report(report: TrainReport) -> None:
             "baseline_quality": None if report.baseline_quality is None else report.baseline_quality.as_dict(),
             "uncalibrated_quality": None if report.uncalibrated_quality is None
             else report.uncalibrated_quality.as_dict(),
+            "own_sample_quality": None if report.own_sample_quality is None else report.own_sample_quality.as_dict(),
             "settings": asdict(report.settings)}
     tmp = report.report_path.with_name(report.report_path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))

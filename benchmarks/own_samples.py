@@ -1,0 +1,84 @@
+"""The force field's view of a model's own samples at t_min, over independent seeds: the reverse direction.
+
+Held-out MD frames show how well a model fits where the data are; SMC's bridge meets the model
+where *it* puts mass. This draws the model's samples with the sampler's default levels
+(:func:`boltzgen.sampling.model_samples`, no force field inside) and scores them
+(:func:`boltzgen.analysis.model_quality.own_sample_quality`): the one-step bridge ESS a run will
+see, the spread of u - E and the share of samples the force field rates more than 20 kT worse
+than typical. Each figure is the mean over ``--seeds`` with its standard error over them.
+
+Run:  python benchmarks/own_samples.py SYSTEM [--model MODEL] [--samples 1000] [--seeds 1 2 3]
+          [--threads 1] [--record FILE] [--name own_samples] [--note TEXT]
+The last line is one JSON object with all figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from _record import append_record, command_line
+
+from boltzgen import systems
+from boltzgen.analysis.model_quality import own_sample_quality
+from boltzgen.models import load_model_file
+from boltzgen.sampling import model_samples
+
+
+def mean_and_error(values: list[float]) -> tuple[float, float | None]:
+    """Mean and standard error over independent seeds (None with one seed)."""
+    error = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else None
+    return statistics.fmean(values), error
+
+
+def measure(system: str, model: str | None, samples: int, seeds: list[int]) -> dict:
+    """The figures of :func:`own_sample_quality` per seed, reduced over the seeds (mean, standard error)."""
+    model_path = systems.resolve_model(model, fallbacks=(system,))
+    loaded = load_model_file(model_path)
+    start = time.perf_counter()
+    per_seed = []
+    with systems.load(system) as target:
+        for seed in seeds:
+            x = model_samples(loaded, target.topology, samples, seed=seed)
+            per_seed.append(own_sample_quality(loaded.model, loaded.space, x, target.reduced_energy(x)))
+    figures = {"system": system, "model": str(model_path), "samples_per_seed": samples, "seeds": len(seeds)}
+    series = {"one_step_ess_fraction": [q.one_step_ess_fraction for q in per_seed],
+              "far_fraction": [q.far_fraction for q in per_seed],
+              "delta_iqr_kT": [q.delta_quantiles_kT["75%"] - q.delta_quantiles_kT["25%"] for q in per_seed]}
+    for key, values in series.items():
+        figures[key], figures[f"{key}_err"] = mean_and_error(values)
+    figures["seconds"] = time.perf_counter() - start
+    return figures
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("system", help="a named system (see `boltzgen systems`)")
+    parser.add_argument("--model", default=None, help="a model file or folder (default: the system's shipped model)")
+    parser.add_argument("--samples", type=int, default=1000, help="samples per seed (default 1000)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="independent seeds (default 1 2 3)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--record", metavar="FILE", default=None, help="append a result record to FILE")
+    parser.add_argument("--name", default="own_samples", help="the record's name (default own_samples)")
+    parser.add_argument("--note", default="", help="the record's note")
+    args = parser.parse_args(argv)
+    if args.system not in systems.names():
+        parser.error(f"SYSTEM must be a named system ({', '.join(systems.names())}), got {args.system!r}")
+    if args.samples < 1:
+        parser.error(f"--samples must be at least 1, got {args.samples}")
+    torch.set_num_threads(args.threads)
+    try:
+        figures = measure(args.system, args.model, args.samples, args.seeds)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    rounded = {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
+    print(json.dumps(rounded))
+    if args.record:
+        append_record(args.record, args.name, command_line("own_samples.py", argv), rounded, args.note)
+    return figures
+
+
+if __name__ == "__main__":
+    main()
