@@ -1,10 +1,9 @@
 """The force field's view of a model's own samples at t_min, over independent seeds: the reverse direction.
 
 Held-out MD frames show how well a model fits where the data are; SMC's bridge meets the model
-where *it* puts mass. This draws the model's samples with the sampler's default levels
-(:func:`boltzgen.sampling.model_samples`, no force field inside) and scores them
-(:func:`boltzgen.analysis.model_quality.own_sample_quality`): the one-step bridge ESS a run will
-see, the spread of u - E and the share of samples the force field rates more than 20 kT worse
+where *it* puts mass. This runs the model's levels alone with the sampler's defaults
+(:func:`boltzgen.sampling.model_samples`, no force field inside) and scores the weighted particles
+(:func:`boltzgen.analysis.model_quality.own_sample_quality`): the one-step bridge ESS of a run, the spread of u - E and the share of samples the force field rates more than 20 kT worse
 than typical. Each figure is the mean over ``--seeds`` with its standard error over them.
 
 Run:  python benchmarks/own_samples.py SYSTEM [--model MODEL] [--samples 1000] [--seeds 1 2 3]
@@ -41,8 +40,9 @@ def measure(system: str, model: str | None, samples: int, seeds: list[int]) -> d
     per_seed = []
     with systems.load(system) as target:
         for seed in seeds:
-            x = model_samples(loaded, target.topology, samples, seed=seed)
-            per_seed.append(own_sample_quality(loaded.model, loaded.space, x, target.reduced_energy(x)))
+            drawn = model_samples(loaded, target.topology, samples, seed=seed)
+            per_seed.append(own_sample_quality(loaded.model, loaded.space, drawn.positions,
+                                               target.reduced_energy(drawn.positions), drawn.log_weights))
     figures = {"system": system, "model": str(model_path), "samples_per_seed": samples, "seeds": len(seeds)}
     series = {"one_step_ess_fraction": [q.one_step_ess_fraction for q in per_seed],
               "far_fraction": [q.far_fraction for q in per_seed],
@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"SYSTEM must be a named system ({', '.join(systems.names())}), got {args.system!r}")
     if args.samples < 1:
         parser.error(f"--samples must be at least 1, got {args.samples}")
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds must be distinct (errors are over independent seeds), got {args.seeds}")
     torch.set_num_threads(args.threads)
     try:
         figures = measure(args.system, args.model, args.samples, args.seeds)

@@ -37,6 +37,7 @@ from boltzgen.pipeline.sample import reference_file
 KEPT = ("populations", "energy_mean_kT", "energy_mean_err_kT", "n_frames", "n_frames_per_run", "error_method",
         "basins_rad")
 RUN_FILE_KIND = "boltzgen per-run figures"
+DECLARATION = ("collective_variables", "states_rad", "basins_rad", "free_energies")  # what runs must share
 
 
 def check_runs(system: str, dirs: list[str], minimum: int = 2) -> None:
@@ -62,7 +63,7 @@ def read_run_file(path, system: str) -> dict:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"--run-figures {path}: cannot be read as JSON ({exc})") from exc
-    if not isinstance(data, dict) or data.get("kind") != RUN_FILE_KIND:
+    if not isinstance(data, dict) or data.get("kind") != RUN_FILE_KIND or not {"system", "figures"} <= set(data):
         raise ValueError(f"--run-figures {path}: not a per-run figures file (write one with --keep-runs)")
     if data["system"] != system:
         raise ValueError(f"--run-figures {path} is a run of {data['system']!r}, not of {system!r}")
@@ -81,10 +82,16 @@ def combine_runs(per_run: list[dict]) -> dict:
         raise ValueError(f"give at least two independent runs (errors are over runs), got {len(per_run)}")
     first = per_run[0]
     for figures in per_run:
+        if any(key not in figures for key in ("n_error_units", "runs", "per_unit", "n_frames", *DECLARATION)):
+            raise ValueError(f"per-run figures must be RunFigures.to_dict() of one run, got keys {sorted(figures)}")
         if figures["n_error_units"] != 1 or len(figures["runs"]) != 1:
             raise ValueError(f"per-run figures must each be of one run, got {figures['runs']}")
-        if figures["free_energies"] != first["free_energies"] or figures["basins_rad"] != first["basins_rad"]:
-            raise ValueError(f"{figures['runs'][0]} declares other free energies or basins than {first['runs'][0]}")
+        if any(figures[key] != first[key] for key in DECLARATION):
+            raise ValueError(f"{figures['runs'][0]} declares other collective variables, states, basins or free "
+                             f"energies than {first['runs'][0]}")
+    runs = [str(Path(f["runs"][0]).resolve()) for f in per_run]
+    if len(set(runs)) != len(runs):
+        raise ValueError(f"a run is given twice (as a folder or a per-run file): {sorted(runs)}")
     per_unit = {key: [f["per_unit"][key][0] for f in per_run] for key in first["per_unit"]}
 
     def estimate(key):
@@ -94,10 +101,14 @@ def combine_runs(per_run: list[dict]) -> dict:
         e = with_error(values)
         return e.mean, e.standard_error
 
-    out = {}
+    out, notes = {}, []
     for key in first["free_energies"]:
-        e = delta_f_over_runs(per_unit[f"p_{key}"], per_unit[f"p_reference_{key}"])
-        out[f"delta_f_{key}_kT"], out[f"delta_f_{key}_err_kT"] = e.mean, e.standard_error
+        try:
+            e = delta_f_over_runs(per_unit[f"p_{key}"], per_unit[f"p_reference_{key}"])
+            out[f"delta_f_{key}_kT"], out[f"delta_f_{key}_err_kT"] = e.mean, e.standard_error
+        except ValueError:  # as run_figures: no run holds weight on one side, so dF is unbounded
+            out[f"delta_f_{key}_kT"] = out[f"delta_f_{key}_err_kT"] = None
+            notes.append(f"delta_f_{key}: no run holds weighted frames on one side")
         out[f"p_{key}"], out[f"p_{key}_err"] = estimate(f"p_{key}")
     populations = {name: estimate(f"p[{name}]") for name in first["basins_rad"]}
     out["populations"] = {name: {"p": p, "err": err} for name, (p, err) in populations.items()}
@@ -107,7 +118,7 @@ def combine_runs(per_run: list[dict]) -> dict:
     out["error_method"] = (f"standard error over {len(per_run)} independent runs (figures: mean over runs; free "
                            "energies: -ln of the ratio of mean populations)")
     out.update(basins_rad=first["basins_rad"], free_energies=first["free_energies"], per_unit=per_unit,
-               runs=[f["runs"][0] for f in per_run])
+               runs=[f["runs"][0] for f in per_run], note="; ".join(notes) or None)
     return out
 
 
@@ -179,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--record", metavar="FILE", default=None, help="also append a result record to FILE")
     parser.add_argument("--name", default=None, help="the record's name (default reference_md_<system>)")
     parser.add_argument("--out", default=None, help="write here instead of next to the system's YAML")
-    parser.add_argument("--replace", action="store_true", help="overwrite an existing reference file")
+    parser.add_argument("--replace", action="store_true", help="overwrite an existing reference file (or kept per-run files)")
     args = parser.parse_args(argv)
     if args.system not in systems.names():
         parser.error(f"SYSTEM must be a named system ({', '.join(systems.names())}), got {args.system!r}")
@@ -211,6 +222,10 @@ def keep_runs(parser, args) -> dict:
         parser.error(str(err))
     if len(files) != len(args.dirs):
         parser.error("DIR: two runs share a folder name (per-run files are named after it)")
+    existing = [str(path) for path in files if path.exists()]
+    if existing and not args.replace:
+        parser.error(f"--keep-runs: {', '.join(existing)} exist (a kept run of the same name): give --replace to "
+                     "overwrite them")
     folder.mkdir(parents=True, exist_ok=True)
     for path, data in files.items():
         path.write_text(json.dumps(data, indent=1) + "\n")

@@ -273,7 +273,7 @@ def run_stages(model_file: ModelFile, u, model_energy, topology, settings: Sampl
                        n_moves=b.moves, kernel=with_turns(MALA(step_size=b.step_size), b.torsions), name="bridge")
     stages = levels + [bridge]
     if m.moves:
-        turns = m.torsions.moves  # > 0 makes _turns build the torsion kernel
+        turns = m.torsions.moves  # with_turns adds none where the molecule has no rotatable bond
         add_turns = (lambda kernel: with_turns(kernel, turns)) if turns else None
         stages.append(Mixing(u, m.moves, m.block, StepOptions(0.0, "systematic", True, project, settings.chunk_size),
                              kernel=add_turns))
@@ -303,33 +303,44 @@ def _level_stages(model_file: ModelFile, model_energy, settings: SampleSettings,
                          energy=model_energy, cess=settings.level_cess)
 
 
-def model_samples(model_file: ModelFile, topology, n: int, settings: SampleSettings = SampleSettings(), *,
-                  seed: int = 0) -> np.ndarray:
-    """The model's own distribution at t_min: ``n`` equally weighted configurations, (n, n_atoms, 3) float64 nm.
+@dataclass(frozen=True)
+class ModelSamples:
+    """The model's own weighted samples at t_min.
 
-    The levels of a run (stage 1 of the module docstring, with ``settings``' levels), then ``n`` draws
-    with replacement by the levels' final weights; no force field is evaluated. These are the
-    configurations the bridge starts from, so the force field's view of them
-    (:func:`boltzgen.analysis.model_quality.own_sample_quality`) predicts the one-step bridge ESS,
-    which held-out MD frames cannot: they only show where the data are, not where the model puts
-    mass that the data never visit.
+    Attributes:
+        positions: (n, n_atoms, 3) float64 nm.
+        log_weights: (n,) float64 log-weights toward the model's t_min density (the levels' weights).
+    """
+
+    positions: np.ndarray
+    log_weights: np.ndarray
+
+
+def model_samples(model_file: ModelFile, topology, n: int, settings: SampleSettings = SampleSettings(), *,
+                  seed: int = 0) -> ModelSamples:
+    """The model's own distribution at t_min: the weighted particles of a run's levels alone.
+
+    Stage 1 of the module docstring with ``settings``' levels; no force field is evaluated. These are
+    the particles the bridge starts from, so the force field's view of them
+    (:func:`boltzgen.analysis.model_quality.own_sample_quality`) gives the one-step bridge ESS of a
+    run, which held-out MD frames cannot: they only show where the data are, not where the model
+    puts mass that the data never visit.
 
     Args:
         model_file: a loaded model file; its model's device is where the particles live.
         topology: the molecule's topology (for the level torsion moves).
-        n: configurations.
+        n: particles.
         settings: :class:`SampleSettings` (only the levels' fields are used).
-        seed: seeds the levels and the draws.
+        seed: seeds the levels.
+    Returns:
+        :class:`ModelSamples`, on the CPU.
     """
     n = check_count(n, "n")
     device = model_file.model.data_mean.device
-    generator = as_generator(seed, device)
     stages = _level_stages(model_file, model_file.model.energy, settings, _turns(model_file, topology, settings))
-    result = run(empty_state(n, device), stages, generator)
-    weights = torch.exp(result.log_weights - result.log_weights.max())
-    picks = torch.multinomial(weights.to(torch.float64), n, replacement=True, generator=generator)
-    y = result.particles.detach()[picks.to(result.particles.device)]
-    return model_file.space.to_positions(y.to(torch.float64)).cpu().numpy()
+    result = run(empty_state(n, device), stages, as_generator(seed, device))
+    positions = model_file.space.to_positions(result.particles.detach().to(torch.float64))
+    return ModelSamples(positions.cpu().numpy(), result.log_weights.detach().to(torch.float64).cpu().numpy())
 
 
 @dataclass(frozen=True)

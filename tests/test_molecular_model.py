@@ -277,6 +277,12 @@ def test_own_sample_quality_of_the_exact_energy_and_of_one_that_wastes_mass(aldp
     assert one_lost.far_fraction == pytest.approx(1 / 40) and one_lost.one_step_ess_fraction == pytest.approx(39 / 40)
     with pytest.raises(ValueError, match="reduced_energies"):
         own_sample_quality(Model(torch.zeros(40, dtype=torch.float64)), space, x, u[:39])
+    # weighted samples (a run's levels): zero weight removes a sample from every figure
+    lw = torch.where(wasted, -math.inf, 0.0).double()
+    weighted = own_sample_quality(Model(torch.where(wasted, -30.0, 0.0).double()), space, x, u, lw)
+    assert weighted.far_fraction == 0.0 and weighted.one_step_ess_fraction == pytest.approx((40 - n_wasted) / 40)
+    with pytest.raises(ValueError, match="log_weights"):
+        own_sample_quality(Model(torch.zeros(40, dtype=torch.float64)), space, x, u, lw[:5])
 
 
 def test_score_errors_split_by_coordinate_kind_vanish_for_a_model_of_itself():

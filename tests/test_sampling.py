@@ -73,20 +73,19 @@ def test_the_one_step_bridge_ess_is_importance_sampling_u_from_the_last_level(ru
     assert run.result.stage_end("levels").ess_fraction == pytest.approx(levels.ess_fraction, rel=1e-12)
 
 
-def test_model_samples_are_draws_from_the_levels_by_their_weights(vacuum, model_file):
-    """model_samples: the levels alone (no force field), then draws with replacement by the final weights."""
+def test_model_samples_are_a_runs_levels_and_give_its_one_step_bridge_ess(run, vacuum, model_file):
+    """model_samples: the levels alone (no force field), the same particles and weights a run of the same seed
+    starts its bridge from; scored by own_sample_quality they give exactly that run's one-step bridge ESS."""
+    from boltzgen.analysis.model_quality import own_sample_quality
+
     target, fast = vacuum
-    space, model = model_file.space, model_file.model
-    x = model_samples(model_file, target.topology, 30, TINY, seed=4)
-    assert x.shape == (30, 22, 3) and x.dtype == np.float64 and np.isfinite(x).all()
-    generator = as_generator(4)
-    stages = run_stages(model_file, space.flat_energy(fast.reduced_energy), model.energy, target.topology, TINY)[:2]
-    levels = run_engine(empty_state(30), stages, generator)
-    picks = torch.multinomial(torch.exp(levels.log_weights - levels.log_weights.max()), 30, replacement=True,
-                              generator=generator)
-    by_hand = space.to_positions(levels.particles.detach()[picks].double()).numpy()
-    assert np.array_equal(x, by_hand)
-    with pytest.raises(ValueError, match="n"):
+    drawn = model_samples(model_file, target.topology, 40, TINY, seed=3)  # the `run` fixture: 40 particles, seed 3
+    assert drawn.positions.shape == (40, 22, 3) and drawn.log_weights.shape == (40,)
+    assert drawn.positions.dtype == np.float64 and np.isfinite(drawn.positions).all()
+    u = fast.reduced_energy(torch.from_numpy(drawn.positions)).detach()
+    own = own_sample_quality(model_file.model, model_file.space, drawn.positions, u, drawn.log_weights)
+    assert own.one_step_ess_fraction == pytest.approx(run.bridge_ess_fraction, rel=1e-6)
+    with pytest.raises(ValueError, match="n must be"):
         model_samples(model_file, target.topology, 0, TINY)
 
 

@@ -110,13 +110,21 @@ def test_per_run_files_of_another_system_or_kind_are_refused(tmp_path, two_runs)
     other["system"] = "alanine-dipeptide"
     (tmp_path / "other.json").write_text(json.dumps(other))
     (tmp_path / "plain.json").write_text(json.dumps(other["figures"]))
+    redeclared = json.loads(open(kept).read())
+    redeclared["figures"]["free_energies"] = {}  # states defined otherwise in another session
+    (tmp_path / "redeclared.json").write_text(json.dumps(redeclared))
     out = tmp_path / "ref.json"
     base = ["--source", "s", "--command", "c", "--out", str(out)]
-    for bad in ("other.json", "plain.json", "missing.json"):
+    for bad in ("other.json", "plain.json", "missing.json", "redeclared.json"):
         with pytest.raises(SystemExit):
             main(["butane", two_runs[1], *base, "--run-figures", str(tmp_path / bad)])
     with pytest.raises(SystemExit):  # one run in all
         main(["butane", *base, "--run-figures", kept])
     with pytest.raises(SystemExit):  # shipping needs --source and --command
         main(["butane", *two_runs, "--out", str(out)])
+    with pytest.raises(SystemExit):  # the same run twice would shrink the error bar
+        main(["butane", two_runs[0], *base, "--run-figures", kept])
+    with pytest.raises(SystemExit):  # a kept run is not overwritten without --replace
+        main(["butane", two_runs[0], "--keep-runs", str(tmp_path / "runs")])
     assert not out.exists()
+    main(["butane", two_runs[0], "--keep-runs", str(tmp_path / "runs"), "--replace"])

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._checks import check_count
 from ..smc.weights import ess, normalized_weights
 from .dihedrals import phi_psi
 
@@ -172,12 +173,14 @@ class OwnSampleQuality:
 
     Attributes:
         n_samples: samples scored.
-        one_step_ess_fraction: Kish ESS / n of the importance weights exp(-Delta) of u from the samples,
-            Delta = u - E_theta(t_min) (the log-Jacobian added): the one-step bridge ESS a run would see.
-        delta_quantiles_kT: {"5%", "25%", "50%", "75%", "95%"}: quantiles of Delta minus its median.
-        far_fraction: fraction of samples whose Delta exceeds its median by more than 20 kT (the force
-            field gives them under e^-20 of a typical sample's weight: mass the model wastes, e.g. on clashes);
-            non-finite energies count here.
+        one_step_ess_fraction: Kish ESS / n of the importance weights of u from the samples, their own
+            weights times exp(-Delta), Delta = u - E_theta(t_min) (the log-Jacobian added): with the
+            levels' weights this is the one-step bridge ESS of a run.
+        delta_quantiles_kT: {"5%", "25%", "50%", "75%", "95%"}: weighted quantiles of Delta minus its
+            weighted median (non-finite Delta counts as +inf).
+        far_fraction: the samples' weight whose Delta exceeds the median by more than 20 kT (the force
+            field gives them under e^-20 of a typical sample's weight: mass the model wastes, e.g. on
+            clashes); non-finite energies count here.
     """
 
     n_samples: int
@@ -190,8 +193,17 @@ class OwnSampleQuality:
         return dict(self.__dict__)
 
 
+def _weighted_quantiles(values: np.ndarray, weights: np.ndarray, levels) -> list[float]:
+    """Quantiles (inverted CDF, no interpolation) of ``values`` (n,) under normalised ``weights`` (n,)."""
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weights[order])
+    picks = np.searchsorted(cumulative, np.asarray(levels) * cumulative[-1], side="left")
+    return [float(values[order][min(i, len(values) - 1)]) for i in picks]
+
+
 @torch.no_grad()
-def own_sample_quality(model, space, positions, reduced_energies, chunk_size: int = 2048) -> OwnSampleQuality:
+def own_sample_quality(model, space, positions, reduced_energies, log_weights=None,
+                       chunk_size: int = 2048) -> OwnSampleQuality:
     """Score the model's own samples against the force field (see :class:`OwnSampleQuality`).
 
     Args:
@@ -199,13 +211,23 @@ def own_sample_quality(model, space, positions, reduced_energies, chunk_size: in
         space: its coordinate space.
         positions: (n, n_atoms, 3) samples of the model at t_min in nm (:func:`boltzgen.sampling.model_samples`).
         reduced_energies: (n,) u of those samples in kT (may be +inf or NaN for broken geometry).
+        log_weights: (n,) their log-weights toward the model's t_min density (the levels' weights), or
+            None for equally weighted samples. The ESS is then that of log_weights - Delta, exactly the
+            one-step bridge ESS of a run, and the quantiles and the far share are weighted.
         chunk_size: samples per model evaluation.
     """
+    chunk_size = check_count(chunk_size, "chunk_size")
     x = torch.as_tensor(positions, dtype=torch.float64)
+    if x.ndim != 3 or x.shape[0] == 0 or x.shape[2] != 3:
+        raise ValueError(f"positions must have shape (n, n_atoms, 3) in nm with n >= 1, got {tuple(x.shape)}")
     n = x.shape[0]
-    u = torch.as_tensor(reduced_energies, dtype=torch.float64).reshape(-1)
-    if n == 0 or u.shape != (n,):
-        raise ValueError(f"reduced_energies must have shape ({n},), one per sample, and n >= 1; got {tuple(u.shape)}")
+    u = torch.as_tensor(reduced_energies, dtype=torch.float64).detach().cpu().reshape(-1)
+    if u.shape != (n,):
+        raise ValueError(f"reduced_energies must have shape ({n},), one per sample, got {tuple(u.shape)}")
+    lw = torch.zeros(n, dtype=torch.float64) if log_weights is None else \
+        torch.as_tensor(log_weights, dtype=torch.float64).detach().cpu().reshape(-1)
+    if lw.shape != (n,) or torch.isnan(lw).any() or (lw == math.inf).any():
+        raise ValueError(f"log_weights must have shape ({n},), finite or -inf, got shape {tuple(lw.shape)}")
     y = space.to_flat(x)
     device = model.data_mean.device
     e = torch.cat([model.energy(model.schedule.t_min, y[s:s + chunk_size].to(device)).double().cpu()
@@ -213,14 +235,15 @@ def own_sample_quality(model, space, positions, reduced_energies, chunk_size: in
     delta = torch.where(torch.isfinite(u), u - e, torch.full_like(u, math.inf))
     finite = torch.isfinite(delta)
     levels = (0.05, 0.25, 0.5, 0.75, 0.95)
-    if not finite.any():
+    w = normalized_weights(lw).numpy()
+    if not (finite.numpy() & (w > 0)).any():
         return OwnSampleQuality(int(n), 0.0, {f"{round(100 * q)}%": math.inf for q in levels}, 1.0)
-    median = float(delta[finite].median())
-    log_w = torch.where(finite, -(delta - median), torch.full_like(delta, -math.inf))
-    # non-finite Delta sorts as +inf: the quantiles (no interpolation) count them on the far side
+    keep = finite.numpy() & (w > 0)
+    (median,) = _weighted_quantiles(delta.numpy()[keep], w[keep], (0.5,))
+    # non-finite Delta counts as +inf: on the far side of every quantile
     shifted = torch.where(finite, delta - median, torch.full_like(delta, math.inf)).numpy()
-    quantiles = {f"{round(100 * q)}%": float(v)
-                 for q, v in zip(levels, np.quantile(shifted, levels, method="inverted_cdf"))}
+    quantiles = dict(zip((f"{round(100 * q)}%" for q in levels), _weighted_quantiles(shifted, w, levels)))
+    importance = torch.where(finite, lw - (delta - median), torch.full_like(delta, -math.inf))
     return OwnSampleQuality(
-        n_samples=int(n), one_step_ess_fraction=ess(log_w) / n, delta_quantiles_kT=quantiles,
-        far_fraction=float((~finite | (delta - median > FAR_KT)).double().mean()))
+        n_samples=int(n), one_step_ess_fraction=ess(importance) / n, delta_quantiles_kT=quantiles,
+        far_fraction=float(w[shifted > FAR_KT].sum()))

@@ -380,8 +380,9 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
     own = None
     if settings.own_samples:  # the reverse direction: where the model puts mass (the sampler's default levels)
         saved = load_model_file(paths["model"], device=device)
-        positions = model_samples(saved, target.topology, settings.own_samples, seed=settings.seed)
-        own = own_sample_quality(saved.model, saved.space, positions, target.reduced_energy(positions))
+        drawn = model_samples(saved, target.topology, settings.own_samples, seed=settings.seed)
+        own = own_sample_quality(saved.model, saved.space, drawn.positions, target.reduced_energy(drawn.positions),
+                                 drawn.log_weights)
     report = TrainReport(paths["model"], paths["dsm_model"], paths["checkpoint"], paths["report"], quality,
                          dsm_quality, baseline_quality, len(train_frames.positions), len(held.positions), holdout,
                          time.perf_counter() - start, _energy_ms_per_1000(final, space, held.positions),
