@@ -66,6 +66,18 @@ class ModelQuality:
         return dict(self.__dict__)
 
 
+@torch.no_grad()
+def _energy_over_positions(model, space, x: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """E_theta(t_min) as a density over positions x (n, n_atoms, 3) nm: (n,) float64 kT on the CPU.
+
+    E(t_min, y) models u(x(y)) - ln|det dx/dy| (+ a constant), so the log-Jacobian is added back per frame.
+    """
+    y = space.to_flat(x)
+    device, t_min = model.data_mean.device, model.schedule.t_min
+    return torch.cat([model.energy(t_min, y[s:s + chunk_size].to(device)).double().cpu()
+                      for s in range(0, x.shape[0], chunk_size)]) + space.log_det_jacobian(y).cpu()
+
+
 def _delta_f_phi_positive(phi: np.ndarray, w: np.ndarray) -> float:
     p = float(w[phi > 0].sum()) / float(w.sum())
     return -math.log(p / (1.0 - p)) if 0.0 < p < 1.0 else (math.inf if p == 0.0 else -math.inf)
@@ -128,12 +140,7 @@ def model_quality(model, space, reduced_energies, positions, topology, log_weigh
     u = torch.as_tensor(reduced_energies, dtype=torch.float64).detach().reshape(-1)
     if u.shape != (n,):
         raise ValueError(f"reduced_energies must have shape ({n},), one per frame, got {tuple(u.shape)}")
-    t_min = model.schedule.t_min
-    y = space.to_flat(x)
-    device = model.data_mean.device
-    # E(t_min, y) models u(x(y)) - ln|det dx/dy| (+ a constant): add the log-Jacobian back per frame
-    e = torch.cat([model.energy(t_min, y[s:s + chunk_size].to(device)).double().cpu()
-                   for s in range(0, n, chunk_size)]) + space.log_det_jacobian(y).cpu()
+    e = _energy_over_positions(model, space, x, chunk_size)
     delta = u - e
     keep = torch.isfinite(delta) & torch.isfinite(lw)
     w = normalized_weights(torch.where(keep, lw, torch.full_like(lw, -math.inf)))
@@ -196,9 +203,9 @@ class OwnSampleQuality:
 def _weighted_quantiles(values: np.ndarray, weights: np.ndarray, levels) -> list[float]:
     """Quantiles (inverted CDF, no interpolation) of ``values`` (n,) under normalised ``weights`` (n,)."""
     order = np.argsort(values, kind="stable")
-    cumulative = np.cumsum(weights[order])
+    ordered, cumulative = values[order], np.cumsum(weights[order])
     picks = np.searchsorted(cumulative, np.asarray(levels) * cumulative[-1], side="left")
-    return [float(values[order][min(i, len(values) - 1)]) for i in picks]
+    return [float(ordered[min(i, len(values) - 1)]) for i in picks]
 
 
 @torch.no_grad()
@@ -228,10 +235,7 @@ def own_sample_quality(model, space, positions, reduced_energies, log_weights=No
         torch.as_tensor(log_weights, dtype=torch.float64).detach().cpu().reshape(-1)
     if lw.shape != (n,) or torch.isnan(lw).any() or (lw == math.inf).any():
         raise ValueError(f"log_weights must have shape ({n},), finite or -inf, got shape {tuple(lw.shape)}")
-    y = space.to_flat(x)
-    device = model.data_mean.device
-    e = torch.cat([model.energy(model.schedule.t_min, y[s:s + chunk_size].to(device)).double().cpu()
-                   for s in range(0, n, chunk_size)]) + space.log_det_jacobian(y).cpu()
+    e = _energy_over_positions(model, space, x, chunk_size)
     delta = torch.where(torch.isfinite(u), u - e, torch.full_like(u, math.inf))
     finite = torch.isfinite(delta)
     levels = (0.05, 0.25, 0.5, 0.75, 0.95)
