@@ -381,7 +381,8 @@ TRAINING_FLAGS = {"dsm_steps": ("dsm_steps",), "clf_steps": ("clf_steps",), "hid
                   "network_blocks": ("n_blocks",), "coordinates": ("coordinates",), "weighting": ("weighting",),
                   "tsm_weight": ("tsm_weight",), "energy_weight": ("energy_weight",), "seed": ("seed",),
                   "regression_frames": ("regression_frames",), "calibration_harmonics": ("calibration_harmonics",),
-                  "learning_rate": ("learning_rate",), "own_samples": ("own_samples",)}
+                  "learning_rate": ("learning_rate",), "own_samples": ("own_samples",),
+                  "own_weight": ("own_weight",), "own_every": ("own_every",), "own_pool": ("own_pool",)}
 #: The config sections and the commands that read them (a shared file's key for another command is named).
 SECTION_COMMANDS = {"sampling": "sample, run and free-energy", "switching": "free-energy", "training": "train"}
 
@@ -856,6 +857,14 @@ def add_train_command(sub) -> None:
                         "field: the one-step bridge ESS a run will see, and the share of samples it rates 20 kT "
                         f"worse than typical, which held-out frames cannot show; about a minute for 1,000 samples of a "
                         f"42-atom molecule on one thread (0: skip; default {d.own_samples})")
+    p.add_argument("--own-weight", type=float, default=None, metavar="W",
+                   help="weight of the reverse direction: the variance of E - u on the model's own samples (the "
+                        "sampler's levels, redrawn every --own-every steps), which moves mass off where the force "
+                        f"field rates them far worse than typical, e.g. clashes (0: off; default {d.own_weight})")
+    p.add_argument("--own-every", type=int, default=None, metavar="STEPS",
+                   help=f"steps between fresh pools of the model's own samples (default {d.own_every})")
+    p.add_argument("--own-pool", type=int, default=None, metavar="N",
+                   help=f"own samples per pool (default {d.own_pool})")
     _option(p, "--baseline", action="store_true", default=False,
             help="also train a DSM-only model for the same number of steps and compare")
     p.add_argument("--seed", type=int, default=None, help=f"random seed (default {d.seed})")

@@ -162,3 +162,37 @@ def test_an_unknown_init_model_is_named_by_its_own_flag(tmp_path, md_run, capsys
     err = capsys.readouterr().err
     assert code == 2 and "--init no-such-model" in err and "--model" not in err and "Traceback" not in err
     assert not (tmp_path / "m").exists()
+
+
+def test_own_weight_trains_on_pools_of_the_models_own_samples(tmp_path, md_run, capsys):
+    """--own-weight: the reverse-direction term is trained on (logged each step), its pool is drawn from the
+    model by the sampler's levels and checkpointed, and the settings are recorded in the model file."""
+    code = main(["train", "alanine-dipeptide", "--data", str(md_run), "--out", str(tmp_path / "m"),
+                 "--dsm-steps", "4", "--clf-steps", "2", "--hidden", "8", "--network-blocks", "1", "--threads", "1",
+                 "--own-samples", "0", "--own-weight", "1", "--own-every", "3", "--own-pool", "12"])
+    assert code == 0, capsys.readouterr().err
+    payload = torch.load(tmp_path / "m" / "model.ckpt", weights_only=False)
+    assert all(np.isfinite(h["own"]) for h in payload["history"]) and len(payload["history"]) == 6
+    pool = payload["own_pool"]
+    assert pool["y"].shape[0] == pool["energies"].shape[0] == pool["log_weights"].shape[0] == 12
+    saved = load_model_file(tmp_path / "m" / "model.pt")
+    assert saved.metadata["settings"]["own_weight"] == 1.0 and saved.metadata["settings"]["own_pool"] == 12
+
+
+def test_own_sampler_draws_weighted_samples_in_the_models_coordinates_with_their_energies(tmp_path, md_run):
+    from boltzgen.pipeline.training import own_sampler
+
+    with systems.load("alanine-dipeptide") as target:
+        report = train_model(target, [md_run], tmp_path / "m.pt", replace(TINY, own_samples=0))
+        saved = load_model_file(report.model_path)
+        draw = own_sampler(target, saved.space, 10)
+        y, energies, log_weights = draw(saved.model, 4)
+        again, _, _ = draw(saved.model, 4)
+        u = torch.as_tensor(target.reduced_energy(saved.space.to_positions(y.to(torch.float64)).numpy()))
+    assert y.shape == (10, saved.model.dim) and energies.shape == log_weights.shape == (10,)
+    assert torch.equal(y, again)  # seeded
+    # the energies are u in the model's coordinates: u of the positions plus a per-sample log-Jacobian term
+    assert torch.isfinite(u).all() and torch.isfinite(energies).all()
+    assert not torch.allclose(energies, u.to(energies.dtype))
+    with pytest.raises(ValueError, match="own_pool"):
+        TrainSettings(own_pool=0)

@@ -17,10 +17,15 @@ analytic target in tests). Data ``x0`` is a batch of flat vectors (n, d).
   an unbiased regression target whose variance vanishes as the noise does, exactly where DSM's
   target -eps / sigma_t carries almost no signal about the energy's fine structure. Used only below
   a noise level ``max_sigma`` (above it the conditional spread of s_0 makes it noisier than DSM).
+* :func:`own_sample_loss`: the reverse direction. On the model's own samples at t_min (not the data),
+  the variance of E_theta - u: its gradient at the model's own distribution is twice that of
+  KL(q_theta || p) (the log-variance divergence), so it lowers the mass the model puts where the
+  target has none (e.g. clashes), which no loss on data frames can see.
 * :func:`combined_loss`: DSM + lambda CLF (+ mu TSM + energy matching, optionally on other frames).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -155,6 +160,42 @@ def energy_matching_loss(model, x0, energy0, generator: torch.Generator | None =
     return ((residual - residual.mean()) ** 2).mean()
 
 
+def own_sample_loss(model, y, energy0, clip: float = 20.0) -> torch.Tensor:
+    """Variance over the batch of E_theta(t_min, y) - u(y) on the model's own samples (scalar, kT^2).
+
+    ``y`` are draws of the model's own density at t_min (held fixed: no gradient flows through how
+    they were drawn). At that density the gradient of this variance is 2 grad KL(q_theta || p)
+    (the log-variance divergence of Richter et al., 2020), so it moves mass away from where the
+    target rates the model's samples worse than typical. Samples whose gap u - E exceeds the batch
+    median by more than ``clip`` (clashes: thousands of kT) get a target only ``clip`` above the
+    median instead, so each step pushes their energy up by a bounded amount; a non-finite u counts
+    as such a sample.
+
+    Args:
+        model: has ``schedule`` and ``energy(t, x)``.
+        y: (n, d) the model's own samples at t_min in its coordinates.
+        energy0: (n,) their target energies u in the model's coordinates (kT; may be +inf or NaN).
+        clip: kT above the median gap beyond which the target is capped.
+    """
+    y = _check_data(y)
+    energy0 = torch.as_tensor(energy0).to(device=y.device, dtype=torch.float64).reshape(-1)
+    if energy0.shape != (y.shape[0],):
+        raise ValueError(f"energy0 must have shape ({y.shape[0]},) (one energy per sample), got {tuple(energy0.shape)}")
+    if not clip > 0:
+        raise ValueError(f"clip must be positive (kT), got {clip!r}")
+    t = torch.full((y.shape[0],), model.schedule.t_min, dtype=y.dtype, device=y.device)
+    e = model.energy(t, y).to(torch.float64)
+    gap = torch.where(torch.isfinite(energy0), energy0 - e.detach(), torch.full_like(e, math.inf))
+    finite = torch.isfinite(gap)
+    if not finite.any():
+        raise ValueError("energy0 has no finite value: the batch carries no information on the gap u - E")
+    ceiling = gap[finite].median() + clip
+    # u itself where the gap is typical; else the model's own energy plus the capped gap
+    target = torch.where(gap > ceiling, e.detach() + ceiling, torch.where(finite, energy0, e.detach()))
+    residual = e - target
+    return ((residual - residual.mean()) ** 2).mean()
+
+
 def sample_levels(n: int, k: int, schedule, generator=None, dtype=torch.float32, window: float = 1.0) -> torch.Tensor:
     """(n, k) levels per sample: one uniform on [t_min, 1], the others within +-window of it.
 
@@ -221,6 +262,7 @@ class LossParts:
     clf: float
     tsm: float = float("nan")
     energy: float = float("nan")
+    own: float = float("nan")
 
 
 def combined_loss(model, x0, generator=None, clf_weight: float = 1.0, n_levels: int = 2, project=None,

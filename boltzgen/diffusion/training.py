@@ -14,13 +14,13 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
 
 from .._checks import check_count, check_flat
-from .losses import LossParts, combined_loss
+from .losses import LossParts, combined_loss, own_sample_loss
 from ..coordinates.cartesian import random_rotations
 from .networks import EnergyModel, model_from_config
 
@@ -44,6 +44,10 @@ class TrainingConfig:
     clf_learning_rate: peak learning rate of the second phase
     (None: learning_rate); a gentler one keeps the low-noise fit of the DSM phase intact while
     DiffCLF moves the relative mode masses.
+    own_weight, own_every, own_clip: weight of :func:`~boltzgen.diffusion.losses.own_sample_loss` on
+    the model's own samples (0: off; needs ``train(own_sampler=...)``), the steps between fresh
+    pools of them (drawn from the model being trained, so the term follows its own distribution),
+    and the cap of the gap above its median (kT).
     """
 
     dsm_steps: int = 4000
@@ -60,6 +64,9 @@ class TrainingConfig:
     tsm_max_sigma: float = 5e-3
     energy_weight: float = 0.0
     regression_frames: str = "weighted"
+    own_weight: float = 0.0
+    own_every: int = 500
+    own_clip: float = 20.0
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     seed: int = 0
@@ -68,7 +75,7 @@ class TrainingConfig:
     def __post_init__(self):
         # Counts are stored as plain ints (numpy integers are accepted), so the config stays JSON-able.
         for name, minimum in (("dsm_steps", 0), ("clf_steps", 0), ("batch_size", 1), ("checkpoint_every", 1),
-                              ("clf_levels", 2)):
+                              ("clf_levels", 2), ("own_every", 1)):
             object.__setattr__(self, name, check_count(getattr(self, name), name, minimum=minimum))
         object.__setattr__(self, "clf_batch_size", check_count(self.clf_batch_size, "clf_batch_size", allow_none=True))
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
@@ -79,6 +86,10 @@ class TrainingConfig:
             raise ValueError(f"clf_weight must be >= 0, got {self.clf_weight}")
         if not self.energy_weight >= 0:
             raise ValueError(f"energy_weight must be >= 0, got {self.energy_weight}")
+        if not (self.own_weight >= 0 and math.isfinite(self.own_weight)):
+            raise ValueError(f"own_weight must be >= 0, got {self.own_weight}")
+        if not (self.own_clip > 0 and math.isfinite(self.own_clip)):
+            raise ValueError(f"own_clip must be positive (kT), got {self.own_clip}")
         if self.regression_frames not in REGRESSION_FRAMES:
             raise ValueError(f"regression_frames must be one of {REGRESSION_FRAMES}, got {self.regression_frames!r}")
         if self.tsm_weight < 0 or not self.tsm_max_sigma > 0:
@@ -118,6 +129,21 @@ class _State:
     generator: torch.Generator
     step: int
     history: list
+    own_pool: "OwnPool | None" = None
+
+
+@dataclass(frozen=True)
+class OwnPool:
+    """The model's own samples at t_min that own_sample_loss draws its batches from.
+
+    Attributes:
+        y: (m, d) samples in the model's coordinates; energies: (m,) their target energies u (kT, may
+        be +inf); log_weights: (m,) their log-weights toward the model's t_min density (finite or -inf).
+    """
+
+    y: torch.Tensor
+    energies: torch.Tensor
+    log_weights: torch.Tensor
 
 
 def _device(model) -> torch.device:
@@ -143,6 +169,7 @@ def save_checkpoint(path: str | os.PathLike, state: _State, config: TrainingConf
         "training_config": asdict(config),
         "step": state.step,
         "history": [asdict(p) for p in state.history],
+        "own_pool": None if state.own_pool is None else asdict(state.own_pool),
     }
     tmp = f"{os.fspath(path)}.tmp"
     torch.save(payload, tmp)
@@ -164,6 +191,8 @@ def _load_state(path, model: EnergyModel, config: TrainingConfig) -> _State:
     state.generator.set_state(payload["generator"].cpu())
     state.step = payload["step"]
     state.history = [LossParts(**p) for p in payload["history"]]
+    pool = payload.get("own_pool")
+    state.own_pool = None if pool is None else OwnPool(**{k: v.to(_device(model)) for k, v in pool.items()})
     return state
 
 
@@ -242,6 +271,10 @@ def _step(state: _State, data: _Data, config: TrainingConfig) -> LossParts:
                                 n_levels=config.clf_levels, project=data.project, window=config.clf_window,
                                 score0=scores, tsm_weight=config.tsm_weight, tsm_max_sigma=config.tsm_max_sigma,
                                 energy0=energies, energy_weight=config.energy_weight, x_regression=x_regression)
+    if config.own_weight > 0:
+        own = own_sample_loss(state.model, *_own_batch(state.own_pool, size, state.generator), config.own_clip)
+        loss = loss + config.own_weight * own
+        parts = replace(parts, total=loss.item(), own=own.item())
     for group in state.optimizer.param_groups:
         group["lr"] = learning_rate(state.step, config)
     state.optimizer.zero_grad(set_to_none=True)
@@ -251,6 +284,29 @@ def _step(state: _State, data: _Data, config: TrainingConfig) -> LossParts:
     _update_ema(state.ema, state.model, config.ema_decay)
     state.step += 1
     return parts
+
+
+def _own_batch(pool: OwnPool, size: int, generator: torch.Generator) -> tuple:
+    """``size`` of the pool's samples drawn by their weights, and their energies."""
+    probabilities = torch.exp(pool.log_weights - pool.log_weights.max()).to(generator.device)
+    idx = torch.multinomial(probabilities, size, replacement=True, generator=generator).to(pool.y.device)
+    return pool.y[idx], pool.energies[idx]
+
+
+def _draw_pool(state: _State, own_sampler, config: TrainingConfig) -> OwnPool:
+    """A fresh pool from a frozen copy of the model as it is now (seeded by the step: resumable)."""
+    frozen = copy.deepcopy(state.model).eval().requires_grad_(False)
+    y, energies, log_weights = own_sampler(frozen, config.seed + state.step)
+    device, dtype = _device(state.model), state.model.data_mean.dtype
+    y = check_flat(y, "own_sampler's samples", state.model.dim).to(device=device, dtype=dtype)
+    energies = torch.as_tensor(energies, dtype=torch.float64).reshape(-1).to(device)
+    log_weights = torch.as_tensor(log_weights, dtype=torch.float64).reshape(-1).to(device)
+    if energies.shape != (y.shape[0],) or log_weights.shape != (y.shape[0],) or y.shape[0] == 0:
+        raise ValueError(f"own_sampler must return (m, d) samples with m >= 1 and (m,) energies and log-weights, got "
+                         f"{tuple(y.shape)}, {tuple(energies.shape)}, {tuple(log_weights.shape)}")
+    if torch.isnan(log_weights).any() or not torch.isfinite(log_weights).any() or (log_weights == math.inf).any():
+        raise ValueError("own_sampler's log-weights must be finite or -inf, with at least one finite value")
+    return OwnPool(y, energies, log_weights)
 
 
 @contextmanager
@@ -318,7 +374,7 @@ def _training_data(model, data, log_weights, scores, project, space, device, con
 
 def train(model: EnergyModel, data, config: TrainingConfig = TrainingConfig(), checkpoint=None,
           progress: bool = False, project=None, callback=None, *, log_weights=None, scores=None, space=None,
-          on_dsm_end=None, energies=None) -> TrainingResult:
+          on_dsm_end=None, energies=None, own_sampler=None) -> TrainingResult:
     """Train ``model`` in place on ``data`` (N, d) and return the EMA model and loss history.
 
     Args:
@@ -345,9 +401,16 @@ def train(model: EnergyModel, data, config: TrainingConfig = TrainingConfig(), c
             every batch is randomly rotated (the Boltzmann density is rotation invariant).
         on_dsm_end: optional ``on_dsm_end(ema_model)`` called once when the DSM phase completes
             (before the checkpoint at that step), e.g. to save a DSM-only snapshot.
+        own_sampler: needed when ``config.own_weight > 0``: ``own_sampler(model, seed) -> (y, energies,
+            log_weights)``, the model's own weighted samples at t_min (m, d) with their target energies
+            (m,) in kT and log-weights (m,); called with a frozen copy of the model every
+            ``config.own_every`` steps. The pool is checkpointed, so a resumed run equals an
+            uninterrupted one.
     """
     state = _load_state(checkpoint, model, config) if checkpoint and os.path.exists(checkpoint) else _new_state(model, config)
     batches = _training_data(model, data, log_weights, scores, project, space, _device(model), config, energies)
+    if config.own_weight > 0 and own_sampler is None:
+        raise ValueError("config.own_weight > 0 needs own_sampler, which draws the model's own samples")
     start = time.perf_counter()
     bar = tqdm(total=config.total_steps, initial=state.step, disable=not progress, desc="training", unit="step",
                dynamic_ncols=True)
@@ -356,13 +419,15 @@ def train(model: EnergyModel, data, config: TrainingConfig = TrainingConfig(), c
         with _interrupt_between_steps() as interrupted:
             while state.step < config.total_steps:
                 mid_step = True
+                if config.own_weight > 0 and (state.own_pool is None or state.step % config.own_every == 0):
+                    state.own_pool = _draw_pool(state, own_sampler, config)
                 parts = _step(state, batches, config)
                 mid_step = False
                 state.history.append(parts)
                 bar.update(1)
                 if state.step % 50 == 0:
                     bar.set_postfix(dsm=f"{parts.dsm:.4f}", clf=f"{parts.clf:.4f}", tsm=f"{parts.tsm:.4f}",
-                                    energy=f"{parts.energy:.3f}")
+                                    energy=f"{parts.energy:.3f}", own=f"{parts.own:.3g}")
                 phase_end = state.step == config.dsm_steps and config.clf_steps > 0
                 if phase_end and on_dsm_end is not None:
                     on_dsm_end(state.ema)

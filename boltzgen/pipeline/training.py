@@ -23,8 +23,8 @@ from ..diffusion.networks import MolecularEnergy
 from ..diffusion.schedule import LogSNRSchedule
 from ..diffusion.training import TrainingConfig, train
 from ..io.md_runs import load_log_weights, load_trajectory
-from ..models import (CHIRALITY_FOLD, CHIRALITY_KEPT, check_compatible, load_model_file, model_metadata,
-                      save_model_file)
+from ..models import (CHIRALITY_FOLD, CHIRALITY_KEPT, ModelFile, check_compatible, load_model_file,
+                      model_metadata, save_model_file)
 from ..sampling import model_samples
 
 WEIGHTINGS = ("boltzmann", "biased")
@@ -72,6 +72,11 @@ class TrainSettings:
             sampler's default levels) and score them against the force field
             (:func:`~boltzgen.analysis.model_quality.own_sample_quality`): the one-step bridge ESS a
             run will see, which held-out frames cannot show; 0 skips it.
+        own_weight, own_every, own_pool: train on the reverse direction too
+            (:func:`~boltzgen.diffusion.losses.own_sample_loss`, weight ``own_weight``; 0: off): a pool
+            of ``own_pool`` of the model's own samples (the sampler's default levels) is drawn every
+            ``own_every`` steps, and the variance of E_theta - u on them pushes mass off where the force
+            field rates them far worse than typical (clashes), which no loss on MD frames sees.
     """
 
     hidden: int = 256
@@ -98,9 +103,13 @@ class TrainSettings:
     coordinates: str = "internal"
     calibration_harmonics: int = 0
     own_samples: int = 1000
+    own_weight: float = 0.0
+    own_every: int = 500
+    own_pool: int = 1000
 
     def __post_init__(self):
         check_count(self.own_samples, "own_samples", minimum=0)
+        check_count(self.own_pool, "own_pool", minimum=1)
         if not (isinstance(self.calibration_harmonics, int) and self.calibration_harmonics >= 0):
             raise ValueError(f"calibration_harmonics must be an integer >= 0, got {self.calibration_harmonics!r}")
         if self.calibration_harmonics and self.coordinates != "internal":
@@ -119,7 +128,7 @@ class TrainSettings:
                               clf_levels=self.clf_levels, clf_window=self.clf_window, ema_decay=self.ema_decay,
                               tsm_weight=self.tsm_weight, tsm_max_sigma=self.tsm_max_sigma,
                               energy_weight=self.energy_weight, regression_frames=self.regression_frames,
-                              seed=self.seed, checkpoint_every=checkpoint_every)
+                              own_weight=self.own_weight, own_every=self.own_every, seed=self.seed, checkpoint_every=checkpoint_every)
 
 
 @dataclass(frozen=True)
@@ -273,6 +282,21 @@ def _checked_init(init, settings: "TrainSettings", target):
     return init_file
 
 
+def own_sampler(target, space, n: int):
+    """``draw(model, seed)`` for :func:`boltzgen.diffusion.training.train`: ``n`` of the model's own weighted
+    samples at t_min (the sampler's default levels, :func:`boltzgen.sampling.model_samples`) in the
+    space's coordinates (n, d), their target energies there (n,) in kT and their log-weights (n,)."""
+    energy = space.flat_energy(target.reduced_energy)
+
+    def draw(model, seed: int):
+        drawn = model_samples(ModelFile(model, space, {}), target.topology, n, seed=seed)
+        y = space.to_flat(torch.as_tensor(drawn.positions))
+        with torch.no_grad():
+            return y, energy(y).detach(), torch.as_tensor(drawn.log_weights)
+
+    return draw
+
+
 def _energy_ms_per_1000(model, space, positions) -> float:
     y = space.to_flat(torch.as_tensor(positions[:1000])).to(model.data_mean)
     y = y.repeat((1000 + len(y) - 1) // len(y), 1)[:1000]
@@ -352,8 +376,9 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
 
     config = settings.training_config()
     augment = space if isinstance(space, MolecularSpace) else None  # Cartesian batches are randomly rotated
+    draw_own = own_sampler(target, space, settings.own_pool) if settings.own_weight > 0 else None
     result = train(model, y, config, paths["checkpoint"], progress=progress, log_weights=log_weights,
-                   scores=scores, space=augment, on_dsm_end=save_dsm, energies=energies)
+                   scores=scores, space=augment, on_dsm_end=save_dsm, energies=energies, own_sampler=draw_own)
     final, uncalibrated_quality = result.model, None
     if settings.calibration_harmonics:
         # the tilt is fitted to the Boltzmann distribution the frames represent, whatever the model learned
@@ -373,7 +398,8 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
         base = base.to(device)
         base_config = replace(config, dsm_steps=config.total_steps, clf_steps=0)
         base_result = train(base, y, base_config, paths["baseline_checkpoint"], progress=progress,
-                            log_weights=log_weights, scores=scores, space=augment, energies=energies)
+                            log_weights=log_weights, scores=scores, space=augment, energies=energies,
+                            own_sampler=draw_own)
         save_model_file(paths["baseline_model"], base_result.model, space,
                         {**meta, "phase": "dsm-baseline", "steps": base_result.step})
         baseline_quality = evaluate(base_result.model)
