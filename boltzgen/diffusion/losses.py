@@ -160,16 +160,13 @@ def energy_matching_loss(model, x0, energy0, generator: torch.Generator | None =
     return ((residual - residual.mean()) ** 2).mean()
 
 
-def own_sample_loss(model, y, energy0, clip: float = 20.0) -> torch.Tensor:
-    """Variance over the batch of E_theta(t_min, y) - u(y) on the model's own samples (scalar, kT^2).
+def capped_energies(model, y, energy0, clip: float = 20.0) -> torch.Tensor:
+    """Target energies for :func:`own_sample_loss`, with far gaps capped (n,) float64 kT.
 
-    ``y`` are draws of the model's own density at t_min (held fixed: no gradient flows through how
-    they were drawn). At that density the gradient of this variance is 2 grad KL(q_theta || p)
-    (the log-variance divergence of Richter et al., 2020), so it moves mass away from where the
-    target rates the model's samples worse than typical. Samples whose gap u - E exceeds the batch
-    median by more than ``clip`` (clashes: thousands of kT) get a target only ``clip`` above the
-    median instead, so each step pushes their energy up by a bounded amount; a non-finite u counts
-    as such a sample.
+    Where the gap u - E_theta(t_min) exceeds its median by more than ``clip`` (clashes: thousands
+    of kT), or u is not finite, the target becomes E_theta + median + clip: the model is asked to
+    rate that sample ``clip`` worse than typical, not to fit an astronomical energy. Computed once
+    per pool of samples with the model as it drew them, so the regression has fixed targets.
 
     Args:
         model: has ``schedule`` and ``energy(t, x)``.
@@ -183,16 +180,37 @@ def own_sample_loss(model, y, energy0, clip: float = 20.0) -> torch.Tensor:
         raise ValueError(f"energy0 must have shape ({y.shape[0]},) (one energy per sample), got {tuple(energy0.shape)}")
     if not clip > 0:
         raise ValueError(f"clip must be positive (kT), got {clip!r}")
+    with torch.no_grad():
+        e = model.energy(torch.full((y.shape[0],), model.schedule.t_min, dtype=y.dtype, device=y.device), y)
+    e = e.to(torch.float64)
+    gap = torch.where(torch.isfinite(energy0), energy0 - e, torch.full_like(e, math.inf))
+    if not torch.isfinite(gap).any():
+        raise ValueError("energy0 has no finite value: the samples carry no information on the gap u - E")
+    ceiling = gap[torch.isfinite(gap)].median() + clip
+    return torch.where(gap > ceiling, e + ceiling, energy0)
+
+
+def own_sample_loss(model, y, energy0) -> torch.Tensor:
+    """Variance over the batch of E_theta(t_min, y) - u(y) on the model's own samples (scalar, kT^2).
+
+    ``y`` are draws of the model's own density at t_min (held fixed: no gradient flows through how
+    they were drawn). At that density the gradient of this variance is 2 grad KL(q_theta || p)
+    (the log-variance divergence of Richter et al., 2020), so it moves mass away from where the
+    target rates the model's samples worse than typical, which no loss on data frames can see.
+    Give it :func:`capped_energies`, so clashes count with a bounded gap.
+
+    Args:
+        model: has ``schedule`` and ``energy(t, x)``.
+        y: (n, d) the model's own samples at t_min in its coordinates.
+        energy0: (n,) their (capped) target energies in the model's coordinates (kT), finite.
+    """
+    y = _check_data(y)
+    energy0 = torch.as_tensor(energy0).to(device=y.device, dtype=torch.float64).reshape(-1)
+    if energy0.shape != (y.shape[0],) or not torch.isfinite(energy0).all():
+        raise ValueError(f"energy0 must be finite with shape ({y.shape[0]},) (one energy per sample; cap them "
+                         f"with capped_energies)")
     t = torch.full((y.shape[0],), model.schedule.t_min, dtype=y.dtype, device=y.device)
-    e = model.energy(t, y).to(torch.float64)
-    gap = torch.where(torch.isfinite(energy0), energy0 - e.detach(), torch.full_like(e, math.inf))
-    finite = torch.isfinite(gap)
-    if not finite.any():
-        raise ValueError("energy0 has no finite value: the batch carries no information on the gap u - E")
-    ceiling = gap[finite].median() + clip
-    # u itself where the gap is typical; else the model's own energy plus the capped gap
-    target = torch.where(gap > ceiling, e.detach() + ceiling, torch.where(finite, energy0, e.detach()))
-    residual = e - target
+    residual = model.energy(t, y).to(torch.float64) - energy0
     return ((residual - residual.mean()) ** 2).mean()
 
 

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._checks import check_count, check_flat
-from .losses import LossParts, combined_loss, own_sample_loss
+from .losses import LossParts, capped_energies, combined_loss, own_sample_loss
 from ..coordinates.cartesian import random_rotations
 from .networks import EnergyModel, model_from_config
 
@@ -47,7 +47,7 @@ class TrainingConfig:
     own_weight, own_every, own_clip: weight of :func:`~boltzgen.diffusion.losses.own_sample_loss` on
     the model's own samples (0: off; needs ``train(own_sampler=...)``), the steps between fresh
     pools of them (drawn from the model being trained, so the term follows its own distribution),
-    and the cap of the gap above its median (kT).
+    and the cap of the gap above its median (kT), fixed when a pool is drawn.
     """
 
     dsm_steps: int = 4000
@@ -137,8 +137,9 @@ class OwnPool:
     """The model's own samples at t_min that own_sample_loss draws its batches from.
 
     Attributes:
-        y: (m, d) samples in the model's coordinates; energies: (m,) their target energies u (kT, may
-        be +inf); log_weights: (m,) their log-weights toward the model's t_min density (finite or -inf).
+        y: (m, d) samples in the model's coordinates; energies: (m,) their target energies u (kT), far
+        gaps capped by :func:`~boltzgen.diffusion.losses.capped_energies`; log_weights: (m,) their
+        log-weights toward the model's t_min density (finite or -inf).
     """
 
     y: torch.Tensor
@@ -272,7 +273,7 @@ def _step(state: _State, data: _Data, config: TrainingConfig) -> LossParts:
                                 score0=scores, tsm_weight=config.tsm_weight, tsm_max_sigma=config.tsm_max_sigma,
                                 energy0=energies, energy_weight=config.energy_weight, x_regression=x_regression)
     if config.own_weight > 0:
-        own = own_sample_loss(state.model, *_own_batch(state.own_pool, size, state.generator), config.own_clip)
+        own = own_sample_loss(state.model, *_own_batch(state.own_pool, size, state.generator))
         loss = loss + config.own_weight * own
         parts = replace(parts, total=loss.item(), own=own.item())
     for group in state.optimizer.param_groups:
@@ -306,7 +307,8 @@ def _draw_pool(state: _State, own_sampler, config: TrainingConfig) -> OwnPool:
                          f"{tuple(y.shape)}, {tuple(energies.shape)}, {tuple(log_weights.shape)}")
     if torch.isnan(log_weights).any() or not torch.isfinite(log_weights).any() or (log_weights == math.inf).any():
         raise ValueError("own_sampler's log-weights must be finite or -inf, with at least one finite value")
-    return OwnPool(y, energies, log_weights)
+    # the far gaps are capped once, against the model that drew the pool: fixed regression targets
+    return OwnPool(y, capped_energies(frozen, y, energies, config.own_clip), log_weights)
 
 
 @contextmanager
