@@ -17,6 +17,8 @@ def test_figures_are_means_over_seeds_with_their_errors_and_are_recorded(tmp_pat
         figures = main(["alanine-dipeptide", "--samples", "20", "--seeds", "1", "2", "--record", str(tmp_path / "r.jsonl")])
     printed = json.loads(out.getvalue().strip().splitlines()[-1])
     assert printed["seeds"] == 2 and printed["samples_per_seed"] == 20
+    per_seed = [float(v) for v in printed["one_step_ess_per_seed"].split(", ")]
+    assert statistics.fmean(per_seed) == pytest.approx(figures["one_step_ess_fraction"], abs=1e-4)
     assert 0 < figures["one_step_ess_fraction"] <= 1 and 0 <= figures["far_fraction"] <= 1
     assert figures["one_step_ess_fraction_err"] is not None and figures["delta_iqr_kT"] >= 0
     (record,) = read_records(tmp_path / "r.jsonl")
