@@ -310,10 +310,13 @@ class ModelSamples:
     Attributes:
         positions: (n, n_atoms, 3) float64 nm.
         log_weights: (n,) float64 log-weights toward the model's t_min density (the levels' weights).
+        particles: (n, d) float64, the same samples in the model's coordinates as the levels leave
+            them (converting positions back can fold a particle outside the space's domain into it).
     """
 
     positions: np.ndarray
     log_weights: np.ndarray
+    particles: np.ndarray
 
 
 def model_samples(model_file: ModelFile, topology, n: int, settings: SampleSettings = SampleSettings(), *,
@@ -339,8 +342,10 @@ def model_samples(model_file: ModelFile, topology, n: int, settings: SampleSetti
     device = model_file.model.data_mean.device
     stages = _level_stages(model_file, model_file.model.energy, settings, _turns(model_file, topology, settings))
     result = run(empty_state(n, device), stages, as_generator(seed, device))
-    positions = model_file.space.to_positions(result.particles.detach().to(torch.float64))
-    return ModelSamples(positions.cpu().numpy(), result.log_weights.detach().to(torch.float64).cpu().numpy())
+    particles = result.particles.detach().to(torch.float64)
+    positions = model_file.space.to_positions(particles)
+    return ModelSamples(positions.cpu().numpy(), result.log_weights.detach().to(torch.float64).cpu().numpy(),
+                        particles.cpu().numpy())
 
 
 @dataclass(frozen=True)

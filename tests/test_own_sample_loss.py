@@ -43,25 +43,48 @@ def test_its_gradient_at_the_models_own_samples_is_twice_the_reverse_kl_gradient
     assert own_sample_loss(model, y, 0.5 * a * (y**2).sum(1) - 5.0).item() < 1e-20
 
 
-def test_far_gaps_and_broken_energies_are_capped_above_the_median_gap():
+def test_far_gaps_and_broken_energies_are_capped_above_the_weighted_median_gap():
     model = Quadratic(1.0)
-    y = torch.randn(200, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y = torch.randn(201, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     e = model.energy(None, y).detach()
-    u = e + torch.linspace(0.0, 1.0, 200, dtype=torch.float64)
+    u = e + torch.linspace(0.0, 1.0, 201, dtype=torch.float64)
     far = u.clone()
-    far[:3] = torch.tensor([1e7, math.inf, math.nan], dtype=torch.float64)
-    median = float((u - e)[3:].median())
+    far[:4] = torch.tensor([1e7, math.inf, math.nan, -math.inf], dtype=torch.float64)
+    # the median over the finite gaps (as own_sample_quality's), with 1e7 among them: 198 values, the lower middle
+    gaps = (far - e)[torch.isfinite(far)]
+    median = float(gaps.sort().values[98])
     capped = capped_energies(model, y, far, clip=2.0)
-    torch.testing.assert_close(capped[3:], u[3:])
-    torch.testing.assert_close(capped[:3], e[:3] + median + 2.0)
+    torch.testing.assert_close(capped[4:], u[4:])
+    torch.testing.assert_close(capped[:4], e[:4] + median + 2.0)  # a far gap and any non-finite u are capped
+    # weights move the median: all weight on the 11 smallest gaps
+    lw = torch.full((201,), -math.inf, dtype=torch.float64)
+    lw[4:15] = 0.0
+    weighted = capped_energies(model, y, far, clip=0.01, log_weights=lw)
+    low_median = float((u - e)[4:15].sort().values[5])
+    torch.testing.assert_close(weighted[100:], e[100:] + low_median + 0.01)
     with pytest.raises(ValueError, match="energy0 must have shape"):
         capped_energies(model, y, u[:10])
     with pytest.raises(ValueError, match="clip"):
         capped_energies(model, y, u, clip=0.0)
-    with pytest.raises(ValueError, match="no finite value"):
+    with pytest.raises(ValueError, match="log_weights"):
+        capped_energies(model, y, u, log_weights=torch.zeros(3))
+    with pytest.raises(ValueError, match="typical gap"):
         capped_energies(model, y, torch.full_like(u, math.nan))
     with pytest.raises(ValueError, match="capped_energies"):  # the loss itself takes only finite targets
         own_sample_loss(model, y, far)
+
+
+def test_a_sample_whose_model_energy_is_not_finite_gets_no_target():
+    class Broken(Quadratic):
+        def energy(self, t, x):
+            e = super().energy(t, x)
+            return torch.where(x[:, 0] > 2.0, torch.full_like(e, math.nan), e)
+
+    model = Broken(1.0)
+    y = torch.randn(50, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    y[0, 0] = 3.0
+    target = capped_energies(model, y, 0.5 * (y**2).sum(1))
+    assert math.isnan(float(target[0])) and torch.isfinite(target[1:]).all()
 
 
 def test_a_capped_clash_is_pushed_up_by_a_bounded_amount():
@@ -90,17 +113,17 @@ def test_a_capped_clash_is_pushed_up_by_a_bounded_amount():
 def _exact_sampler(calls):
     """own_sampler stand-in: deterministic in its seed; records the steps it was asked at."""
 
-    def draw(model, seed):
+    def draw(model, n, seed):
         assert not any(p.requires_grad for p in model.parameters()) and not model.training  # a frozen copy
         calls.append(seed)
-        y = torch.randn(64, 2, generator=torch.Generator().manual_seed(seed))
-        return y, 0.5 * (y.double() ** 2).sum(1), torch.zeros(64, dtype=torch.float64)
+        y = torch.randn(n, 2, generator=torch.Generator().manual_seed(seed))
+        return y, 0.5 * (y.double() ** 2).sum(1), torch.zeros(n, dtype=torch.float64)
 
     return draw
 
 
 def test_training_with_own_samples_redraws_the_pool_and_resumes_exactly(tmp_path):
-    config = TrainingConfig(**{**CONFIG.__dict__, "own_weight": 0.5, "own_every": 5})
+    config = TrainingConfig(**{**CONFIG.__dict__, "own_weight": 0.5, "own_every": 5, "own_pool": 64})
     calls = []
     reference = train(*small_problem(), config, own_sampler=_exact_sampler(calls))
     assert calls == [config.seed + s for s in (0, 5, 10)]  # steps 0, 5 and 10 of 12
@@ -120,6 +143,7 @@ def test_training_with_own_samples_redraws_the_pool_and_resumes_exactly(tmp_path
     resumed = train(*small_problem(seed=99), config, checkpoint=ckpt, own_sampler=_exact_sampler(again))
     assert again == [config.seed + 10]  # the pool of step 5 came back from the checkpoint
     assert torch.equal(params(resumed.raw_model), params(reference.raw_model))
+    assert torch.equal(params(resumed.model), params(reference.model))  # the EMA weights too
 
 
 def test_own_weight_needs_a_sampler_that_returns_matching_shapes():
@@ -127,10 +151,14 @@ def test_own_weight_needs_a_sampler_that_returns_matching_shapes():
     with pytest.raises(ValueError, match="own_sampler"):
         train(*small_problem(), config)
     with pytest.raises(ValueError, match="own_sampler must return"):
-        train(*small_problem(), config, own_sampler=lambda m, s: (torch.zeros(4, 2), torch.zeros(3), torch.zeros(4)))
+        train(*small_problem(), config, own_sampler=lambda m, n, s: (torch.zeros(n, 2), torch.zeros(3), torch.zeros(n)))
+    with pytest.raises(ValueError, match="own_pool = 1000"):  # the pool size is the config's
+        train(*small_problem(), config, own_sampler=lambda m, n, s: (torch.zeros(4, 2), torch.zeros(4), torch.zeros(4)))
     with pytest.raises(ValueError, match="own_weight"):
         TrainingConfig(own_weight=-1.0)
     with pytest.raises(ValueError, match="own_every"):
         TrainingConfig(own_every=0)
     with pytest.raises(ValueError, match="own_clip"):
         TrainingConfig(own_clip=0.0)
+    with pytest.raises(ValueError, match="own_pool"):
+        TrainingConfig(own_pool=0)

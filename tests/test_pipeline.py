@@ -185,14 +185,15 @@ def test_own_sampler_draws_weighted_samples_in_the_models_coordinates_with_their
     with systems.load("alanine-dipeptide") as target:
         report = train_model(target, [md_run], tmp_path / "m.pt", replace(TINY, own_samples=0))
         saved = load_model_file(report.model_path)
-        draw = own_sampler(target, saved.space, 10)
-        y, energies, log_weights = draw(saved.model, 4)
-        again, _, _ = draw(saved.model, 4)
-        u = torch.as_tensor(target.reduced_energy(saved.space.to_positions(y.to(torch.float64)).numpy()))
+        draw = own_sampler(target, saved.space)
+        y, energies, log_weights = draw(saved.model, 10, 4)
+        again, _, _ = draw(saved.model, 10, 4)
+        other, _, _ = draw(saved.model, 10, 5)
+        u = torch.as_tensor(target.reduced_energy(saved.space.to_positions(y)))
     assert y.shape == (10, saved.model.dim) and energies.shape == log_weights.shape == (10,)
-    assert torch.equal(y, again)  # seeded
-    # the energies are u in the model's coordinates: u of the positions plus a per-sample log-Jacobian term
-    assert torch.isfinite(u).all() and torch.isfinite(energies).all()
-    assert not torch.allclose(energies, u.to(energies.dtype))
+    assert torch.equal(y, again) and not torch.equal(y, other)  # seeded
+    # the energies are u in the model's coordinates: u of the positions minus the log-Jacobian of z -> x
+    torch.testing.assert_close(energies, u.to(torch.float64) - saved.space.log_det_jacobian(y))
+    assert torch.isfinite(log_weights).any()
     with pytest.raises(ValueError, match="own_pool"):
-        TrainSettings(own_pool=0)
+        TrainSettings(own_pool=0).training_config()

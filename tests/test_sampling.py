@@ -82,6 +82,9 @@ def test_model_samples_are_a_runs_levels_and_give_its_one_step_bridge_ess(run, v
     drawn = model_samples(model_file, target.topology, 40, TINY, seed=3)  # the `run` fixture: 40 particles, seed 3
     assert drawn.positions.shape == (40, 22, 3) and drawn.log_weights.shape == (40,)
     assert drawn.positions.dtype == np.float64 and np.isfinite(drawn.positions).all()
+    # the particles as the levels leave them, in the model's coordinates: the positions are theirs
+    assert drawn.particles.shape == (40, model_file.model.dim) and drawn.particles.dtype == np.float64
+    np.testing.assert_allclose(model_file.space.to_positions(torch.from_numpy(drawn.particles)).numpy(), drawn.positions)
     u = fast.reduced_energy(torch.from_numpy(drawn.positions)).detach()
     own = own_sample_quality(model_file.model, model_file.space, drawn.positions, u, drawn.log_weights)
     assert own.one_step_ess_fraction == pytest.approx(run.bridge_ess_fraction, rel=1e-6)

@@ -160,34 +160,55 @@ def energy_matching_loss(model, x0, energy0, generator: torch.Generator | None =
     return ((residual - residual.mean()) ** 2).mean()
 
 
-def capped_energies(model, y, energy0, clip: float = 20.0) -> torch.Tensor:
+def capped_energies(model, y, energy0, clip: float = 20.0, log_weights=None) -> torch.Tensor:
     """Target energies for :func:`own_sample_loss`, with far gaps capped (n,) float64 kT.
 
     Where the gap u - E_theta(t_min) exceeds its median by more than ``clip`` (clashes: thousands
     of kT), or u is not finite, the target becomes E_theta + median + clip: the model is asked to
     rate that sample ``clip`` worse than typical, not to fit an astronomical energy. Computed once
-    per pool of samples with the model as it drew them, so the regression has fixed targets.
+    per pool of samples with the model as it drew them, so the regression has fixed targets. The
+    median is weighted by ``log_weights`` (the samples' weights toward the model's density), as in
+    :func:`boltzgen.analysis.model_quality.own_sample_quality`. Where the model's own energy is
+    not finite the target is NaN: such a sample cannot be fitted and must be left out.
 
     Args:
         model: has ``schedule`` and ``energy(t, x)``.
         y: (n, d) the model's own samples at t_min in its coordinates.
-        energy0: (n,) their target energies u in the model's coordinates (kT; may be +inf or NaN).
+        energy0: (n,) their target energies u in the model's coordinates (kT; may be +-inf or NaN).
         clip: kT above the median gap beyond which the target is capped.
+        log_weights: (n,) the samples' log-weights (finite or -inf), or None for equal weights.
     """
     y = _check_data(y)
+    n = y.shape[0]
     energy0 = torch.as_tensor(energy0).to(device=y.device, dtype=torch.float64).reshape(-1)
-    if energy0.shape != (y.shape[0],):
-        raise ValueError(f"energy0 must have shape ({y.shape[0]},) (one energy per sample), got {tuple(energy0.shape)}")
+    if energy0.shape != (n,):
+        raise ValueError(f"energy0 must have shape ({n},) (one energy per sample), got {tuple(energy0.shape)}")
     if not clip > 0:
         raise ValueError(f"clip must be positive (kT), got {clip!r}")
+    lw = torch.zeros(n, dtype=torch.float64, device=y.device) if log_weights is None else \
+        torch.as_tensor(log_weights).to(device=y.device, dtype=torch.float64).reshape(-1)
+    if lw.shape != (n,) or torch.isnan(lw).any() or (lw == math.inf).any():
+        raise ValueError(f"log_weights must have shape ({n},), finite or -inf")
     with torch.no_grad():
-        e = model.energy(torch.full((y.shape[0],), model.schedule.t_min, dtype=y.dtype, device=y.device), y)
+        e = model.energy(torch.full((n,), model.schedule.t_min, dtype=y.dtype, device=y.device), y)
     e = e.to(torch.float64)
-    gap = torch.where(torch.isfinite(energy0), energy0 - e, torch.full_like(e, math.inf))
-    if not torch.isfinite(gap).any():
-        raise ValueError("energy0 has no finite value: the samples carry no information on the gap u - E")
-    ceiling = gap[torch.isfinite(gap)].median() + clip
-    return torch.where(gap > ceiling, e + ceiling, energy0)
+    fitted = torch.isfinite(e)
+    gap = torch.where(torch.isfinite(energy0) & fitted, energy0 - e, torch.full_like(e, math.inf))
+    typical = torch.isfinite(gap) & torch.isfinite(lw)
+    if not typical.any():
+        raise ValueError("no sample has a finite gap u - E and a finite weight: nothing sets the typical gap")
+    ceiling = _weighted_median(gap[typical], lw[typical]) + clip
+    target = torch.where(gap > ceiling, e + ceiling, energy0)
+    return torch.where(fitted, target, torch.full_like(target, math.nan))
+
+
+def _weighted_median(values: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+    """The weighted median (inverted CDF) of ``values`` (m,) with weights exp(log_weights) (m,)."""
+    order = torch.argsort(values)
+    w = torch.exp(log_weights[order] - log_weights.max())
+    cumulative = torch.cumsum(w, 0)
+    index = int(torch.searchsorted(cumulative, 0.5 * cumulative[-1]))
+    return values[order][min(index, values.shape[0] - 1)]
 
 
 def own_sample_loss(model, y, energy0) -> torch.Tensor:

@@ -44,10 +44,13 @@ class TrainingConfig:
     clf_learning_rate: peak learning rate of the second phase
     (None: learning_rate); a gentler one keeps the low-noise fit of the DSM phase intact while
     DiffCLF moves the relative mode masses.
-    own_weight, own_every, own_clip: weight of :func:`~boltzgen.diffusion.losses.own_sample_loss` on
-    the model's own samples (0: off; needs ``train(own_sampler=...)``), the steps between fresh
-    pools of them (drawn from the model being trained, so the term follows its own distribution),
-    and the cap of the gap above its median (kT), fixed when a pool is drawn.
+    own_weight, own_every, own_pool, own_clip: weight of
+    :func:`~boltzgen.diffusion.losses.own_sample_loss` on the model's own samples (0: off; needs
+    ``train(own_sampler=...)``), the steps between fresh pools of them (drawn from the model being
+    trained: at a fresh pool the term's gradient is twice that of KL(q_theta || p); between pools
+    the pool's weights describe the model that drew it, so it is the log-variance divergence with
+    that model as reference), samples per pool, and the cap of the gap above its weighted median
+    (kT), fixed when a pool is drawn.
     """
 
     dsm_steps: int = 4000
@@ -66,6 +69,7 @@ class TrainingConfig:
     regression_frames: str = "weighted"
     own_weight: float = 0.0
     own_every: int = 500
+    own_pool: int = 1000
     own_clip: float = 20.0
     ema_decay: float = 0.999
     grad_clip: float = 1.0
@@ -75,7 +79,8 @@ class TrainingConfig:
     def __post_init__(self):
         # Counts are stored as plain ints (numpy integers are accepted), so the config stays JSON-able.
         for name, minimum in (("dsm_steps", 0), ("clf_steps", 0), ("batch_size", 1), ("checkpoint_every", 1),
-                              ("clf_levels", 2), ("own_every", 1)):
+                              ("clf_levels", 2), ("own_every", 1),
+                              ("own_pool", 1)):
             object.__setattr__(self, name, check_count(getattr(self, name), name, minimum=minimum))
         object.__setattr__(self, "clf_batch_size", check_count(self.clf_batch_size, "clf_batch_size", allow_none=True))
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
@@ -297,18 +302,24 @@ def _own_batch(pool: OwnPool, size: int, generator: torch.Generator) -> tuple:
 def _draw_pool(state: _State, own_sampler, config: TrainingConfig) -> OwnPool:
     """A fresh pool from a frozen copy of the model as it is now (seeded by the step: resumable)."""
     frozen = copy.deepcopy(state.model).eval().requires_grad_(False)
-    y, energies, log_weights = own_sampler(frozen, config.seed + state.step)
+    y, energies, log_weights = own_sampler(frozen, config.own_pool, config.seed + state.step)
     device, dtype = _device(state.model), state.model.data_mean.dtype
     y = check_flat(y, "own_sampler's samples", state.model.dim).to(device=device, dtype=dtype)
     energies = torch.as_tensor(energies, dtype=torch.float64).reshape(-1).to(device)
     log_weights = torch.as_tensor(log_weights, dtype=torch.float64).reshape(-1).to(device)
-    if energies.shape != (y.shape[0],) or log_weights.shape != (y.shape[0],) or y.shape[0] == 0:
-        raise ValueError(f"own_sampler must return (m, d) samples with m >= 1 and (m,) energies and log-weights, got "
-                         f"{tuple(y.shape)}, {tuple(energies.shape)}, {tuple(log_weights.shape)}")
+    m = config.own_pool
+    if y.shape[0] != m or energies.shape != (m,) or log_weights.shape != (m,):
+        raise ValueError(f"own_sampler must return ({m}, d) samples and ({m},) energies and log-weights (own_pool = "
+                         f"{m}), got {tuple(y.shape)}, {tuple(energies.shape)}, {tuple(log_weights.shape)}")
     if torch.isnan(log_weights).any() or not torch.isfinite(log_weights).any() or (log_weights == math.inf).any():
         raise ValueError("own_sampler's log-weights must be finite or -inf, with at least one finite value")
     # the far gaps are capped once, against the model that drew the pool: fixed regression targets
-    return OwnPool(y, capped_energies(frozen, y, energies, config.own_clip), log_weights)
+    targets = capped_energies(frozen, y, energies, config.own_clip, log_weights)
+    usable = torch.isfinite(targets)  # NaN where the model's own energy is not finite: never drawn
+    log_weights = torch.where(usable, log_weights, torch.full_like(log_weights, -math.inf))
+    if not torch.isfinite(log_weights).any():
+        raise ValueError("no sample of the pool has a finite model energy and a finite weight")
+    return OwnPool(y, torch.where(usable, targets, torch.zeros_like(targets)), log_weights)
 
 
 @contextmanager
@@ -403,11 +414,11 @@ def train(model: EnergyModel, data, config: TrainingConfig = TrainingConfig(), c
             every batch is randomly rotated (the Boltzmann density is rotation invariant).
         on_dsm_end: optional ``on_dsm_end(ema_model)`` called once when the DSM phase completes
             (before the checkpoint at that step), e.g. to save a DSM-only snapshot.
-        own_sampler: needed when ``config.own_weight > 0``: ``own_sampler(model, seed) -> (y, energies,
-            log_weights)``, the model's own weighted samples at t_min (m, d) with their target energies
-            (m,) in kT and log-weights (m,); called with a frozen copy of the model every
-            ``config.own_every`` steps. The pool is checkpointed, so a resumed run equals an
-            uninterrupted one.
+        own_sampler: needed when ``config.own_weight > 0``: ``own_sampler(model, m, seed) -> (y, energies,
+            log_weights)``, m = ``config.own_pool`` of the model's own weighted samples at t_min (m, d)
+            with their target energies (m,) in kT and log-weights (m,) (tensors on any device); called
+            with a frozen copy of the model every ``config.own_every`` steps. It must be deterministic
+            given (model, seed); the pool is checkpointed, so a resumed run equals an uninterrupted one.
     """
     state = _load_state(checkpoint, model, config) if checkpoint and os.path.exists(checkpoint) else _new_state(model, config)
     batches = _training_data(model, data, log_weights, scores, project, space, _device(model), config, energies)

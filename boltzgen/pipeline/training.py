@@ -109,7 +109,6 @@ class TrainSettings:
 
     def __post_init__(self):
         check_count(self.own_samples, "own_samples", minimum=0)
-        check_count(self.own_pool, "own_pool", minimum=1)
         if not (isinstance(self.calibration_harmonics, int) and self.calibration_harmonics >= 0):
             raise ValueError(f"calibration_harmonics must be an integer >= 0, got {self.calibration_harmonics!r}")
         if self.calibration_harmonics and self.coordinates != "internal":
@@ -128,7 +127,8 @@ class TrainSettings:
                               clf_levels=self.clf_levels, clf_window=self.clf_window, ema_decay=self.ema_decay,
                               tsm_weight=self.tsm_weight, tsm_max_sigma=self.tsm_max_sigma,
                               energy_weight=self.energy_weight, regression_frames=self.regression_frames,
-                              own_weight=self.own_weight, own_every=self.own_every, seed=self.seed, checkpoint_every=checkpoint_every)
+                              own_weight=self.own_weight, own_every=self.own_every, own_pool=self.own_pool,
+                              seed=self.seed, checkpoint_every=checkpoint_every)
 
 
 @dataclass(frozen=True)
@@ -282,15 +282,16 @@ def _checked_init(init, settings: "TrainSettings", target):
     return init_file
 
 
-def own_sampler(target, space, n: int):
-    """``draw(model, seed)`` for :func:`boltzgen.diffusion.training.train`: ``n`` of the model's own weighted
-    samples at t_min (the sampler's default levels, :func:`boltzgen.sampling.model_samples`) in the
-    space's coordinates (n, d), their target energies there (n,) in kT and their log-weights (n,)."""
+def own_sampler(target, space):
+    """``draw(model, n, seed)`` for :func:`boltzgen.diffusion.training.train`: ``n`` of the model's own weighted
+    samples at t_min (the sampler's default levels, :func:`boltzgen.sampling.model_samples`) as the levels
+    leave them, (n, d) in the space's coordinates, with their target energies there (n,) in kT (+inf off
+    the space's domain) and their log-weights (n,), float64 on the CPU."""
     energy = space.flat_energy(target.reduced_energy)
 
-    def draw(model, seed: int):
+    def draw(model, n: int, seed: int):
         drawn = model_samples(ModelFile(model, space, {}), target.topology, n, seed=seed)
-        y = space.to_flat(torch.as_tensor(drawn.positions))
+        y = torch.as_tensor(drawn.particles)
         with torch.no_grad():
             return y, energy(y).detach(), torch.as_tensor(drawn.log_weights)
 
@@ -376,7 +377,7 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
 
     config = settings.training_config()
     augment = space if isinstance(space, MolecularSpace) else None  # Cartesian batches are randomly rotated
-    draw_own = own_sampler(target, space, settings.own_pool) if settings.own_weight > 0 else None
+    draw_own = own_sampler(target, space) if settings.own_weight > 0 else None
     result = train(model, y, config, paths["checkpoint"], progress=progress, log_weights=log_weights,
                    scores=scores, space=augment, on_dsm_end=save_dsm, energies=energies, own_sampler=draw_own)
     final, uncalibrated_quality = result.model, None
@@ -396,10 +397,9 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
     if baseline:
         _, _, base = start_model()
         base = base.to(device)
-        base_config = replace(config, dsm_steps=config.total_steps, clf_steps=0)
+        base_config = replace(config, dsm_steps=config.total_steps, clf_steps=0, own_weight=0.0)  # DSM (+ TSM) only
         base_result = train(base, y, base_config, paths["baseline_checkpoint"], progress=progress,
-                            log_weights=log_weights, scores=scores, space=augment, energies=energies,
-                            own_sampler=draw_own)
+                            log_weights=log_weights, scores=scores, space=augment, energies=energies)
         save_model_file(paths["baseline_model"], base_result.model, space,
                         {**meta, "phase": "dsm-baseline", "steps": base_result.step})
         baseline_quality = evaluate(base_result.model)
