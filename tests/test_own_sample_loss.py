@@ -45,19 +45,19 @@ def test_its_gradient_at_the_models_own_samples_is_twice_the_reverse_kl_gradient
 
 def test_far_gaps_and_broken_energies_are_capped_above_the_weighted_median_gap():
     model = Quadratic(1.0)
-    y = torch.randn(201, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y = torch.randn(202, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     e = model.energy(None, y).detach()
-    u = e + torch.linspace(0.0, 1.0, 201, dtype=torch.float64)
+    u = e + torch.linspace(0.0, 1.0, 202, dtype=torch.float64)
     far = u.clone()
     far[:4] = torch.tensor([1e7, math.inf, math.nan, -math.inf], dtype=torch.float64)
-    # the median over the finite gaps (as own_sample_quality's), with 1e7 among them: 198 values, the lower middle
+    # the median over the finite gaps (as own_sample_quality's), with 1e7 among them: 199 values, the middle one
     gaps = (far - e)[torch.isfinite(far)]
-    median = float(gaps.sort().values[98])
+    median = float(gaps.sort().values[99])
     capped = capped_energies(model, y, far, clip=2.0)
     torch.testing.assert_close(capped[4:], u[4:])
     torch.testing.assert_close(capped[:4], e[:4] + median + 2.0)  # a far gap and any non-finite u are capped
     # weights move the median: all weight on the 11 smallest gaps
-    lw = torch.full((201,), -math.inf, dtype=torch.float64)
+    lw = torch.full((202,), -math.inf, dtype=torch.float64)
     lw[4:15] = 0.0
     weighted = capped_energies(model, y, far, clip=0.01, log_weights=lw)
     low_median = float((u - e)[4:15].sort().values[5])

@@ -123,3 +123,23 @@ def test_weighted_mean_ignores_zero_weight_nans():
     assert torch.allclose(W.weighted_mean(values, log_w), torch.tensor([0.25, 0.75], dtype=torch.float64))
     with pytest.raises(ValueError, match="values must have shape"):
         W.weighted_mean(torch.zeros(4), log_w)
+
+
+def test_weighted_quantiles_match_numpy_inverted_cdf_and_follow_the_weights():
+    import numpy as np
+
+    from boltzgen.smc.weights import weighted_quantiles
+
+    values = torch.randn(101, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    levels = (0.05, 0.25, 0.5, 0.75, 0.95)
+    expected = np.quantile(values.numpy(), levels, method="inverted_cdf")
+    np.testing.assert_allclose(weighted_quantiles(values, torch.zeros(101), levels), expected)
+    # all weight on the three largest values (and zero weight, -inf, elsewhere); +inf sorts last
+    log_w = torch.full((101,), -math.inf, dtype=torch.float64)
+    top = values.argsort()[-3:]
+    log_w[top] = 0.0
+    assert weighted_quantiles(values, log_w, (0.5,)) == [float(values[top[1]])]
+    with_inf = torch.cat([values, torch.tensor([math.inf], dtype=torch.float64)])
+    assert weighted_quantiles(with_inf, torch.zeros(102), (1.0,)) == [math.inf]
+    with pytest.raises(ValueError, match="values must have shape"):
+        weighted_quantiles(values[:5], torch.zeros(101), (0.5,))

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .._checks import check_count
-from ..smc.weights import ess, normalized_weights
+from ..smc.weights import ess, normalized_weights, weighted_quantiles
 from .dihedrals import phi_psi
 
 
@@ -200,14 +200,6 @@ class OwnSampleQuality:
         return dict(self.__dict__)
 
 
-def _weighted_quantiles(values: np.ndarray, weights: np.ndarray, levels) -> list[float]:
-    """Quantiles (inverted CDF, no interpolation) of ``values`` (n,) under normalised ``weights`` (n,)."""
-    order = np.argsort(values, kind="stable")
-    ordered, cumulative = values[order], np.cumsum(weights[order])
-    picks = np.searchsorted(cumulative, np.asarray(levels) * cumulative[-1], side="left")
-    return [float(ordered[min(i, len(values) - 1)]) for i in picks]
-
-
 @torch.no_grad()
 def own_sample_quality(model, space, positions, reduced_energies, log_weights=None,
                        chunk_size: int = 2048) -> OwnSampleQuality:
@@ -243,10 +235,10 @@ def own_sample_quality(model, space, positions, reduced_energies, log_weights=No
     if not (finite.numpy() & (w > 0)).any():
         return OwnSampleQuality(int(n), 0.0, {f"{round(100 * q)}%": math.inf for q in levels}, 1.0)
     keep = finite.numpy() & (w > 0)
-    (median,) = _weighted_quantiles(delta.numpy()[keep], w[keep], (0.5,))
+    (median,) = weighted_quantiles(delta[keep], lw[keep], (0.5,))
     # non-finite Delta counts as +inf: on the far side of every quantile
     shifted = torch.where(finite, delta - median, torch.full_like(delta, math.inf)).numpy()
-    quantiles = dict(zip((f"{round(100 * q)}%" for q in levels), _weighted_quantiles(shifted, w, levels)))
+    quantiles = dict(zip((f"{round(100 * q)}%" for q in levels), weighted_quantiles(shifted, lw, levels)))
     importance = torch.where(finite, lw - (delta - median), torch.full_like(delta, -math.inf))
     return OwnSampleQuality(
         n_samples=int(n), one_step_ess_fraction=ess(importance) / n, delta_quantiles_kT=quantiles,

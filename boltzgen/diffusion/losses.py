@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import check_flat
+from ..smc.weights import weighted_quantiles
 
 
 def _check_data(x0) -> torch.Tensor:
@@ -197,18 +198,10 @@ def capped_energies(model, y, energy0, clip: float = 20.0, log_weights=None) -> 
     typical = torch.isfinite(gap) & torch.isfinite(lw)
     if not typical.any():
         raise ValueError("no sample has a finite gap u - E and a finite weight: nothing sets the typical gap")
-    ceiling = _weighted_median(gap[typical], lw[typical]) + clip
+    (median,) = weighted_quantiles(gap[typical], lw[typical], (0.5,))
+    ceiling = median + clip
     target = torch.where(gap > ceiling, e + ceiling, energy0)
     return torch.where(fitted, target, torch.full_like(target, math.nan))
-
-
-def _weighted_median(values: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
-    """The weighted median (inverted CDF) of ``values`` (m,) with weights exp(log_weights) (m,)."""
-    order = torch.argsort(values)
-    w = torch.exp(log_weights[order] - log_weights.max())
-    cumulative = torch.cumsum(w, 0)
-    index = int(torch.searchsorted(cumulative, 0.5 * cumulative[-1]))
-    return values[order][min(index, values.shape[0] - 1)]
 
 
 def own_sample_loss(model, y, energy0) -> torch.Tensor:

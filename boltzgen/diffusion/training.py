@@ -311,8 +311,6 @@ def _draw_pool(state: _State, own_sampler, config: TrainingConfig) -> OwnPool:
     if y.shape[0] != m or energies.shape != (m,) or log_weights.shape != (m,):
         raise ValueError(f"own_sampler must return ({m}, d) samples and ({m},) energies and log-weights (own_pool = "
                          f"{m}), got {tuple(y.shape)}, {tuple(energies.shape)}, {tuple(log_weights.shape)}")
-    if torch.isnan(log_weights).any() or not torch.isfinite(log_weights).any() or (log_weights == math.inf).any():
-        raise ValueError("own_sampler's log-weights must be finite or -inf, with at least one finite value")
     # the far gaps are capped once, against the model that drew the pool: fixed regression targets
     targets = capped_energies(frozen, y, energies, config.own_clip, log_weights)
     usable = torch.isfinite(targets)  # NaN where the model's own energy is not finite: never drawn

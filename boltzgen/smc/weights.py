@@ -205,3 +205,20 @@ def weighted_mean(values, log_w) -> torch.Tensor:
         raise ValueError(f"values must have shape ({w.numel()},) or ({w.numel()}, k), got {tuple(v.shape)}")
     wb = w if v.ndim == 1 else w[:, None]
     return torch.where(wb > 0, wb * v, torch.zeros_like(v)).sum(0)
+
+
+def weighted_quantiles(values, log_w, levels) -> list[float]:
+    """Quantiles (inverted CDF, no interpolation) of ``values`` (n,) under the weights of ``log_w`` (n,).
+
+    ``levels`` are fractions in [0, 1]; values may be +-inf (they sort to the ends). Returns one float
+    per level.
+    """
+    w = normalized_weights(log_w)
+    v = as_tensor(values, "values", dtype=torch.float64).to(w.device).reshape(-1)
+    if v.shape != w.shape:
+        raise ValueError(f"values must have shape ({w.numel()},), one per weight, got {tuple(v.shape)}")
+    order = torch.sort(v, stable=True).indices
+    cumulative = torch.cumsum(w[order], 0)
+    targets = torch.as_tensor(levels, dtype=torch.float64, device=w.device) * cumulative[-1]
+    picks = torch.searchsorted(cumulative, targets, side="left").clamp(max=v.numel() - 1)
+    return [float(x) for x in v[order][picks]]
