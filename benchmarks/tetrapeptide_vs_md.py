@@ -13,11 +13,12 @@ dF(phi_i > 0 vs phi_i < 0). Arms, measured one after the other on the same cores
     --mcmc-rounds rounds; the first half of the snapshots is dropped (rule fixed in advance);
   * the generator (--model, internal coordinates) at the sampler defaults, and without its mixing
     stage; left out, and said so, without --model.
-The reference is the shipped alanine-tetrapeptide.reference.json when there is one, else the biased MD
+--system picks the set-up (alanine-tetrapeptide in vacuum, the default, or alanine-tetrapeptide-implicit).
+The reference is the system's shipped <system>.reference.json when there is one, else the biased MD
 arm itself (its z is then 0 by construction, and the table says so). See benchmarks/_arms.py for the
 cost arithmetic and when a baseline gets no ratio.
 
-Run:  python benchmarks/tetrapeptide_vs_md.py [--quick] [--model FILE] [--runs 4] [--particles 1000]
+Run:  python benchmarks/tetrapeptide_vs_md.py [--quick] [--system NAME] [--model FILE] [--runs 4] [--particles 1000]
       [--biased-runs 4] [--biased-ns 10] [--mcmc-rounds 2000] [--threads 2] [--record FILE]
 --quick: seconds per arm, to check the script (figures meaningless). The last line is one JSON object
 with all figures; --record FILE also appends them as a result record (benchmarks/_record.py).
@@ -44,13 +45,13 @@ from boltzgen.baselines import mcmc_alone
 from boltzgen.coordinates.cartesian import MolecularSpace
 from boltzgen.models import load_model_file
 from boltzgen.pipeline import fast_target, sample_model
+from boltzgen.pipeline.sample import reference_file
 from boltzgen.sampling import MixingSettings, SampleSettings
 
-SYSTEM = "alanine-tetrapeptide"
+SYSTEMS = ("alanine-tetrapeptide", "alanine-tetrapeptide-implicit")
 STATES = ("---", "--+", "-+-", "-++", "+--", "+-+", "++-", "+++")
 RESIDUES = ("phi1_positive", "phi2_positive", "phi3_positive")
 MIN_MASS = 0.01
-REFERENCE_FILE = systems.DEFAULT_SYSTEMS_DIR / SYSTEM / f"{SYSTEM}.reference.json"
 
 
 def state_free_energy(p: float | None, p_se: float | None) -> tuple[float | None, float | None]:
@@ -90,13 +91,14 @@ def figures_of_sets(per_set: list[dict[str, float]]) -> dict:
     return out
 
 
-def reference_figures(biased: dict) -> tuple[dict, str]:
+def reference_figures(system: str, biased: dict) -> tuple[dict, str]:
     """The reference's {state: (P, se)} and {residue: (dF, se)}, and where it comes from."""
-    if REFERENCE_FILE.is_file():
-        ref = json.loads(REFERENCE_FILE.read_text())
+    path = reference_file(system)
+    if path.is_file():
+        ref = json.loads(path.read_text())
         out = {s: (ref["populations"][s]["p"], ref["populations"][s]["err"]) for s in STATES}
         out.update({k: (ref[f"delta_f_{k}_kT"], ref[f"delta_f_{k}_err_kT"]) for k in RESIDUES})
-        return out, ref.get("source", str(REFERENCE_FILE))
+        return out, ref.get("source", str(path))
     return biased, "the biased MD arm itself (no shipped reference yet): its z is 0 by construction"
 
 
@@ -120,7 +122,7 @@ def run_biased_md(args, work: Path) -> tuple[dict, float, int]:
     bias = md.Metadynamics("phi1+phi2+phi3", deposition_ps=args.deposition_ps)
     equilibration_ns = 0.001 if args.quick else 0.1
     dirs, seconds = [], 0.0
-    with systems.load(SYSTEM) as target:
+    with systems.load(args.system) as target:
         for k in range(args.biased_runs):
             out = work / f"biased-{k}"
             start = time.perf_counter()
@@ -135,9 +137,9 @@ def run_biased_md(args, work: Path) -> tuple[dict, float, int]:
 
 def run_mcmc(space, args) -> tuple[dict, float, int]:
     per_set, seconds, evaluations = [], 0.0, 0
-    with systems.load(SYSTEM) as target:
+    with systems.load(args.system) as target:
         fast = fast_target(target, compile=not args.quick)
-        cvs = systems.collective_variables(SYSTEM)
+        cvs = systems.collective_variables(args.system)
         regions = {r.name: r for r in cvs.basins}
         for k in range(args.runs):
             chains = mcmc_alone(space, target, args.particles, args.mcmc_rounds, mixing=MixingSettings(),
@@ -151,7 +153,7 @@ def run_mcmc(space, args) -> tuple[dict, float, int]:
 
 
 def run_generator(model: Path, settings, args, work: Path, label: str) -> tuple[dict, float, dict]:
-    with systems.load(SYSTEM) as target:
+    with systems.load(args.system) as target:
         start = time.perf_counter()
         report = sample_model(target, model, work / label.replace(" ", "-").replace(",", ""), particles=args.particles,
                               runs=args.runs, settings=settings, seed=args.seed, compile=not args.quick)
@@ -162,6 +164,7 @@ def run_generator(model: Path, settings, args, work: Path, label: str) -> tuple[
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny runs that only check the script")
+    parser.add_argument("--system", choices=SYSTEMS, default=SYSTEMS[0], help="vacuum (default) or OBC implicit")
     parser.add_argument("--model", default=None, help="an internal-coordinate model of alanine-tetrapeptide "
                                                       "(without it the generator arms are left out)")
     parser.add_argument("--runs", type=int, default=4)
@@ -184,14 +187,14 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         biased, biased_seconds, biased_steps = run_biased_md(args, work)
-        reference, source = reference_figures(biased)
+        reference, source = reference_figures(args.system, biased)
         state = rarest_state(reference)
         rows = [arm("biased MD", biased, state, reference, biased_seconds, biased_steps, runs=args.biased_runs,
                     ns=args.biased_runs * (args.biased_ns + args.deposition_ps / 1000))]
         if args.model:
             space = load_model_file(args.model).space
         else:
-            with systems.load(SYSTEM) as target:
+            with systems.load(args.system) as target:
                 space = MolecularSpace.fit(torch.as_tensor(np.asarray(target.positions))[None])
         mcmc, seconds, evaluations = run_mcmc(space, args)
         rows.append(arm("MCMC alone", mcmc, state, reference, seconds, evaluations, runs=args.runs,
@@ -217,11 +220,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {r['method']}: " + ", ".join(
             f"dF(phi{i}>0) {_pm(r[f'delta_f_phi{i}_positive_kT'], r[f'delta_f_phi{i}_positive_err_kT'])}"
             for i in (1, 2, 3)))
-    print(json.dumps({"target_se_kT": TARGET_SE_KT, "quick": args.quick, "state": state, "reference": source,
+    print(json.dumps({"system": args.system, "target_se_kT": TARGET_SE_KT, "quick": args.quick, "state": state,
+                      "reference": source,
                       "rows": rows, "ratios": found}))
     if args.record:
         append_record(args.record, "tetrapeptide_vs_md", command_line(__file__, argv),
-                      {"state": state, **record_figures(rows, found)},
+                      {"system": args.system, "state": state, **record_figures(rows, found)},
                       "--quick: checks the script, figures meaningless" if args.quick else "")
 
 

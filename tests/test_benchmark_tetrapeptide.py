@@ -23,23 +23,47 @@ def tiny_model(tmp_path_factory):
     return report.model_path
 
 
-def test_quick_benchmark_runs_every_arm_and_records_them(tmp_path, tiny_model):
+@pytest.mark.parametrize("system", ["alanine-tetrapeptide", "alanine-tetrapeptide-implicit"])
+def test_quick_benchmark_runs_every_arm_and_records_them(tmp_path, tiny_model, system):
     import benchmarks_path  # noqa: F401  (adds benchmarks/ to sys.path)
     from _record import read_records
     from tetrapeptide_vs_md import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        main(["--quick", "--threads", "1", "--model", str(tiny_model), "--record", str(tmp_path / "r.jsonl")])
+        main(["--quick", "--system", system, "--threads", "1", "--model", str(tiny_model),
+              "--record", str(tmp_path / "r.jsonl")])
     lines = out.getvalue().strip().splitlines()
     result = json.loads(lines[-1])
+    assert result["system"] == system
     assert [r["method"] for r in result["rows"]] == ["biased MD", "MCMC alone", "generator", "generator, no mixing"]
     for r in result["rows"]:
         assert sum(r["populations"].values()) == pytest.approx(1.0)  # the eight states tile the torus
     assert all(r["model_evaluations"] > 0 for r in result["rows"][2:])
     (record,) = read_records(tmp_path / "r.jsonl")
     assert record["name"] == "tetrapeptide_vs_md" and record["figures"]["state"] == result["state"]
+    assert record["figures"]["system"] == system
     assert "figures meaningless" in record["note"]
+
+
+@pytest.mark.parametrize("system", ["alanine-tetrapeptide", "alanine-tetrapeptide-implicit"])
+def test_reference_is_the_systems_own(system):
+    """Each set-up is judged against its own shipped reference, else against the biased MD arm."""
+    import benchmarks_path  # noqa: F401
+    from tetrapeptide_vs_md import STATES, reference_figures
+
+    from boltzgen.pipeline.sample import reference_file
+
+    biased = {**{s: (1 / 8, 0.01) for s in STATES}, **{f"phi{i}_positive": (0.0, 0.1) for i in (1, 2, 3)}}
+    reference, source = reference_figures(system, biased)
+    path = reference_file(system)
+    if not path.is_file():
+        assert reference is biased and "biased MD arm" in source
+        return
+    shipped = json.loads(path.read_text())
+    assert source == shipped["source"]
+    assert reference["phi3_positive"] == (shipped["delta_f_phi3_positive_kT"], shipped["delta_f_phi3_positive_err_kT"])
+    assert reference["+++"] == (shipped["populations"]["+++"]["p"], shipped["populations"]["+++"]["err"])
 
 
 def test_state_arithmetic():
