@@ -217,12 +217,25 @@ def test_the_branch_sign_at_the_alpha_carbons_decides_l_or_d(make, monkeypatch):
     assert chirality(torch.from_numpy(x0)[None], alpha_carbon_centers(topology)).tolist() == [[-1.0, -1.0, -1.0]]
 
 
-# ---- the shipped model: boltzgen run end to end -----------------------------------------------------------
-def test_run_samples_with_the_shipped_model_and_reports_every_residue(tmp_path, capsys):
-    """`boltzgen run alanine-tetrapeptide` on tiny settings: every residue's dF, the eight phi-sign states,
+# ---- the shipped models: boltzgen run end to end ----------------------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_each_set_up_ships_a_model_trained_on_its_own_force_field(name):
+    """Vacuum and implicit each sample with a model trained for their own Hamiltonian (no recalibration), and
+    each model has its provenance file next to it."""
+    from boltzgen.models import check_compatible, load_model_file
+
+    path = systems.shipped_model(name)
+    assert path.name == f"{name}.model.pt" and path.with_suffix(".json").is_file()
+    with systems.load(name) as target:
+        assert check_compatible(load_model_file(path), target) is True
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_run_samples_with_the_shipped_model_and_reports_every_residue(tmp_path, capsys, name):
+    """`boltzgen run` of either set-up on tiny settings: every residue's dF, the eight phi-sign states,
     a Ramachandran plot per residue, the SMC diagnostics (figures meaningless at this size)."""
     out = tmp_path / "run"
-    code = main(["run", "alanine-tetrapeptide", "--out", str(out), "--particles", "16", "--runs", "2",
+    code = main(["run", name, "--out", str(out), "--particles", "16", "--runs", "2",
                  "--levels", "6", "--level-moves", "1", "--bridge-moves", "1", "--mixing-moves", "4",
                  "--threads", "1", "--no-compile"])
     text = capsys.readouterr().out
