@@ -18,8 +18,8 @@ The reference is the system's shipped <system>.reference.json when there is one,
 arm itself (its z is then 0 by construction, and the table says so). See benchmarks/_arms.py for the
 cost arithmetic and when a baseline gets no ratio.
 
-Run:  python benchmarks/tetrapeptide_vs_md.py [--quick] [--system NAME] [--model FILE] [--runs 4] [--particles 1000]
-      [--biased-runs 4] [--biased-ns 10] [--mcmc-rounds 2000] [--threads 2] [--record FILE]
+Run:  python benchmarks/tetrapeptide_vs_md.py [--quick] [--system NAME] [--model FILE] [--runs 4]
+      [--particles 1000] [--biased-runs 4] [--biased-ns 10] [--mcmc-rounds 2000] [--threads 2] [--record FILE]
 --quick: seconds per arm, to check the script (figures meaningless). The last line is one JSON object
 with all figures; --record FILE also appends them as a result record (benchmarks/_record.py).
 """
