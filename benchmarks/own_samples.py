@@ -4,7 +4,9 @@ Held-out MD frames show how well a model fits where the data are; SMC's bridge m
 where *it* puts mass. This runs the model's levels alone with the sampler's defaults
 (:func:`boltzgen.sampling.model_samples`, no force field inside) and scores the weighted particles
 (:func:`boltzgen.analysis.model_quality.own_sample_quality`): the one-step bridge ESS of a run, the spread of u - E and the share of samples the force field rates more than 20 kT worse
-than typical. Each figure is the mean over ``--seeds`` with its standard error over them, and the
+than typical, and the model's own population of every declared state (e.g. P(phi_i > 0)), beside the
+shipped reference's where there is one: SMC lowers a basin's mass that the model overstates, but it
+finds few lineages for one that the model starves. Each figure is the mean over ``--seeds`` with its standard error over them, and the
 one-step ESS of every seed is printed too: the ESS of heavy-tailed weights jumps between seeds (for
 one tetrapeptide model seeds 1-3 gave 0.042 +- 0.002 and four other seeds 0.017 +- 0.005), so a
 few seeds understate its spread; the default is six.
@@ -25,7 +27,9 @@ from _record import append_record, command_line
 
 from boltzgen import systems
 from boltzgen.analysis.model_quality import own_sample_quality
+from boltzgen.analysis.runs import state_populations
 from boltzgen.models import load_model_file
+from boltzgen.pipeline.sample import shipped_reference
 from boltzgen.sampling import model_samples
 
 
@@ -40,12 +44,14 @@ def measure(system: str, model: str | None, samples: int, seeds: list[int]) -> d
     model_path = systems.resolve_model(model, fallbacks=(system,))
     loaded = load_model_file(model_path)
     start = time.perf_counter()
-    per_seed = []
+    per_seed, populations = [], []
+    cvs = systems.collective_variables(system)
     with systems.load(system) as target:
         for seed in seeds:
             drawn = model_samples(loaded, target.topology, samples, seed=seed)
             per_seed.append(own_sample_quality(loaded.model, loaded.space, drawn.positions,
                                                target.reduced_energy(drawn.positions), drawn.log_weights))
+            populations.append(state_populations(drawn.positions, target.topology, cvs, drawn.log_weights))
     figures = {"system": system, "model": str(model_path), "samples_per_seed": samples, "seeds": len(seeds)}
     series = {"one_step_ess_fraction": [q.one_step_ess_fraction for q in per_seed],
               "far_fraction": [q.far_fraction for q in per_seed],
@@ -53,6 +59,13 @@ def measure(system: str, model: str | None, samples: int, seeds: list[int]) -> d
     for key, values in series.items():
         figures[key], figures[f"{key}_err"] = mean_and_error(values)
     figures["one_step_ess_per_seed"] = ", ".join(f"{v:.4f}" for v in series["one_step_ess_fraction"])
+    reference = shipped_reference(system) or {}
+    for fe in cvs.free_energies:
+        values = [p[fe.key] for p in populations]
+        figures[f"own_p_{fe.key}"], figures[f"own_p_{fe.key}_err"] = mean_and_error(values)
+        figures[f"own_p_{fe.key}_per_seed"] = ", ".join(f"{v:.4f}" for v in values)
+        if f"p_{fe.key}" in reference:
+            figures[f"reference_p_{fe.key}"] = reference[f"p_{fe.key}"]
     figures["seconds"] = time.perf_counter() - start
     return figures
 

@@ -906,7 +906,8 @@ def _train(args) -> int:
     target = systems.load(args.system, **_temperature(args))
     try:
         report = train_model(target, args.data, model_path, settings, holdout_dirs=args.holdout,
-                             baseline=args.baseline, device=args.device, progress=True, init=init)
+                             baseline=args.baseline, device=args.device, progress=True, init=init,
+                             cvs=systems.collective_variables(args.system))
     except KeyboardInterrupt:
         print(f"interrupted; run the same command again to resume from {output_paths(model_path)['checkpoint']}",
               file=sys.stderr)
@@ -951,6 +952,10 @@ def format_train_report(report) -> str:
         lines.append(f"  the model's own {own.n_samples} samples at t_min (the sampler's levels): one-step bridge ESS "
                      f"{own.one_step_ess_fraction:.3f}; u-E about its median: 25-75 % {spread['25%']:+.1f}..."
                      f"{spread['75%']:+.1f} kT, {own.far_fraction:.1%} over +20 kT (mass the force field rejects)")
+    if report.own_populations:
+        lines.append("  where those samples put their mass: " + ", ".join(
+            f"P({key}) {p:.3f}" for key, p in report.own_populations.items())
+            + " (SMC lowers what the model overstates; a state it starves gets few lineages)")
     lines.append(f"  model energy+gradient: {report.energy_ms_per_1000:.1f} ms per 1,000 particles")
     lines.append(f"model: {report.model_path}  DSM snapshot: {report.dsm_model_path}  report: {report.report_path}")
     return "\n".join(lines)

@@ -21,6 +21,11 @@ def test_figures_are_means_over_seeds_with_their_errors_and_are_recorded(tmp_pat
     assert statistics.fmean(per_seed) == pytest.approx(figures["one_step_ess_fraction"], abs=1e-4)
     assert 0 < figures["one_step_ess_fraction"] <= 1 and 0 <= figures["far_fraction"] <= 1
     assert figures["one_step_ess_fraction_err"] is not None and figures["delta_iqr_kT"] >= 0
+    # the model's own population of the declared state, per seed and averaged, beside the shipped reference's
+    own = [float(v) for v in printed["own_p_phi_positive_per_seed"].split(", ")]
+    assert len(own) == 2 and all(0 <= p <= 1 for p in own)
+    assert statistics.fmean(own) == pytest.approx(figures["own_p_phi_positive"], abs=1e-4)
+    assert 0 < figures["reference_p_phi_positive"] < 0.1
     (record,) = read_records(tmp_path / "r.jsonl")
     assert record["name"] == "own_samples" and record["figures"]["seeds"] == 2
     assert "--record" not in record["command"]

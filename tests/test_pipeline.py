@@ -44,6 +44,22 @@ def test_train_model_writes_model_files_and_a_report(tmp_path, md_run):
     own = report.own_sample_quality  # the reverse direction: the final model's own samples, scored
     assert own.n_samples == 24 and 0 < own.one_step_ess_fraction <= 1 and 0 <= own.far_fraction <= 1
     assert saved["own_sample_quality"]["one_step_ess_fraction"] == pytest.approx(own.one_step_ess_fraction)
+    assert report.own_populations is None and saved["own_populations"] is None  # no declaration given
+
+
+def test_train_model_reports_where_its_own_samples_put_their_mass(tmp_path, md_run):
+    from boltzgen.analysis.runs import state_populations
+    from boltzgen.sampling import model_samples
+
+    cvs = systems.collective_variables("alanine-dipeptide")
+    with systems.load("alanine-dipeptide") as target:
+        report = train_model(target, [md_run], tmp_path / "m.pt", TINY, cvs=cvs)
+        # the same own samples (same seed), reduced by hand
+        drawn = model_samples(load_model_file(report.model_path), target.topology, TINY.own_samples, seed=TINY.seed)
+        expected = state_populations(drawn.positions, target.topology, cvs, drawn.log_weights)
+    assert set(report.own_populations) == {fe.key for fe in cvs.free_energies}
+    assert report.own_populations == pytest.approx(expected)
+    assert json.loads(report.report_path.read_text())["own_populations"] == pytest.approx(expected)
 
 
 def test_cli_train_prints_the_quality_table(tmp_path, md_run, capsys):
@@ -54,6 +70,7 @@ def test_cli_train_prints_the_quality_table(tmp_path, md_run, capsys):
     assert code == 0
     assert "std(u-E) kT" in out and "DSM + DiffCLF" in out and "ms per 1,000 particles" in out
     assert "own 16 samples at t_min" in out and "one-step bridge ESS" in out
+    assert "where those samples put their mass: P(phi_positive)" in out
     # --out is a folder: the model files go inside it
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model-dsm.pt", "model.ckpt", "model.json",
                                                                    "model.pt"]

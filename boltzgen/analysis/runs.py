@@ -125,6 +125,31 @@ def cv_values(x, topology, cvs: MoleculeCVs) -> dict[str, np.ndarray]:
     return {name: values[:, k] for k, name in enumerate(cvs.names)}
 
 
+def state_populations(x, topology, cvs: MoleculeCVs, log_weights=None) -> dict[str, float]:
+    """The weighted population of the state of every free energy ``cvs`` declares, for one set of samples.
+
+    For a model's own samples (:func:`boltzgen.sampling.model_samples`) this is where the model puts
+    its mass, to set beside the reference's populations: SMC can lower a basin's mass that a
+    proposal overstates, but it cannot find lineages for a basin that the proposal starves.
+
+    Args:
+        x: (n, n_atoms, 3) positions in nm.
+        topology: the molecule's topology (mdtraj or OpenMM).
+        cvs: the molecule's declaration (e.g. :func:`boltzgen.systems.collective_variables`).
+        log_weights: (n,) log-weights of the samples (any offset), or None for equal weights.
+
+    Returns:
+        {free-energy key: P(state)}, e.g. {"phi1_positive": 0.37, ...}; empty when none is declared.
+    """
+    n = int(np.shape(x)[0])
+    lw = np.zeros(n) if log_weights is None else np.asarray(log_weights, dtype=np.float64).reshape(-1)
+    if lw.shape != (n,):
+        raise ValueError(f"log_weights must have shape ({n},), one per sample, got {lw.shape}")
+    run = WeightedRun("samples", lw, cv_values=cv_values(x, topology, cvs), cvs=cvs, kind="samples")
+    figures = _unit_figures(run, cvs, {})
+    return {fe.key: figures[f"p_{fe.key}"] for fe in cvs.free_energies}
+
+
 def _run_cvs(system: str | None, given: MoleculeCVs | None, topology, path) -> tuple[MoleculeCVs, str | None]:
     """The declaration to use for a run: ``given``, else that of the recorded system; with a note when none."""
     from .. import systems

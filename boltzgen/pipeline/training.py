@@ -17,6 +17,7 @@ import torch
 
 from .._checks import as_device, check_count
 from ..analysis.model_quality import ModelQuality, OwnSampleQuality, model_quality, own_sample_quality
+from ..analysis.runs import state_populations
 from ..coordinates.cartesian import MolecularSpace
 from ..diffusion.calibration import calibrate
 from ..diffusion.networks import MolecularEnergy
@@ -185,6 +186,9 @@ class TrainReport:
             1,000 particles (one call, after warm-up).
         own_sample_quality: the final model's own samples against the force field (None when
             ``settings.own_samples`` is 0).
+        own_populations: {free-energy key: P(state)} of the same own samples for every state the
+            molecule declares (:func:`boltzgen.analysis.runs.state_populations`), or None (no own
+            samples, or no declaration given).
     """
 
     model_path: Path
@@ -202,6 +206,7 @@ class TrainReport:
     settings: TrainSettings = field(repr=False)
     uncalibrated_quality: ModelQuality | None = None
     own_sample_quality: OwnSampleQuality | None = None
+    own_populations: dict | None = None
 
 
 def output_paths(out) -> dict:
@@ -309,7 +314,7 @@ def _energy_ms_per_1000(model, space, positions) -> float:
 
 def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(), *, holdout_dirs=None,
                 baseline: bool = False, device: str | torch.device | None = None,
-                progress: bool = False, init=None) -> TrainReport:
+                progress: bool = False, init=None, cvs=None) -> TrainReport:
     """Train a molecular diffusion EBM (DSM, then DSM + DiffCLF) on MD frames of ``target``.
 
     Resumable: the checkpoint next to ``out`` is continued when the same call is made again.
@@ -331,6 +336,9 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
             model on implicit-solvent frames): its network, schedule and coordinate space are kept,
             so ``settings`` must agree with them (ValueError otherwise); the baseline starts from
             it too.
+        cvs: the molecule's declared collective variables (:func:`boltzgen.systems.collective_variables`):
+            the report then gives where the model's own samples put their mass among the declared
+            states (``own_populations``); None: not reported.
     """
     start = time.perf_counter()
     device = as_device(device)
@@ -403,16 +411,18 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
         save_model_file(paths["baseline_model"], base_result.model, space,
                         {**meta, "phase": "dsm-baseline", "steps": base_result.step})
         baseline_quality = evaluate(base_result.model)
-    own = None
+    own, own_populations = None, None
     if settings.own_samples:  # the reverse direction: where the model puts mass (the sampler's default levels)
         saved = load_model_file(paths["model"], device=device)
         drawn = model_samples(saved, target.topology, settings.own_samples, seed=settings.seed)
         own = own_sample_quality(saved.model, saved.space, drawn.positions, target.reduced_energy(drawn.positions),
                                  drawn.log_weights)
+        if cvs is not None and cvs.free_energies:
+            own_populations = state_populations(drawn.positions, target.topology, cvs, drawn.log_weights)
     report = TrainReport(paths["model"], paths["dsm_model"], paths["checkpoint"], paths["report"], quality,
                          dsm_quality, baseline_quality, len(train_frames.positions), len(held.positions), holdout,
                          time.perf_counter() - start, _energy_ms_per_1000(final, space, held.positions),
-                         settings, uncalibrated_quality, own)
+                         settings, uncalibrated_quality, own, own_populations)
     _write_report(report)
     return report
 
@@ -426,6 +436,7 @@ def _write_report(report: TrainReport) -> None:
             "uncalibrated_quality": None if report.uncalibrated_quality is None
             else report.uncalibrated_quality.as_dict(),
             "own_sample_quality": None if report.own_sample_quality is None else report.own_sample_quality.as_dict(),
+            "own_populations": report.own_populations,
             "settings": asdict(report.settings)}
     tmp = report.report_path.with_name(report.report_path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
