@@ -381,7 +381,7 @@ TRAINING_FLAGS = {"dsm_steps": ("dsm_steps",), "clf_steps": ("clf_steps",), "hid
                   "network_blocks": ("n_blocks",), "coordinates": ("coordinates",), "weighting": ("weighting",),
                   "tsm_weight": ("tsm_weight",), "energy_weight": ("energy_weight",), "seed": ("seed",),
                   "regression_frames": ("regression_frames",), "calibration_harmonics": ("calibration_harmonics",),
-                  "learning_rate": ("learning_rate",), "own_samples": ("own_samples",),
+                  "calibration_samples": ("calibration_samples",), "learning_rate": ("learning_rate",), "own_samples": ("own_samples",),
                   "own_weight": ("own_weight",), "own_every": ("own_every",), "own_pool": ("own_pool",)}
 #: The config sections and the commands that read them (a shared file's key for another command is named).
 SECTION_COMMANDS = {"sampling": "sample, run and free-energy", "switching": "free-energy", "training": "train"}
@@ -852,6 +852,11 @@ def add_train_command(sub) -> None:
                         "fitted by maximum likelihood on the training frames (with their Boltzmann weights), fixing "
                         f"the masses of basins the scores cannot see (0: off; default {d.calibration_harmonics}); "
                         "with --init and no steps it calibrates an existing model on --data")
+    p.add_argument("--calibration-samples", type=int, default=None, metavar="N",
+                   help="estimate the calibration's normaliser on N of the model's own samples at t_min (the "
+                        "sampler's levels, two rounds) instead of the training frames, so mass the model puts where "
+                        "no frame is counts too and its own dihedral marginals match the data's (0: on the frames; "
+                        f"default {d.calibration_samples}; needs --calibration-harmonics)")
     p.add_argument("--own-samples", type=int, default=None, metavar="N",
                    help="after training, score N of the model's own samples (the sampler's levels) against the force "
                         "field: the one-step bridge ESS a run will see, and the share of samples it rates 20 kT "

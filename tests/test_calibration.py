@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from boltzgen.diffusion.calibration import DihedralCalibration, calibrate, fit_dihedral_calibration
+from boltzgen.diffusion.calibration import (DihedralCalibration, calibrate, calibrate_on_samples,
+                                            fit_dihedral_calibration, fit_dihedral_calibration_on_samples)
 from boltzgen.diffusion.internal import InternalEnergy
 from boltzgen.diffusion.networks import model_from_config
 from boltzgen.diffusion.schedule import LogSNRSchedule
@@ -130,3 +131,72 @@ def test_bad_inputs_name_the_argument():
         model.with_calibration(DihedralCalibration(5, 2))
     with pytest.raises(TypeError, match="internal-coordinate"):
         calibrate(object(), phi, torch.zeros(10), 2)
+
+
+def test_the_fit_on_the_models_own_samples_matches_their_tilted_moments_to_the_datas():
+    # the optimum of E_p[c] + log E_q[exp(-c)] is moment matching between the frames and the model's own
+    # samples reweighted by exp(-c); the two sets need not share a single point
+    g = torch.Generator().manual_seed(5)
+    phi, own = uniform_dihedrals(2000, 2, seed=6), uniform_dihedrals(3000, 2, seed=7)
+    weights = torch.exp(1.5 * torch.cos(phi[:, 0]) - (phi[:, 1] > 0).double())
+    own_log_weights = 0.3 * torch.randn(3000, generator=g, dtype=torch.float64)
+    fitted = fit_dihedral_calibration_on_samples(phi, weights, own, own_log_weights, 3, ridge=0.0).double()
+
+    def moments(angles, log_w):
+        cos, sin = fitted.features(angles)
+        w = torch.softmax(log_w, 0)
+        return w @ torch.cat([cos.reshape(len(angles), -1), sin.reshape(len(angles), -1)], 1)
+
+    tilted = moments(own, own_log_weights - fitted(own, torch.zeros(3000)))
+    assert torch.allclose(tilted, moments(phi, torch.log(weights)), atol=1e-6)
+
+
+def test_the_fit_on_samples_recovers_a_known_tilt_when_both_sides_share_their_points():
+    truth = known_calibration()
+    phi = uniform_dihedrals(4000, 3)
+    offsets = truth(phi, torch.zeros(4000))
+    own_log_weights = torch.randn(4000, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    weights = torch.exp(own_log_weights - offsets)  # p = q exp(-c_true), up to a constant
+    fitted = fit_dihedral_calibration_on_samples(phi, weights, phi, own_log_weights, 2, ridge=0.0)
+    assert torch.allclose(fitted.cos_coefficients.double(), truth.cos_coefficients, atol=1e-4)
+    assert torch.allclose(fitted.sin_coefficients.double(), truth.sin_coefficients, atol=1e-4)
+
+
+def test_calibrate_on_samples_reads_a_calibrated_models_draws_as_the_bare_models():
+    # draw() weighs fixed points by the current model's exp(-E(t_min)): every round must land on the
+    # same tilt, which only holds if the current calibration is divided out of the draws
+    model, z = model_with_base()
+    t_min = float(model.schedule.t_min)
+    truth = known_calibration()
+    log_p = -(model.energy(t_min, z).detach() + truth(z[:, 4:], torch.zeros(500)))
+    rounds_seen = []
+
+    def draw(current):
+        rounds_seen.append(current.calibration is not None)
+        return z, -current.energy(t_min, z).detach()
+
+    weights = torch.exp(log_p - log_p.max())
+    calibrated = calibrate_on_samples(model, z, draw, 2, weights=weights, rounds=3)
+    assert rounds_seen == [False, True, True]
+    # every round is the one fit on the bare model's own weights
+    direct = fit_dihedral_calibration_on_samples(z[:, 4:], weights, z[:, 4:], -model.energy(t_min, z).detach(), 2)
+    assert torch.allclose(calibrated.calibration.cos_coefficients, direct.cos_coefficients, atol=1e-5)
+    assert torch.allclose(calibrated.calibration.sin_coefficients, direct.sin_coefficients, atol=1e-5)
+    # and that fit finds the tilt (the frames' weights have an ESS of ~18 of 500, so the default ridge
+    # shrinks the coefficients by ~1 %)
+    assert torch.allclose(direct.cos_coefficients.double(), truth.cos_coefficients, atol=0.03)
+    assert torch.allclose(direct.sin_coefficients.double(), truth.sin_coefficients, atol=0.03)
+    assert model.calibration is None  # the input is unchanged
+
+
+def test_bad_inputs_to_the_fit_on_samples_name_the_argument():
+    phi = uniform_dihedrals(10, 2)
+    with pytest.raises(ValueError, match="sample_phi"):
+        fit_dihedral_calibration_on_samples(phi, None, uniform_dihedrals(5, 3), torch.zeros(5), 2)
+    with pytest.raises(ValueError, match="sample_log_weights"):
+        fit_dihedral_calibration_on_samples(phi, None, phi, torch.full((10,), -math.inf), 2)
+    with pytest.raises(ValueError, match="weights"):
+        fit_dihedral_calibration_on_samples(phi, -torch.ones(10), phi, torch.zeros(10), 2)
+    model, z = model_with_base()
+    with pytest.raises(ValueError, match="rounds"):
+        calibrate_on_samples(model, z, lambda m: (z, torch.zeros(500)), 2, rounds=0)

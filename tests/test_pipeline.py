@@ -143,6 +143,29 @@ def test_calibration_after_training_is_saved_reported_and_refuses_cartesian(tmp_
         TrainSettings(calibration_harmonics=-1)
 
 
+def test_calibration_on_the_models_own_samples_uses_its_draws(tmp_path, md_run, monkeypatch):
+    """--calibration-samples N: the normaliser comes from N own samples per round, each round a fresh seed."""
+    import boltzgen.pipeline.training as training
+
+    seeds, real = [], training.model_samples
+
+    def counted(model_file, topology, n, *args, seed=0, **kwargs):
+        seeds.append((n, seed))
+        return real(model_file, topology, n, *args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(training, "model_samples", counted)
+    settings = replace(TINY, calibration_harmonics=2, calibration_samples=20, own_samples=0)
+    with systems.load("alanine-dipeptide") as target:
+        report = train_model(target, [md_run], tmp_path / "m.pt", settings)
+    assert [n for n, _ in seeds] == [20, 20] and len({s for _, s in seeds}) == 2  # two rounds, two seeds
+    loaded = load_model_file(report.model_path)
+    assert loaded.model.calibration is not None and loaded.model.calibration.cos_coefficients.abs().sum() > 0
+    with pytest.raises(ValueError, match="calibration_samples > 0 needs calibration_harmonics"):
+        TrainSettings(calibration_samples=100)
+    with pytest.raises(ValueError, match="calibration_samples"):
+        TrainSettings(calibration_harmonics=2, calibration_samples=-1)
+
+
 def test_init_fine_tunes_the_given_model_on_another_force_field(tmp_path, md_run):
     """--init starts from the model's weights (step 0 of the fine-tune is that model) and keeps its space."""
     with systems.load("alanine-dipeptide") as target:

@@ -7,6 +7,7 @@ with its quality report on held-out frames.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -19,7 +20,7 @@ from .._checks import as_device, check_count
 from ..analysis.model_quality import ModelQuality, OwnSampleQuality, model_quality, own_sample_quality
 from ..analysis.runs import state_populations
 from ..coordinates.cartesian import MolecularSpace
-from ..diffusion.calibration import calibrate
+from ..diffusion.calibration import calibrate, calibrate_on_samples
 from ..diffusion.networks import MolecularEnergy
 from ..diffusion.schedule import LogSNRSchedule
 from ..diffusion.training import TrainingConfig, train
@@ -66,6 +67,11 @@ class TrainSettings:
             the model on the training frames with their Boltzmann weights, which fixes the basins'
             offsets); 0: none (an --init model keeps any calibration it carries, fixed during
             training; K > 0 refits it from scratch). Internal coordinates only.
+        calibration_samples: 0 (default): the calibration's normaliser is estimated on the training
+            frames, which cannot see mass the model puts where no frame is; N > 0: on N of the
+            model's own samples at t_min (the sampler's levels), in two rounds
+            (:func:`boltzgen.diffusion.calibration.calibrate_on_samples`), so the tilted model's own
+            dihedral marginals, all of its mass, match the data's. Needs calibration_harmonics > 0.
         coordinates: "internal" (bonds, angles and dihedrals from the bond graph; the model keeps
             chirality) or "cartesian" (centre-free positions, pair-distance network; mirror images
             are folded onto L).
@@ -103,6 +109,7 @@ class TrainSettings:
     seed: int = 0
     coordinates: str = "internal"
     calibration_harmonics: int = 0
+    calibration_samples: int = 0
     own_samples: int = 1000
     own_weight: float = 0.0
     own_every: int = 500
@@ -110,6 +117,10 @@ class TrainSettings:
 
     def __post_init__(self):
         check_count(self.own_samples, "own_samples", minimum=0)
+        check_count(self.calibration_samples, "calibration_samples", minimum=0)
+        if self.calibration_samples and not self.calibration_harmonics:
+            raise ValueError("calibration_samples > 0 needs calibration_harmonics > 0 (it sets how the tilt's "
+                             "normaliser is estimated)")
         if not (isinstance(self.calibration_harmonics, int) and self.calibration_harmonics >= 0):
             raise ValueError(f"calibration_harmonics must be an integer >= 0, got {self.calibration_harmonics!r}")
         if self.calibration_harmonics and self.coordinates != "internal":
@@ -303,6 +314,19 @@ def own_sampler(target, space):
     return draw
 
 
+def _calibration_draw(target, space, n: int, seed: int):
+    """``draw(model) -> (particles (n, d), log_weights (n,))``: the model's own weighted samples at t_min (the
+    sampler's default levels, a fresh seed per round) in the space's coordinates, for
+    :func:`boltzgen.diffusion.calibration.calibrate_on_samples`."""
+    rounds = itertools.count()
+
+    def draw(model):
+        drawn = model_samples(ModelFile(model, space, {}), target.topology, n, seed=seed + 7919 * next(rounds))
+        return torch.as_tensor(drawn.particles), torch.as_tensor(drawn.log_weights)
+
+    return draw
+
+
 def _energy_ms_per_1000(model, space, positions) -> float:
     y = space.to_flat(torch.as_tensor(positions[:1000])).to(model.data_mean)
     y = y.repeat((1000 + len(y) - 1) // len(y), 1)[:1000]
@@ -392,7 +416,11 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
     if settings.calibration_harmonics:
         # the tilt is fitted to the Boltzmann distribution the frames represent, whatever the model learned
         boltzmann = np.exp(train_frames.log_weights - np.max(train_frames.log_weights))
-        final = calibrate(result.model, y, frame_energies, settings.calibration_harmonics, boltzmann)
+        if settings.calibration_samples:
+            draw = _calibration_draw(target, space, settings.calibration_samples, settings.seed)
+            final = calibrate_on_samples(result.model, y, draw, settings.calibration_harmonics, boltzmann)
+        else:
+            final = calibrate(result.model, y, frame_energies, settings.calibration_harmonics, boltzmann)
         uncalibrated_quality = evaluate(result.model)
     save_model_file(paths["model"], final, space, {**meta, "phase": "dsm+diffclf", "steps": result.step})
     if not paths["dsm_model"].exists():  # clf_steps = 0: the final model is the DSM model
