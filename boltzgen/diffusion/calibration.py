@@ -11,7 +11,11 @@ basin (biased MD with its weights), and ideally frames the network never saw:
 
 with c the maximum-likelihood tilt: it minimises KL(p || p_theta e^{-c}), a convex problem in the
 coefficients whose data are the residuals u_y - E_theta(t_min) (u_y: the force field in the model's
-coordinates, log-Jacobian included); see :func:`fit_dihedral_calibration`.
+coordinates, log-Jacobian included); see :func:`fit_dihedral_calibration`. That estimates the model's
+normaliser on the frames, which cannot see mass the model puts where no frame is (a peptide model
+can put most of its own mass in a basin the data rarely visit); :func:`calibrate_on_samples` takes
+it on the model's own samples instead (:func:`fit_dihedral_calibration_on_samples`), so the tilted
+model's own dihedral marginals match the data's.
 The calibrated model is E_theta(t, z) + c_t(phi_t), where c_t damps harmonic k by
 exp(-k^2 s_t^2 / 2), s_t the dihedrals' noise at level t: c convolved with the wrapped-normal
 noising kernel. That is an approximation of the noised tilt (exact for small c only where the
