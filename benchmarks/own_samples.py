@@ -3,13 +3,14 @@
 Held-out MD frames show how well a model fits where the data are; SMC's bridge meets the model
 where *it* puts mass. This runs the model's levels alone with the sampler's defaults
 (:func:`boltzgen.sampling.model_samples`, no force field inside) and scores the weighted particles
-(:func:`boltzgen.analysis.model_quality.own_sample_quality`): the one-step bridge ESS of a run, the spread of u - E and the share of samples the force field rates more than 20 kT worse
-than typical, and the model's own population of every declared state (e.g. P(phi_i > 0)), beside the
-shipped reference's where there is one: SMC lowers a basin's mass that the model overstates, but it
-finds few lineages for one that the model starves. Each figure is the mean over ``--seeds`` with its standard error over them, and the
-one-step ESS of every seed is printed too: the ESS of heavy-tailed weights jumps between seeds (for
-one tetrapeptide model seeds 1-3 gave 0.042 +- 0.002 and four other seeds 0.017 +- 0.005), so a
-few seeds understate its spread; the default is six.
+(:func:`boltzgen.analysis.model_quality.own_sample_quality`): the one-step bridge ESS of a run, the
+spread of u - E, the share of samples the force field rates more than 20 kT worse than typical, and
+the model's own population of every declared state (e.g. P(phi_i > 0)) beside the shipped
+reference's where there is one: SMC lowers a basin's mass that the model overstates, but it finds
+few lineages for one that the model starves. Each figure is the mean over ``--seeds`` with its
+standard error over them, and the one-step ESS of every seed is printed too: the ESS of heavy-tailed
+weights jumps between seeds (for one tetrapeptide model seeds 1-3 gave 0.042 +- 0.002 and four other
+seeds 0.017 +- 0.005), so a few seeds understate its spread; the default is six.
 
 Run:  python benchmarks/own_samples.py SYSTEM [--model MODEL] [--samples 1000] [--seeds 1 2 3 4 5 6]
           [--threads 1] [--record FILE] [--name own_samples] [--note TEXT]

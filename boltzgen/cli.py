@@ -381,7 +381,8 @@ TRAINING_FLAGS = {"dsm_steps": ("dsm_steps",), "clf_steps": ("clf_steps",), "hid
                   "network_blocks": ("n_blocks",), "coordinates": ("coordinates",), "weighting": ("weighting",),
                   "tsm_weight": ("tsm_weight",), "energy_weight": ("energy_weight",), "seed": ("seed",),
                   "regression_frames": ("regression_frames",), "calibration_harmonics": ("calibration_harmonics",),
-                  "calibration_samples": ("calibration_samples",), "learning_rate": ("learning_rate",), "own_samples": ("own_samples",),
+                  "calibration_samples": ("calibration_samples",), "learning_rate": ("learning_rate",),
+                  "own_samples": ("own_samples",),
                   "own_weight": ("own_weight",), "own_every": ("own_every",), "own_pool": ("own_pool",)}
 #: The config sections and the commands that read them (a shared file's key for another command is named).
 SECTION_COMMANDS = {"sampling": "sample, run and free-energy", "switching": "free-energy", "training": "train"}

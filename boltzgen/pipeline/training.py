@@ -390,8 +390,10 @@ def train_model(target, data_dirs, out, settings: TrainSettings = TrainSettings(
     space, y, model = start_model()
     model = model.to(device)
     log_weights = train_frames.log_weights if settings.weighting == "boltzmann" else None
+    # the force field on every training frame: for TSM, energy matching, or the frames' calibration residuals
+    frame_calibration = settings.calibration_harmonics and not settings.calibration_samples
     frame_energies, scores = _scores(target, space, train_frames.positions) \
-        if settings.tsm_weight > 0 or settings.energy_weight > 0 or settings.calibration_harmonics else (None, None)
+        if settings.tsm_weight > 0 or settings.energy_weight > 0 or frame_calibration else (None, None)
     energies = frame_energies if settings.energy_weight > 0 else None
     scores = scores if settings.tsm_weight > 0 else None  # computed with the energies, used by TSM only
     chirality = CHIRALITY_FOLD if settings.coordinates == "cartesian" else CHIRALITY_KEPT
