@@ -376,7 +376,8 @@ def _check_device(device: str, label: str = "--device") -> None:
 SAMPLING_FLAGS = {"levels": ("n_levels",), "level_moves": ("level_moves",), "level_torsions": ("level_torsions",),
                   "bridge_moves": ("bridge", "moves"), "bridge_torsions": ("bridge", "torsions"),
                   "mixing_moves": ("mixing", "moves"), "torsion_moves": ("mixing", "torsions", "moves"),
-                  "torsion_reflect": ("mixing", "torsions", "reflect"), "memory_budget": ("memory_budget",)}
+                  "torsion_reflect": ("mixing", "torsions", "reflect"), "memory_budget": ("memory_budget",),
+                  "tilt": ("tilt",)}
 TRAINING_FLAGS = {"dsm_steps": ("dsm_steps",), "clf_steps": ("clf_steps",), "hidden": ("hidden",),
                   "network_blocks": ("n_blocks",), "coordinates": ("coordinates",), "weighting": ("weighting",),
                   "tsm_weight": ("tsm_weight",), "energy_weight": ("energy_weight",), "seed": ("seed",),
@@ -523,6 +524,10 @@ def _add_sampling_options(p, particles: int, runs: int, run_range: bool = True) 
     p.add_argument("--memory-budget", type=_memory_size, default=None, metavar="SIZE",
                    help="memory one evaluation chunk may use, e.g. 8G or 500M: each run measures its peak per "
                         f"particle and evaluates budget/peak particles at a time (default: {d.chunk_size} particles)")
+    p.add_argument("--tilt", type=float, default=None, metavar="FRACTION",
+                   help="move this fraction of the model's dihedral calibration into the target: the run samples a "
+                        "broader target and corrects its weights exactly at the end, so rare basins keep lineages "
+                        f"(0 to 1; needs a calibrated internal-coordinate model; default {d.tilt})")
     _option(p, "--seed", type=int, default=0, help="random seed of the runs (default 0)")
     _option(p, "--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     _option(p, "--threads", type=int, default=2, help="torch threads (default 2)")
@@ -565,6 +570,8 @@ def _sample_settings(args, base):
             check_count(getattr(args, flag), "--" + flag.replace("_", "-"), minimum=0)
     if args.torsion_reflect is not None:
         check_probability(args.torsion_reflect, "--torsion-reflect")
+    if args.tilt is not None:
+        check_probability(args.tilt, "--tilt")
     return _apply_flags(base, args, SAMPLING_FLAGS)
 
 
@@ -637,6 +644,8 @@ def format_sample_summary(summary: dict) -> str:
               f"  final ESS fraction      {summary['ess_fraction']:.3f}   one-step bridge ESS {summary['bridge_ess_fraction']:.4f}"
               f"   ESS at the model's last level {summary['levels_ess_fraction']:.3f}",
               f"  lineages from t = 1     {', '.join(str(n) for n in summary['lineages'])} (of {summary['n_particles_per_run']})",
+              *([f"  tilt                    {tilt:g} of the calibration moved into the target; ESS after its "
+                 f"correction {summary['tilt_ess_fraction']:.3f}"] if (tilt := summary['settings'].get('tilt', 0.0)) else []),
               f"  mixing at the force field  {summary['settings']['mixing']['moves']} MALA moves per particle, "
               f"torsion acceptance {summary['torsion_acceptance']:.3f}",
               f"  evaluations             target {summary['target_evaluations']:,}   model {summary['model_evaluations']:,}",

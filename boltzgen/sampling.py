@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -41,6 +41,8 @@ from .smc.energy import CountedEnergy
 from .smc.engine import Checkpoint, as_generator, empty_state, run
 from .smc.kernels import Sequence
 from .smc.stages import Mixing, PathStage
+from .smc.weights import ess_fraction, log_mean_exp
+from .tilt import split_calibration, tilted_energy, untilt
 
 
 def _fraction(value, name: str, low_open: bool = True) -> float:
@@ -148,6 +150,10 @@ class SampleSettings:
             (:func:`boltzgen.memory.bytes_per_particle`, a probe of 32 and 64 particles) and uses
             ``budget // bytes_per_particle`` particles per chunk instead of ``chunk_size`` (recorded
             in the run's diagnostics). See docs/scaling.md for the figures per 1,000 particles.
+        tilt: fraction of the model's dihedral calibration moved into the target (:mod:`boltzgen.tilt`):
+            the run samples exp(-(u - tilt c)) and corrects every weight by exp(-tilt c) at the end, so a rare
+            basin keeps the lineages the uncalibrated network gives it. 0: none (models without a
+            calibration need 0).
     """
 
     n_levels: int = 100
@@ -159,9 +165,11 @@ class SampleSettings:
     mixing: MixingSettings = MixingSettings()
     chunk_size: int = 1000
     memory_budget: int | None = None
+    tilt: float = 0.0
 
     def __post_init__(self):
         check_count(self.n_levels, "n_levels")
+        check_probability(self.tilt, "tilt")
         if self.level_cess is not None:
             _fraction(self.level_cess, "level_cess")
         check_count(self.level_moves, "level_moves", minimum=0)
@@ -189,6 +197,8 @@ class MolecularRun:
         chunk_size: particles per evaluation chunk (``settings.chunk_size``, or derived from
             ``settings.memory_budget``).
         bytes_per_particle: the measured peak per particle behind a budget's chunk (None without one).
+        tilt_ess_fraction: Kish ESS / N of the final weights, which a tilted run's correction makes
+            unequal (1 without a tilt: mixing leaves equal weights).
     """
 
     positions: np.ndarray
@@ -201,11 +211,12 @@ class MolecularRun:
     seconds: float
     chunk_size: int = 1000
     bytes_per_particle: float | None = None
+    tilt_ess_fraction: float = 1.0
 
     @property
     def log_z(self) -> float:
         """log of the integral of exp(-u) over centre-free positions (nm^(3 n_atoms - 3))."""
-        return self.result.log_z
+        return log_mean_exp(torch.as_tensor(self.log_weights))
 
     @property
     def bridge_ess_fraction(self) -> float:
@@ -247,7 +258,8 @@ class MolecularRun:
                            "torsion_acceptance": self.torsion_acceptance,
                            "target_evaluations": self.target_evaluations,
                            "model_evaluations": self.model_evaluations, "seconds": self.seconds,
-                           "chunk_size": self.chunk_size, "bytes_per_particle": self.bytes_per_particle}}
+                           "chunk_size": self.chunk_size, "bytes_per_particle": self.bytes_per_particle,
+                           "tilt_ess_fraction": self.tilt_ess_fraction}}
 
 
 def run_stages(model_file: ModelFile, u, model_energy, topology, settings: SampleSettings) -> list:
@@ -404,8 +416,6 @@ def sample_molecule(model_file: ModelFile, target, n_particles: int, settings: S
     device = model.data_mean.device
     requested, per_particle = settings, None
     if settings.memory_budget is not None:
-        from dataclasses import replace
-
         from .memory import bytes_per_particle, chunk_for_budget
 
         per_particle = bytes_per_particle(model_file, target, device)
@@ -417,21 +427,26 @@ def sample_molecule(model_file: ModelFile, target, n_particles: int, settings: S
     if saved is not None and saved.settings != asdict(requested):
         raise ValueError(f"checkpoint {path} was written with other settings: delete it or use the same settings")
     u = CountedEnergy(space.flat_energy(reduced), saved.target_evaluations if saved else 0)
+    model, tilt = split_calibration(model, settings.tilt)
     model_energy = CountedEnergy(model.energy, saved.model_evaluations if saved else 0)
     generator = as_generator(seed, device)
     done_before = saved.seconds if saved else 0.0
-    result = run(empty_state(n_particles, device), run_stages(model_file, u, model_energy, target.topology, settings),
+    stages = run_stages(replace(model_file, model=model), u if tilt is None else tilted_energy(u, tilt), model_energy,
+                        target.topology, settings)
+    result = run(empty_state(n_particles, device), stages,
                  generator, resume=saved.checkpoint if saved else None, progress=progress,
                  on_step=_saver(path, checkpoint_every, (u, model_energy), start, done_before, asdict(requested)))
+    log_weights = result.log_weights.detach() if tilt is None else untilt(result.log_weights.detach(), result.particles,
+                                                                           tilt, settings.chunk_size)
     positions, mirror_fraction = space.finish(space.to_positions(result.particles).detach().to(torch.float64),
                                               target.topology)
     final = CountedEnergy(reduced)  # the finished positions' energies, for the run folder
     energies = evaluate(final, positions, settings.chunk_size).cpu().numpy()
-    run_result = MolecularRun(positions=positions.cpu().numpy(), log_weights=result.log_weights.detach().cpu().numpy(),
+    run_result = MolecularRun(positions=positions.cpu().numpy(), log_weights=log_weights.cpu().numpy(),
                               energies=energies, result=result, mirror_fraction=mirror_fraction,
                               target_evaluations=u.count + final.count, model_evaluations=model_energy.count,
                               seconds=done_before + time.perf_counter() - start, chunk_size=settings.chunk_size,
-                              bytes_per_particle=per_particle)
+                              bytes_per_particle=per_particle, tilt_ess_fraction=ess_fraction(log_weights))
     if path is not None and path.exists():
         path.unlink()
     return run_result
