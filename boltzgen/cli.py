@@ -525,9 +525,9 @@ def _add_sampling_options(p, particles: int, runs: int, run_range: bool = True) 
                    help="memory one evaluation chunk may use, e.g. 8G or 500M: each run measures its peak per "
                         f"particle and evaluates budget/peak particles at a time (default: {d.chunk_size} particles)")
     p.add_argument("--tilt", type=float, default=None, metavar="FRACTION",
-                   help="move this fraction of the model's dihedral calibration into the target: the run samples a "
-                        "broader target and corrects its weights exactly at the end, so rare basins keep lineages "
-                        f"(0 to 1; needs a calibrated internal-coordinate model; default {d.tilt})")
+                   help="apply this fraction of the model file's sampling tilt: the run samples a target that "
+                        "gives rare basins more mass and corrects its weights exactly at the end, so they keep "
+                        f"lineages (0 to 1; needs a model file with a tilt; default {d.tilt})")
     _option(p, "--seed", type=int, default=0, help="random seed of the runs (default 0)")
     _option(p, "--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     _option(p, "--threads", type=int, default=2, help="torch threads (default 2)")
@@ -644,7 +644,7 @@ def format_sample_summary(summary: dict) -> str:
               f"  final ESS fraction      {summary['ess_fraction']:.3f}   one-step bridge ESS {summary['bridge_ess_fraction']:.4f}"
               f"   ESS at the model's last level {summary['levels_ess_fraction']:.3f}",
               f"  lineages from t = 1     {', '.join(str(n) for n in summary['lineages'])} (of {summary['n_particles_per_run']})",
-              *([f"  tilt                    {tilt:g} of the calibration moved into the target; ESS after its "
+              *([f"  tilt                    {tilt:g} of the model's sampling tilt; ESS after its "
                  f"correction {summary['tilt_ess_fraction']:.3f}"] if (tilt := summary['settings'].get('tilt', 0.0)) else []),
               f"  mixing at the force field  {summary['settings']['mixing']['moves']} MALA moves per particle, "
               f"torsion acceptance {summary['torsion_acceptance']:.3f}",

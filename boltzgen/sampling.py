@@ -42,7 +42,7 @@ from .smc.engine import Checkpoint, as_generator, empty_state, run
 from .smc.kernels import Sequence
 from .smc.stages import Mixing, PathStage
 from .smc.weights import ess_fraction, log_mean_exp
-from .tilt import split_calibration, tilted_energy, untilt
+from .tilt import run_tilt, tilted_energy, untilt
 
 
 def _fraction(value, name: str, low_open: bool = True) -> float:
@@ -150,10 +150,9 @@ class SampleSettings:
             (:func:`boltzgen.memory.bytes_per_particle`, a probe of 32 and 64 particles) and uses
             ``budget // bytes_per_particle`` particles per chunk instead of ``chunk_size`` (recorded
             in the run's diagnostics). See docs/scaling.md for the figures per 1,000 particles.
-        tilt: fraction of the model's dihedral calibration moved into the target (:mod:`boltzgen.tilt`):
-            the run samples exp(-(u - tilt c)) and corrects every weight by exp(-tilt c) at the end, so a rare
-            basin keeps the lineages the uncalibrated network gives it. 0: none (models without a
-            calibration need 0).
+        tilt: fraction of the model file's sampling tilt b to apply (:mod:`boltzgen.tilt`): the run
+            samples exp(-(u - tilt b)) and corrects every weight by exp(-tilt b) at the end, so that rare
+            basins keep lineages. 0: none (a model file without a stored tilt needs 0).
     """
 
     n_levels: int = 100
@@ -427,7 +426,7 @@ def sample_molecule(model_file: ModelFile, target, n_particles: int, settings: S
     if saved is not None and saved.settings != asdict(requested):
         raise ValueError(f"checkpoint {path} was written with other settings: delete it or use the same settings")
     u = CountedEnergy(space.flat_energy(reduced), saved.target_evaluations if saved else 0)
-    model, tilt = split_calibration(model, settings.tilt)
+    model, tilt = run_tilt(model_file, settings.tilt)
     model_energy = CountedEnergy(model.energy, saved.model_evaluations if saved else 0)
     generator = as_generator(seed, device)
     done_before = saved.seconds if saved else 0.0

@@ -1,72 +1,85 @@
-"""A tilted run: move part of the model's dihedral calibration from the model into the target.
+"""Tilted runs: sample a target that gives rare basins more mass, then correct the weights exactly.
 
-An internal-coordinate model calibrated by a Fourier tilt c(phi) (:mod:`boltzgen.diffusion.calibration`)
-is E_theta + c. A run with tilt fraction ``alpha`` samples the tilted target
+A tilt is a Fourier series b(phi) of an internal-coordinate model's dihedrals (a
+:class:`~boltzgen.diffusion.calibration.DihedralCalibration`, damped the same way at noisy levels).
+A run with tilt b samples
 
-    exp(-(u(z) - alpha c(phi)))   with the model   E_theta + (1 - alpha) c_t,
+    exp(-(u(z) - b(phi)))   with the model   E_theta + c_t - b_t        (c: the model's own calibration)
 
-and multiplies every final weight by exp(-alpha c(phi)), so its weighted particles stay exact for
-exp(-u) whatever c is. Why: the SMC weights keep every basin's mass right on average, but a basin
-is only as well estimated as the number of lineages that carry it, and the resampling where the
-basins form leaves a rare basin (1-2 % of the mass) with one or two. The calibration c is what pulls the
-network's own (often broader) dihedral marginals down to the target's, so with alpha = 1 the rare
-basins keep the share of lineages the bare network gives them, while the one-step bridge ESS is
-unchanged (the bridge compares the same two densities, each times exp(alpha c)). The cost is the
-final correction's spread, reported as its Kish ESS.
+and multiplies every final weight by exp(-b(phi)), so its weighted particles stay exact for exp(-u)
+whatever b is. Why: SMC keeps every basin's mass right on average, but a basin is only as well
+estimated as the number of lineages that carry it, and the resampling where the basins form leaves
+a basin with 1-2 % of the mass one or two of them. A tilt that roughly balances the two sides of
+each declared free energy (:func:`balance_tilt`) gives both sides a similar share of lineages. The
+price is the final correction's spread (its Kish ESS is reported) and whatever the model's errors
+weigh more where the tilt moves mass.
+
+The tilt a model file carries (``metadata["sampling_tilt"]``, :func:`stored_tilt`) is written by
+:func:`boltzgen.pipeline.tilting.fit_sampling_tilt`.
 """
 from __future__ import annotations
 
-import copy
+import math
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ._checks import check_probability
+from .cvs import in_arc
+from .diffusion.calibration import DihedralCalibration
 
 TiltFn = Callable[[torch.Tensor], torch.Tensor]
+METADATA_KEY = "sampling_tilt"
 
 
-def split_calibration(model, fraction: float) -> tuple[object, TiltFn | None]:
-    """The model with ``1 - fraction`` of its calibration, and the moved part as a tilt of the target.
+def tilted_model(model, tilt: DihedralCalibration, fraction: float = 1.0) -> tuple[object, TiltFn]:
+    """The model a tilted run's levels sample, and the tilt of its target.
 
     Args:
-        model: an internal-coordinate model with a fitted ``calibration`` (or any model when
-            ``fraction`` is 0).
-        fraction: alpha in [0, 1]; 0 returns ``(model, None)`` unchanged.
+        model: an internal-coordinate model (with or without a calibration c).
+        tilt: b, a DihedralCalibration over the model's dihedrals.
+        fraction: how much of b to apply, in (0, 1].
     Returns:
-        ``(model, tilt)``: a copy of the model whose calibration is scaled by ``1 - fraction``, and
-        tilt(z) = fraction * c(phi) at zero noise, (n, d) -> (n,) kT (the model's coordinates; the
-        same dtype and device as z). ``model`` itself is unchanged.
+        ``(model', tilt_fn)``: a copy of the model with calibration c - fraction b, and
+        tilt_fn(z) = fraction b(phi) at zero noise, (n, d) -> (n,) kT in z's dtype. ``model`` is unchanged.
     """
     fraction = check_probability(fraction, "tilt")
-    if fraction == 0.0:
-        return model, None
-    calibration = getattr(model, "calibration", None)
-    if calibration is None:
-        raise ValueError(f"tilt={fraction} needs a model with a dihedral calibration (an internal-coordinate model "
-                         "trained with --calibration-harmonics); this model has none: use tilt 0")
-    moved = _scaled(calibration, fraction)
-    kept = None if fraction == 1.0 else _scaled(calibration, 1.0 - fraction)
+    if tilt.n_periodic != getattr(model, "n_periodic", None):
+        raise ValueError(f"the tilt covers {tilt.n_periodic} dihedrals but the model has "
+                         f"{getattr(model, 'n_periodic', 'no')} (a tilt fitted for another model?)")
+    moved = scaled(tilt, fraction)
+    kept = combine(model.calibration, moved, -1.0)
     n_linear = model.n_linear
 
-    def tilt(z: torch.Tensor) -> torch.Tensor:
+    def tilt_fn(z: torch.Tensor) -> torch.Tensor:
         per = z[:, n_linear:]
         return moved(per, torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)).to(z.dtype)
 
-    return model.with_calibration(kept), tilt
+    return model.with_calibration(kept), tilt_fn
 
 
-def _scaled(calibration, factor: float):
-    """A copy of a DihedralCalibration with its coefficients times ``factor``."""
-    out = copy.deepcopy(calibration)
+def scaled(calibration: DihedralCalibration, factor: float) -> DihedralCalibration:
+    """A copy of ``calibration`` with every coefficient times ``factor``."""
+    return combine(None, calibration, factor)
+
+
+def combine(a: DihedralCalibration | None, b: DihedralCalibration, factor: float) -> DihedralCalibration:
+    """a + factor b as one DihedralCalibration (harmonics: the larger of the two; a None is zero), float64."""
+    harmonics = max(b.n_harmonics, a.n_harmonics if a is not None else 0)
+    out = DihedralCalibration(b.n_periodic, harmonics).double()
     with torch.no_grad():
-        out.cos_coefficients.mul_(factor)
-        out.sin_coefficients.mul_(factor)
+        for source, weight in ((a, 1.0), (b, factor)):
+            if source is None:
+                continue
+            k = source.n_harmonics
+            out.cos_coefficients[:, :k] += weight * source.cos_coefficients.double().cpu()
+            out.sin_coefficients[:, :k] += weight * source.sin_coefficients.double().cpu()
     return out
 
 
 def tilted_energy(u: TiltFn, tilt: TiltFn) -> TiltFn:
-    """x -> u(x) - tilt(x): the target a tilted run samples, (n, d) -> (n,) kT."""
+    """z -> u(z) - tilt(z): the target a tilted run samples, (n, d) -> (n,) kT."""
     return lambda z: u(z) - tilt(z)
 
 
@@ -84,3 +97,107 @@ def untilt(log_weights: torch.Tensor, particles: torch.Tensor, tilt: TiltFn, chu
     with torch.no_grad():
         moved = torch.cat([tilt(chunk) for chunk in particles.split(chunk_size)])
     return log_weights.to(torch.float64) - moved.to(torch.float64)
+
+
+# ---- a tilt that balances declared free energies ----------------------------------------------------
+def _arc_moments(low: float, high: float) -> tuple[float, float]:
+    """(integral of cos, integral of sin) over the arc [low, high) (low > high wraps through pi)."""
+    if low > high:
+        c1, s1 = _arc_moments(low, math.pi)
+        c2, s2 = _arc_moments(-math.pi, high)
+        return c1 + c2, s1 + s2
+    return math.sin(high) - math.sin(low), math.cos(low) - math.cos(high)
+
+
+def _one_arc(cvs, name: str):
+    region = cvs.region(name)
+    return region.arcs[0] if len(region.arcs) == 1 else None
+
+
+def balance_tilt(dihedrals: np.ndarray, log_weights: np.ndarray, cvs, columns: dict[str, int],
+                 n_periodic: int) -> tuple[DihedralCalibration, dict[str, float]]:
+    """A first-harmonic tilt that brings both sides of each declared one-dihedral free energy to about equal mass.
+
+    For a free energy between a state and a reference that are arcs of the same dihedral theta, the tilt
+    adds s g(theta), with g the first Fourier harmonic of 1[state] - 1[reference] and s chosen so that
+    the tilt's mean difference between the two sides, under the given samples, equals their free-energy
+    difference dF = -ln(P(state) / P(reference)): to first order the tilted samples hold both sides
+    equally. Free energies whose states are not single arcs of one model dihedral are left untilted, and
+    each dihedral is tilted once (its first free energy).
+
+    Args:
+        dihedrals: (n, D) the samples' dihedral coordinates, radians (e.g. a model's own samples).
+        log_weights: (n,) their log-weights (any offset).
+        cvs: the molecule's declaration (:class:`boltzgen.cvs.MoleculeCVs`).
+        columns: {CV name: its column in ``dihedrals``} for the CVs that are model coordinates.
+        n_periodic: D.
+    Returns:
+        (the tilt (n_periodic dihedrals, 1 harmonic), {free-energy key: the dF it balances, kT}).
+    """
+    theta_all = np.asarray(dihedrals, dtype=np.float64)
+    lw = np.asarray(log_weights, dtype=np.float64)
+    w = np.exp(lw - lw.max())
+    tilt = DihedralCalibration(n_periodic, 1).double()
+    balanced, done = {}, set()
+    for fe in cvs.free_energies:
+        state, reference = _one_arc(cvs, fe.state), _one_arc(cvs, fe.reference)
+        if state is None or reference is None or state[0] != reference[0] or state[0] not in columns:
+            continue
+        j = columns[state[0]]
+        if j in done:
+            continue
+        theta = theta_all[:, j]
+        in_state, in_reference = in_arc(theta, state[1], state[2]), in_arc(theta, reference[1], reference[2])
+        mass_s, mass_r = w[in_state].sum(), w[in_reference].sum()
+        if mass_s == 0 or mass_r == 0:
+            raise ValueError(f"the samples hold no mass in {fe.state if mass_s == 0 else fe.reference!r}: draw more "
+                             "samples to fit a tilt for the free energy " + repr(fe.key))
+        cs, ss = _arc_moments(*state[1:])
+        cr, sr = _arc_moments(*reference[1:])
+        a, b = (cs - cr) / math.pi, (ss - sr) / math.pi
+        g = a * np.cos(theta) + b * np.sin(theta)
+        gap = (w[in_state] @ g[in_state]) / mass_s - (w[in_reference] @ g[in_reference]) / mass_r
+        delta_f = float(-math.log(mass_s / mass_r))
+        scale = delta_f / gap
+        with torch.no_grad():
+            tilt.cos_coefficients[j, 0] = scale * a
+            tilt.sin_coefficients[j, 0] = scale * b
+        balanced[fe.key] = delta_f
+        done.add(j)
+    return tilt, balanced
+
+
+# ---- stored in a model file ---------------------------------------------------------------------
+def tilt_metadata(tilt: DihedralCalibration, **notes) -> dict:
+    """The model-file metadata entry of a tilt (JSON-ready), with any notes (e.g. how it was fitted)."""
+    return {"n_periodic": tilt.n_periodic, "n_harmonics": tilt.n_harmonics,
+            "cos": tilt.cos_coefficients.double().cpu().tolist(), "sin": tilt.sin_coefficients.double().cpu().tolist(),
+            **notes}
+
+
+def stored_tilt(metadata: dict) -> DihedralCalibration | None:
+    """The tilt a model file's metadata carries, or None."""
+    entry = metadata.get(METADATA_KEY)
+    if entry is None:
+        return None
+    tilt = DihedralCalibration(int(entry["n_periodic"]), int(entry["n_harmonics"])).double()
+    with torch.no_grad():
+        tilt.cos_coefficients.copy_(torch.tensor(entry["cos"], dtype=torch.float64))
+        tilt.sin_coefficients.copy_(torch.tensor(entry["sin"], dtype=torch.float64))
+    return tilt
+
+
+def run_tilt(model_file, fraction: float) -> tuple[object, TiltFn | None]:
+    """(model, tilt_fn) of a run with ``fraction`` of the model file's stored tilt; (its model, None) for 0.
+
+    Raises:
+        ValueError: a fraction above 0 for a model file that carries no tilt.
+    """
+    fraction = check_probability(fraction, "tilt")
+    if fraction == 0.0:
+        return model_file.model, None
+    tilt = stored_tilt(model_file.metadata)
+    if tilt is None:
+        raise ValueError(f"tilt={fraction} needs a model file that carries a sampling tilt (written by "
+                         "boltzgen.pipeline.fit_sampling_tilt); this one has none: use tilt 0")
+    return tilted_model(model_file.model, tilt, fraction)

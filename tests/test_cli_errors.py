@@ -204,7 +204,7 @@ ROWS = [
                                    "--tilt", "2"], r"^boltzgen sample: error: --tilt must be a probability in \[0, 1\], got 2\.0"),
     ("sample --tilt with an uncalibrated model", lambda t: ["sample", "alanine-dipeptide", "--model", str(SHIPPED),
                                                             "--out", str(t / "s"), "--tilt", "1"],
-     r"^boltzgen sample: error: tilt=1\.0 needs a model with a dihedral calibration"),
+     r"^boltzgen sample: error: tilt=1\.0 needs a model file that carries a sampling tilt"),
     ("sample into a non-empty folder", lambda t: ["sample", "alanine-dipeptide", "--model", str(SHIPPED), "--out",
                                                   str(Path(write(t, "keep.txt", "mine")).parent)],
      r"^boltzgen sample: error: --out .* is not empty"),

@@ -1,4 +1,5 @@
 """A tilted run: the model's calibration moved into the target, and the exact correction at the end."""
+import json
 import math
 from dataclasses import replace
 
@@ -14,7 +15,12 @@ from boltzgen.models import load_model_file
 from boltzgen.sampling import BridgeSettings, MixingSettings, SampleSettings, sample_molecule
 from boltzgen.smc import weights as W
 from boltzgen.targets import torch_target
-from boltzgen.tilt import split_calibration, tilted_energy, untilt
+from boltzgen.cvs import read_cvs
+from boltzgen.cli import main
+from boltzgen.models import ModelFile
+from boltzgen.pipeline.tilting import fit_sampling_tilt
+from boltzgen.tilt import (balance_tilt, combine, run_tilt, scaled, stored_tilt, tilt_metadata, tilted_energy,
+                            tilted_model, untilt)
 
 
 def calibration(n_periodic, n_harmonics=2, scale=1.0, seed=0):
@@ -34,35 +40,94 @@ def small_model(n_linear=2, n_periodic=3):
 
 
 @pytest.mark.parametrize("fraction", [0.25, 1.0])
-def test_the_split_keeps_the_models_energy_plus_the_tilt(fraction):
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_the_tilted_model_plus_the_tilt_is_the_model(fraction, calibrated):
     model, z = small_model()
-    calibrated = model.with_calibration(calibration(3))
-    kept, tilt = split_calibration(calibrated, fraction)
+    model = model.with_calibration(calibration(3, 3)) if calibrated else model
+    tilt = calibration(3, 2, seed=5)
+    levels_model, tilt_fn = tilted_model(model, tilt, fraction)
     t_min = float(model.schedule.t_min)
-    # at t_min the noise is tiny: the kept model plus the tilt is the calibrated model (damping ~ 1 - 1e-4)
-    assert torch.allclose(kept.energy(t_min, z) + tilt(z), calibrated.energy(t_min, z), atol=1e-3)
-    assert (kept.calibration is None) == (fraction == 1.0)
-    assert calibrated.calibration is not None and torch.equal(  # the original is unchanged
-        calibrated.calibration.cos_coefficients, calibration(3).cos_coefficients)
-    assert tilt(z).shape == (200,) and tilt(z).dtype == z.dtype
+    # at t_min the noise is tiny: the run's model plus the tilt is the model (damping ~ 1 - 1e-4)
+    assert torch.allclose(levels_model.energy(t_min, z) + tilt_fn(z), model.energy(t_min, z), atol=1e-3)
+    assert torch.allclose(tilt_fn(z), fraction * tilt(z[:, 2:], torch.zeros(200)))
+    assert tilt_fn(z).shape == (200,) and tilt_fn(z).dtype == z.dtype
+    assert (model.calibration is None) == (not calibrated)  # the model is unchanged
+    # at t = 1 both vanish: the top level stays the analytic one
+    assert torch.allclose(levels_model.energy(1.0, z), model.energy(1.0, z), atol=1e-8)
 
 
-def test_no_tilt_returns_the_model_itself_and_a_tilt_needs_a_calibration():
+def test_a_tilt_must_fit_the_model_and_a_run_tilt_needs_a_stored_one():
     model, _ = small_model()
-    assert split_calibration(model, 0.0) == (model, None)
-    with pytest.raises(ValueError, match="tilt=0.5 needs a model with a dihedral calibration"):
-        split_calibration(model, 0.5)
+    with pytest.raises(ValueError, match="the tilt covers 2 dihedrals but the model has 3"):
+        tilted_model(model, calibration(2), 1.0)
     with pytest.raises(ValueError, match="tilt must be a probability"):
-        split_calibration(model.with_calibration(calibration(3)), 1.5)
+        tilted_model(model, calibration(3), 1.5)
     with pytest.raises(ValueError, match="tilt must be a probability"):
         SampleSettings(tilt=-0.1)
+    plain = ModelFile(model, None, {})
+    assert run_tilt(plain, 0.0) == (model, None)
+    with pytest.raises(ValueError, match="tilt=0.5 needs a model file that carries a sampling tilt"):
+        run_tilt(plain, 0.5)
+
+
+def test_a_stored_tilt_round_trips_through_json_metadata():
+    tilt = calibration(3, 2, seed=2)
+    entry = json.loads(json.dumps(tilt_metadata(tilt, samples=10)))
+    back = stored_tilt({"sampling_tilt": entry})
+    assert torch.equal(back.cos_coefficients, tilt.cos_coefficients) and back.n_harmonics == 2
+    assert entry["samples"] == 10 and stored_tilt({}) is None
+
+
+def test_combine_pads_the_harmonics():
+    a, b = calibration(3, 3, seed=1), calibration(3, 1, seed=2)
+    both = combine(a, b, -0.5)
+    assert both.n_harmonics == 3
+    assert torch.allclose(both.sin_coefficients[:, 0], a.sin_coefficients[:, 0] - 0.5 * b.sin_coefficients[:, 0])
+    assert torch.allclose(both.cos_coefficients[:, 1:], a.cos_coefficients[:, 1:])
+    assert torch.allclose(scaled(b, 2.0).cos_coefficients, 2 * b.cos_coefficients)
+
+
+def balance_cvs():
+    return read_cvs({"collective_variables": {"a": [0, 1, 2, 3], "b": [1, 2, 3, 4]},
+                     "basins_deg": {"a<0": {"a": [-180, 0]}, "a>0": {"a": [0, 180]},
+                                    "b<0": {"b": [-180, 0]}, "b>0": {"b": [0, 180]}},
+                     "free_energies": {"a_positive": {"state": "a>0", "reference": "a<0"},
+                                       "b_positive": {"state": "b>0", "reference": "b<0"}}}, "test")
+
+
+def test_the_balance_tilt_evens_out_each_free_energy():
+    # dihedral columns: 0 holds b (P(b > 0) = 0.6), 1 holds a (P(a > 0) = 0.1), 2 no CV; von Mises-like basins
+    # at +-1.2 rad
+    g = torch.Generator().manual_seed(3)
+    n = 200_000
+    sides = torch.stack([torch.rand(n, generator=g) < p for p in (0.6, 0.1)], 1)
+    centre = torch.where(sides, 1.2, -1.2).double()
+    theta = torch.remainder(centre + 0.3 * torch.randn(n, 2, generator=g, dtype=torch.float64) + math.pi,
+                            2 * math.pi) - math.pi
+    theta = torch.cat([theta, torch.zeros(n, 1, dtype=torch.float64)], 1)
+    tilt, balanced = balance_tilt(theta.numpy(), np.zeros(n), balance_cvs(), {"a": 1, "b": 0}, 3)
+    assert balanced["a_positive"] == pytest.approx(math.log(0.9 / 0.1), abs=0.03)
+    assert balanced["b_positive"] == pytest.approx(math.log(0.4 / 0.6), abs=0.03)
+    assert tilt.cos_coefficients[2].abs().max() == 0 and tilt.sin_coefficients[2].abs().max() == 0  # untouched
+    # the tilted samples (weights exp(b)) hold both sides of each about equally
+    lw = tilt(theta, torch.zeros(n))
+    w = torch.exp(lw - lw.max())
+    for k in range(2):
+        share = float(w[theta[:, k] > 0].sum() / w.sum())
+        assert 0.45 < share < 0.55  # first-order balance: exact only for point basins
+
+
+def test_the_balance_tilt_needs_mass_on_both_sides():
+    theta = np.full((10, 2), -1.0)
+    with pytest.raises(ValueError, match="hold no mass in 'a>0'"):
+        balance_tilt(theta, np.zeros(10), balance_cvs(), {"a": 0}, 2)
 
 
 def test_untilted_weights_of_exact_tilted_draws_give_the_untilted_expectation():
     # one dihedral: u(phi) = 3 cos(phi) + cos(2 phi); the tilted target exp(-(u - c)) is drawn exactly
     # (inverse CDF on a fine grid), so untilt's weights must give E_p[cos phi] of exp(-u) itself
     c = calibration(1, 3, scale=1.5, seed=4)
-    _, tilt = split_calibration(small_model(0, 1)[0].with_calibration(c), 1.0)
+    _, tilt = tilted_model(small_model(0, 1)[0], c, 1.0)
     grid = torch.linspace(-math.pi, math.pi, 200_001, dtype=torch.float64)[:-1]
     u = 3 * torch.cos(grid) + torch.cos(2 * grid)
     tilted = torch.exp(-(u - tilt(grid[:, None])))
@@ -98,18 +163,39 @@ def test_a_tilted_run_corrects_its_equal_mixing_weights_by_the_tilt():
     try:
         fast = torch_target(target, compile=False)
         model_file = load_model_file(systems.shipped_model("alanine-dipeptide"))
-        model = model_file.model
-        calibrated = replace(model_file, model=model.with_calibration(calibration(model.n_periodic, scale=0.5).float()
-                                                                      .to(model.data_mean.dtype)))
-        run = sample_molecule(calibrated, target, 24, replace(TINY, tilt=1.0), seed=2,
+        b = calibration(model_file.model.n_periodic, scale=0.5)
+        tilted_file = replace(model_file, metadata={**model_file.metadata, "sampling_tilt": tilt_metadata(b)})
+        run = sample_molecule(tilted_file, target, 24, replace(TINY, tilt=1.0), seed=2,
                               target_energy=fast.reduced_energy)
     finally:
         target.close()
-    _, tilt = split_calibration(calibrated.model, 1.0)
-    z = calibrated.space.to_flat(torch.from_numpy(run.positions).to(model.data_mean.dtype))
+    _, tilt = run_tilt(tilted_file, 1.0)
+    z = model_file.space.to_flat(torch.from_numpy(run.positions).to(model_file.model.data_mean.dtype))
     # mixing leaves equal weights toward the tilted target; the correction is exp(-tilt) per particle
     restored = run.log_weights + tilt(z).detach().double().numpy()
     assert np.allclose(restored, restored[0], atol=1e-4)
     assert run.log_z == pytest.approx(W.log_mean_exp(torch.from_numpy(run.log_weights)))
     assert run.tilt_ess_fraction == pytest.approx(W.ess_fraction(torch.from_numpy(run.log_weights)))
     assert run.tilt_ess_fraction < 1.0 and run.diagnostics()["totals"]["tilt_ess_fraction"] == run.tilt_ess_fraction
+
+
+def test_fit_sampling_tilt_writes_a_model_file_whose_runs_apply_it(tmp_path, capsys):
+    target = systems.load("alanine-dipeptide")
+    try:
+        shipped = systems.shipped_model("alanine-dipeptide")
+        cvs = systems.collective_variables("alanine-dipeptide")
+        entry = fit_sampling_tilt(target, shipped, tmp_path / "tilted.pt", cvs, samples=64, seed=1, settings=TINY)
+        with pytest.raises(ValueError, match="out must be a new file"):
+            fit_sampling_tilt(target, shipped, shipped, cvs, samples=8)
+    finally:
+        target.close()
+    assert "phi_positive" in entry["balanced_delta_f_kT"] and entry["samples"] == 64
+    tilted = load_model_file(tmp_path / "tilted.pt")
+    assert stored_tilt(tilted.metadata).n_periodic == tilted.model.n_periodic
+    assert main(["sample", "alanine-dipeptide", "--model", str(tmp_path / "tilted.pt"), "--out", str(tmp_path / "s"),
+                 "--tilt", "1", "--particles", "16", "--runs", "2", "--levels", "8", "--mixing-moves", "4",
+                 "--no-compile", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "tilt                    1 of the model's sampling tilt" in out
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["settings"]["tilt"] == 1.0 and 0 < summary["tilt_ess_fraction"] <= 1

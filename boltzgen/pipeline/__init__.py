@@ -4,6 +4,7 @@ progress and prints what these return.
 * :mod:`.training`: ``train_model`` (``boltzgen train``): MD frames -> a model file;
 * :mod:`.sample`: ``sample_model`` and ``run_named`` (``boltzgen sample``, ``boltzgen run``);
 * :mod:`.free_energy`: ``free_energy_between`` (``boltzgen free-energy``);
+* :mod:`.tilting`: ``fit_sampling_tilt``: a model file plus a tilt that balances the declared free energies;
 * :mod:`.md_seeds`: ``md_seeds`` (``boltzgen md --seeds``): independent MD runs, a folder per seed;
 * :mod:`.jobs`: job folders, manifests, run seeds and resumption after a kill;
 * :mod:`.tasks`: independent runs as tasks, in this process, over local workers or on Ray;
@@ -20,10 +21,11 @@ from .progress import RunProgress
 from .sample import NamedRunResult, SampleReport, fast_target, run_named, sample_model, shipped_reference
 from .summary import summarize
 from .tasks import Spread, SystemRef, run_tasks
+from .tilting import fit_sampling_tilt
 from .training import (COORDINATES, WEIGHTINGS, Frames, TrainReport, TrainSettings, load_frames, output_paths,
                        split_holdout, train_model)
 
 __all__ = ["COORDINATES", "FreeEnergyReport", "Frames", "NamedRunResult", "RunProgress", "SampleReport", "Spread",
            "SystemRef", "TrainReport", "TrainSettings", "WEIGHTINGS", "fast_target", "free_energy_between",
-           "load_frames", "md_seeds", "output_paths", "run_named", "run_seeds", "run_tasks", "sample_model",
+           "fit_sampling_tilt", "load_frames", "md_seeds", "output_paths", "run_named", "run_seeds", "run_tasks", "sample_model",
            "shipped_reference", "split_holdout", "summarize", "train_model"]

@@ -170,7 +170,7 @@ def sample_model(target, model_path, out, *, particles: int = 2500, runs: int = 
     from ..io.sample_runs import write_json
     from ..sampling import SampleSettings
     from ..systems import recorded_collective_variables
-    from ..tilt import split_calibration
+    from ..tilt import run_tilt
 
     settings = SampleSettings() if settings is None else settings
     spread = Spread() if spread is None else spread
@@ -185,7 +185,7 @@ def sample_model(target, model_path, out, *, particles: int = 2500, runs: int = 
     target, loaded = _loaded(target)
     try:
         model_file = load_model_file(model_path, device=device)
-        split_calibration(model_file.model, settings.tilt)  # refuses a tilt the model cannot take, before any file
+        run_tilt(model_file, settings.tilt)  # refuses a tilt the model file cannot take, before any file
         manifest = sample_manifest(target, model_path, model_file, particles=particles, runs=runs,
                                    settings=settings, seed=seed, device=device)
         job = open_job(out, manifest)
