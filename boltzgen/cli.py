@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_command(sub)
     add_free_energy_command(sub)
     add_summarize_command(sub)
+    add_tilt_command(sub)
     add_completion_command(sub)
     return parser
 
@@ -527,7 +528,7 @@ def _add_sampling_options(p, particles: int, runs: int, run_range: bool = True) 
     p.add_argument("--tilt", type=float, default=None, metavar="FRACTION",
                    help="apply this fraction of the model file's sampling tilt: the run samples a target that "
                         "gives rare basins more mass and corrects its weights exactly at the end, so they keep "
-                        f"lineages (0 to 1; needs a model file with a tilt; default {d.tilt})")
+                        "lineages (0 to 1; default: 1 when the model file carries a tilt, else 0)")
     _option(p, "--seed", type=int, default=0, help="random seed of the runs (default 0)")
     _option(p, "--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     _option(p, "--threads", type=int, default=2, help="torch threads (default 2)")
@@ -645,7 +646,7 @@ def format_sample_summary(summary: dict) -> str:
               f"   ESS at the model's last level {summary['levels_ess_fraction']:.3f}",
               f"  lineages from t = 1     {', '.join(str(n) for n in summary['lineages'])} (of {summary['n_particles_per_run']})",
               *([f"  tilt                    {tilt:g} of the model's sampling tilt; ESS after its "
-                 f"correction {summary['tilt_ess_fraction']:.3f}"] if (tilt := summary['settings'].get('tilt', 0.0)) else []),
+                 f"correction {summary['tilt_ess_fraction']:.3f}"] if (tilt := summary.get('tilt_applied', 0.0)) else []),
               f"  mixing at the force field  {summary['settings']['mixing']['moves']} MALA moves per particle, "
               f"torsion acceptance {summary['torsion_acceptance']:.3f}",
               f"  evaluations             target {summary['target_evaluations']:,}   model {summary['model_evaluations']:,}",
@@ -800,6 +801,45 @@ def _summarize(args) -> int:
 
     print(format_sample_summary(summarize(args.out)))
     print(f"summary: {args.out}/summary.json")
+    return 0
+
+
+def add_tilt_command(sub) -> None:
+    """``boltzgen tilt SYSTEM --model MODEL --out DIR``: a copy of a model file with a sampling tilt (DIR/model.pt)."""
+    p = sub.add_parser(
+        "tilt", help="write a copy of an internal-coordinate model file with a tilt that balances the declared "
+                     "free energies (its runs then keep lineages in rare basins)",
+        description="Draw the model's own samples (its levels alone: no force field), measure each declared "
+                    "one-dihedral free energy on them, and store a first-harmonic tilt that would bring both "
+                    "sides of each to about equal mass. `boltzgen sample`/`run` with this file sample the tilted "
+                    "target and correct every weight exactly at the end (--tilt 0 turns it off).")
+    p.add_argument("system", help="a named system (see `boltzgen systems`) or the path of a system YAML")
+    p.add_argument("--model", required=True, help="an internal-coordinate model file, a `boltzgen train` folder or a "
+                                                  "named system whose shipped model to use")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder; the model file is DIR/model.pt")
+    p.add_argument("--samples", type=int, default=5000, help="own samples to fit on (default 5000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the own samples (default 0)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.set_defaults(func=_tilt)
+
+
+def _tilt(args) -> int:
+    from . import systems
+    from ._checks import check_count
+    from .pipeline import fit_sampling_tilt
+
+    check_count(args.samples, "--samples")
+    _set_threads(args.threads, "--threads")
+    model = systems.resolve_model(args.model)
+    cvs = systems.collective_variables(args.system)
+    target = systems.load(args.system)
+    try:
+        entry = fit_sampling_tilt(target, model, args.out, cvs, samples=args.samples, seed=args.seed)
+    finally:
+        target.close()
+    for key, delta_f in entry["balanced_delta_f_kT"].items():
+        print(f"  {key:<23} the model's own dF {delta_f:.3f} kT, balanced by the tilt")
+    print(f"model with a sampling tilt: {args.out}/model.pt")
     return 0
 
 

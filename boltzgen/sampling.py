@@ -42,7 +42,7 @@ from .smc.engine import Checkpoint, as_generator, empty_state, run
 from .smc.kernels import Sequence
 from .smc.stages import Mixing, PathStage
 from .smc.weights import ess_fraction, log_mean_exp
-from .tilt import run_tilt, tilted_energy, untilt
+from .tilt import run_tilt, tilt_fraction, tilted_energy, untilt
 
 
 def _fraction(value, name: str, low_open: bool = True) -> float:
@@ -152,7 +152,7 @@ class SampleSettings:
             in the run's diagnostics). See docs/scaling.md for the figures per 1,000 particles.
         tilt: fraction of the model file's sampling tilt b to apply (:mod:`boltzgen.tilt`): the run
             samples exp(-(u - tilt b)) and corrects every weight by exp(-tilt b) at the end, so that rare
-            basins keep lineages. 0: none (a model file without a stored tilt needs 0).
+            basins keep lineages. None (default): all of it when the file carries one, else none; 0: none.
     """
 
     n_levels: int = 100
@@ -164,11 +164,12 @@ class SampleSettings:
     mixing: MixingSettings = MixingSettings()
     chunk_size: int = 1000
     memory_budget: int | None = None
-    tilt: float = 0.0
+    tilt: float | None = None
 
     def __post_init__(self):
         check_count(self.n_levels, "n_levels")
-        check_probability(self.tilt, "tilt")
+        if self.tilt is not None:
+            check_probability(self.tilt, "tilt")
         if self.level_cess is not None:
             _fraction(self.level_cess, "level_cess")
         check_count(self.level_moves, "level_moves", minimum=0)
@@ -196,6 +197,7 @@ class MolecularRun:
         chunk_size: particles per evaluation chunk (``settings.chunk_size``, or derived from
             ``settings.memory_budget``).
         bytes_per_particle: the measured peak per particle behind a budget's chunk (None without one).
+        tilt: the fraction of the model file's sampling tilt the run applied (0: none).
         tilt_ess_fraction: Kish ESS / N of the final weights, which a tilted run's correction makes
             unequal (1 without a tilt: mixing leaves equal weights).
     """
@@ -210,6 +212,7 @@ class MolecularRun:
     seconds: float
     chunk_size: int = 1000
     bytes_per_particle: float | None = None
+    tilt: float = 0.0
     tilt_ess_fraction: float = 1.0
 
     @property
@@ -258,7 +261,7 @@ class MolecularRun:
                            "target_evaluations": self.target_evaluations,
                            "model_evaluations": self.model_evaluations, "seconds": self.seconds,
                            "chunk_size": self.chunk_size, "bytes_per_particle": self.bytes_per_particle,
-                           "tilt_ess_fraction": self.tilt_ess_fraction}}
+                           "tilt": self.tilt, "tilt_ess_fraction": self.tilt_ess_fraction}}
 
 
 def run_stages(model_file: ModelFile, u, model_energy, topology, settings: SampleSettings) -> list:
@@ -445,7 +448,8 @@ def sample_molecule(model_file: ModelFile, target, n_particles: int, settings: S
                               energies=energies, result=result, mirror_fraction=mirror_fraction,
                               target_evaluations=u.count + final.count, model_evaluations=model_energy.count,
                               seconds=done_before + time.perf_counter() - start, chunk_size=settings.chunk_size,
-                              bytes_per_particle=per_particle, tilt_ess_fraction=ess_fraction(log_weights))
+                              bytes_per_particle=per_particle, tilt=tilt_fraction(model_file, settings.tilt),
+                              tilt_ess_fraction=ess_fraction(log_weights))
     if path is not None and path.exists():
         path.unlink()
     return run_result

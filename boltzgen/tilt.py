@@ -187,13 +187,22 @@ def stored_tilt(metadata: dict) -> DihedralCalibration | None:
     return tilt
 
 
-def run_tilt(model_file, fraction: float) -> tuple[object, TiltFn | None]:
-    """(model, tilt_fn) of a run with ``fraction`` of the model file's stored tilt; (its model, None) for 0.
+def tilt_fraction(model_file, fraction: float | None) -> float:
+    """The fraction of the stored tilt a run applies: ``fraction``, or for None all of the stored tilt when
+    the file carries one (it was fitted to be sampled with), else 0."""
+    if fraction is None:
+        return 0.0 if stored_tilt(model_file.metadata) is None else 1.0
+    return check_probability(fraction, "tilt")
+
+
+def run_tilt(model_file, fraction: float | None) -> tuple[object, TiltFn | None]:
+    """(model, tilt_fn) of a run with :func:`tilt_fraction` of the model file's stored tilt; (its model, None)
+    when that is 0.
 
     Raises:
         ValueError: a fraction above 0 for a model file that carries no tilt.
     """
-    fraction = check_probability(fraction, "tilt")
+    fraction = tilt_fraction(model_file, fraction)
     if fraction == 0.0:
         return model_file.model, None
     tilt = stored_tilt(model_file.metadata)

@@ -19,8 +19,8 @@ from boltzgen.cvs import read_cvs
 from boltzgen.cli import main
 from boltzgen.models import ModelFile
 from boltzgen.pipeline.tilting import fit_sampling_tilt
-from boltzgen.tilt import (balance_tilt, combine, run_tilt, scaled, stored_tilt, tilt_metadata, tilted_energy,
-                            tilted_model, untilt)
+from boltzgen.tilt import (balance_tilt, combine, run_tilt, scaled, stored_tilt, tilt_fraction, tilt_metadata,
+                            tilted_energy, tilted_model, untilt)
 
 
 def calibration(n_periodic, n_harmonics=2, scale=1.0, seed=0):
@@ -65,7 +65,10 @@ def test_a_tilt_must_fit_the_model_and_a_run_tilt_needs_a_stored_one():
     with pytest.raises(ValueError, match="tilt must be a probability"):
         SampleSettings(tilt=-0.1)
     plain = ModelFile(model, None, {})
-    assert run_tilt(plain, 0.0) == (model, None)
+    assert run_tilt(plain, 0.0) == (model, None) and run_tilt(plain, None) == (model, None)
+    carrying = ModelFile(model, None, {"sampling_tilt": tilt_metadata(calibration(3))})
+    assert tilt_fraction(plain, None) == 0.0 and tilt_fraction(carrying, None) == 1.0  # the default: the file's
+    assert tilt_fraction(carrying, 0.0) == 0.0 and run_tilt(carrying, 0.0) == (model, None)
     with pytest.raises(ValueError, match="tilt=0.5 needs a model file that carries a sampling tilt"):
         run_tilt(plain, 0.5)
 
@@ -179,23 +182,40 @@ def test_a_tilted_run_corrects_its_equal_mixing_weights_by_the_tilt():
     assert run.tilt_ess_fraction < 1.0 and run.diagnostics()["totals"]["tilt_ess_fraction"] == run.tilt_ess_fraction
 
 
+def test_the_tilt_command_writes_a_tilted_copy_and_refuses_a_used_folder(tmp_path, capsys):
+    shipped = str(systems.shipped_model("alanine-dipeptide"))
+    assert main(["tilt", "alanine-dipeptide", "--model", shipped, "--out", str(tmp_path / "t"), "--samples", "32",
+                 "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "phi_positive" in out and f"{tmp_path / 't'}/model.pt" in out
+    assert stored_tilt(load_model_file(tmp_path / "t" / "model.pt").metadata) is not None
+    assert main(["tilt", "alanine-dipeptide", "--model", shipped, "--out", str(tmp_path / "t"), "--samples", "8"]) == 2
+    assert "boltzgen tilt: error: out" in capsys.readouterr().err
+
+
 def test_fit_sampling_tilt_writes_a_model_file_whose_runs_apply_it(tmp_path, capsys):
     target = systems.load("alanine-dipeptide")
     try:
         shipped = systems.shipped_model("alanine-dipeptide")
         cvs = systems.collective_variables("alanine-dipeptide")
-        entry = fit_sampling_tilt(target, shipped, tmp_path / "tilted.pt", cvs, samples=64, seed=1, settings=TINY)
-        with pytest.raises(ValueError, match="out must be a new file"):
-            fit_sampling_tilt(target, shipped, shipped, cvs, samples=8)
+        entry = fit_sampling_tilt(target, shipped, tmp_path / "tilted", cvs, samples=64, seed=1, settings=TINY)
+        with pytest.raises(ValueError, match="must be a new or empty folder"):
+            fit_sampling_tilt(target, shipped, tmp_path / "tilted", cvs, samples=8)
     finally:
         target.close()
     assert "phi_positive" in entry["balanced_delta_f_kT"] and entry["samples"] == 64
-    tilted = load_model_file(tmp_path / "tilted.pt")
+    tilted = load_model_file(tmp_path / "tilted" / "model.pt")
     assert stored_tilt(tilted.metadata).n_periodic == tilted.model.n_periodic
-    assert main(["sample", "alanine-dipeptide", "--model", str(tmp_path / "tilted.pt"), "--out", str(tmp_path / "s"),
+    assert main(["sample", "alanine-dipeptide", "--model", str(tmp_path / "tilted"), "--out", str(tmp_path / "s"),
                  "--tilt", "1", "--particles", "16", "--runs", "2", "--levels", "8", "--mixing-moves", "4",
                  "--no-compile", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "tilt                    1 of the model's sampling tilt" in out
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
-    assert summary["settings"]["tilt"] == 1.0 and 0 < summary["tilt_ess_fraction"] <= 1
+    assert summary["settings"]["tilt"] == 1.0 and summary["tilt_applied"] == 1.0 and 0 < summary["tilt_ess_fraction"] <= 1
+    # without --tilt a file that carries one is sampled with it; --tilt 0 turns it off
+    assert main(["sample", "alanine-dipeptide", "--model", str(tmp_path / "tilted"), "--out", str(tmp_path / "d"),
+                 "--tilt", "0", "--particles", "8", "--runs", "1", "--levels", "4", "--mixing-moves", "2",
+                 "--no-compile", "--threads", "1"]) == 0
+    assert "tilt " not in capsys.readouterr().out
+    assert json.loads((tmp_path / "d" / "summary.json").read_text())["tilt_applied"] == 0.0

@@ -25,7 +25,7 @@ def dihedral_columns(space, topology, cvs) -> dict[str, int]:
 
 def fit_sampling_tilt(target, model_path, out, cvs, *, samples: int = 5000, seed: int = 0,
                       settings: SampleSettings = SampleSettings()) -> dict:
-    """Write ``out``: the model file at ``model_path`` plus a tilt that balances the molecule's free energies.
+    """Write ``out/model.pt``: the model file at ``model_path`` plus a tilt that balances the molecule's free energies.
 
     The tilt (:func:`boltzgen.tilt.balance_tilt`) is fitted on ``samples`` of the model's own weighted
     samples (its levels alone, :func:`boltzgen.sampling.model_samples`; no force field is evaluated), so
@@ -35,7 +35,7 @@ def fit_sampling_tilt(target, model_path, out, cvs, *, samples: int = 5000, seed
     Args:
         target: the system (its topology) the model samples.
         model_path: an internal-coordinate model file.
-        out: the new model file (not the input).
+        out: a new or empty folder (as ``boltzgen train --out``); ``out/model.pt`` is written.
         cvs: the molecule's declaration (``boltzgen.systems.collective_variables(name)``).
         samples: own samples to fit on.
         seed: seeds the own samples.
@@ -44,8 +44,8 @@ def fit_sampling_tilt(target, model_path, out, cvs, *, samples: int = 5000, seed
         The metadata entry written (coefficients, the balanced dF per free energy, samples, seed).
     """
     out, model_path = Path(out), Path(model_path)
-    if out.resolve() == model_path.resolve():
-        raise ValueError(f"out must be a new file, not the model file itself ({model_path})")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"out {out} must be a new or empty folder")
     model_file = load_model_file(model_path)
     space = model_file.space
     if not hasattr(space, "dihedral_index"):
@@ -59,7 +59,8 @@ def fit_sampling_tilt(target, model_path, out, cvs, *, samples: int = 5000, seed
                                   model_file.model.n_periodic)
     entry = tilt_metadata(tilt, balanced_delta_f_kT=balanced, samples=int(samples), seed=int(seed),
                           source=str(model_path))
-    save_model_file(out, model_file.model, space, {**model_file.metadata, METADATA_KEY: entry})
+    out.mkdir(parents=True, exist_ok=True)
+    save_model_file(out / "model.pt", model_file.model, space, {**model_file.metadata, METADATA_KEY: entry})
     return entry
 
 
