@@ -42,7 +42,7 @@ from .smc.engine import Checkpoint, as_generator, empty_state, run
 from .smc.kernels import Sequence
 from .smc.stages import Mixing, PathStage
 from .smc.weights import ess_fraction, log_mean_exp
-from .tilt import run_tilt, tilt_fraction, tilted_energy, untilt
+from .tilt import run_tilt, tilt_digest, tilt_fraction, tilted_energy, untilt
 
 
 def _fraction(value, name: str, low_open: bool = True) -> float:
@@ -188,7 +188,9 @@ class MolecularRun:
         log_weights: (N,) float64 log-weights toward exp(-u) (log_mean_exp = log_z).
         energies: (N,) float64 reduced energies u (kT) of ``positions``.
         result: the whole SMC run: its final state, every step's record and where each stage
-            (``levels``, ``bridge``, ``mixing``) left the particles.
+            (``levels``, ``bridge``, ``mixing``) left the particles. In a tilted run all of it (weights,
+            per-step ESS and log Z) is toward the tilted target exp(-(u - b)); ``log_weights`` and
+            ``log_z`` are the corrected ones.
         mirror_fraction: fraction of particles that were mirror images (D) and were folded (nan
             where nothing is folded).
         target_evaluations, model_evaluations: configurations on which u and E_theta were
@@ -198,8 +200,8 @@ class MolecularRun:
             ``settings.memory_budget``).
         bytes_per_particle: the measured peak per particle behind a budget's chunk (None without one).
         tilt: the fraction of the model file's sampling tilt the run applied (0: none).
-        tilt_ess_fraction: Kish ESS / N of the final weights, which a tilted run's correction makes
-            unequal (1 without a tilt: mixing leaves equal weights).
+        tilt_ess_fraction: Kish ESS / N of the final (corrected) weights (1 for an untilted run with a
+            mixing stage, which leaves equal weights).
     """
 
     positions: np.ndarray
@@ -262,6 +264,19 @@ class MolecularRun:
                            "model_evaluations": self.model_evaluations, "seconds": self.seconds,
                            "chunk_size": self.chunk_size, "bytes_per_particle": self.bytes_per_particle,
                            "tilt": self.tilt, "tilt_ess_fraction": self.tilt_ess_fraction}}
+
+
+def settings_record(settings: SampleSettings, model_file: ModelFile) -> dict:
+    """What identifies a run's settings in job manifests and checkpoints: ``asdict(settings)`` with the tilt
+    resolved (:func:`boltzgen.tilt.tilt_fraction`). An untilted run's record has no tilt key, as before tilts
+    existed, so older job folders and checkpoints still resume; a tilted one records the fraction applied and
+    a digest of the file's tilt, so a run never resumes under another tilt."""
+    record = asdict(settings)
+    fraction = tilt_fraction(model_file, record.pop("tilt"))
+    if fraction:
+        record["tilt"] = fraction
+        record["tilt_sha256"] = tilt_digest(model_file.metadata)
+    return record
 
 
 def run_stages(model_file: ModelFile, u, model_energy, topology, settings: SampleSettings) -> list:
@@ -426,7 +441,8 @@ def sample_molecule(model_file: ModelFile, target, n_particles: int, settings: S
     space.check_target(reduced, torch.as_tensor(np.asarray(target.positions), dtype=torch.float64, device=device))
     path = None if checkpoint is None else Path(checkpoint)
     saved = torch.load(path, weights_only=False) if path is not None and path.is_file() else None
-    if saved is not None and saved.settings != asdict(requested):
+    record = settings_record(requested, model_file)
+    if saved is not None and saved.settings != record:
         raise ValueError(f"checkpoint {path} was written with other settings: delete it or use the same settings")
     u = CountedEnergy(space.flat_energy(reduced), saved.target_evaluations if saved else 0)
     model, tilt = run_tilt(model_file, settings.tilt)
@@ -437,7 +453,7 @@ def sample_molecule(model_file: ModelFile, target, n_particles: int, settings: S
                         target.topology, settings)
     result = run(empty_state(n_particles, device), stages,
                  generator, resume=saved.checkpoint if saved else None, progress=progress,
-                 on_step=_saver(path, checkpoint_every, (u, model_energy), start, done_before, asdict(requested)))
+                 on_step=_saver(path, checkpoint_every, (u, model_energy), start, done_before, record))
     log_weights = result.log_weights.detach() if tilt is None else untilt(result.log_weights.detach(), result.particles,
                                                                            tilt, settings.chunk_size)
     positions, mirror_fraction = space.finish(space.to_positions(result.particles).detach().to(torch.float64),

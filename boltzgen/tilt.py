@@ -28,6 +28,7 @@ import torch
 from ._checks import check_probability
 from .cvs import in_arc
 from .diffusion.calibration import DihedralCalibration
+from .smc.energy import EnergyFn
 
 TiltFn = Callable[[torch.Tensor], torch.Tensor]
 METADATA_KEY = "sampling_tilt"
@@ -39,7 +40,7 @@ def tilted_model(model, tilt: DihedralCalibration, fraction: float = 1.0) -> tup
     Args:
         model: an internal-coordinate model (with or without a calibration c).
         tilt: b, a DihedralCalibration over the model's dihedrals.
-        fraction: how much of b to apply, in (0, 1].
+        fraction: how much of b to apply, in [0, 1].
     Returns:
         ``(model', tilt_fn)``: a copy of the model with calibration c - fraction b, and
         tilt_fn(z) = fraction b(phi) at zero noise, (n, d) -> (n,) kT in z's dtype. ``model`` is unchanged.
@@ -78,7 +79,7 @@ def combine(a: DihedralCalibration | None, b: DihedralCalibration, factor: float
     return out
 
 
-def tilted_energy(u: TiltFn, tilt: TiltFn) -> TiltFn:
+def tilted_energy(u: EnergyFn, tilt: TiltFn) -> EnergyFn:
     """z -> u(z) - tilt(z): the target a tilted run samples, (n, d) -> (n,) kT."""
     return lambda z: u(z) - tilt(z)
 
@@ -157,6 +158,9 @@ def balance_tilt(dihedrals: np.ndarray, log_weights: np.ndarray, cvs, columns: d
         a, b = (cs - cr) / math.pi, (ss - sr) / math.pi
         g = a * np.cos(theta) + b * np.sin(theta)
         gap = (w[in_state] @ g[in_state]) / mass_s - (w[in_reference] @ g[in_reference]) / mass_r
+        if not gap > 1e-6:  # the harmonic does not tell the two sides apart on these samples
+            raise ValueError(f"the free energy {fe.key!r}: its first Fourier harmonic does not separate "
+                             f"{fe.state!r} from {fe.reference!r} on these samples (mean gap {gap:.3g}); no tilt fitted")
         delta_f = float(-math.log(mass_s / mass_r))
         scale = delta_f / gap
         with torch.no_grad():
@@ -173,6 +177,15 @@ def tilt_metadata(tilt: DihedralCalibration, **notes) -> dict:
     return {"n_periodic": tilt.n_periodic, "n_harmonics": tilt.n_harmonics,
             "cos": tilt.cos_coefficients.double().cpu().tolist(), "sin": tilt.sin_coefficients.double().cpu().tolist(),
             **notes}
+
+
+def tilt_digest(metadata: dict) -> str | None:
+    """SHA-256 of a model file's stored tilt entry (None without one): identifies the tilt a run applied."""
+    import hashlib
+    import json
+
+    entry = metadata.get(METADATA_KEY)
+    return None if entry is None else hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
 
 
 def stored_tilt(metadata: dict) -> DihedralCalibration | None:

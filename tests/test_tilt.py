@@ -120,6 +120,24 @@ def test_the_balance_tilt_evens_out_each_free_energy():
         assert 0.45 < share < 0.55  # first-order balance: exact only for point basins
 
 
+def test_settings_records_resolve_the_tilt_and_leave_untilted_runs_as_before():
+    from dataclasses import asdict
+
+    from boltzgen.sampling import settings_record
+
+    model, _ = small_model()
+    plain = ModelFile(model, None, {})
+    carrying = ModelFile(model, None, {"sampling_tilt": tilt_metadata(calibration(3))})
+    untilted = asdict(SampleSettings())
+    untilted.pop("tilt")
+    assert settings_record(SampleSettings(), plain) == untilted  # the record of a job made before tilts existed
+    assert settings_record(SampleSettings(tilt=0.0), carrying) == untilted
+    default, explicit = settings_record(SampleSettings(), carrying), settings_record(SampleSettings(tilt=1.0), carrying)
+    assert default == explicit and default["tilt"] == 1.0 and len(default["tilt_sha256"]) == 64
+    other = ModelFile(model, None, {"sampling_tilt": tilt_metadata(calibration(3, seed=9))})
+    assert settings_record(SampleSettings(), other) != default  # another tilt is another job
+
+
 def test_the_balance_tilt_needs_mass_on_both_sides():
     theta = np.full((10, 2), -1.0)
     with pytest.raises(ValueError, match="hold no mass in 'a>0'"):

@@ -220,20 +220,23 @@ def free_energy_between(target_a, target_b, model_path, out, *, particles: int =
 
 def _free_energy(target_a, target_b, refs, model_path, out, particles, runs, settings, switch_settings, seed, device,
                  md_from, md_to, reference_ns, progress, compile, checkpoint_every, spread) -> FreeEnergyReport:
+    from ..sampling import settings_record
     from ..targets.openmm import system_fingerprint
+    from ..tilt import run_tilt
 
     _check_states(target_a, target_b)
     _check_reference(md_from, md_to, reference_ns, target_a, target_b)
     model_file = load_model_file(model_path, device=device)
     for target in (target_a, target_b):
         check_compatible(model_file, target)
+    run_tilt(model_file, settings.tilt)  # refuses a tilt the model file cannot take, before any file
     manifest = {"job": "free-energy", "from": target_a.name, "to": target_b.name,
                 "from_fingerprint": system_fingerprint(target_a.system),
                 "to_fingerprint": system_fingerprint(target_b.system), "temperature_K": float(target_a.temperature),
                 "model": str(model_path),
                 "model_sha256": file_digest(model_path), "model_system": model_file.metadata.get("system"),
                 "particles": int(particles), "runs": int(runs), "seed": int(seed), "device": str(device),
-                "settings": asdict(settings), "switch_settings": asdict(switch_settings),
+                "settings": settings_record(settings, model_file), "switch_settings": asdict(switch_settings),
                 "reference_ns": reference_ns, "md_from": None if md_from is None else [str(d) for d in md_from],
                 "md_to": None if md_to is None else [str(d) for d in md_to]}
     job = open_job(out, manifest)

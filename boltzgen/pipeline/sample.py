@@ -9,7 +9,7 @@ same result for every run.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -55,13 +55,14 @@ class SampleReport:
 def sample_manifest(target, model_path, model_file, *, particles: int, runs: int, settings, seed: int,
                     device) -> dict:
     """What identifies a sampling job: the system, the model (by content), the settings and seeds."""
+    from ..sampling import settings_record
     from ..targets.openmm import system_fingerprint
 
     return {"job": "sample", "system": target.name, "system_fingerprint": system_fingerprint(target.system),
             "temperature_K": float(target.temperature), "model": str(model_path),
             "model_sha256": file_digest(model_path), "model_system": model_file.metadata.get("system"),
             "recalibration": not check_compatible(model_file, target), "particles": int(particles), "runs": int(runs),
-            "seed": int(seed), "device": str(device), "settings": asdict(settings)}
+            "seed": int(seed), "device": str(device), "settings": settings_record(settings, model_file)}
 
 
 def _loaded(target) -> tuple:

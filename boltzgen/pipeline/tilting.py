@@ -57,6 +57,9 @@ def fit_sampling_tilt(target, model_path, out, cvs, *, samples: int = 5000, seed
     n_linear = model_file.model.n_linear
     tilt, balanced = balance_tilt(drawn.particles[:, n_linear:], drawn.log_weights, cvs, columns,
                                   model_file.model.n_periodic)
+    if not balanced:
+        raise ValueError("no declared free energy is between two arcs of one dihedral coordinate of this model: "
+                         "there is nothing for a balance tilt to balance")
     entry = tilt_metadata(tilt, balanced_delta_f_kT=balanced, samples=int(samples), seed=int(seed),
                           source=str(model_path))
     out.mkdir(parents=True, exist_ok=True)
