@@ -645,6 +645,8 @@ def format_sample_summary(summary: dict) -> str:
               f"  final ESS fraction      {summary['ess_fraction']:.3f}   one-step bridge ESS {summary['bridge_ess_fraction']:.4f}"
               f"   ESS at the model's last level {summary['levels_ess_fraction']:.3f}",
               f"  lineages from t = 1     {', '.join(str(n) for n in summary['lineages'])} (of {summary['n_particles_per_run']})",
+              *([f"    after the levels      {', '.join(str(n) for n in levels)} (the rest are lost in the bridge)"]
+                if None not in (levels := summary.get("levels_lineages", [None])) else []),
               *([f"  tilt                    {tilt:g} of the model's sampling tilt; ESS after its "
                  f"correction {summary['tilt_ess_fraction']:.3f}"] if (tilt := summary.get('tilt_applied', 0.0)) else []),
               f"  mixing at the force field  {summary['settings']['mixing']['moves']} MALA moves per particle, "

@@ -15,7 +15,7 @@ import torch
 
 from boltzgen import systems
 from boltzgen.analysis import load_run, run_figures
-from boltzgen.cli import main
+from boltzgen.cli import format_sample_summary, main
 from boltzgen.coordinates import is_l_amino_acid
 from boltzgen.models import load_model_file
 from boltzgen.pipeline import run_seeds, sample_model
@@ -193,6 +193,9 @@ def test_sample_model_writes_runs_and_a_summary_that_analyze_reads(tmp_path, cap
         assert key in summary, key
     assert summary["recalibration"] is False and summary["n_runs"] == 2 and len(report.run_dirs) == 2
     assert summary["log_z_err"] is not None and math.isfinite(summary["log_z"])
+    # lineages after the levels, then after the bridge: the bridge can only lose more
+    assert all(b <= a for a, b in zip(summary["levels_lineages"], summary["lineages"]))
+    assert "after the levels" in format_sample_summary(summary)
     runs = [load_run(d) for d in report.run_dirs]
     assert all(r.kind == "samples" and r.energies.shape == (24,) for r in runs)
     # the pooled outputs: one trajectory of all runs and a COLVAR table whose weights give every run 1/2

@@ -60,6 +60,7 @@ def sample_summary(run_dirs, manifest: dict, cvs=None) -> dict:
         "bridge_ess_fraction": _mean(t["bridge_ess_fraction"] for t in totals),
         "levels_ess_fraction": _mean(t["levels_ess_fraction"] for t in totals),
         "lineages": [t["n_lineages"] for t in totals],
+        "levels_lineages": [t.get("levels_lineages") for t in totals],  # where the model's levels left them
         "tilt_applied": _mean(t.get("tilt", 0.0) for t in totals),  # absent before tilts
         "tilt_ess_fraction": _mean(t.get("tilt_ess_fraction", 1.0) for t in totals),
         "torsion_acceptance": _mean(t["torsion_acceptance"] for t in totals),
