@@ -821,6 +821,8 @@ def add_tilt_command(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder; the model file is DIR/model.pt")
     p.add_argument("--samples", type=int, default=5000, help="own samples to fit on (default 5000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the own samples (default 0)")
+    p.add_argument("--harmonics", type=int, default=1,
+                   help="Fourier harmonics of each side's step (default 1; more: closer to a step)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.set_defaults(func=_tilt)
 
@@ -831,12 +833,14 @@ def _tilt(args) -> int:
     from .pipeline import fit_sampling_tilt
 
     check_count(args.samples, "--samples")
+    check_count(args.harmonics, "--harmonics")
     _set_threads(args.threads, "--threads")
     model = systems.resolve_model(args.model)
     cvs = systems.collective_variables(args.system)
     target = systems.load(args.system)
     try:
-        entry = fit_sampling_tilt(target, model, args.out, cvs, samples=args.samples, seed=args.seed)
+        entry = fit_sampling_tilt(target, model, args.out, cvs, samples=args.samples, seed=args.seed,
+                                  harmonics=args.harmonics)
     finally:
         target.close()
     for key, delta_f in entry["balanced_delta_f_kT"].items():

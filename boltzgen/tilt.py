@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ._checks import check_probability
+from ._checks import check_count, check_probability
 from .cvs import in_arc
 from .diffusion.calibration import DihedralCalibration
 from .smc.energy import EnergyFn
@@ -101,13 +101,26 @@ def untilt(log_weights: torch.Tensor, particles: torch.Tensor, tilt: TiltFn, chu
 
 
 # ---- a tilt that balances declared free energies ----------------------------------------------------
-def _arc_moments(low: float, high: float) -> tuple[float, float]:
-    """(integral of cos, integral of sin) over the arc [low, high) (low > high wraps through pi)."""
+def _arc_moments(low: float, high: float, k: int = 1) -> tuple[float, float]:
+    """(integral of cos k theta, integral of sin k theta) over the arc [low, high) (low > high wraps through pi)."""
     if low > high:
-        c1, s1 = _arc_moments(low, math.pi)
-        c2, s2 = _arc_moments(-math.pi, high)
+        c1, s1 = _arc_moments(low, math.pi, k)
+        c2, s2 = _arc_moments(-math.pi, high, k)
         return c1 + c2, s1 + s2
-    return math.sin(high) - math.sin(low), math.cos(low) - math.cos(high)
+    return (math.sin(k * high) - math.sin(k * low)) / k, (math.cos(k * low) - math.cos(k * high)) / k
+
+
+def _step_coefficients(state: tuple, reference: tuple, harmonics: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fourier coefficients (a_k, b_k), k = 1..K, of 1[state] - 1[reference] with Lanczos sigma factors
+    (which damp the ringing of a truncated step), each (K,)."""
+    a, b = np.zeros(harmonics), np.zeros(harmonics)
+    for k in range(1, harmonics + 1):
+        cs, ss = _arc_moments(*state[1:], k)
+        cr, sr = _arc_moments(*reference[1:], k)
+        x = k / (harmonics + 1)
+        sigma = math.sin(math.pi * x) / (math.pi * x) if harmonics > 1 else 1.0
+        a[k - 1], b[k - 1] = sigma * (cs - cr) / math.pi, sigma * (ss - sr) / math.pi
+    return a, b
 
 
 def _one_arc(cvs, name: str):
@@ -116,15 +129,17 @@ def _one_arc(cvs, name: str):
 
 
 def balance_tilt(dihedrals: np.ndarray, log_weights: np.ndarray, cvs, columns: dict[str, int],
-                 n_periodic: int) -> tuple[DihedralCalibration, dict[str, float]]:
-    """A first-harmonic tilt that brings both sides of each declared one-dihedral free energy to about equal mass.
+                 n_periodic: int, harmonics: int = 1) -> tuple[DihedralCalibration, dict[str, float]]:
+    """A tilt that brings both sides of each declared one-dihedral free energy to about equal mass.
 
     For a free energy between a state and a reference that are arcs of the same dihedral theta, the tilt
-    adds s g(theta), with g the first Fourier harmonic of 1[state] - 1[reference] and s chosen so that
-    the tilt's mean difference between the two sides, under the given samples, equals their free-energy
-    difference dF = -ln(P(state) / P(reference)): to first order the tilted samples hold both sides
-    equally. Free energies whose states are not single arcs of one model dihedral are left untilted, and
-    each dihedral is tilted once (its first free energy).
+    adds s g(theta), with g the first ``harmonics`` Fourier harmonics of 1[state] - 1[reference] (with
+    Lanczos sigma factors when more than one) and s chosen so that the tilt's mean difference between the
+    two sides, under the given samples, equals their free-energy difference dF = -ln(P(state) /
+    P(reference)): to first order the tilted samples hold both sides equally. More harmonics make g
+    closer to a step, so the final correction exp(-b) varies less *within* each side (the weights then
+    mostly reweight whole sides). Free energies whose states are not single arcs of one model dihedral
+    are left untilted, and each dihedral is tilted once (its first free energy).
 
     Args:
         dihedrals: (n, D) the samples' dihedral coordinates, radians (e.g. a model's own samples).
@@ -132,13 +147,15 @@ def balance_tilt(dihedrals: np.ndarray, log_weights: np.ndarray, cvs, columns: d
         cvs: the molecule's declaration (:class:`boltzgen.cvs.MoleculeCVs`).
         columns: {CV name: its column in ``dihedrals``} for the CVs that are model coordinates.
         n_periodic: D.
+        harmonics: K >= 1.
     Returns:
-        (the tilt (n_periodic dihedrals, 1 harmonic), {free-energy key: the dF it balances, kT}).
+        (the tilt (n_periodic dihedrals, K harmonics), {free-energy key: the dF it balances, kT}).
     """
+    harmonics = check_count(harmonics, "harmonics")
     theta_all = np.asarray(dihedrals, dtype=np.float64)
     lw = np.asarray(log_weights, dtype=np.float64)
     w = np.exp(lw - lw.max())
-    tilt = DihedralCalibration(n_periodic, 1).double()
+    tilt = DihedralCalibration(n_periodic, harmonics).double()
     balanced, done = {}, set()
     for fe in cvs.free_energies:
         state, reference = _one_arc(cvs, fe.state), _one_arc(cvs, fe.reference)
@@ -153,10 +170,9 @@ def balance_tilt(dihedrals: np.ndarray, log_weights: np.ndarray, cvs, columns: d
         if mass_s == 0 or mass_r == 0:
             raise ValueError(f"the samples hold no mass in {fe.state if mass_s == 0 else fe.reference!r}: draw more "
                              "samples to fit a tilt for the free energy " + repr(fe.key))
-        cs, ss = _arc_moments(*state[1:])
-        cr, sr = _arc_moments(*reference[1:])
-        a, b = (cs - cr) / math.pi, (ss - sr) / math.pi
-        g = a * np.cos(theta) + b * np.sin(theta)
+        a, b = _step_coefficients(state, reference, harmonics)
+        k = np.arange(1, harmonics + 1)
+        g = np.cos(theta[:, None] * k) @ a + np.sin(theta[:, None] * k) @ b
         gap = (w[in_state] @ g[in_state]) / mass_s - (w[in_reference] @ g[in_reference]) / mass_r
         if not gap > 1e-6:  # the harmonic does not tell the two sides apart on these samples
             raise ValueError(f"the free energy {fe.key!r}: its first Fourier harmonic does not separate "
@@ -164,8 +180,8 @@ def balance_tilt(dihedrals: np.ndarray, log_weights: np.ndarray, cvs, columns: d
         delta_f = float(-math.log(mass_s / mass_r))
         scale = delta_f / gap
         with torch.no_grad():
-            tilt.cos_coefficients[j, 0] = scale * a
-            tilt.sin_coefficients[j, 0] = scale * b
+            tilt.cos_coefficients[j] = torch.from_numpy(scale * a)
+            tilt.sin_coefficients[j] = torch.from_numpy(scale * b)
         balanced[fe.key] = delta_f
         done.add(j)
     return tilt, balanced

@@ -98,7 +98,8 @@ def balance_cvs():
                                        "b_positive": {"state": "b>0", "reference": "b<0"}}}, "test")
 
 
-def test_the_balance_tilt_evens_out_each_free_energy():
+@pytest.mark.parametrize("harmonics", [1, 4])
+def test_the_balance_tilt_evens_out_each_free_energy(harmonics):
     # dihedral columns: 0 holds b (P(b > 0) = 0.6), 1 holds a (P(a > 0) = 0.1), 2 no CV; von Mises-like basins
     # at +-1.2 rad
     g = torch.Generator().manual_seed(3)
@@ -108,7 +109,8 @@ def test_the_balance_tilt_evens_out_each_free_energy():
     theta = torch.remainder(centre + 0.3 * torch.randn(n, 2, generator=g, dtype=torch.float64) + math.pi,
                             2 * math.pi) - math.pi
     theta = torch.cat([theta, torch.zeros(n, 1, dtype=torch.float64)], 1)
-    tilt, balanced = balance_tilt(theta.numpy(), np.zeros(n), balance_cvs(), {"a": 1, "b": 0}, 3)
+    tilt, balanced = balance_tilt(theta.numpy(), np.zeros(n), balance_cvs(), {"a": 1, "b": 0}, 3, harmonics)
+    assert tilt.n_harmonics == harmonics
     assert balanced["a_positive"] == pytest.approx(math.log(0.9 / 0.1), abs=0.03)
     assert balanced["b_positive"] == pytest.approx(math.log(0.4 / 0.6), abs=0.03)
     assert tilt.cos_coefficients[2].abs().max() == 0 and tilt.sin_coefficients[2].abs().max() == 0  # untouched
@@ -136,6 +138,21 @@ def test_settings_records_resolve_the_tilt_and_leave_untilted_runs_as_before():
     assert default == explicit and default["tilt"] == 1.0 and len(default["tilt_sha256"]) == 64
     other = ModelFile(model, None, {"sampling_tilt": tilt_metadata(calibration(3, seed=9))})
     assert settings_record(SampleSettings(), other) != default  # another tilt is another job
+
+
+def test_more_harmonics_make_the_tilt_flatter_within_each_side():
+    # the tilt's spread within phi < 0, relative to its gap between the sides, for a step at 0 and pi
+    cvs = balance_cvs()
+    theta = np.linspace(-math.pi, math.pi, 2001)[:-1]
+    both = np.stack([theta, theta], 1)
+    relative = []
+    for harmonics in (1, 4):
+        rare = np.where(theta > 0, math.log(1 / 9), 0.0)  # P(a > 0) = 0.1: a 2.2 kT gap to balance
+        tilt, _ = balance_tilt(both, rare, cvs, {"a": 0}, 2, harmonics)
+        b = tilt(torch.from_numpy(both), torch.zeros(len(theta))).numpy()
+        inner = (theta < -0.5) & (theta > -math.pi + 0.5)  # away from the two steps
+        relative.append(np.ptp(b[inner]) / abs(b[theta > 0].mean() - b[theta < 0].mean()))
+    assert relative[1] < 0.5 * relative[0]
 
 
 def test_the_balance_tilt_needs_mass_on_both_sides():

@@ -23,7 +23,7 @@ def dihedral_columns(space, topology, cvs) -> dict[str, int]:
     return columns
 
 
-def fit_sampling_tilt(target, model_path, out, cvs, *, samples: int = 5000, seed: int = 0,
+def fit_sampling_tilt(target, model_path, out, cvs, *, samples: int = 5000, seed: int = 0, harmonics: int = 1,
                       settings: SampleSettings = SampleSettings()) -> dict:
     """Write ``out/model.pt``: the model file at ``model_path`` plus a tilt that balances the molecule's free energies.
 
@@ -39,6 +39,7 @@ def fit_sampling_tilt(target, model_path, out, cvs, *, samples: int = 5000, seed
         cvs: the molecule's declaration (``boltzgen.systems.collective_variables(name)``).
         samples: own samples to fit on.
         seed: seeds the own samples.
+        harmonics: Fourier harmonics of each side's step (1: a sine-like tilt; more: closer to a step).
         settings: the levels' settings (as the runs will use them).
     Returns:
         The metadata entry written (coefficients, the balanced dF per free energy, samples, seed).
@@ -56,12 +57,12 @@ def fit_sampling_tilt(target, model_path, out, cvs, *, samples: int = 5000, seed
     drawn = model_samples(model_file, target.topology, samples, settings, seed=seed)
     n_linear = model_file.model.n_linear
     tilt, balanced = balance_tilt(drawn.particles[:, n_linear:], drawn.log_weights, cvs, columns,
-                                  model_file.model.n_periodic)
+                                  model_file.model.n_periodic, harmonics)
     if not balanced:
         raise ValueError("no declared free energy is between two arcs of one dihedral coordinate of this model: "
                          "there is nothing for a balance tilt to balance")
     entry = tilt_metadata(tilt, balanced_delta_f_kT=balanced, samples=int(samples), seed=int(seed),
-                          source=str(model_path))
+                          harmonics=int(harmonics), source=str(model_path))
     out.mkdir(parents=True, exist_ok=True)
     save_model_file(out / "model.pt", model_file.model, space, {**model_file.metadata, METADATA_KEY: entry})
     return entry
