@@ -812,7 +812,8 @@ def add_tilt_command(sub) -> None:
         "tilt", help="write a copy of an internal-coordinate model file with a tilt that balances the declared "
                      "free energies (its runs then keep lineages in rare basins)",
         description="Draw the model's own samples (its levels alone: no force field), measure each declared "
-                    "one-dihedral free energy on them, and store a first-harmonic tilt that would bring both "
+                    "one-dihedral free energy on them, and store a tilt (the first --harmonics harmonics of each side's "
+                    "step) that would bring both "
                     "sides of each to about equal mass. `boltzgen sample`/`run` with this file sample the tilted "
                     "target and correct every weight exactly at the end (--tilt 0 turns it off).")
     p.add_argument("system", help="a named system (see `boltzgen systems`) or the path of a system YAML")

@@ -200,8 +200,6 @@ class MolecularRun:
             ``settings.memory_budget``).
         bytes_per_particle: the measured peak per particle behind a budget's chunk (None without one).
         tilt: the fraction of the model file's sampling tilt the run applied (0: none).
-        tilt_ess_fraction: Kish ESS / N of the final (corrected) weights (1 for an untilted run with a
-            mixing stage, which leaves equal weights).
     """
 
     positions: np.ndarray
@@ -215,7 +213,12 @@ class MolecularRun:
     chunk_size: int = 1000
     bytes_per_particle: float | None = None
     tilt: float = 0.0
-    tilt_ess_fraction: float = 1.0
+
+    @property
+    def tilt_ess_fraction(self) -> float:
+        """Kish ESS / N of the final (corrected) weights (1 for an untilted run with a mixing stage, which
+        leaves equal weights)."""
+        return ess_fraction(torch.as_tensor(self.log_weights))
 
     @property
     def log_z(self) -> float:
@@ -464,8 +467,7 @@ def sample_molecule(model_file: ModelFile, target, n_particles: int, settings: S
                               energies=energies, result=result, mirror_fraction=mirror_fraction,
                               target_evaluations=u.count + final.count, model_evaluations=model_energy.count,
                               seconds=done_before + time.perf_counter() - start, chunk_size=settings.chunk_size,
-                              bytes_per_particle=per_particle, tilt=tilt_fraction(model_file, settings.tilt),
-                              tilt_ess_fraction=ess_fraction(log_weights))
+                              bytes_per_particle=per_particle, tilt=tilt_fraction(model_file, settings.tilt))
     if path is not None and path.exists():
         path.unlink()
     return run_result

@@ -19,6 +19,8 @@ The tilt a model file carries (``metadata["sampling_tilt"]``, :func:`stored_tilt
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from typing import Callable
 
@@ -197,9 +199,6 @@ def tilt_metadata(tilt: DihedralCalibration, **notes) -> dict:
 
 def tilt_digest(metadata: dict) -> str | None:
     """SHA-256 of a model file's stored tilt entry (None without one): identifies the tilt a run applied."""
-    import hashlib
-    import json
-
     entry = metadata.get(METADATA_KEY)
     return None if entry is None else hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
 

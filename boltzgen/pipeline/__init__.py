@@ -27,5 +27,5 @@ from .training import (COORDINATES, WEIGHTINGS, Frames, TrainReport, TrainSettin
 
 __all__ = ["COORDINATES", "FreeEnergyReport", "Frames", "NamedRunResult", "RunProgress", "SampleReport", "Spread",
            "SystemRef", "TrainReport", "TrainSettings", "WEIGHTINGS", "fast_target", "free_energy_between",
-           "fit_sampling_tilt", "load_frames", "md_seeds", "output_paths", "run_named", "run_seeds", "run_tasks", "sample_model",
-           "shipped_reference", "split_holdout", "summarize", "train_model"]
+           "fit_sampling_tilt", "load_frames", "md_seeds", "output_paths", "run_named", "run_seeds", "run_tasks",
+           "sample_model", "shipped_reference", "split_holdout", "summarize", "train_model"]
