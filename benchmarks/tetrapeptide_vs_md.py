@@ -39,7 +39,8 @@ from _arms import TARGET_SE_KT, print_table, record_figures, row
 from _record import append_record, command_line
 
 from boltzgen import md, systems
-from boltzgen.analysis import cv_values, run_figures
+from boltzgen.analysis import cv_values, load_run, run_figures
+from boltzgen.analysis.lineages import FEW_LINEAGES, effective_lineages
 from boltzgen.analysis.free_energy import mean_and_error
 from boltzgen.baselines import mcmc_alone
 from boltzgen.coordinates.cartesian import MolecularSpace
@@ -152,13 +153,23 @@ def run_mcmc(space, args) -> tuple[dict, float, int]:
     return figures_of_sets(per_set), seconds, evaluations
 
 
-def run_generator(model: Path, settings, args, work: Path, label: str) -> tuple[dict, float, dict]:
+def run_generator(model: Path, settings, args, work: Path, label: str) -> tuple[dict, float, dict, list[Path]]:
     with systems.load(args.system) as target:
         start = time.perf_counter()
         report = sample_model(target, model, work / label.replace(" ", "-").replace(",", ""), particles=args.particles,
                               runs=args.runs, settings=settings, seed=args.seed, compile=not args.quick)
         seconds = time.perf_counter() - start
-    return figures_of_runs(list(report.run_dirs)), seconds, report.summary
+    return figures_of_runs(list(report.run_dirs)), seconds, report.summary, list(report.run_dirs)
+
+
+def lineages_in_state(dirs: list[Path], state: str) -> list[float]:
+    """Per run, the effective lineages carrying the declared basin ``state`` (boltzgen.analysis.lineages):
+    below about ten, a run's estimate of the state rests on a few draws and runs are skewed."""
+    out = []
+    for run in map(load_run, dirs):
+        basin = next(b for b in run.cvs.basins if b.name == state)
+        out.append(round(effective_lineages(run.origins, run.log_weights, basin.contains(run.cv_values)), 2))
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -203,10 +214,11 @@ def main(argv: list[str] | None = None) -> None:
                                 ("generator, no mixing", replace(defaults, mixing=replace(defaults.mixing, moves=0)))):
             if not args.model:
                 break
-            figures, seconds, s = run_generator(Path(args.model), settings, args, work, label)
+            figures, seconds, s, dirs = run_generator(Path(args.model), settings, args, work, label)
             rows.append(arm(label, figures, state, reference, seconds, s["target_evaluations"], s["model_evaluations"],
                             runs=args.runs, particles=args.particles, bridge_ess_fraction=s["bridge_ess_fraction"],
-                            lineages=s["lineages"]))
+                            lineages=s["lineages"], tilt=s["tilt_applied"],
+                            state_lineages=lineages_in_state(dirs, state)))
     found = print_table(rows, [
         f"cost to a standard error of {TARGET_SE_KT} kT on F({state}) = -ln P({state}), the rarest phi-sign state "
         f"with >= {MIN_MASS:.0%} of the mass; {args.threads} torch threads (MD: OpenMM, one core)",
@@ -216,6 +228,11 @@ def main(argv: list[str] | None = None) -> None:
         if r["empty_runs"]:
             print(f"  {r['method']}: {r['empty_runs']} of {r['runs']} runs have no mass in {state}: its s.e. (and cost "
                   "to 0.1 kT) from the delta method is unreliable; more particles or runs are needed")
+    for r in rows:
+        if "state_lineages" in r:
+            print(f"  {r['method']}: effective lineages carrying {state} per run {r['state_lineages']}"
+                  f"{' (tilt applied)' if r['tilt'] else ''}; below {FEW_LINEAGES:g}, per-run estimates are skewed "
+                  "and a few runs' error bar may be too small")
     for r in rows:
         print(f"  {r['method']}: " + ", ".join(
             f"dF(phi{i}>0) {_pm(r[f'delta_f_phi{i}_positive_kT'], r[f'delta_f_phi{i}_positive_err_kT'])}"

@@ -647,6 +647,7 @@ def format_sample_summary(summary: dict) -> str:
               f"  lineages from t = 1     {', '.join(str(n) for n in summary['lineages'])} (of {summary['n_particles_per_run']})",
               *([f"    after the levels      {', '.join(str(n) for n in levels)} (the rest are lost in the bridge)"]
                 if None not in (levels := summary.get("levels_lineages", [None])) else []),
+              *_state_lineage_lines(summary),
               *([f"  tilt                    {tilt:g} of the model's sampling tilt; ESS after its "
                  f"correction {summary['tilt_ess_fraction']:.3f}"] if (tilt := summary.get('tilt_applied', 0.0)) else []),
               f"  mixing at the force field  {summary['settings']['mixing']['moves']} MALA moves per particle, "
@@ -654,6 +655,24 @@ def format_sample_summary(summary: dict) -> str:
               f"  evaluations             target {summary['target_evaluations']:,}   model {summary['model_evaluations']:,}",
               f"  time                    {summary['seconds']:.0f} s"]
     return "\n".join(lines)
+
+
+def _state_lineage_lines(summary: dict) -> list[str]:
+    """The summary's lines on the lineages that carry each declared free energy's rarer side, with a
+    warning for those below :data:`boltzgen.analysis.lineages.FEW_LINEAGES`."""
+    from .analysis.lineages import FEW_LINEAGES
+
+    per_state = summary.get("state_lineages")
+    if not per_state:
+        return []
+    means = {key: sum(values) / len(values) for key, values in per_state.items()}
+    lines = ["  lineages per state      " + ", ".join(f"{key} {m:.1f}" for key, m in means.items())
+             + " (effective, rarer side, mean over runs)"]
+    few = [key for key, m in means.items() if m < FEW_LINEAGES]
+    if few:
+        lines.append(f"    fewer than {FEW_LINEAGES:g}: {', '.join(few)}: each run's estimate rests on a few draws, so "
+                     "runs are skewed (most low, a few high) and the error bar may be too small; use more runs")
+    return lines
 
 
 def _free_folder(stem: str) -> str:

@@ -236,6 +236,11 @@ class MolecularRun:
         return self.result.stage_end("bridge").ess_fraction
 
     @property
+    def origins(self) -> np.ndarray:
+        """(N,) int64 each final particle's lineage: the index of its ancestor at t = 1."""
+        return self.result.origin.cpu().numpy().astype(np.int64)
+
+    @property
     def n_lineages(self) -> int:
         """Particles of t = 1 with descendants of positive weight at the end of the bridge."""
         return self.result.stage_end("bridge").n_lineages

@@ -173,6 +173,14 @@ def test_sample_run_folder_round_trip_and_refusals(tmp_path, run, vacuum):
     assert traj.n_frames == 40 and np.allclose(traj.xyz, run.positions, atol=1e-5)
     back = load_sample_run(out)
     assert np.array_equal(back.log_weights, run.log_weights) and back.diagnostics["totals"]["nan"] is None
+    assert back.origins is None  # a run written without its lineages (as before they were saved) still reads
+    with_origins = write_sample_run(tmp_path / "o", run.positions, run.log_weights, run.energies, target.topology,
+                                    {}, origins=run.origins)
+    assert np.array_equal(load_sample_run(with_origins).origins, run.origins)
+    assert run.origins.shape == (40,) and run.origins.min() >= 0 and run.origins.max() < 40
+    with pytest.raises(ValueError, match="origins must be"):
+        write_sample_run(tmp_path / "bad", run.positions, run.log_weights, run.energies, target.topology, {},
+                         origins=run.origins[:3])
     with pytest.raises(ValueError, match="already exists"):
         write_sample_run(out, run.positions, run.log_weights, run.energies, target.topology, {})
     with pytest.raises(ValueError, match="log_weights and energies"):
@@ -196,6 +204,10 @@ def test_sample_model_writes_runs_and_a_summary_that_analyze_reads(tmp_path, cap
     # lineages after the levels, then after the bridge: the bridge can only lose more
     assert all(b <= a for a, b in zip(summary["levels_lineages"], summary["lineages"]))
     assert "after the levels" in format_sample_summary(summary)
+    # the lineages that carry each declared state: at most the run's particles, printed in the table
+    per_run = summary["state_lineages"]["phi_positive"]
+    assert len(per_run) == 2 and all(0 <= n <= 24 for n in per_run)
+    assert "lineages per state" in format_sample_summary(summary)
     runs = [load_run(d) for d in report.run_dirs]
     assert all(r.kind == "samples" and r.energies.shape == (24,) for r in runs)
     # the pooled outputs: one trajectory of all runs and a COLVAR table whose weights give every run 1/2

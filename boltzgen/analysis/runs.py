@@ -58,6 +58,8 @@ class WeightedRun:
         system: the system the run recorded, or None.
         note: why the run has no CVs (the system's declaration is unknown or does not fit), or None.
         temperature_K: the temperature the run (or its job) recorded, in K, or None.
+        origins: (n,) int64 index of each sample's lineage (its initial ancestor at t = 1) for a sample
+            run that saved them, else None (:mod:`boltzgen.analysis.lineages`).
     """
 
     path: str
@@ -72,6 +74,7 @@ class WeightedRun:
     system: str | None = None
     note: str | None = None
     temperature_K: float | None = None
+    origins: np.ndarray | None = None
 
     @property
     def n_frames(self) -> int:
@@ -94,7 +97,7 @@ class WeightedRun:
         return WeightedRun(self.path, np.asarray(self.log_weights)[index], self.biased,
                            {k: v[index] for k, v in self.cv_values.items()}, self.cvs, pick(self.is_l),
                            pick(self.energies), self.kind, pick(self.bond_lengths), self.system, self.note,
-                           self.temperature_K)
+                           self.temperature_K, pick(self.origins))
 
 
 def ramachandran_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
@@ -193,12 +196,13 @@ def load_run(out_dir, cvs: MoleculeCVs | None = None) -> WeightedRun:
     if looks_like_sample_run(out_dir):  # a damaged one too: its error names the damaged file
         run = load_sample_run(out_dir)
         traj, log_weights, energies, kind = run.trajectory, run.log_weights, run.energies, "samples"
+        origins = run.origins
         system = run.diagnostics.get("system") or run.diagnostics.get("to")
         temperature = job_temperature(out_dir)
     else:
         traj, log_weights, kind = load_trajectory(out_dir), load_log_weights(out_dir), "md"
         energies, system = load_energies(out_dir), recorded_system(out_dir)
-        temperature = recorded_temperature(out_dir)
+        temperature, origins = recorded_temperature(out_dir), None
     x = torch.from_numpy(traj.xyz.astype(np.float64))
     declared, note = _run_cvs(system, cvs, traj.topology, out_dir)
     try:
@@ -209,7 +213,7 @@ def load_run(out_dir, cvs: MoleculeCVs | None = None) -> WeightedRun:
                        biased=kind == "md" and bool(np.any(log_weights != 0)),
                        cv_values=cv_values(x, traj.topology, declared), cvs=declared, is_l=is_l, energies=energies,
                        kind=kind, bond_lengths=_bond_lengths(traj), system=system, note=note,
-                       temperature_K=temperature)
+                       temperature_K=temperature, origins=origins)
 
 
 def transitions(values, cores) -> int:

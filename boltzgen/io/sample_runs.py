@@ -6,6 +6,8 @@ One folder per independent run::
     samples.trr        the N particles as frames, positions in nm (float32 on disk, as TRR stores them)
     log_weights.npy    (N,) float64 log-weights toward exp(-u) (self-normalise; -inf = zero weight)
     energies.npy       (N,) float64 reduced energies u = U/kT of the particles (full precision)
+    origins.npy        (N,) int64 each particle's lineage: the index of its ancestor at t = 1
+                       (absent in runs written before lineages were saved)
     diagnostics.json   {"kind": "boltzgen-sample-run", per-step diagnostics, totals, settings}
 
     traj = mdtraj.load("run-000/samples.trr", top="run-000/topology.pdb")
@@ -38,6 +40,7 @@ class SampleRun:
         log_weights: (N,) float64 log-weights toward the Boltzmann distribution.
         energies: (N,) float64 reduced energies u (kT).
         diagnostics: the parsed diagnostics.json.
+        origins: (N,) int64 lineage of each particle (its ancestor at t = 1), or None (not saved).
     """
 
     path: Path
@@ -45,6 +48,7 @@ class SampleRun:
     log_weights: np.ndarray
     energies: np.ndarray
     diagnostics: dict
+    origins: np.ndarray | None = None
 
 
 def is_sample_run(path) -> bool:
@@ -115,7 +119,8 @@ def write_json(path, data: dict) -> Path:
     return path
 
 
-def write_sample_run(out_dir, positions, log_weights, energies, topology, diagnostics: dict) -> Path:
+def write_sample_run(out_dir, positions, log_weights, energies, topology, diagnostics: dict,
+                     origins=None) -> Path:
     """Write one run's weighted samples to ``out_dir`` (which must not exist yet), atomically.
 
     Args:
@@ -125,6 +130,7 @@ def write_sample_run(out_dir, positions, log_weights, energies, topology, diagno
         energies: (N,) reduced energies u in kT.
         topology: the molecule's openmm.app.Topology or mdtraj.Topology.
         diagnostics: JSON-ready dict (NaN becomes null); ``kind`` is added.
+        origins: (N,) int lineage of each particle (index of its ancestor at t = 1), or None.
     """
     out = Path(out_dir)
     if out.exists():
@@ -136,6 +142,10 @@ def write_sample_run(out_dir, positions, log_weights, energies, topology, diagno
         raise ValueError(f"positions must have shape (N, n_atoms, 3) in nm, got {x.shape}")
     if lw.shape != (x.shape[0],) or u.shape != (x.shape[0],):
         raise ValueError(f"log_weights and energies must have shape ({x.shape[0]},), got {lw.shape} and {u.shape}")
+    lineages = None if origins is None else np.asarray(origins)
+    if lineages is not None and (lineages.shape != (x.shape[0],) or not np.issubdtype(lineages.dtype, np.integer)):
+        raise ValueError(f"origins must be ({x.shape[0]},) integers (each particle's ancestor at t = 1), got "
+                         f"{lineages.shape} {lineages.dtype}")
     top = topology if isinstance(topology, mdtraj.Topology) else mdtraj.Topology.from_openmm(topology)
     if top.n_atoms != x.shape[1]:
         raise ValueError(f"topology has {top.n_atoms} atoms but positions have {x.shape[1]}")
@@ -148,6 +158,8 @@ def write_sample_run(out_dir, positions, log_weights, energies, topology, diagno
     traj.save_trr(str(tmp / "samples.trr"))
     np.save(tmp / "log_weights.npy", lw)
     np.save(tmp / "energies.npy", u)
+    if lineages is not None:
+        np.save(tmp / "origins.npy", lineages.astype(np.int64))
     record = _json_ready({"kind": SAMPLE_RUN_KIND, **diagnostics})
     (tmp / "diagnostics.json").write_text(json.dumps(record, indent=1) + "\n")
     tmp.rename(out)
@@ -177,8 +189,12 @@ def load_sample_run(path) -> SampleRun:
         traj = mdtraj.load(str(out / "samples.trr"), top=str(out / "topology.pdb"))
         lw = np.load(out / "log_weights.npy")
         u = np.load(out / "energies.npy")
+        origins = np.load(out / "origins.npy") if (out / "origins.npy").is_file() else None
     except Exception as exc:  # mdtraj and numpy raise many kinds for damaged files
         raise ValueError(f"{out} holds a damaged file ({type(exc).__name__}: {exc})") from exc
     if lw.shape != (traj.n_frames,) or u.shape != (traj.n_frames,):
         raise ValueError(f"{out}: {traj.n_frames} samples but log_weights {lw.shape} and energies {u.shape}")
-    return SampleRun(out, traj, lw.astype(np.float64), u.astype(np.float64), diagnostics)
+    if origins is not None and origins.shape != (traj.n_frames,):
+        raise ValueError(f"{out}: {traj.n_frames} samples but origins {origins.shape}")
+    return SampleRun(out, traj, lw.astype(np.float64), u.astype(np.float64), diagnostics,
+                     None if origins is None else origins.astype(np.int64))

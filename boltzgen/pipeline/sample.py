@@ -90,7 +90,7 @@ def sample_run(job, k: int, run_seed: int, target, fast, model_file, model_path,
         bar.close()
     diagnostics = {**result.diagnostics(), "seed": run_seed, "model": str(model_path), "system": target.name}
     write_sample_run(job.run_dir(k), result.positions, result.log_weights, result.energies, target.topology,
-                     diagnostics)
+                     diagnostics, origins=result.origins)
     return k
 
 

@@ -48,11 +48,12 @@ def sample_summary(run_dirs, manifest: dict, cvs=None) -> dict:
     """The summary of sample runs: per-run totals, means over runs, the molecule's free energies with
     errors over runs (see :func:`boltzgen.analysis.run_figures`), and what made them."""
     from ..analysis.free_energy import mean_and_error
-    from ..analysis.runs import run_figures
+    from ..analysis.runs import load_run, run_figures
 
     dirs = [Path(d) for d in run_dirs]
     totals = [load_sample_run(d).diagnostics["totals"] for d in dirs]
-    figures = run_figures([str(d) for d in dirs], cvs=cvs)
+    runs = [load_run(d, cvs) for d in dirs]
+    figures = run_figures(runs)
     log_z, log_z_err = mean_and_error([t["log_z"] for t in totals])
     return {
         "n_runs": len(dirs), "n_particles_per_run": int(totals[0]["n_particles"]),
@@ -66,12 +67,24 @@ def sample_summary(run_dirs, manifest: dict, cvs=None) -> dict:
         "torsion_acceptance": _mean(t["torsion_acceptance"] for t in totals),
         "log_z": log_z, "log_z_err": log_z_err,
         **figures.summary_figures(),  # the molecule's declared free energies (delta_f_<key>_kT) and basins
+        **lineages_per_state(runs),
         "target_evaluations": int(sum(t["target_evaluations"] for t in totals)),
         "model_evaluations": int(sum(t["model_evaluations"] for t in totals)),
         "seconds": float(sum(t["seconds"] for t in totals)),
         "per_run": totals, "run_dirs": [d.name for d in dirs],
         **manifest, **molar_units(manifest), "versions": versions(), "command": " ".join(sys.argv),
     }
+
+
+def lineages_per_state(runs) -> dict:
+    """{"state_lineages": {free-energy key: per-run effective lineages of its rarer side}}
+    (:func:`boltzgen.analysis.lineages.state_lineages`), or {} when a run did not save its lineages."""
+    from ..analysis.lineages import state_lineages
+
+    if not runs or any(r.origins is None for r in runs):
+        return {}
+    per_run = [state_lineages(r) for r in runs]
+    return {"state_lineages": {key: [p[key] for p in per_run] for key in per_run[0]}}
 
 
 def summarize(out, cvs=None) -> dict:
