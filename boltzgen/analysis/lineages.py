@@ -20,7 +20,9 @@ from .runs import WeightedRun
 
 FEW_LINEAGES = 10.0
 """A rule of thumb, not a fitted figure: below about ten effective lineages a state's per-run
-estimate rests on a handful of independent draws, too few for its spread over runs to show."""
+estimate rests on a handful of independent draws, too few for its spread over runs to show.
+For scale: `boltzgen run alanine-dipeptide` (whose error bars hold against MD) carries phi > 0 on
+about 11 per run; the vacuum tetrapeptide's 4 x 1,000 runs carry each residue's rarer side on 2-4."""
 
 
 def effective_lineages(origins, log_weights, mask) -> float:
