@@ -142,6 +142,9 @@ def record_figures(rows: list[dict], found_ratios: dict) -> dict:
         figures[f"{key}_evaluations_to_0.1"] = r["evaluations_to_0.1"]
         if "bridge_ess_fraction" in r:
             figures[f"{key}_bridge_ess_fraction"] = r["bridge_ess_fraction"]
+        if "state_lineages" in r:  # the effective lineages carrying the rare state, over runs
+            figures[f"{key}_state_lineages_mean"] = sum(r["state_lineages"]) / len(r["state_lineages"])
+            figures[f"{key}_state_lineages_min"] = min(r["state_lineages"])
     for name, value in found_ratios.items():
         figures["ratio " + name] = value
     return figures

@@ -583,7 +583,7 @@ def add_sample_command(sub) -> None:
         description="Independent SMC runs: particles from the model's Gaussian through its reverse-diffusion "
                     "levels (exact weights, MALA moves), then a bridge to the force field's energy. Writes "
                     "DIR/run-000 ... (samples.trr + topology.pdb, log_weights.npy, energies.npy, "
-                    "diagnostics.json) and DIR/summary.json. A model of the same molecule under another force "
+                    "origins.npy, diagnostics.json) and DIR/summary.json. A model of the same molecule under another force "
                     "field works (recalibration) and says so.")
     p.add_argument("system", help="a named system (see `boltzgen systems`) or the path of a system YAML")
     p.add_argument("--model", required=True,
@@ -665,9 +665,12 @@ def _state_lineage_lines(summary: dict) -> list[str]:
     per_state = summary.get("state_lineages")
     if not per_state:
         return []
-    means = {key: sum(values) / len(values) for key, values in per_state.items()}
+    known = {key: [v for v in values if v is not None] for key, values in per_state.items()}
+    means = {key: sum(values) / len(values) for key, values in known.items() if values}
+    runs = max(len(values) for values in known.values())
     lines = ["  lineages per state      " + ", ".join(f"{key} {m:.1f}" for key, m in means.items())
-             + " (effective, rarer side, mean over runs)"]
+             + " (effective, rarer side, mean over runs"
+             + (f"; {runs} of {summary['n_runs']} runs saved their lineages)" if runs < summary["n_runs"] else ")")]
     few = [key for key, m in means.items() if m < FEW_LINEAGES]
     if few:
         lines.append(f"    fewer than {FEW_LINEAGES:g}: {', '.join(few)}: each run's estimate rests on a few draws, so "

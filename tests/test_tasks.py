@@ -32,7 +32,7 @@ def _sample(out, spread=None, runs=2, run_range=None):
 
 def _same_runs(a: Path, b: Path, runs=2) -> None:
     for k in range(runs):
-        for array in ("log_weights.npy", "energies.npy"):
+        for array in ("log_weights.npy", "energies.npy", "origins.npy"):
             left, right = np.load(a / f"run-{k:03d}" / array), np.load(b / f"run-{k:03d}" / array)
             assert np.array_equal(left, right), (k, array)  # bit for bit
 

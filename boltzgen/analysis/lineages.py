@@ -63,8 +63,8 @@ def state_lineages(run: WeightedRun) -> dict[str, float]:
         ValueError: the run has no lineages (an MD run, or a sample run written before they were saved).
     """
     if run.origins is None:
-        raise ValueError(f"{run.path} records no lineages (origins.npy): an MD run, or a sample run written "
-                         "before runs saved their lineages")
+        raise ValueError(f"{run.path} records no lineages (origins.npy): an MD run, a free-energy "
+                         "bridge run, or a sample run written before runs saved their lineages")
     out = {}
     for fe in run.cvs.free_energies:
         sides = (run.cvs.region(fe.state), run.cvs.region(fe.reference))
