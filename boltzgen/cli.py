@@ -583,8 +583,8 @@ def add_sample_command(sub) -> None:
         description="Independent SMC runs: particles from the model's Gaussian through its reverse-diffusion "
                     "levels (exact weights, MALA moves), then a bridge to the force field's energy. Writes "
                     "DIR/run-000 ... (samples.trr + topology.pdb, log_weights.npy, energies.npy, "
-                    "origins.npy, diagnostics.json) and DIR/summary.json. A model of the same molecule under another force "
-                    "field works (recalibration) and says so.")
+                    "origins.npy, diagnostics.json) and DIR/summary.json. A model of the same molecule under "
+                    "another force field works (recalibration) and says so.")
     p.add_argument("system", help="a named system (see `boltzgen systems`) or the path of a system YAML")
     p.add_argument("--model", required=True,
                    help="the folder `boltzgen train --out DIR` wrote (its model.pt), a model file, or a named system "
