@@ -19,7 +19,7 @@ from boltzgen.cli import format_sample_summary, main
 from boltzgen.coordinates import is_l_amino_acid
 from boltzgen.models import load_model_file
 from boltzgen.pipeline import run_seeds, sample_model
-from boltzgen.io.sample_runs import is_sample_run, load_sample_run, write_sample_run
+from boltzgen.io.sample_runs import is_sample_run, load_sample_run, read_diagnostics, write_sample_run
 from boltzgen.sampling import (BridgeSettings, MixingSettings, SampleSettings, model_samples, run_stages,
                                sample_molecule)
 from boltzgen.smc import evaluate
@@ -174,6 +174,7 @@ def test_sample_run_folder_round_trip_and_refusals(tmp_path, run, vacuum):
     back = load_sample_run(out)
     assert np.array_equal(back.log_weights, run.log_weights) and back.diagnostics["totals"]["nan"] is None
     assert back.origins is None  # a run written without its lineages (as before they were saved) still reads
+    assert read_diagnostics(out) == back.diagnostics  # the totals alone, without reading the samples
     with_origins = write_sample_run(tmp_path / "o", run.positions, run.log_weights, run.energies, target.topology,
                                     {}, origins=run.origins)
     assert np.array_equal(load_sample_run(with_origins).origins, run.origins)

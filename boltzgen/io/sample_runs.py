@@ -78,9 +78,10 @@ def run_folders(path) -> list[Path]:
     return sorted(d for d in p.glob("run-[0-9]*") if d.is_dir() and d.name[4:].isdigit())
 
 
-def _read_diagnostics(out: Path) -> dict:
-    """diagnostics.json of a sample run, with a ValueError naming the file and the run when it is
-    missing, damaged or of another kind."""
+def read_diagnostics(run_dir) -> dict:
+    """diagnostics.json of a sample run (its per-step records and ``totals``) without reading its samples,
+    with a ValueError naming the file and the run when it is missing, damaged or of another kind."""
+    out = Path(run_dir)
     path = out / "diagnostics.json"
     if not path.is_file():
         raise ValueError(f"{path} is missing: the sample run in {out} is incomplete")
@@ -181,7 +182,7 @@ def load_sample_run(path) -> SampleRun:
     out = Path(path)
     if not looks_like_sample_run(out):
         raise ValueError(f"{out} is not a boltzgen sample run (no diagnostics.json of kind {SAMPLE_RUN_KIND!r})")
-    diagnostics = _read_diagnostics(out)
+    diagnostics = read_diagnostics(out)
     for name in _FILES:
         if not (out / name).is_file():
             raise ValueError(f"{out / name} is missing: the sample run is incomplete")

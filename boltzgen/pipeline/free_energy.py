@@ -18,7 +18,7 @@ import torch
 
 from .. import md
 from ..io import md_runs
-from ..io.sample_runs import load_sample_run, write_json, write_sample_run
+from ..io.sample_runs import read_diagnostics, write_json, write_sample_run
 from ..models import check_compatible, load_model_file
 from .._checks import as_device
 from .jobs import file_digest, open_job, run_seeds
@@ -150,7 +150,7 @@ def free_energy_summary(run_dirs, manifest: dict, reference: dict | None) -> dic
     """The summary of free-energy runs: both estimates with errors over runs, the bridges' ESS, costs."""
     from ..analysis.free_energy import mean_and_error
 
-    per_run = [load_sample_run(d).diagnostics["totals"] for d in run_dirs]
+    per_run = [read_diagnostics(d)["totals"] for d in run_dirs]
     delta_f, delta_f_err = mean_and_error([r["delta_f_kT"] for r in per_run])
     log_z_df, log_z_df_err = mean_and_error([r["delta_f_log_z_kT"] for r in per_run])
     return {"from": manifest["from"], "to": manifest["to"], "n_runs": len(per_run),

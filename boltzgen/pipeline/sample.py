@@ -17,7 +17,7 @@ import torch
 from .._checks import as_device
 from ..analysis.free_energy import z_score
 from ..models import check_compatible, load_model_file
-from ..io.sample_runs import load_sample_run
+from ..io.sample_runs import read_diagnostics
 from ..units import format_in_molar_units
 from .jobs import file_digest, open_job, run_seeds
 from .progress import RunProgress
@@ -305,7 +305,7 @@ def _diagnostics_plot(report: SampleReport, name: str) -> Path:
     from ..smc.plots import plot_run_diagnostics
 
     path = Path(report.out) / "smc_diagnostics.png"
-    fig = plot_run_diagnostics([load_sample_run(d).diagnostics for d in report.run_dirs],
+    fig = plot_run_diagnostics([read_diagnostics(d) for d in report.run_dirs],
                                title=f"{name}: {len(report.run_dirs)} runs")
     fig.savefig(path, dpi=110)
     return path

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.sample_runs import load_sample_run, run_folders, write_json
+from ..io.sample_runs import read_diagnostics, run_folders, write_json
 from .jobs import MANIFEST
 
 
@@ -51,7 +51,7 @@ def sample_summary(run_dirs, manifest: dict, cvs=None) -> dict:
     from ..analysis.runs import load_run, run_figures
 
     dirs = [Path(d) for d in run_dirs]
-    totals = [load_sample_run(d).diagnostics["totals"] for d in dirs]
+    totals = [read_diagnostics(d)["totals"] for d in dirs]  # the samples are read once, by load_run
     runs = [load_run(d, cvs) for d in dirs]
     figures = run_figures(runs)
     log_z, log_z_err = mean_and_error([t["log_z"] for t in totals])
