@@ -172,6 +172,16 @@ def lineages_in_state(dirs: list[Path], state: str) -> list[float]:
     return out
 
 
+def generator_settings(levels: int | None, level_moves: int | None) -> SampleSettings:
+    """The generator arms' SampleSettings: the defaults, with the levels and moves per level given (None: default)."""
+    settings = SampleSettings()
+    if levels is not None:
+        settings = replace(settings, n_levels=levels)
+    if level_moves is not None:
+        settings = replace(settings, level_moves=level_moves)
+    return settings
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny runs that only check the script")
@@ -186,14 +196,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--deposition-ps", type=float, default=1000.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--levels", type=int, default=None,
+                        help=f"generator arms: reverse-diffusion levels (default {SampleSettings().n_levels})")
+    parser.add_argument("--level-moves", type=int, default=None,
+                        help=f"generator arms: MALA moves per level (default {SampleSettings().level_moves})")
     parser.add_argument("--record", metavar="FILE", default=None,
                         help="also append the figures as one JSON line to FILE (benchmarks/_record.py)")
     args = parser.parse_args(argv)
-    defaults = SampleSettings()
+    defaults = generator_settings(args.levels, args.level_moves)
     if args.quick:
         args.runs, args.particles, args.mcmc_rounds = 2, 16, 40
         args.biased_runs, args.biased_ns, args.deposition_ps = 2, 0.01, 5.0
-        defaults = replace(defaults, n_levels=8, mixing=replace(defaults.mixing, moves=min(defaults.mixing.moves, 10)))
+        defaults = replace(defaults, n_levels=args.levels or 8, mixing=replace(defaults.mixing, moves=min(defaults.mixing.moves, 10)))
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -242,7 +256,8 @@ def main(argv: list[str] | None = None) -> None:
                       "rows": rows, "ratios": found}))
     if args.record:
         append_record(args.record, "tetrapeptide_vs_md", command_line(__file__, argv),
-                      {"system": args.system, "state": state, **record_figures(rows, found)},
+                      {"system": args.system, "state": state, "generator_levels": defaults.n_levels,
+                       "generator_level_moves": defaults.level_moves, **record_figures(rows, found)},
                       "--quick: checks the script, figures meaningless" if args.quick else "")
 
 

@@ -658,24 +658,10 @@ def format_sample_summary(summary: dict) -> str:
 
 
 def _state_lineage_lines(summary: dict) -> list[str]:
-    """The summary's lines on the lineages that carry each declared free energy's rarer side, with a
-    warning for those below :data:`boltzgen.analysis.lineages.FEW_LINEAGES`."""
-    from .analysis.lineages import FEW_LINEAGES
+    """The summary's lines on the lineages carrying each declared free energy's rarer side."""
+    from .analysis.lineages import format_state_lineages
 
-    per_state = summary.get("state_lineages")
-    if not per_state:
-        return []
-    known = {key: [v for v in values if v is not None] for key, values in per_state.items()}
-    means = {key: sum(values) / len(values) for key, values in known.items() if values}
-    runs = max(len(values) for values in known.values())
-    lines = ["  lineages per state      " + ", ".join(f"{key} {m:.1f}" for key, m in means.items())
-             + " (effective, rarer side, mean over runs"
-             + (f"; {runs} of {summary['n_runs']} runs saved their lineages)" if runs < summary["n_runs"] else ")")]
-    few = [key for key, m in means.items() if m < FEW_LINEAGES]
-    if few:
-        lines.append(f"    fewer than {FEW_LINEAGES:g}: {', '.join(few)}: each run's estimate rests on a few draws, so "
-                     "runs are skewed (most low, a few high) and the error bar may be too small; use more runs")
-    return lines
+    return format_state_lineages(summary.get("state_lineages") or {}, summary["n_runs"])
 
 
 def _free_folder(stem: str) -> str:

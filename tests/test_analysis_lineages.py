@@ -78,3 +78,15 @@ def test_the_summary_keeps_a_place_for_runs_that_saved_no_lineages():
     assert lineages_per_state([older, older]) == {}
     table = format_sample_summary(_summary({"phi_positive": [3.0, None]}))
     assert "phi_positive 3.0" in table and "1 of 2 runs saved their lineages" in table
+
+
+def test_lineage_lines_leave_out_runs_without_lineages_and_say_nothing_when_none_saved_them():
+    from boltzgen.analysis.lineages import format_state_lineages, lineages_over_runs
+
+    saved = _run([-1.0] * 8 + [1.0] * 2, [0, 0, 1, 1, 2, 2, 3, 3, 5, 5])
+    md_like = _run([-1.0, 1.0], None)
+    per_state = lineages_over_runs([saved, md_like])
+    lines = format_state_lineages(per_state, 2)
+    assert "phi_positive 1.0" in lines[0] and "1 of 2 runs saved their lineages" in lines[0]
+    assert "fewer than" in lines[1]
+    assert format_state_lineages(lineages_over_runs([md_like]), 1) == []

@@ -29,10 +29,12 @@ def test_quick_benchmark_runs_every_arm_and_records_them(tmp_path, tiny_model, s
     from _record import read_records
     from tetrapeptide_vs_md import main
 
+    # the implicit case also passes the generator arms their levels and moves per level
+    levels = ["--levels", "6", "--level-moves", "2"] if system.endswith("implicit") else []
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         main(["--quick", "--system", system, "--threads", "1", "--model", str(tiny_model),
-              "--record", str(tmp_path / "r.jsonl")])
+              "--record", str(tmp_path / "r.jsonl"), *levels])
     lines = out.getvalue().strip().splitlines()
     result = json.loads(lines[-1])
     assert result["system"] == system
@@ -48,6 +50,8 @@ def test_quick_benchmark_runs_every_arm_and_records_them(tmp_path, tiny_model, s
     assert record["figures"]["generator_state_lineages_min"] == min(result["rows"][2]["state_lineages"])
     assert record["name"] == "tetrapeptide_vs_md" and record["figures"]["state"] == result["state"]
     assert record["figures"]["system"] == system
+    assert (record["figures"]["generator_levels"], record["figures"]["generator_level_moves"]) == \
+        ((6, 2) if levels else (8, 1))
     assert "figures meaningless" in record["note"]
 
 
@@ -112,3 +116,15 @@ def test_empty_runs_are_counted_because_they_break_the_delta_method():
     sets = [dict(zip(STATES, (0.9, 0.1, 0, 0, 0, 0, 0, 0))), dict(zip(STATES, (0.95, 0, 0.05, 0, 0, 0, 0, 0)))]
     empty = figures_of_sets(sets)["empty"]
     assert empty["--+"] == 1 and empty["-+-"] == 1 and empty["---"] == 0 and empty["+++"] == 2
+
+
+def test_generator_settings_change_only_what_is_given():
+    import benchmarks_path  # noqa: F401
+    from tetrapeptide_vs_md import generator_settings
+
+    from boltzgen.sampling import SampleSettings
+
+    assert generator_settings(None, None) == SampleSettings()
+    s = generator_settings(400, 4)
+    assert (s.n_levels, s.level_moves) == (400, 4)
+    assert s.mixing == SampleSettings().mixing and s.level_torsions == SampleSettings().level_torsions

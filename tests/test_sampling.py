@@ -235,6 +235,9 @@ def test_sample_model_writes_runs_and_a_summary_that_analyze_reads(tmp_path, cap
     assert (tmp_path / "plots" / "energy_histogram.png").is_file()
     saved = json.loads((tmp_path / "a.json").read_text())
     assert saved["comparison"]["ramachandran_kl"] >= 0 and saved["kinds"] == ["samples", "samples"]
+    # analyze reports the same lineages per state as the summary
+    assert saved["state_lineages"] == summary["state_lineages"]
+    assert "lineages per state" in out
 
 
 def test_a_vacuum_model_recalibrates_to_implicit_solvent(tmp_path):

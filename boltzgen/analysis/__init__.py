@@ -57,9 +57,9 @@ from .runs import RunFigures, WeightedRun, cv_values, load_basins, load_run, run
 __all__ += ["RunFigures", "WeightedRun", "cv_values", "load_basins", "load_run", "run_figures", "transitions"]
 
 # How many lineages of an SMC run carry each declared state.
-from .lineages import effective_lineages, state_lineages  # noqa: E402
+from .lineages import effective_lineages, lineages_over_runs, state_lineages  # noqa: E402
 
-__all__ += ["effective_lineages", "state_lineages"]
+__all__ += ["effective_lineages", "lineages_over_runs", "state_lineages"]
 
 # Samples against a reference, and `boltzgen analyze` as a library call.
 from .compare import KL_BINS, energy_w2, ramachandran_kl, torus_w2, weighted_histogram  # noqa: E402

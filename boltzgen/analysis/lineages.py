@@ -71,3 +71,41 @@ def state_lineages(run: WeightedRun) -> dict[str, float]:
         out[fe.key] = min(effective_lineages(run.origins, run.log_weights, side.contains(run.cv_values))
                           for side in sides)
     return out
+
+
+def lineages_over_runs(runs) -> dict[str, list[float | None]]:
+    """{free-energy key: per-run :func:`state_lineages`} of independent runs, None for a run that saved
+    no lineages (an MD run, or a sample run written before runs saved them); {} when none did.
+
+    Args:
+        runs: WeightedRuns read by :func:`boltzgen.analysis.load_run`.
+    """
+    per_run = [None if r.origins is None else state_lineages(r) for r in runs]
+    keys = next((list(p) for p in per_run if p is not None), None)
+    if keys is None:
+        return {}
+    return {key: [None if p is None else p[key] for p in per_run] for key in keys}
+
+
+def format_state_lineages(per_state: dict, n_runs: int, indent: str = "  ") -> list[str]:
+    """Lines on the lineages carrying each declared free energy's rarer side (mean over runs), with a
+    warning for those below :data:`FEW_LINEAGES`; [] when no run saved its lineages.
+
+    Args:
+        per_state: {free-energy key: per-run lineages or None}, as :func:`lineages_over_runs` gives.
+        n_runs: the runs of the job (a run that saved no lineages is said to be left out).
+    """
+    known = {key: [v for v in values if v is not None] for key, values in per_state.items()}
+    means = {key: sum(values) / len(values) for key, values in known.items() if values}
+    if not means:
+        return []
+    runs = max(len(values) for values in known.values())
+    lines = [f"{indent}{'lineages per state':<24}" + ", ".join(f"{key} {m:.1f}" for key, m in means.items())
+             + " (effective, rarer side, mean over runs"
+             + (f"; {runs} of {n_runs} runs saved their lineages)" if runs < n_runs else ")")]
+    few = [key for key, m in means.items() if m < FEW_LINEAGES]
+    if few:
+        lines.append(f"{indent}  fewer than {FEW_LINEAGES:g}: {', '.join(few)}: each run's estimate rests on a few "
+                     "draws, so runs are skewed (most low, a few high) and the error bar may be too small; use "
+                     "more runs")
+    return lines

@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .compare import KL_BINS, energy_w2, ramachandran_kl, torus_w2
+from .lineages import format_state_lineages, lineages_over_runs
 from ..cvs import Region
 from .runs import RunFigures, WeightedRun, load_run, ramachandran_pairs, run_figures
 
@@ -80,11 +81,15 @@ class AnalysisReport:
     kinds: tuple[str, ...] = ()
     weighting: str = ""
     temperature_K: float | None = None  # the runs' common temperature (None: unknown or mixed)
+    # {free-energy key: per-run lineages carrying its rarer side} of sample runs that saved their lineages
+    # (boltzgen.analysis.lineages.lineages_over_runs; None for other runs); {} when none did
+    state_lineages: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         data = self.figures.to_dict()
         data["kinds"] = list(self.kinds)
         data["temperature_K"] = self.temperature_K
+        data["state_lineages"] = self.state_lineages
         if self.reference is not None:
             data["reference"] = self.reference.to_dict()
         if self.comparison is not None:
@@ -222,7 +227,7 @@ def analyze_runs(run_dirs: Sequence, reference: Sequence | None = None, *, basin
     temperatures = {r.temperature_K for r in runs}
     temperature = temperatures.pop() if len(temperatures) == 1 else None
     return AnalysisReport(figures, ref_figures, comparison, plots, tuple(r.kind for r in runs), _weighting(runs),
-                          temperature)
+                          temperature, lineages_over_runs(runs))
 
 
 def _weighting(runs) -> str:
@@ -324,6 +329,7 @@ def format_analysis(report: AnalysisReport) -> str:
     if f.transitions_per_run and t is not None and set(report.kinds) == {"md"}:
         lines.append(f"  {t.cv} transitions per run: {', '.join(str(n) for n in f.transitions_per_run)}")
     lines += _correlation_lines(f)
+    lines += format_state_lineages(report.state_lineages, len(f.runs))
     c = report.comparison
     if c is not None:
         def signed(d):

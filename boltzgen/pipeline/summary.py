@@ -77,16 +77,12 @@ def sample_summary(run_dirs, manifest: dict, cvs=None) -> dict:
 
 
 def lineages_per_state(runs) -> dict:
-    """{"state_lineages": {free-energy key: per-run effective lineages of its rarer side}}
-    (:func:`boltzgen.analysis.lineages.state_lineages`), None for a run that did not save its
-    lineages (one written before runs saved them, pooled in from an older job); {} when none did."""
-    from ..analysis.lineages import state_lineages
+    """{"state_lineages": :func:`boltzgen.analysis.lineages.lineages_over_runs`}, or {} when no run saved
+    its lineages."""
+    from ..analysis.lineages import lineages_over_runs
 
-    per_run = [None if r.origins is None else state_lineages(r) for r in runs]
-    keys = next((list(p) for p in per_run if p is not None), None)
-    if keys is None:
-        return {}
-    return {"state_lineages": {key: [None if p is None else p[key] for p in per_run] for key in keys}}
+    per_state = lineages_over_runs(runs)
+    return {"state_lineages": per_state} if per_state else {}
 
 
 def summarize(out, cvs=None) -> dict:
