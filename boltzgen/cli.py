@@ -507,8 +507,10 @@ def _add_sampling_options(p, particles: int, runs: int, run_range: bool = True) 
     _option(p, "--particles", type=int, default=particles, help=f"particles per run (default {particles})")
     _option(p, "--runs", type=int, default=runs, help=f"independent runs; error bars are over runs (default {runs})")
     p.add_argument("--levels", type=int, default=None,
-                   help=f"reverse-diffusion levels of the model (default {d.n_levels})")
-    p.add_argument("--level-moves", type=int, default=None, help=f"MALA moves per level (default {d.level_moves})")
+                   help=f"reverse-diffusion levels of the model (default {d.n_levels}, unless the model file "
+                        "recommends other sampler settings: the summary lists those that are not the defaults)")
+    p.add_argument("--level-moves", type=int, default=None,
+                   help=f"MALA moves per level (default {d.level_moves}, unless the model file recommends another)")
     p.add_argument("--level-torsions", type=int, default=None,
                    help=f"torsion moves on the model's energy after each level MALA move (default {d.level_torsions})")
     p.add_argument("--bridge-moves", type=int, default=None,
@@ -552,6 +554,15 @@ def _memory_size(text: str) -> int:
         return parse_bytes(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _model_defaults(model_path):
+    """The SampleSettings the model file recommends (:func:`boltzgen.sampling.model_settings`): the base that
+    --config and the flags override."""
+    from .models import load_model_file
+    from .sampling import model_settings
+
+    return model_settings(load_model_file(model_path), f"--model {model_path}")
 
 
 def _sample_settings(args, base):
@@ -602,15 +613,13 @@ def _sample(args) -> int:
 
     from .cvs import atom_indices
 
-    from .sampling import SampleSettings
-
     from .pipeline.tasks import SystemRef, parse_run_range
 
-    sections = _resolve_options(args, {"sampling": SampleSettings()})
+    model = systems.resolve_model(args.model)
+    sections = _resolve_options(args, {"sampling": _model_defaults(model)})
     settings = _sample_settings(args, sections["sampling"])
     spread = _spread(args)
     run_range = parse_run_range(args.run_range, args.runs)
-    model = systems.resolve_model(args.model)
     cvs = systems.collective_variables(args.system)
     target = systems.load(args.system, **_temperature(args))
     try:
@@ -652,9 +661,21 @@ def format_sample_summary(summary: dict) -> str:
                  f"correction {summary['tilt_ess_fraction']:.3f}"] if (tilt := summary.get('tilt_applied', 0.0)) else []),
               f"  mixing at the force field  {summary['settings']['mixing']['moves']} MALA moves per particle, "
               f"torsion acceptance {summary['torsion_acceptance']:.3f}",
+              *_changed_settings_lines(summary),
               f"  evaluations             target {summary['target_evaluations']:,}   model {summary['model_evaluations']:,}",
               f"  time                    {summary['seconds']:.0f} s"]
     return "\n".join(lines)
+
+
+def _changed_settings_lines(summary: dict) -> list[str]:
+    """A line naming the sampler settings that are not the defaults (from flags, --config or the model file's
+    recommendation), so a table says how it was made; [] when all are."""
+    from .sampling import settings_changes
+
+    changes = {k: v for k, v in settings_changes(summary.get("settings", {})).items() if k != "tilt"}
+    if not changes:
+        return []
+    return ["  settings (not default)  " + ", ".join(f"{k} {v}" for k, v in changes.items())]
 
 
 def _state_lineage_lines(summary: dict) -> list[str]:
@@ -694,12 +715,12 @@ def add_run_command(sub) -> None:
 
 
 def _run(args) -> int:
+    from . import systems
     from .pipeline import run_named
-    from .sampling import SampleSettings
 
     from .pipeline.tasks import parse_run_range
 
-    sections = _resolve_options(args, {"sampling": SampleSettings()})
+    sections = _resolve_options(args, {"sampling": _model_defaults(systems.shipped_model(args.system))})
     settings = _sample_settings(args, sections["sampling"])
     spread = _spread(args)
     run_range = parse_run_range(args.run_range, args.runs)
@@ -745,17 +766,16 @@ def add_free_energy_command(sub) -> None:
 def _free_energy(args) -> int:
     from . import systems
     from .pipeline import free_energy_between
-    from .sampling import SampleSettings
     from .switching import SwitchSettings
 
-    sections = _resolve_options(args, {"sampling": SampleSettings(), "switching": SwitchSettings()})
+    model = systems.resolve_model(args.model, (args.system_from, args.system_to))
+    sections = _resolve_options(args, {"sampling": _model_defaults(model), "switching": SwitchSettings()})
     settings = _sample_settings(args, sections["sampling"])
     if args.reference_ns is not None and not args.reference_ns > 0:
         raise ValueError(f"{args.labels['reference_ns']} must be a positive length in ns, got {args.reference_ns}")
     from .pipeline.tasks import SystemRef
 
     spread = _spread(args)
-    model = systems.resolve_model(args.model, (args.system_from, args.system_to))
     temperature = _temperature(args).get("temperature")
     # the job loads both states from these (and so does every worker when the runs are spread)
     report = free_energy_between(SystemRef(args.system_from, temperature), SystemRef(args.system_to, temperature),

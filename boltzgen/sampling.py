@@ -179,6 +179,64 @@ class SampleSettings:
         _fraction(self.resample_threshold, "resample_threshold", low_open=False)
 
 
+SETTINGS_KEY = "sample_settings"
+"""The model-file metadata key of the sampler settings a model recommends (:func:`model_settings`)."""
+
+
+def model_settings(model_file: ModelFile, where: str = "the model file") -> SampleSettings:
+    """The settings a run of this model uses unless told otherwise: SampleSettings() with the fields that
+    ``model_file.metadata["sample_settings"]`` sets (a mapping like a config file's ``sampling:`` section,
+    e.g. ``{"n_levels": 400, "level_moves": 4}``). A model whose rare states need more levels than the
+    defaults give records them there, with the must-show measured at them; a file without the key gets
+    the defaults. Flags and ``--config`` override these in the CLI.
+
+    Raises:
+        ValueError: the recorded settings are not valid SampleSettings fields, naming ``where``.
+    """
+    from .config import update_dataclass
+
+    return update_dataclass(SampleSettings(), model_file.metadata.get(SETTINGS_KEY, {}), where, SETTINGS_KEY)
+
+
+def recommend_settings(model_path, settings: dict, out=None) -> Path:
+    """Record ``settings`` in a model file as the sampler settings its runs use by default (:func:`model_settings`).
+
+    Args:
+        model_path: a model file.
+        settings: a mapping of SampleSettings fields, nested like a config file's ``sampling:`` section
+            (e.g. ``{"n_levels": 400, "level_moves": 4}``); {} removes the recommendation.
+        out: where to write the model file (default: over ``model_path``, atomically).
+    Returns:
+        the file written.
+    Raises:
+        ValueError: ``settings`` are not valid SampleSettings fields (nothing is written).
+    """
+    from .config import update_dataclass
+    from .models import load_model_file, save_model_file
+
+    update_dataclass(SampleSettings(), settings, "settings", SETTINGS_KEY)  # refuse before writing
+    model_file = load_model_file(model_path)
+    metadata = {k: v for k, v in model_file.metadata.items() if k != SETTINGS_KEY}
+    if settings:
+        metadata[SETTINGS_KEY] = dict(settings)
+    return save_model_file(model_path if out is None else out, model_file.model, model_file.space, metadata)
+
+
+def settings_changes(record: dict, defaults: dict | None = None, prefix: str = "") -> dict:
+    """{dotted field: value} of a run's settings record (:func:`settings_record`, as a summary holds it) that
+    differ from SampleSettings()'s, e.g. ``{"n_levels": 400, "mixing.moves": 0, "tilt": 1.0}``."""
+    defaults = settings_record(SampleSettings(), ModelFile(None, None, {})) if defaults is None else defaults
+    changes = {}
+    for key, value in record.items():
+        if key == "tilt_sha256":  # identifies the tilt; its fraction is what a reader needs
+            continue
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+            changes.update(settings_changes(value, defaults[key], f"{prefix}{key}."))
+        elif defaults.get(key, object()) != value:
+            changes[prefix + key] = value
+    return changes
+
+
 @dataclass(frozen=True)
 class MolecularRun:
     """One run's weighted samples and diagnostics.
@@ -415,7 +473,7 @@ def _saver(path: Path | None, every: float, counters: tuple, started: float, don
     return save
 
 
-def sample_molecule(model_file: ModelFile, target, n_particles: int, settings: SampleSettings = SampleSettings(),
+def sample_molecule(model_file: ModelFile, target, n_particles: int, settings: SampleSettings | None = None,
                     *, seed: int = 0, target_energy=None, progress: Callable | None = None,
                     checkpoint: str | os.PathLike | None = None, checkpoint_every: float = 30.0) -> MolecularRun:
     """One SMC run of the Boltzmann generator (see the module docstring).
@@ -425,7 +483,7 @@ def sample_molecule(model_file: ModelFile, target, n_particles: int, settings: S
             device is where the particles and the force field live.
         target: the target (topology, positions, reduced_energy on (n, n_atoms, 3) nm).
         n_particles: N.
-        settings: :class:`SampleSettings`.
+        settings: :class:`SampleSettings` (None: :func:`model_settings` of ``model_file``).
         seed: seeds the run (two runs with different seeds are independent).
         target_energy: the reduced energy to sample, callable on (n, n_atoms, 3) nm -> (n,) kT
             (default ``target.reduced_energy``; pass the torch force field's for speed).
@@ -436,6 +494,7 @@ def sample_molecule(model_file: ModelFile, target, n_particles: int, settings: S
             uninterrupted run would. It is deleted when the run completes.
     """
     n_particles = check_count(n_particles, "n_particles")
+    settings = model_settings(model_file) if settings is None else settings
     start = time.perf_counter()
     model, space = model_file.model, model_file.space
     device = model.data_mean.device

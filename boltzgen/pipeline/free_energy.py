@@ -184,7 +184,8 @@ def free_energy_between(target_a, target_b, model_path, out, *, particles: int =
         model_path: a model file of that molecule (for either state, or another force field).
         out: a new (or empty) folder, or this job's folder to resume.
         particles, runs: N per run and independent runs (error bars need >= 2).
-        settings: :class:`boltzgen.sampling.SampleSettings` of the generator runs.
+        settings: :class:`boltzgen.sampling.SampleSettings` of the generator runs (None: those the model
+            file recommends, :func:`boltzgen.sampling.model_settings`).
         switch_settings: :class:`boltzgen.switching.SwitchSettings` of the bridge.
         seed: seeds everything (runs, bridges and MD are independent).
         md_from, md_to: MD run folders of A and of B for the reference (or neither).
@@ -193,9 +194,6 @@ def free_energy_between(target_a, target_b, model_path, out, *, particles: int =
             (the runs are spread; the MD of ``reference_ns`` runs in this process).
     """
     from .. import switching
-    from ..sampling import SampleSettings
-
-    settings = SampleSettings() if settings is None else settings
     switch_settings = switching.SwitchSettings() if switch_settings is None else switch_settings
     spread = Spread() if spread is None else spread
     device = as_device(device)
@@ -220,13 +218,14 @@ def free_energy_between(target_a, target_b, model_path, out, *, particles: int =
 
 def _free_energy(target_a, target_b, refs, model_path, out, particles, runs, settings, switch_settings, seed, device,
                  md_from, md_to, reference_ns, progress, compile, checkpoint_every, spread) -> FreeEnergyReport:
-    from ..sampling import settings_record
+    from ..sampling import model_settings, settings_record
     from ..targets.openmm import system_fingerprint
     from ..tilt import run_tilt
 
     _check_states(target_a, target_b)
     _check_reference(md_from, md_to, reference_ns, target_a, target_b)
     model_file = load_model_file(model_path, device=device)
+    settings = model_settings(model_file, str(model_path)) if settings is None else settings
     for target in (target_a, target_b):
         check_compatible(model_file, target)
     run_tilt(model_file, settings.tilt)  # refuses a tilt the model file cannot take, before any file

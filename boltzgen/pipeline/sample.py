@@ -150,7 +150,8 @@ def sample_model(target, model_path, out, *, particles: int = 2500, runs: int = 
         model_path: a model file written by ``boltzgen train``.
         out: a new (or empty) folder, or the folder of this same job to resume.
         particles, runs: N per run and the number of independent runs (error bars need >= 2).
-        settings: :class:`boltzgen.sampling.SampleSettings` (default settings when None).
+        settings: :class:`boltzgen.sampling.SampleSettings` (None: those the model file recommends,
+            :func:`boltzgen.sampling.model_settings`, which are the defaults for most models).
         seed: the runs' seeds are spawned from it (run k's seed does not depend on ``runs``,
             ``run_range`` or ``spread``).
         device: where the model, the force field and the particles live (default: torch's default
@@ -169,11 +170,10 @@ def sample_model(target, model_path, out, *, particles: int = 2500, runs: int = 
     """
     from ..io.export import export_pooled
     from ..io.sample_runs import write_json
-    from ..sampling import SampleSettings
+    from ..sampling import model_settings
     from ..systems import recorded_collective_variables
     from ..tilt import run_tilt
 
-    settings = SampleSettings() if settings is None else settings
     spread = Spread() if spread is None else spread
     device = as_device(device)
     run_range = range(runs) if run_range is None else run_range
@@ -186,6 +186,7 @@ def sample_model(target, model_path, out, *, particles: int = 2500, runs: int = 
     target, loaded = _loaded(target)
     try:
         model_file = load_model_file(model_path, device=device)
+        settings = model_settings(model_file, str(model_path)) if settings is None else settings
         run_tilt(model_file, settings.tilt)  # refuses a tilt the model file cannot take, before any file
         manifest = sample_manifest(target, model_path, model_file, particles=particles, runs=runs,
                                    settings=settings, seed=seed, device=device)
