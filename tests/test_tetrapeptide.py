@@ -231,6 +231,24 @@ def test_each_set_up_ships_a_model_trained_on_its_own_force_field(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_each_shipped_model_met_its_must_show_at_the_settings_its_runs_use(name):
+    """The provenance's must-show run: every residue within 2 combined s.e. of the reference with an error
+    bar <= 0.15 kT, made with the sampler settings the model file recommends (so `boltzgen run` samples as
+    the must-show did)."""
+    from boltzgen.models import load_model_file
+    from boltzgen.sampling import SampleSettings, model_settings
+
+    path = systems.shipped_model(name)
+    must = json.loads(path.with_suffix(".json").read_text())["must_show"]
+    assert all(abs(z) <= 2 for z in must["z_vs_reference"].values()) and len(must["z_vs_reference"]) == 3
+    assert all(e <= 0.15 for e in must["error_kT"].values())
+    settings, default = model_settings(load_model_file(path)), SampleSettings()
+    for flag, field in (("--levels", "n_levels"), ("--level-moves", "level_moves")):
+        value = getattr(settings, field)
+        assert (f"{flag} {value}" in must["command"]) == (value != getattr(default, field)), flag
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_run_samples_with_the_shipped_model_and_reports_every_residue(tmp_path, capsys, name):
     """`boltzgen run` of either set-up on tiny settings: every residue's dF, the eight phi-sign states,
     a Ramachandran plot per residue, the SMC diagnostics (figures meaningless at this size)."""
