@@ -225,7 +225,8 @@ def recommend_settings(model_path, settings: dict, out=None) -> Path:
 def settings_changes(record: dict, defaults: dict | None = None, prefix: str = "") -> dict:
     """{dotted field: value} of a run's settings record (:func:`settings_record`, as a summary holds it) that
     differ from SampleSettings()'s, e.g. ``{"n_levels": 400, "mixing.moves": 0, "tilt": 1.0}``."""
-    defaults = settings_record(SampleSettings(), ModelFile(None, None, {})) if defaults is None else defaults
+    if defaults is None:  # the record of an untilted default run: asdict without the tilt key
+        defaults = {k: v for k, v in asdict(SampleSettings()).items() if k != "tilt"}
     changes = {}
     for key, value in record.items():
         if key == "tilt_sha256":  # identifies the tilt; its fraction is what a reader needs
