@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.runs, args.particles, args.mcmc_rounds = 2, 16, 40
         args.biased_runs, args.biased_ns, args.deposition_ps = 2, 0.01, 5.0
-        defaults = replace(defaults, n_levels=args.levels or 8, mixing=replace(defaults.mixing, moves=min(defaults.mixing.moves, 10)))
+        defaults = replace(defaults, n_levels=args.levels or 8,
+                           mixing=replace(defaults.mixing, moves=min(defaults.mixing.moves, 10)))
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

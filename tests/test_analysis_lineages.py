@@ -69,13 +69,12 @@ def test_the_summary_prints_lineages_per_state_and_warns_below_the_rule_of_thumb
 
 
 def test_the_summary_keeps_a_place_for_runs_that_saved_no_lineages():
-    from boltzgen.pipeline.summary import lineages_per_state
+    from boltzgen.analysis.lineages import lineages_over_runs
 
     saved = _run([-1.0] * 8 + [1.0] * 2, [0, 0, 1, 1, 2, 2, 3, 3, 5, 5])
     older = _run([-1.0, 1.0], None)  # e.g. pooled in from a job written before runs saved lineages
-    assert lineages_per_state([saved, older]) == {"state_lineages": {"phi_positive": [1.0, None],
-                                                                     "phi_0_to_2": [1.0, None]}}
-    assert lineages_per_state([older, older]) == {}
+    assert lineages_over_runs([saved, older]) == {"phi_positive": [1.0, None], "phi_0_to_2": [1.0, None]}
+    assert lineages_over_runs([older, older]) == {}
     table = format_sample_summary(_summary({"phi_positive": [3.0, None]}))
     assert "phi_positive 3.0" in table and "1 of 2 runs saved their lineages" in table
 

@@ -48,6 +48,7 @@ def sample_summary(run_dirs, manifest: dict, cvs=None) -> dict:
     """The summary of sample runs: per-run totals, means over runs, the molecule's free energies with
     errors over runs (see :func:`boltzgen.analysis.run_figures`), and what made them."""
     from ..analysis.free_energy import mean_and_error
+    from ..analysis.lineages import lineages_over_runs
     from ..analysis.runs import load_run, run_figures
 
     dirs = [Path(d) for d in run_dirs]
@@ -67,22 +68,14 @@ def sample_summary(run_dirs, manifest: dict, cvs=None) -> dict:
         "torsion_acceptance": _mean(t["torsion_acceptance"] for t in totals),
         "log_z": log_z, "log_z_err": log_z_err,
         **figures.summary_figures(),  # the molecule's declared free energies (delta_f_<key>_kT) and basins
-        **lineages_per_state(runs),
+        # per free energy, the lineages carrying its rarer side in each run (absent when no run saved them)
+        **({"state_lineages": per_state} if (per_state := lineages_over_runs(runs)) else {}),
         "target_evaluations": int(sum(t["target_evaluations"] for t in totals)),
         "model_evaluations": int(sum(t["model_evaluations"] for t in totals)),
         "seconds": float(sum(t["seconds"] for t in totals)),
         "per_run": totals, "run_dirs": [d.name for d in dirs],
         **manifest, **molar_units(manifest), "versions": versions(), "command": " ".join(sys.argv),
     }
-
-
-def lineages_per_state(runs) -> dict:
-    """{"state_lineages": :func:`boltzgen.analysis.lineages.lineages_over_runs`}, or {} when no run saved
-    its lineages."""
-    from ..analysis.lineages import lineages_over_runs
-
-    per_state = lineages_over_runs(runs)
-    return {"state_lineages": per_state} if per_state else {}
 
 
 def summarize(out, cvs=None) -> dict:
